@@ -1,0 +1,112 @@
+//! Errors: one type for the whole crate, numbered for the C ABI.
+//!
+//! Every error carries a [`Code`] (the negative `RCLUSTER_E_*` number a C
+//! caller sees), the OS `errno` where one was involved, and a message that
+//! says what failed in words a user can act on.
+
+use std::fmt;
+use std::io;
+
+/// What kind of failure an [`Error`] is. The discriminants are the C codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Code {
+    /// A bad argument: NULL pointer, out-of-range value, malformed string.
+    InvalidArgument = -1,
+    /// A NULL, unknown, stale or already-freed handle.
+    BadHandle = -2,
+    /// The operating system refused; `errno` says why.
+    Os = -3,
+    /// The wait ran out of time.
+    Timeout = -4,
+    /// Non-blocking call: nothing is ready yet.
+    WouldBlock = -5,
+    /// The peer or the object is closed: the channel hung up, the primary went away.
+    Closed = -6,
+    /// The peer sent something that is not a valid frame.
+    Protocol = -7,
+    /// A record or its control data did not fit; every fd that arrived was closed.
+    Truncated = -8,
+    /// An address could not be parsed, bound or listened on; `errno` says why.
+    Address = -9,
+    /// The call is not valid in the current state (not a worker, shut down, threads exist).
+    State = -10,
+    /// A panic inside the library was caught at the boundary.
+    Panic = -11,
+    /// A message or an fd list is larger than the protocol allows.
+    TooBig = -12,
+}
+
+/// The crate's error: a code, an optional errno and a message.
+#[derive(Debug, Clone)]
+pub struct Error {
+    code: Code,
+    errno: i32,
+    message: String,
+}
+
+/// The crate's result type.
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// An error with a code and a message, no errno.
+    pub fn new(code: Code, message: impl Into<String>) -> Error {
+        Error {
+            code,
+            errno: 0,
+            message: message.into(),
+        }
+    }
+
+    /// An error from the OS, with what we were doing when it happened.
+    /// Timeouts and would-block are mapped to their own codes.
+    pub fn os(context: &str, err: io::Error) -> Error {
+        let errno = err.raw_os_error().unwrap_or(0);
+        let code = match err.kind() {
+            io::ErrorKind::WouldBlock => Code::WouldBlock,
+            io::ErrorKind::TimedOut => Code::Timeout,
+            io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::NotConnected => Code::Closed,
+            _ => Code::Os,
+        };
+        Error {
+            code,
+            errno,
+            message: format!("{context}: {err}"),
+        }
+    }
+
+    /// The last OS error, with context.
+    pub fn last_os(context: &str) -> Error {
+        Error::os(context, io::Error::last_os_error())
+    }
+
+    /// Same error with the errno set (used where an OS failure has its own code).
+    pub fn with_errno(mut self, errno: i32) -> Error {
+        self.errno = errno;
+        self
+    }
+
+    /// The error's code.
+    pub fn code(&self) -> Code {
+        self.code
+    }
+
+    /// The OS errno involved, or 0.
+    pub fn errno(&self) -> i32 {
+        self.errno
+    }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {}

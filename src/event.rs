@@ -1,0 +1,127 @@
+//! Events: what the primary and the worker report to their host, pulled from
+//! a queue whose fd is readable while the queue is not empty.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::sys::{self, Deadline, Flag};
+
+/// How a worker process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// It exited with this code.
+    Code(i32),
+    /// A signal killed it.
+    Signal(i32),
+    /// It is gone but its status was taken by someone else's waitpid.
+    Unknown,
+}
+
+/// Something that happened in the cluster, seen from the primary.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A worker process was started.
+    Fork { worker: u32, pid: i32 },
+    /// The worker opened its channel end and said hello.
+    Online { worker: u32, pid: i32 },
+    /// The worker is now served connections of `address`.
+    Listening {
+        worker: u32,
+        pid: i32,
+        address: SocketAddr,
+    },
+    /// The worker sent application bytes.
+    Message {
+        worker: u32,
+        pid: i32,
+        data: Vec<u8>,
+    },
+    /// The worker's channel closed.
+    Disconnect { worker: u32, pid: i32 },
+    /// The worker process ended. `after_disconnect`: it had been asked to leave, or left on purpose.
+    Exit {
+        worker: u32,
+        pid: i32,
+        exit: Exit,
+        after_disconnect: bool,
+    },
+    /// The worker broke the protocol; it is disconnected.
+    WorkerError {
+        worker: u32,
+        pid: i32,
+        message: String,
+    },
+    /// Shutdown finished: every worker is gone, the listeners are closed.
+    Shutdown,
+}
+
+/// Something that happened, seen from a worker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WorkerEvent {
+    /// The primary sent application bytes.
+    Message(Vec<u8>),
+    /// The primary asks this worker to finish what it holds and leave.
+    Disconnect,
+    /// The primary is gone (the channel hung up).
+    PrimaryGone,
+}
+
+/// A queue whose fd is readable exactly while it holds something.
+#[derive(Debug)]
+pub struct EventQueue<T> {
+    items: Mutex<VecDeque<T>>,
+    flag: Flag,
+}
+
+impl<T> EventQueue<T> {
+    /// An empty queue.
+    pub fn new() -> Result<EventQueue<T>> {
+        Ok(EventQueue {
+            items: Mutex::new(VecDeque::new()),
+            flag: Flag::new().map_err(|e| Error::os("eventfd", e))?,
+        })
+    }
+
+    /// Appends an item; the fd becomes readable.
+    pub fn push(&self, item: T) {
+        let mut items = self.items.lock().unwrap_or_else(|p| p.into_inner());
+        if items.is_empty() {
+            self.flag.set();
+        }
+        items.push_back(item);
+    }
+
+    /// Takes the oldest item, if any.
+    pub fn pop(&self) -> Option<T> {
+        let mut items = self.items.lock().unwrap_or_else(|p| p.into_inner());
+        let item = items.pop_front();
+        if item.is_some() && items.is_empty() {
+            self.flag.clear();
+        }
+        item
+    }
+
+    /// Waits up to `timeout` for an item.
+    pub fn pop_wait(&self, timeout: Option<Duration>) -> Result<Option<T>> {
+        let deadline = Deadline::after(timeout);
+        loop {
+            if let Some(item) = self.pop() {
+                return Ok(Some(item));
+            }
+            let mut pfd = [sys::pollfd(self.flag.raw(), libc::POLLIN)];
+            if sys::poll(&mut pfd, deadline).map_err(|e| Error::os("poll on event queue", e))? == 0
+            {
+                return Ok(self.pop());
+            }
+        }
+    }
+
+    /// The pollable fd (readable while not empty). Owned by the queue.
+    pub fn fd(&self) -> RawFd {
+        self.flag.raw()
+    }
+}

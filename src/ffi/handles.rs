@@ -1,0 +1,85 @@
+//! Opaque handles: numbers handed to C that the registry maps to objects.
+//!
+//! A handle is `(serial << 4) | tag` cast to a pointer type. It is never
+//! dereferenced; serials are never reused, so a stale handle cannot alias a
+//! newer object, and the tag catches a handle of the wrong type.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Code, Error, Result};
+
+static SERIAL: AtomicUsize = AtomicUsize::new(1);
+
+/// A table of live objects of one type.
+pub struct Registry<T> {
+    objects: Mutex<HashMap<usize, Arc<T>>>,
+    tag: usize,
+    what: &'static str,
+}
+
+impl<T> Registry<T> {
+    pub fn new(tag: usize, what: &'static str) -> Registry<T> {
+        Registry {
+            objects: Mutex::new(HashMap::new()),
+            tag,
+            what,
+        }
+    }
+
+    /// Registers `object` and returns its handle.
+    pub fn insert<H>(&self, object: T) -> *mut H {
+        let key = (SERIAL.fetch_add(1, Ordering::Relaxed) << 4) | self.tag;
+        self.objects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, Arc::new(object));
+        key as *mut H
+    }
+
+    /// The object behind `handle`.
+    pub fn get<H>(&self, handle: *const H) -> Result<Arc<T>> {
+        let key = self.key(handle)?;
+        self.objects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .cloned()
+            .ok_or_else(|| self.unknown())
+    }
+
+    /// Unregisters `handle` and returns its object (dropped by the caller).
+    pub fn remove<H>(&self, handle: *const H) -> Result<Arc<T>> {
+        let key = self.key(handle)?;
+        self.objects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key)
+            .ok_or_else(|| self.unknown())
+    }
+
+    fn key<H>(&self, handle: *const H) -> Result<usize> {
+        if handle.is_null() {
+            return Err(Error::new(
+                Code::BadHandle,
+                format!("{} handle is NULL", self.what),
+            ));
+        }
+        let key = handle as usize;
+        if key & 0xf != self.tag {
+            return Err(self.unknown());
+        }
+        Ok(key)
+    }
+
+    fn unknown(&self) -> Error {
+        Error::new(
+            Code::BadHandle,
+            format!(
+                "not a live {} handle (unknown, freed, or of another type)",
+                self.what
+            ),
+        )
+    }
+}

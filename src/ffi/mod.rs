@@ -1,0 +1,194 @@
+//! The C ABI: thin wrappers over the Rust API, no logic of their own.
+//!
+//! Rules every entry point follows (see `include/rcluster.h`):
+//! - it returns 0 or a negative `RCLUSTER_E_*` code, and on failure sets a
+//!   thread-local message readable with `rcluster_last_error()`;
+//! - it runs inside [`guard`], so no panic crosses the boundary;
+//! - handles are opaque numbers looked up in a registry, never dereferenced,
+//!   so NULL, stale, freed or forged handles are an error, never a crash;
+//! - every pointer argument is checked for NULL before use.
+
+#![allow(non_camel_case_types)] // opaque types keep their C names
+
+mod channel;
+mod handles;
+mod primary;
+mod worker;
+
+pub use channel::*;
+pub use primary::*;
+pub use worker::*;
+
+use std::cell::RefCell;
+use std::ffi::{c_char, c_int, CStr, CString};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use crate::error::{Code, Error, Result};
+
+/// Success.
+pub const RCLUSTER_OK: c_int = 0;
+/// A bad argument: NULL pointer, out-of-range value, malformed string.
+pub const RCLUSTER_E_INVAL: c_int = -1;
+/// A NULL, unknown, stale or already-freed handle.
+pub const RCLUSTER_E_HANDLE: c_int = -2;
+/// The operating system refused; `rcluster_last_errno()` says why.
+pub const RCLUSTER_E_OS: c_int = -3;
+/// The wait ran out of time.
+pub const RCLUSTER_E_TIMEOUT: c_int = -4;
+/// Non-blocking call: nothing is ready yet; poll the object's fd and retry.
+pub const RCLUSTER_E_AGAIN: c_int = -5;
+/// Closed: the peer hung up, the primary is gone, or the object was closed.
+pub const RCLUSTER_E_CLOSED: c_int = -6;
+/// The peer sent something that is not a valid frame.
+pub const RCLUSTER_E_PROTOCOL: c_int = -7;
+/// A record or its descriptors were truncated; every fd that arrived was closed.
+pub const RCLUSTER_E_TRUNCATED: c_int = -8;
+/// An address could not be parsed, bound or listened on; `rcluster_last_errno()` says why.
+pub const RCLUSTER_E_ADDR: c_int = -9;
+/// Not valid in the current state (not a worker, shut down, threads exist).
+pub const RCLUSTER_E_STATE: c_int = -10;
+/// A panic inside the library was caught at the boundary (a bug: please report it).
+pub const RCLUSTER_E_PANIC: c_int = -11;
+/// A message or an fd list is larger than the protocol allows.
+pub const RCLUSTER_E_TOOBIG: c_int = -12;
+
+/// Largest message the channel carries, in bytes (256 MiB).
+pub const RCLUSTER_MAX_MESSAGE: usize = 268435456;
+/// Most file descriptors one message carries.
+pub const RCLUSTER_MAX_FDS: usize = 16;
+
+thread_local! {
+    static LAST_ERROR: RefCell<(CString, c_int)> = RefCell::new((CString::default(), 0));
+}
+
+/// Records `error` as this thread's last error and returns its code.
+fn fail(error: &Error) -> c_int {
+    let text = CString::new(error.message().replace('\0', " ")).unwrap_or_default();
+    LAST_ERROR.with(|last| *last.borrow_mut() = (text, error.errno()));
+    error.code() as c_int
+}
+
+/// Runs an entry point's body: catches panics and turns errors into codes.
+fn guard(body: impl FnOnce() -> Result<()>) -> c_int {
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(Ok(())) => RCLUSTER_OK,
+        Ok(Err(error)) => fail(&error),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            fail(&Error::new(
+                Code::Panic,
+                format!("internal panic (a bug in rcluster): {what}"),
+            ))
+        }
+    }
+}
+
+/// A required pointer argument.
+fn non_null<'a, T>(ptr: *mut T, name: &str) -> Result<&'a mut T> {
+    // SAFETY: the C caller promises a non-NULL pointer is valid and
+    // exclusively ours for the call (documented in the header); NULL is caught.
+    unsafe { ptr.as_mut() }
+        .ok_or_else(|| Error::new(Code::InvalidArgument, format!("{name} is NULL")))
+}
+
+/// A required C string argument, as UTF-8.
+fn c_str<'a>(ptr: *const c_char, name: &str) -> Result<&'a str> {
+    if ptr.is_null() {
+        return Err(Error::new(Code::InvalidArgument, format!("{name} is NULL")));
+    }
+    // SAFETY: non-NULL; the caller promises a NUL-terminated string (header).
+    unsafe { CStr::from_ptr(ptr) }
+        .to_str()
+        .map_err(|_| Error::new(Code::InvalidArgument, format!("{name} is not valid UTF-8")))
+}
+
+/// A byte buffer argument: (NULL, 0) is the empty buffer.
+fn bytes<'a>(data: *const u8, len: usize, name: &str) -> Result<&'a [u8]> {
+    if len == 0 {
+        return Ok(&[]);
+    }
+    if data.is_null() {
+        return Err(Error::new(
+            Code::InvalidArgument,
+            format!("{name} is NULL but its length is {len}"),
+        ));
+    }
+    // SAFETY: non-NULL; the caller promises `len` readable bytes (header).
+    Ok(unsafe { std::slice::from_raw_parts(data, len) })
+}
+
+/// The message of this thread's last failed call: a NUL-terminated string
+/// owned by the library, valid until the next failing call on this thread.
+/// Empty if no call has failed on this thread.
+#[no_mangle]
+pub extern "C" fn rcluster_last_error() -> *const c_char {
+    LAST_ERROR.with(|last| last.borrow().0.as_ptr())
+}
+
+/// The OS errno behind this thread's last failed call, or 0 if none was involved.
+#[no_mangle]
+pub extern "C" fn rcluster_last_errno() -> c_int {
+    LAST_ERROR.with(|last| last.borrow().1)
+}
+
+/// A static description of an `RCLUSTER_E_*` code (never NULL; not to be freed).
+#[no_mangle]
+pub extern "C" fn rcluster_strerror(code: c_int) -> *const c_char {
+    let text: &'static CStr = match code {
+        RCLUSTER_OK => c"success",
+        RCLUSTER_E_INVAL => c"invalid argument",
+        RCLUSTER_E_HANDLE => c"bad handle (NULL, unknown or freed)",
+        RCLUSTER_E_OS => c"operating system error",
+        RCLUSTER_E_TIMEOUT => c"timed out",
+        RCLUSTER_E_AGAIN => c"nothing ready yet",
+        RCLUSTER_E_CLOSED => c"closed",
+        RCLUSTER_E_PROTOCOL => c"protocol error",
+        RCLUSTER_E_TRUNCATED => c"message or descriptors truncated",
+        RCLUSTER_E_ADDR => c"address error",
+        RCLUSTER_E_STATE => c"not valid in the current state",
+        RCLUSTER_E_PANIC => c"internal panic",
+        RCLUSTER_E_TOOBIG => c"too big",
+        _ => c"unknown error code",
+    };
+    text.as_ptr()
+}
+
+/// The library's version as a static NUL-terminated string (not to be freed).
+#[no_mangle]
+pub extern "C" fn rcluster_version() -> *const c_char {
+    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr() as *const c_char
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn c_constants_match_the_rust_values() {
+        let pairs = [
+            (RCLUSTER_E_INVAL, Code::InvalidArgument),
+            (RCLUSTER_E_HANDLE, Code::BadHandle),
+            (RCLUSTER_E_OS, Code::Os),
+            (RCLUSTER_E_TIMEOUT, Code::Timeout),
+            (RCLUSTER_E_AGAIN, Code::WouldBlock),
+            (RCLUSTER_E_CLOSED, Code::Closed),
+            (RCLUSTER_E_PROTOCOL, Code::Protocol),
+            (RCLUSTER_E_TRUNCATED, Code::Truncated),
+            (RCLUSTER_E_ADDR, Code::Address),
+            (RCLUSTER_E_STATE, Code::State),
+            (RCLUSTER_E_PANIC, Code::Panic),
+            (RCLUSTER_E_TOOBIG, Code::TooBig),
+        ];
+        for (c, code) in pairs {
+            assert_eq!(c, code as c_int);
+        }
+        assert_eq!(RCLUSTER_MAX_MESSAGE, crate::channel::MAX_MESSAGE);
+        assert_eq!(RCLUSTER_MAX_FDS, crate::channel::MAX_FDS);
+        assert_eq!(RCLUSTER_POLICY_RR, crate::PolicyKind::RoundRobin as c_int);
+        assert_eq!(RCLUSTER_POLICY_SHARED, crate::PolicyKind::Shared as c_int);
+    }
+}

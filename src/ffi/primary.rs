@@ -1,0 +1,532 @@
+//! C ABI of the primary and of events.
+
+use std::ffi::{c_char, c_int, c_void, CStr, OsString};
+use std::os::unix::ffi::OsStringExt;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use super::handles::Registry;
+use super::{bytes, c_str, guard, non_null};
+use crate::error::{Code, Error, Result};
+use crate::event::{Event, Exit, WorkerEvent};
+use crate::primary::{Config, PolicyKind, Primary, RawFork};
+
+static PRIMARIES: LazyLock<Registry<Primary>> = LazyLock::new(|| Registry::new(1, "primary"));
+
+/// A cluster's primary (opaque).
+pub struct rcluster_primary {
+    _private: [u8; 0],
+}
+
+/// Policy `rr` (the default): the primary accepts and hands each connection
+/// to the next worker in turn; a connection is the primary's until the
+/// worker acknowledges it.
+pub const RCLUSTER_POLICY_RR: c_int = 0;
+/// Policy `shared`: the listening socket is given to the workers, which
+/// accept themselves; the kernel decides which worker gets a connection.
+pub const RCLUSTER_POLICY_SHARED: c_int = 1;
+
+/// No event (the struct after `rcluster_event_release`).
+pub const RCLUSTER_EVENT_NONE: c_int = 0;
+/// Primary: a worker process was started.
+pub const RCLUSTER_EVENT_FORK: c_int = 1;
+/// Primary: a worker opened its channel (Node's `online`).
+pub const RCLUSTER_EVENT_ONLINE: c_int = 2;
+/// Primary: a worker is served connections of `address`:`port`.
+pub const RCLUSTER_EVENT_LISTENING: c_int = 3;
+/// Both sides: a message arrived; its bytes are in `data`/`len`.
+pub const RCLUSTER_EVENT_MESSAGE: c_int = 4;
+/// Primary: a worker's channel closed. Worker: the primary asks this worker
+/// to finish what it holds and leave (accept returns the connections
+/// already queued, then `RCLUSTER_E_CLOSED`).
+pub const RCLUSTER_EVENT_DISCONNECT: c_int = 5;
+/// Primary: a worker process ended (`exit_code` or `signal`; `flags` may
+/// hold `RCLUSTER_EXIT_AFTER_DISCONNECT`).
+pub const RCLUSTER_EVENT_EXIT: c_int = 6;
+/// Primary: a worker broke the protocol and was cut off; the reason is in `data`.
+pub const RCLUSTER_EVENT_WORKER_ERROR: c_int = 7;
+/// Primary: the shutdown is complete; no worker is left, listeners are closed.
+pub const RCLUSTER_EVENT_SHUTDOWN: c_int = 8;
+/// Worker: the primary is gone; further event calls return `RCLUSTER_E_CLOSED`.
+pub const RCLUSTER_EVENT_PRIMARY_GONE: c_int = 9;
+
+/// `flags` bit of an exit event: the worker had been asked to disconnect,
+/// or left on purpose (Node's `exitedAfterDisconnect`).
+pub const RCLUSTER_EXIT_AFTER_DISCONNECT: u32 = 1;
+
+/// Settings of a primary. Fill with `rcluster_primary_options_init`, then
+/// change what you need. Strings are copied by `rcluster_primary_new`.
+#[repr(C)]
+pub struct rcluster_primary_options {
+    /// Worker program and arguments, a NULL-terminated array of strings;
+    /// NULL (the default): this program with its own arguments.
+    pub argv: *const *const c_char,
+    /// "KEY=VALUE" strings added to every worker's environment, NULL-terminated;
+    /// NULL: none. Workers inherit this process's environment besides.
+    pub env: *const *const c_char,
+    /// Workers' working directory; NULL: inherit.
+    pub cwd: *const c_char,
+    /// `RCLUSTER_POLICY_RR` (default) or `RCLUSTER_POLICY_SHARED`.
+    pub policy: c_int,
+    /// Connections a worker may hold handed over but not yet acknowledged. Default 8.
+    pub max_unacked: u32,
+    /// Accepted connections the primary may queue before it stops accepting. Default 1024.
+    pub max_pending: u32,
+    /// listen(2) backlog of sockets the primary binds. Default 511.
+    pub backlog: c_int,
+    /// Time a worker asked to leave has before SIGTERM, and again before SIGKILL. Default 10000.
+    pub stop_timeout_ms: u32,
+    /// Nonzero: SIGTERM and SIGINT start a graceful shutdown (a second one
+    /// kills the workers). Default 0: the library installs no handler.
+    pub handle_signals: c_int,
+    /// Nonzero (default): each worker gets a process group of its own, so a
+    /// terminal's Ctrl-C reaches the primary alone.
+    pub own_process_group: c_int,
+}
+
+/// An event. Fields that do not apply to its `kind` are zero. Release every
+/// event with `rcluster_event_release` (it frees `data`).
+#[repr(C)]
+pub struct rcluster_event {
+    /// `RCLUSTER_EVENT_*`.
+    pub kind: c_int,
+    /// The worker concerned (primary side), or this worker's id (worker side).
+    pub worker_id: u32,
+    /// The worker's pid.
+    pub pid: i32,
+    /// Exit events: the exit code, or -1 if a signal ended it or the status is unknown.
+    pub exit_code: c_int,
+    /// Exit events: the signal that ended it, or 0.
+    pub signal: c_int,
+    /// `RCLUSTER_EXIT_AFTER_DISCONNECT` and future flags.
+    pub flags: u32,
+    /// Listening events: the bound port.
+    pub port: u16,
+    /// Listening events: the bound IP address, NUL-terminated.
+    pub address: [c_char; 64],
+    /// Message bytes (or an error text), owned by the event; NULL when `len` is 0.
+    pub data: *mut u8,
+    /// Length of `data`.
+    pub len: usize,
+}
+
+fn duration_ms(ms: u32) -> Duration {
+    Duration::from_millis(ms as u64)
+}
+
+/// Reads a NULL-terminated array of C strings.
+fn string_array(ptr: *const *const c_char, name: &str) -> Result<Vec<OsString>> {
+    let mut out = Vec::new();
+    if ptr.is_null() {
+        return Ok(out);
+    }
+    for i in 0.. {
+        if i > 1 << 20 {
+            return Err(Error::new(
+                Code::InvalidArgument,
+                format!("{name} has no NULL terminator"),
+            ));
+        }
+        // SAFETY: the caller promises a NULL-terminated array of valid C strings.
+        let item = unsafe { *ptr.add(i) };
+        if item.is_null() {
+            break;
+        }
+        // SAFETY: as above.
+        out.push(OsString::from_vec(
+            unsafe { CStr::from_ptr(item) }.to_bytes().to_vec(),
+        ));
+    }
+    Ok(out)
+}
+
+/// Splits "KEY=VALUE" strings.
+fn env_pairs(ptr: *const *const c_char) -> Result<Vec<(OsString, OsString)>> {
+    string_array(ptr, "env")?
+        .into_iter()
+        .map(|entry| {
+            let bytes = entry.into_vec();
+            let eq = bytes
+                .iter()
+                .position(|&b| b == b'=')
+                .filter(|&i| i > 0)
+                .ok_or_else(|| {
+                    Error::new(
+                        Code::InvalidArgument,
+                        format!(
+                            "env entry {:?} is not KEY=VALUE",
+                            String::from_utf8_lossy(&bytes)
+                        ),
+                    )
+                })?;
+            Ok((
+                OsString::from_vec(bytes[..eq].to_vec()),
+                OsString::from_vec(bytes[eq + 1..].to_vec()),
+            ))
+        })
+        .collect()
+}
+
+fn config_from(options: &rcluster_primary_options) -> Result<Config> {
+    let mut config = Config::default();
+    config.spawn.argv = string_array(options.argv, "argv")?;
+    config.spawn.env = env_pairs(options.env)?;
+    if !options.cwd.is_null() {
+        config.spawn.cwd = Some(c_str(options.cwd, "cwd")?.into());
+    }
+    config.spawn.own_process_group = options.own_process_group != 0;
+    config.policy = PolicyKind::from_raw(options.policy)?;
+    config.max_unacked = options.max_unacked;
+    config.max_pending = options.max_pending;
+    config.backlog = options.backlog;
+    config.stop_timeout = duration_ms(options.stop_timeout_ms);
+    config.handle_signals = options.handle_signals != 0;
+    Ok(config)
+}
+
+/// Fills `options` with the defaults.
+#[no_mangle]
+pub extern "C" fn rcluster_primary_options_init(options: *mut rcluster_primary_options) -> c_int {
+    guard(|| {
+        let options = non_null(options, "options")?;
+        let d = Config::default();
+        *options = rcluster_primary_options {
+            argv: std::ptr::null(),
+            env: std::ptr::null(),
+            cwd: std::ptr::null(),
+            policy: d.policy as c_int,
+            max_unacked: d.max_unacked,
+            max_pending: d.max_pending,
+            backlog: d.backlog,
+            stop_timeout_ms: d.stop_timeout.as_millis() as u32,
+            handle_signals: d.handle_signals as c_int,
+            own_process_group: d.spawn.own_process_group as c_int,
+        };
+        Ok(())
+    })
+}
+
+/// Creates a primary with `options` (NULL: the defaults) and stores its
+/// handle in `*out`. No thread starts and no worker is spawned yet.
+/// Free it with `rcluster_primary_free`.
+#[no_mangle]
+pub extern "C" fn rcluster_primary_new(
+    options: *const rcluster_primary_options,
+    out: *mut *mut rcluster_primary,
+) -> c_int {
+    guard(|| {
+        let out = non_null(out, "out")?;
+        *out = std::ptr::null_mut();
+        // SAFETY: NULL is allowed (defaults); otherwise the caller promises a valid struct.
+        let config = match unsafe { options.as_ref() } {
+            Some(options) => config_from(options)?,
+            None => Config::default(),
+        };
+        *out = PRIMARIES.insert(Primary::new(config)?);
+        Ok(())
+    })
+}
+
+/// Starts one worker by exec of the configured argv, with the "KEY=VALUE"
+/// strings of `env` (NULL-terminated, or NULL) added to its environment.
+/// Stores its id and pid (either out-pointer may be NULL). A `FORK` event follows.
+#[no_mangle]
+pub extern "C" fn rcluster_primary_fork(
+    primary: *mut rcluster_primary,
+    env: *const *const c_char,
+    worker_id: *mut u32,
+    pid: *mut i32,
+) -> c_int {
+    guard(|| {
+        let primary = PRIMARIES.get(primary)?;
+        let info = primary.fork(env_pairs(env)?)?;
+        // SAFETY: optional out-pointers; the caller promises they are valid if non-NULL.
+        unsafe {
+            if let Some(id) = worker_id.as_mut() {
+                *id = info.id;
+            }
+            if let Some(p) = pid.as_mut() {
+                *p = info.pid;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Forks a worker without exec, for single-threaded C programs. Returns 0 in
+/// both processes: in the primary `*pid` is the child's pid; in the child
+/// `*pid` is 0, the environment names the worker (open it with
+/// `rcluster_worker_open`), and this primary handle is dead there (free it).
+/// Refused with `RCLUSTER_E_STATE` once the process has other threads, for
+/// example after any other primary call started the primary's loop thread:
+/// fork all raw workers first.
+#[no_mangle]
+pub extern "C" fn rcluster_primary_fork_raw(
+    primary: *mut rcluster_primary,
+    worker_id: *mut u32,
+    pid: *mut i32,
+) -> c_int {
+    guard(|| {
+        let handle = PRIMARIES.get(primary)?;
+        let result = handle.fork_raw();
+        drop(handle);
+        let (id, child_pid) = match result? {
+            RawFork::Parent(info) => (info.id, info.pid),
+            RawFork::Child => (crate::worker::worker_id().unwrap_or(0), 0),
+        };
+        // SAFETY: optional out-pointers, valid if non-NULL.
+        unsafe {
+            if let Some(out) = worker_id.as_mut() {
+                *out = id;
+            }
+            if let Some(out) = pid.as_mut() {
+                *out = child_pid;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Binds a listener on `host`:`port` up front (workers asking for that
+/// address, or for the port stored in `*bound_port`, share it). `host` is an
+/// IP address, "localhost", or "" for all IPv4 interfaces; port 0 lets the
+/// OS pick. `bound_port` may be NULL. Errors: `RCLUSTER_E_ADDR` with errno.
+#[no_mangle]
+pub extern "C" fn rcluster_primary_listen(
+    primary: *mut rcluster_primary,
+    host: *const c_char,
+    port: u16,
+    bound_port: *mut u16,
+) -> c_int {
+    guard(|| {
+        let primary = PRIMARIES.get(primary)?;
+        let address = primary.listen(c_str(host, "host")?, port)?;
+        // SAFETY: optional out-pointer, valid if non-NULL.
+        if let Some(out) = unsafe { bound_port.as_mut() } {
+            *out = address.port();
+        }
+        Ok(())
+    })
+}
+
+/// Stores in `*fd` an fd that is readable while events wait (for poll/epoll).
+/// The primary owns it: do not close it or read from it.
+#[no_mangle]
+pub extern "C" fn rcluster_primary_fd(primary: *mut rcluster_primary, fd: *mut c_int) -> c_int {
+    guard(|| {
+        let out = non_null(fd, "fd")?;
+        *out = PRIMARIES.get(primary)?.event_fd();
+        Ok(())
+    })
+}
+
+/// Takes the next event without waiting: 0 and `*event` filled, or
+/// `RCLUSTER_E_AGAIN` when none waits.
+#[no_mangle]
+pub extern "C" fn rcluster_primary_next_event(
+    primary: *mut rcluster_primary,
+    event: *mut rcluster_event,
+) -> c_int {
+    rcluster_primary_wait_event(primary, event, 0)
+}
+
+/// Waits up to `timeout_ms` (negative: no limit; 0: don't wait) for the next
+/// event: 0 and `*event` filled, `RCLUSTER_E_TIMEOUT` (or `RCLUSTER_E_AGAIN`
+/// for 0) when none came.
+#[no_mangle]
+pub extern "C" fn rcluster_primary_wait_event(
+    primary: *mut rcluster_primary,
+    event: *mut rcluster_event,
+    timeout_ms: c_int,
+) -> c_int {
+    guard(|| {
+        let out = non_null(event, "event")?;
+        *out = empty_event();
+        let primary = PRIMARIES.get(primary)?;
+        match primary.next_event(crate::sys::timeout_from_ms(timeout_ms))? {
+            Some(ev) => {
+                *out = primary_event(ev);
+                Ok(())
+            }
+            None if timeout_ms == 0 => Err(Error::new(Code::WouldBlock, "no event is waiting")),
+            None => Err(Error::new(Code::Timeout, "no event arrived in time")),
+        }
+    })
+}
+
+/// Sends `len` bytes to worker `worker_id` (copied; queued, never blocks).
+/// `RCLUSTER_E_CLOSED` if that worker is not connected.
+#[no_mangle]
+pub extern "C" fn rcluster_primary_send(
+    primary: *mut rcluster_primary,
+    worker_id: u32,
+    data: *const c_void,
+    len: usize,
+) -> c_int {
+    guard(|| {
+        let primary = PRIMARIES.get(primary)?;
+        primary.send(worker_id, bytes(data as *const u8, len, "data")?)
+    })
+}
+
+/// Asks worker `worker_id` to finish what it holds and leave: it gets no new
+/// connections from now on; after the stop timeout it gets SIGTERM, then SIGKILL.
+#[no_mangle]
+pub extern "C" fn rcluster_primary_disconnect(
+    primary: *mut rcluster_primary,
+    worker_id: u32,
+) -> c_int {
+    guard(|| PRIMARIES.get(primary)?.disconnect(worker_id))
+}
+
+/// Sends `signal` to worker `worker_id`'s process (ignored once it has been reaped).
+#[no_mangle]
+pub extern "C" fn rcluster_primary_kill(
+    primary: *mut rcluster_primary,
+    worker_id: u32,
+    signal: c_int,
+) -> c_int {
+    guard(|| PRIMARIES.get(primary)?.kill(worker_id, signal))
+}
+
+/// Starts a graceful shutdown and returns at once: connections the kernel
+/// already accepted are handed out, listeners close, every worker is asked
+/// to leave (SIGTERM after `grace_ms`, SIGKILL after another `grace_ms`).
+/// A `RCLUSTER_EVENT_SHUTDOWN` event marks the end. Idempotent.
+#[no_mangle]
+pub extern "C" fn rcluster_primary_shutdown(
+    primary: *mut rcluster_primary,
+    grace_ms: u32,
+) -> c_int {
+    guard(|| PRIMARIES.get(primary)?.shutdown(duration_ms(grace_ms)))
+}
+
+/// Frees the primary. If it has not shut down, shuts it down first with the
+/// stop timeout as grace and waits until every worker has exited and been
+/// reaped (this may block that long). The handle is invalid afterwards.
+#[no_mangle]
+pub extern "C" fn rcluster_primary_free(primary: *mut rcluster_primary) -> c_int {
+    guard(|| {
+        drop(PRIMARIES.remove(primary)?);
+        Ok(())
+    })
+}
+
+/// Frees what an event owns (`data`) and zeroes it. Safe to call twice and
+/// on a zeroed event.
+#[no_mangle]
+pub extern "C" fn rcluster_event_release(event: *mut rcluster_event) -> c_int {
+    guard(|| {
+        let event = non_null(event, "event")?;
+        if !event.data.is_null() {
+            // SAFETY: `data`/`len` came from Box::into_raw of a boxed slice in
+            // `with_data` and are released once (zeroed just below).
+            drop(unsafe {
+                Box::from_raw(std::ptr::slice_from_raw_parts_mut(event.data, event.len))
+            });
+        }
+        *event = empty_event();
+        Ok(())
+    })
+}
+
+pub(super) fn empty_event() -> rcluster_event {
+    rcluster_event {
+        kind: RCLUSTER_EVENT_NONE,
+        worker_id: 0,
+        pid: 0,
+        exit_code: 0,
+        signal: 0,
+        flags: 0,
+        port: 0,
+        address: [0; 64],
+        data: std::ptr::null_mut(),
+        len: 0,
+    }
+}
+
+fn with_data(mut event: rcluster_event, data: Vec<u8>) -> rcluster_event {
+    if !data.is_empty() {
+        let boxed = data.into_boxed_slice();
+        event.len = boxed.len();
+        event.data = Box::into_raw(boxed) as *mut u8;
+    }
+    event
+}
+
+fn primary_event(event: Event) -> rcluster_event {
+    let base = |kind, worker_id, pid| rcluster_event {
+        kind,
+        worker_id,
+        pid,
+        ..empty_event()
+    };
+    match event {
+        Event::Fork { worker, pid } => base(RCLUSTER_EVENT_FORK, worker, pid),
+        Event::Online { worker, pid } => base(RCLUSTER_EVENT_ONLINE, worker, pid),
+        Event::Listening {
+            worker,
+            pid,
+            address,
+        } => {
+            let mut ev = base(RCLUSTER_EVENT_LISTENING, worker, pid);
+            ev.port = address.port();
+            for (dst, src) in ev
+                .address
+                .iter_mut()
+                .zip(address.ip().to_string().bytes().take(63))
+            {
+                *dst = src as c_char;
+            }
+            ev
+        }
+        Event::Message { worker, pid, data } => {
+            with_data(base(RCLUSTER_EVENT_MESSAGE, worker, pid), data)
+        }
+        Event::Disconnect { worker, pid } => base(RCLUSTER_EVENT_DISCONNECT, worker, pid),
+        Event::Exit {
+            worker,
+            pid,
+            exit,
+            after_disconnect,
+        } => {
+            let mut ev = base(RCLUSTER_EVENT_EXIT, worker, pid);
+            (ev.exit_code, ev.signal) = match exit {
+                Exit::Code(code) => (code, 0),
+                Exit::Signal(signal) => (-1, signal),
+                Exit::Unknown => (-1, 0),
+            };
+            ev.flags = if after_disconnect {
+                RCLUSTER_EXIT_AFTER_DISCONNECT
+            } else {
+                0
+            };
+            ev
+        }
+        Event::WorkerError {
+            worker,
+            pid,
+            message,
+        } => with_data(
+            base(RCLUSTER_EVENT_WORKER_ERROR, worker, pid),
+            message.into_bytes(),
+        ),
+        Event::Shutdown => base(RCLUSTER_EVENT_SHUTDOWN, 0, 0),
+    }
+}
+
+pub(super) fn worker_event(event: WorkerEvent, worker_id: u32) -> rcluster_event {
+    // SAFETY: getpid is always safe.
+    let pid = unsafe { libc::getpid() };
+    let base = |kind| rcluster_event {
+        kind,
+        worker_id,
+        pid,
+        ..empty_event()
+    };
+    match event {
+        WorkerEvent::Message(data) => with_data(base(RCLUSTER_EVENT_MESSAGE), data),
+        WorkerEvent::Disconnect => base(RCLUSTER_EVENT_DISCONNECT),
+        WorkerEvent::PrimaryGone => base(RCLUSTER_EVENT_PRIMARY_GONE),
+    }
+}

@@ -1,0 +1,205 @@
+//! C ABI of the worker side.
+
+use std::ffi::{c_char, c_int, c_void};
+use std::os::fd::IntoRawFd;
+use std::sync::LazyLock;
+
+use super::handles::Registry;
+use super::primary::{empty_event, rcluster_event, worker_event};
+use super::{bytes, c_str, guard, non_null};
+use crate::error::{Code, Error};
+use crate::sys::timeout_from_ms;
+use crate::worker::{Listener, Worker};
+
+static WORKERS: LazyLock<Registry<Worker>> = LazyLock::new(|| Registry::new(2, "worker"));
+static LISTENERS: LazyLock<Registry<Listener>> = LazyLock::new(|| Registry::new(3, "listener"));
+
+/// This process's worker side (opaque).
+pub struct rcluster_worker {
+    _private: [u8; 0],
+}
+
+/// A listening address served through the primary (opaque).
+pub struct rcluster_listener {
+    _private: [u8; 0],
+}
+
+/// 1 if this process was started as a worker (its environment carries
+/// `RCLUSTER_WORKER_ID`), 0 otherwise. Never fails.
+#[no_mangle]
+pub extern "C" fn rcluster_is_worker() -> c_int {
+    crate::worker::is_worker() as c_int
+}
+
+/// Stores this worker's id (≥ 1) in `*worker_id`; `RCLUSTER_E_STATE` in a
+/// process that is not a worker.
+#[no_mangle]
+pub extern "C" fn rcluster_worker_id(worker_id: *mut u32) -> c_int {
+    guard(|| {
+        let out = non_null(worker_id, "worker_id")?;
+        *out = crate::worker::worker_id()
+            .ok_or_else(|| Error::new(Code::State, "this process is not a worker"))?;
+        Ok(())
+    })
+}
+
+/// Opens the worker side from the environment and tells the primary this
+/// worker is online. Once per process; free with `rcluster_worker_close`.
+#[no_mangle]
+pub extern "C" fn rcluster_worker_open(out: *mut *mut rcluster_worker) -> c_int {
+    guard(|| {
+        let out = non_null(out, "out")?;
+        *out = std::ptr::null_mut();
+        *out = WORKERS.insert(Worker::open()?);
+        Ok(())
+    })
+}
+
+/// Stores in `*fd` an fd that is readable when an event may be waiting
+/// (`rcluster_worker_next_event`). Owned by the worker: do not close it.
+#[no_mangle]
+pub extern "C" fn rcluster_worker_fd(worker: *mut rcluster_worker, fd: *mut c_int) -> c_int {
+    guard(|| {
+        let out = non_null(fd, "fd")?;
+        *out = WORKERS.get(worker)?.fd();
+        Ok(())
+    })
+}
+
+/// Asks the primary to listen on `host`:`port` and waits up to `timeout_ms`
+/// (negative: no limit) for the answer. `host` is an IP address,
+/// "localhost", or "" for all IPv4 interfaces. Port 0 gives one OS-picked
+/// port shared by every worker that asks for 0 on that host. Workers asking
+/// for the same address share one listening socket. A bind failure comes
+/// back as `RCLUSTER_E_ADDR` with the errno (EADDRINUSE, EACCES, EINVAL...).
+/// Free the listener with `rcluster_listener_close`.
+#[no_mangle]
+pub extern "C" fn rcluster_worker_listen(
+    worker: *mut rcluster_worker,
+    host: *const c_char,
+    port: u16,
+    timeout_ms: c_int,
+    out: *mut *mut rcluster_listener,
+) -> c_int {
+    guard(|| {
+        let out = non_null(out, "out")?;
+        *out = std::ptr::null_mut();
+        let worker = WORKERS.get(worker)?;
+        let listener = worker.listen(c_str(host, "host")?, port, timeout_from_ms(timeout_ms))?;
+        *out = LISTENERS.insert(listener);
+        Ok(())
+    })
+}
+
+/// Stores the port the listener is bound to (the OS-picked one for port 0).
+#[no_mangle]
+pub extern "C" fn rcluster_listener_port(
+    listener: *mut rcluster_listener,
+    port: *mut u16,
+) -> c_int {
+    guard(|| {
+        let out = non_null(port, "port")?;
+        *out = LISTENERS.get(listener)?.address().port();
+        Ok(())
+    })
+}
+
+/// Stores in `*fd` an fd that is readable when `rcluster_listener_accept`
+/// may have a connection. Owned by the listener: do not close it.
+#[no_mangle]
+pub extern "C" fn rcluster_listener_fd(listener: *mut rcluster_listener, fd: *mut c_int) -> c_int {
+    guard(|| {
+        let out = non_null(fd, "fd")?;
+        *out = LISTENERS.get(listener)?.fd();
+        Ok(())
+    })
+}
+
+/// Takes the next connection, waiting up to `timeout_ms` (0: don't wait,
+/// `RCLUSTER_E_AGAIN` if none; negative: no limit). `*fd` receives a
+/// connected, blocking, close-on-exec socket that the caller owns and must
+/// close. After the primary asked this worker to disconnect, the connections
+/// already queued are still returned, then `RCLUSTER_E_CLOSED`; likewise
+/// when the primary is gone.
+#[no_mangle]
+pub extern "C" fn rcluster_listener_accept(
+    listener: *mut rcluster_listener,
+    timeout_ms: c_int,
+    fd: *mut c_int,
+) -> c_int {
+    guard(|| {
+        let out = non_null(fd, "fd")?;
+        *out = -1;
+        let listener = LISTENERS.get(listener)?;
+        *out = listener.accept(timeout_from_ms(timeout_ms))?.into_raw_fd();
+        Ok(())
+    })
+}
+
+/// Stops taking this address's connections (those queued here go to other
+/// workers) and frees the listener handle.
+#[no_mangle]
+pub extern "C" fn rcluster_listener_close(listener: *mut rcluster_listener) -> c_int {
+    guard(|| {
+        LISTENERS.remove(listener)?.close();
+        Ok(())
+    })
+}
+
+/// Takes the next worker event without waiting (`RCLUSTER_E_AGAIN` if none):
+/// `RCLUSTER_EVENT_MESSAGE`, `RCLUSTER_EVENT_DISCONNECT` or
+/// `RCLUSTER_EVENT_PRIMARY_GONE`. After PRIMARY_GONE: `RCLUSTER_E_CLOSED`.
+#[no_mangle]
+pub extern "C" fn rcluster_worker_next_event(
+    worker: *mut rcluster_worker,
+    event: *mut rcluster_event,
+) -> c_int {
+    rcluster_worker_wait_event(worker, event, 0)
+}
+
+/// Waits up to `timeout_ms` (negative: no limit) for the next worker event;
+/// `RCLUSTER_E_TIMEOUT` when none came (`RCLUSTER_E_AGAIN` for 0).
+#[no_mangle]
+pub extern "C" fn rcluster_worker_wait_event(
+    worker: *mut rcluster_worker,
+    event: *mut rcluster_event,
+    timeout_ms: c_int,
+) -> c_int {
+    guard(|| {
+        let out = non_null(event, "event")?;
+        *out = empty_event();
+        let worker = WORKERS.get(worker)?;
+        match worker.next_event(timeout_from_ms(timeout_ms))? {
+            Some(ev) => {
+                *out = worker_event(ev, worker.id());
+                Ok(())
+            }
+            None if timeout_ms == 0 => Err(Error::new(Code::WouldBlock, "no event is waiting")),
+            None => Err(Error::new(Code::Timeout, "no event arrived in time")),
+        }
+    })
+}
+
+/// Sends `len` bytes (copied) to the primary; blocks while the channel is full.
+#[no_mangle]
+pub extern "C" fn rcluster_worker_send(
+    worker: *mut rcluster_worker,
+    data: *const c_void,
+    len: usize,
+) -> c_int {
+    guard(|| {
+        let worker = WORKERS.get(worker)?;
+        worker.send(bytes(data as *const u8, len, "data")?)
+    })
+}
+
+/// Leaves the cluster gracefully (connections still queued here go to other
+/// workers, the primary hears a goodbye, the channel closes) and frees the
+/// handle. Listeners of this worker stop working; close them too.
+#[no_mangle]
+pub extern "C" fn rcluster_worker_close(worker: *mut rcluster_worker) -> c_int {
+    guard(|| {
+        WORKERS.remove(worker)?.close();
+        Ok(())
+    })
+}

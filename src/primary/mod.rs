@@ -1,0 +1,374 @@
+//! The primary: owns the listeners, starts and supervises workers, hands
+//! them connections, and reports what happens as events.
+//!
+//! All the work happens on one thread running a mio loop ([`event_loop`]),
+//! so a host whose own thread is busy (a JS or Python interpreter) never
+//! stalls dispatch. The host talks to it through a command queue and pulls
+//! [`Event`]s from a queue whose fd is readable while events wait.
+//!
+//! The loop thread starts on the first call that needs it. Before that the
+//! process has one thread, which is what [`Primary::fork_raw`] requires.
+
+mod event_loop;
+mod listener;
+pub mod policy;
+mod signals;
+
+use std::collections::{HashSet, VecDeque};
+use std::ffi::OsString;
+use std::mem::ManuallyDrop;
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::error::{Code, Error, Result};
+use crate::event::{Event, EventQueue};
+use crate::spawn::{self, SpawnSpec};
+use crate::sys::Flag;
+use event_loop::EventLoop;
+pub use listener::parse_address;
+pub use policy::PolicyKind;
+
+/// How a primary behaves. `Config::default()` gives the documented defaults.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// How workers are started (argv, environment, cwd).
+    pub spawn: SpawnSpec,
+    /// The scheduling policy.
+    pub policy: PolicyKind,
+    /// Connections a worker may hold handed-over but not yet acknowledged
+    /// (its credit). Lower is fairer, higher pipelines more. Default 8.
+    pub max_unacked: u32,
+    /// Connections the primary may hold accepted but not yet handed over.
+    /// When full, it stops accepting and the kernel's backlog holds the rest.
+    /// Default 1024.
+    pub max_pending: u32,
+    /// listen(2) backlog of the sockets the primary binds. Default 511.
+    pub backlog: i32,
+    /// How long a worker asked to disconnect may take before SIGTERM, and
+    /// again before SIGKILL. Default 10 s.
+    pub stop_timeout: Duration,
+    /// Handle SIGTERM and SIGINT (graceful shutdown). Default off: the
+    /// host's signals are the host's.
+    pub handle_signals: bool,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            spawn: SpawnSpec {
+                own_process_group: true,
+                ..SpawnSpec::default()
+            },
+            policy: PolicyKind::RoundRobin,
+            max_unacked: 8,
+            max_pending: 1024,
+            backlog: 511,
+            stop_timeout: Duration::from_secs(10),
+            handle_signals: false,
+        }
+    }
+}
+
+/// A started worker: its id and pid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WorkerInfo {
+    /// The worker's id (≥ 1, never reused within a primary).
+    pub id: u32,
+    /// Its process id.
+    pub pid: i32,
+}
+
+/// What [`Primary::fork_raw`] returned in this process.
+#[derive(Debug)]
+pub enum RawFork {
+    /// We are the primary; the child is this worker.
+    Parent(WorkerInfo),
+    /// We are the new worker: open it with [`crate::Worker::open`]. The
+    /// primary's handle in this process is dead (its fds are closed).
+    Child,
+}
+
+pub(crate) enum Command {
+    Fork {
+        env: Vec<(OsString, OsString)>,
+        reply: mpsc::SyncSender<Result<WorkerInfo>>,
+    },
+    Listen {
+        host: String,
+        port: u16,
+        reply: mpsc::SyncSender<Result<SocketAddr>>,
+    },
+    Send {
+        worker: u32,
+        data: Vec<u8>,
+    },
+    Disconnect {
+        worker: u32,
+    },
+    Kill {
+        worker: u32,
+        signal: i32,
+    },
+    Shutdown {
+        grace: Duration,
+    },
+}
+
+/// What the host thread and the loop thread share.
+pub(crate) struct Shared {
+    events: ManuallyDrop<EventQueue<Event>>,
+    commands: Mutex<VecDeque<Command>>,
+    /// Readable while commands wait; watched by the loop.
+    wake: ManuallyDrop<Flag>,
+    /// Workers whose channel is open (for send()'s synchronous check).
+    connected: Mutex<HashSet<u32>>,
+    /// The loop has finished (after shutdown).
+    stopped: AtomicBool,
+    /// This process is a raw-forked child: the fds above were closed by hand.
+    in_child: AtomicBool,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        if !self.in_child.load(Ordering::SeqCst) {
+            // SAFETY: dropped exactly once, here, and only when fork_raw's
+            // child path did not already close their fds.
+            unsafe {
+                ManuallyDrop::drop(&mut self.events);
+                ManuallyDrop::drop(&mut self.wake);
+            }
+        }
+    }
+}
+
+impl Shared {
+    pub(crate) fn emit(&self, event: Event) {
+        self.events.push(event);
+    }
+
+    fn lock_connected(&self) -> MutexGuard<'_, HashSet<u32>> {
+        self.connected.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A cluster's primary.
+pub struct Primary {
+    shared: Arc<Shared>,
+    /// The loop before its thread starts.
+    unstarted: Mutex<Option<EventLoop>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    stop_timeout: Duration,
+}
+
+impl Primary {
+    /// Creates a primary. No thread starts and no worker is spawned yet.
+    pub fn new(config: Config) -> Result<Primary> {
+        if config.max_unacked == 0 {
+            return Err(Error::new(
+                Code::InvalidArgument,
+                "max_unacked must be at least 1",
+            ));
+        }
+        let shared = Arc::new(Shared {
+            events: ManuallyDrop::new(EventQueue::new()?),
+            commands: Mutex::new(VecDeque::new()),
+            wake: ManuallyDrop::new(Flag::new().map_err(|e| Error::os("eventfd", e))?),
+            connected: Mutex::new(HashSet::new()),
+            stopped: AtomicBool::new(false),
+            in_child: AtomicBool::new(false),
+        });
+        let stop_timeout = config.stop_timeout;
+        let event_loop = EventLoop::new(config, shared.clone())?;
+        Ok(Primary {
+            shared,
+            unstarted: Mutex::new(Some(event_loop)),
+            thread: Mutex::new(None),
+            stop_timeout,
+        })
+    }
+
+    /// Starts a worker by exec (the config's argv, or this program), with
+    /// `env` added to its environment. Returns once the process exists.
+    pub fn fork(&self, env: Vec<(OsString, OsString)>) -> Result<WorkerInfo> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.command(Command::Fork { env, reply })?;
+        answer.recv().map_err(|_| self.stopped_error())?
+    }
+
+    /// Forks a worker without exec; returns in both processes. Only for
+    /// single-threaded programs, before anything starts the loop thread
+    /// (refused with a `State` error otherwise).
+    pub fn fork_raw(&self) -> Result<RawFork> {
+        self.check_usable()?;
+        let mut unstarted = self.unstarted.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(event_loop) = unstarted.as_mut() else {
+            return Err(Error::new(Code::State, "raw fork refused: the primary's loop thread is running; fork before using the primary"));
+        };
+        let id = event_loop.reserve_worker_id();
+        match spawn::fork_raw(id)? {
+            spawn::Forked::Parent(spawned) => Ok(RawFork::Parent(event_loop.adopt(id, spawned)?)),
+            spawn::Forked::Child => {
+                // Close everything the primary owns so this worker holds no
+                // listener, no other worker's channel and no event fd.
+                drop(unstarted.take());
+                self.shared.in_child.store(true, Ordering::SeqCst);
+                // SAFETY: we are the only thread (fork_raw checked), the flag
+                // above stops Shared's Drop from closing these fds again, and
+                // nothing else refers to their numbers.
+                unsafe {
+                    libc::close(self.shared.events.fd());
+                    libc::close(self.shared.wake.raw());
+                }
+                Ok(RawFork::Child)
+            }
+        }
+    }
+
+    /// Binds a listener up front (workers asking for the same address, or for
+    /// the port this returns, share it). Returns the bound address.
+    pub fn listen(&self, host: &str, port: u16) -> Result<SocketAddr> {
+        self.check_usable()?;
+        {
+            let mut unstarted = self.unstarted.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(event_loop) = unstarted.as_mut() {
+                return event_loop.listen(host, port);
+            }
+        }
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.command(Command::Listen {
+            host: host.to_owned(),
+            port,
+            reply,
+        })?;
+        answer.recv().map_err(|_| self.stopped_error())?
+    }
+
+    /// The fd that is readable while events wait. Owned by the primary.
+    pub fn event_fd(&self) -> RawFd {
+        self.shared.events.fd()
+    }
+
+    /// The next event, waiting up to `timeout` (`Some(ZERO)`: don't wait).
+    pub fn next_event(&self, timeout: Option<Duration>) -> Result<Option<Event>> {
+        self.check_usable()?;
+        self.ensure_started()?;
+        self.shared.events.pop_wait(timeout)
+    }
+
+    /// Sends application bytes to a worker (queued; never blocks).
+    pub fn send(&self, worker: u32, data: &[u8]) -> Result<()> {
+        crate::channel::check_limits(data.len() + 1, 0)?;
+        self.check_connected(worker)?;
+        self.command(Command::Send {
+            worker,
+            data: data.to_vec(),
+        })
+    }
+
+    /// Asks a worker to finish what it holds and leave; it gets no new
+    /// connections from now on. After the stop timeout it gets SIGTERM,
+    /// then SIGKILL.
+    pub fn disconnect(&self, worker: u32) -> Result<()> {
+        self.check_connected(worker)?;
+        self.command(Command::Disconnect { worker })
+    }
+
+    /// Sends `signal` to a worker's process (only while it is unreaped, so
+    /// the pid cannot belong to anyone else).
+    pub fn kill(&self, worker: u32, signal: i32) -> Result<()> {
+        if !(1..=64).contains(&signal) {
+            return Err(Error::new(
+                Code::InvalidArgument,
+                format!("bad signal number {signal}"),
+            ));
+        }
+        self.command(Command::Kill { worker, signal })
+    }
+
+    /// Starts a graceful shutdown: accept what the kernel already queued and
+    /// hand it out, close the listeners, ask every worker to leave (SIGTERM
+    /// after `grace`, SIGKILL after another `grace`). Ends with a
+    /// [`Event::Shutdown`]. Returns at once; idempotent.
+    pub fn shutdown(&self, grace: Duration) -> Result<()> {
+        if self.shared.stopped.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.command(Command::Shutdown { grace })
+    }
+
+    /// Whether the loop has finished (the shutdown is complete).
+    pub fn is_stopped(&self) -> bool {
+        self.shared.stopped.load(Ordering::SeqCst)
+    }
+
+    fn check_usable(&self) -> Result<()> {
+        if self.shared.in_child.load(Ordering::SeqCst) {
+            return Err(Error::new(Code::State, "this process is a worker forked from the primary; the primary handle is not usable here"));
+        }
+        Ok(())
+    }
+
+    fn check_connected(&self, worker: u32) -> Result<()> {
+        self.check_usable()?;
+        if !self.shared.lock_connected().contains(&worker) {
+            return Err(Error::new(
+                Code::Closed,
+                format!("worker {worker} is not connected"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn stopped_error(&self) -> Error {
+        Error::new(Code::State, "the primary has shut down")
+    }
+
+    fn command(&self, command: Command) -> Result<()> {
+        self.check_usable()?;
+        self.ensure_started()?;
+        if self.shared.stopped.load(Ordering::SeqCst) {
+            return Err(self.stopped_error());
+        }
+        let mut commands = self
+            .shared
+            .commands
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if commands.is_empty() {
+            self.shared.wake.set();
+        }
+        commands.push_back(command);
+        Ok(())
+    }
+
+    fn ensure_started(&self) -> Result<()> {
+        let mut unstarted = self.unstarted.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(event_loop) = unstarted.take() {
+            let handle = std::thread::Builder::new()
+                .name("rcluster-primary".into())
+                .spawn(move || event_loop.run())
+                .map_err(|e| Error::os("spawning the primary's loop thread", e))?;
+            *self.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Primary {
+    /// Shuts down (if not already) with the stop timeout as grace, and waits
+    /// for the loop to finish: no worker is left running, none unreaped.
+    fn drop(&mut self) {
+        if self.shared.in_child.load(Ordering::SeqCst) {
+            return;
+        }
+        let _ = self.shutdown(self.stop_timeout);
+        if let Some(handle) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = handle.join();
+        }
+    }
+}

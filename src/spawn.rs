@@ -1,0 +1,201 @@
+//! Starting workers: spawn (fork + exec of an argv) by default, or a raw fork
+//! that returns in the child for single-threaded C programs.
+//!
+//! # The environment protocol
+//!
+//! A spawned worker finds its channel end at fd [`CHILD_CHANNEL_FD`] and two
+//! variables in its environment, as Node's workers find `NODE_UNIQUE_ID` and
+//! `NODE_CHANNEL_FD`:
+//!
+//! - [`ENV_WORKER_ID`]: the worker's id, a decimal number ≥ 1;
+//! - [`ENV_CHANNEL_FD`]: the fd number of its channel end.
+//!
+//! [`crate::Worker::open`] reads them, marks the fd close-on-exec (so the
+//! worker's own children do not inherit it) and removes nothing else.
+//!
+//! The child also gets `PR_SET_PDEATHSIG(SIGTERM)`, so it is told to stop when
+//! the primary's thread that spawned it dies even if the channel hang-up goes
+//! unnoticed, and (by default) a process group of its own, so a Ctrl-C at the
+//! terminal reaches the primary alone and the primary stops workers gracefully.
+
+use std::ffi::OsString;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command};
+
+use crate::channel;
+use crate::error::{Code, Error, Result};
+use crate::sys;
+
+/// Environment variable holding the worker's id.
+pub const ENV_WORKER_ID: &str = "RCLUSTER_WORKER_ID";
+/// Environment variable holding the worker's channel fd.
+pub const ENV_CHANNEL_FD: &str = "RCLUSTER_CHANNEL_FD";
+/// The fd a spawned worker finds its channel end at (as Node uses fd 3).
+pub const CHILD_CHANNEL_FD: RawFd = 3;
+
+/// How to start a worker by exec.
+#[derive(Clone, Debug, Default)]
+pub struct SpawnSpec {
+    /// Program and arguments; empty means this process's executable and arguments.
+    pub argv: Vec<OsString>,
+    /// Variables added to (or replacing in) the inherited environment.
+    pub env: Vec<(OsString, OsString)>,
+    /// Start from an empty environment instead of inheriting this process's.
+    pub clear_env: bool,
+    /// Working directory; `None` = inherit.
+    pub cwd: Option<OsString>,
+    /// Put the worker in a process group of its own.
+    pub own_process_group: bool,
+}
+
+/// A started worker, from the primary's side.
+#[derive(Debug)]
+pub struct Spawned {
+    /// Its pid.
+    pub pid: libc::pid_t,
+    /// std's handle when it was exec'd (reaped through it), `None` for a raw fork.
+    pub child: Option<Child>,
+    /// The primary's end of the channel.
+    pub channel: OwnedFd,
+}
+
+/// This process's executable and arguments: the default worker argv.
+pub fn current_argv() -> Result<Vec<OsString>> {
+    let exe = std::env::current_exe().map_err(|e| Error::os("current_exe", e))?;
+    let mut argv = vec![exe.into_os_string()];
+    argv.extend(std::env::args_os().skip(1));
+    Ok(argv)
+}
+
+/// Spawns worker `id` by fork + exec of `spec`.
+pub fn spawn(spec: &SpawnSpec, id: u32) -> Result<Spawned> {
+    let argv = if spec.argv.is_empty() {
+        current_argv()?
+    } else {
+        spec.argv.clone()
+    };
+    let (primary_end, child_end) = channel::socketpair()?;
+    let mut command = Command::new(&argv[0]);
+    command.args(&argv[1..]);
+    if spec.clear_env {
+        command.env_clear();
+    }
+    command.envs(spec.env.iter().map(|(k, v)| (k, v)));
+    command.env(ENV_WORKER_ID, id.to_string());
+    command.env(ENV_CHANNEL_FD, CHILD_CHANNEL_FD.to_string());
+    if let Some(cwd) = &spec.cwd {
+        command.current_dir(cwd);
+    }
+    let child_fd = child_end.as_raw_fd();
+    let primary_fd = primary_end.as_raw_fd();
+    // SAFETY: getpid is always safe.
+    let parent_pid = unsafe { libc::getpid() };
+    let own_group = spec.own_process_group;
+    // SAFETY: the closure runs in the forked child before exec and calls only
+    // async-signal-safe functions (close, dup2, fcntl, prctl, getppid, setpgid,
+    // _exit) on fds and values captured by copy.
+    unsafe {
+        command.pre_exec(move || {
+            libc::close(primary_fd);
+            if child_fd == CHILD_CHANNEL_FD {
+                // dup2 onto itself is a no-op that keeps FD_CLOEXEC: clear it by hand.
+                let flags = libc::fcntl(child_fd, libc::F_GETFD);
+                if flags == -1
+                    || libc::fcntl(child_fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) == -1
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(child_fd, CHILD_CHANNEL_FD) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGTERM as libc::c_ulong,
+                0,
+                0,
+                0,
+            );
+            if libc::getppid() != parent_pid {
+                // The primary died between fork and prctl: leave now.
+                libc::_exit(1);
+            }
+            if own_group {
+                libc::setpgid(0, 0);
+            }
+            Ok(())
+        });
+    }
+    let child = command
+        .spawn()
+        .map_err(|e| Error::os(&format!("spawning worker {:?}", argv[0]), e))?;
+    drop(child_end);
+    Ok(Spawned {
+        pid: child.id() as libc::pid_t,
+        child: Some(child),
+        channel: primary_end,
+    })
+}
+
+/// The result of [`fork_raw`].
+#[derive(Debug)]
+pub enum Forked {
+    /// In the primary: the child's pid and the primary's channel end.
+    Parent(Spawned),
+    /// In the child: the environment now names the worker; open it with `Worker::open`.
+    Child,
+}
+
+/// Forks without exec; returns in both processes. Refused when this process
+/// has more than one thread, since the child would inherit locks held by
+/// threads that do not exist there.
+pub fn fork_raw(id: u32) -> Result<Forked> {
+    let threads =
+        sys::thread_count().map_err(|e| Error::os("counting threads in /proc/self/task", e))?;
+    if threads > 1 {
+        return Err(Error::new(
+            Code::State,
+            format!(
+                "raw fork refused: this process has {threads} threads, and a forked child would inherit \
+                 their locks in an unknown state; spawn workers by exec instead"
+            ),
+        ));
+    }
+    let (primary_end, child_end) = channel::socketpair()?;
+    // SAFETY: getpid is always safe.
+    let parent_pid = unsafe { libc::getpid() };
+    // SAFETY: the process has exactly one thread (checked above), so the child
+    // is a complete copy with no lock held by a vanished thread.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(Error::last_os("fork"));
+    }
+    if pid == 0 {
+        drop(primary_end);
+        // SAFETY: prctl and getppid with integer arguments; _exit never returns.
+        unsafe {
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGTERM as libc::c_ulong,
+                0,
+                0,
+                0,
+            );
+            if libc::getppid() != parent_pid {
+                libc::_exit(1);
+            }
+        }
+        let fd = child_end.as_fd().as_raw_fd();
+        std::mem::forget(child_end); // now owned by the worker, found through the environment
+                                     // Single-threaded (checked before fork), so mutating the environment is sound.
+        std::env::set_var(ENV_WORKER_ID, id.to_string());
+        std::env::set_var(ENV_CHANNEL_FD, fd.to_string());
+        return Ok(Forked::Child);
+    }
+    drop(child_end);
+    Ok(Forked::Parent(Spawned {
+        pid,
+        child: None,
+        channel: primary_end,
+    }))
+}

@@ -1,0 +1,326 @@
+//! The frames primary and worker exchange over the channel.
+//!
+//! A frame is one channel message: a type byte, then fixed little-endian
+//! fields; strings are a u16 length and UTF-8 bytes. Control frames are small
+//! and fixed; `User` frames carry the application's opaque bytes. Decoding
+//! checks every length, so a misbehaving peer produces a `Protocol` error,
+//! never a panic or an over-read.
+
+use crate::error::{Code, Error, Result};
+
+const HELLO: u8 = 1;
+const LISTEN: u8 = 2;
+const UNLISTEN: u8 = 3;
+const ACK: u8 = 4;
+const GOODBYE: u8 = 5;
+const LISTEN_OK: u8 = 16;
+const LISTEN_ERR: u8 = 17;
+const CONN: u8 = 18;
+const DISCONNECT: u8 = 19;
+const USER: u8 = 32;
+
+/// One frame. Worker-to-primary, primary-to-worker, or both ways (`User`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// Worker → primary: the worker opened its end (Node's `online`).
+    Hello { pid: i32 },
+    /// Worker → primary: listen on `host:port`; the reply echoes `request`.
+    Listen {
+        request: u32,
+        port: u16,
+        host: String,
+    },
+    /// Worker → primary: stop sending connections of this listener.
+    Unlisten { listener: u32 },
+    /// Worker → primary: the connection was taken (`accepted`) or refused, so
+    /// the primary closes its copy or hands it to another worker.
+    Ack { conn: u64, accepted: bool },
+    /// Worker → primary: the worker is leaving on purpose (graceful disconnect).
+    Goodbye,
+    /// Primary → worker: listening. With `shared`, the listening fd is attached
+    /// and the worker accepts itself; otherwise connections come as `Conn`.
+    ListenOk {
+        request: u32,
+        listener: u32,
+        shared: bool,
+        port: u16,
+        address: String,
+    },
+    /// Primary → worker: the listen request failed with `errno`.
+    ListenErr {
+        request: u32,
+        errno: i32,
+        message: String,
+    },
+    /// Primary → worker: a connection of `listener`, its fd attached.
+    Conn { listener: u32, conn: u64 },
+    /// Primary → worker: finish what you hold and leave.
+    Disconnect,
+    /// Either way: application bytes.
+    User(Vec<u8>),
+}
+
+impl Frame {
+    /// Encodes the frame into bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16);
+        match self {
+            Frame::Hello { pid } => {
+                out.push(HELLO);
+                out.extend_from_slice(&pid.to_le_bytes());
+            }
+            Frame::Listen {
+                request,
+                port,
+                host,
+            } => {
+                out.push(LISTEN);
+                out.extend_from_slice(&request.to_le_bytes());
+                out.extend_from_slice(&port.to_le_bytes());
+                put_str(&mut out, host);
+            }
+            Frame::Unlisten { listener } => {
+                out.push(UNLISTEN);
+                out.extend_from_slice(&listener.to_le_bytes());
+            }
+            Frame::Ack { conn, accepted } => {
+                out.push(ACK);
+                out.extend_from_slice(&conn.to_le_bytes());
+                out.push(*accepted as u8);
+            }
+            Frame::Goodbye => out.push(GOODBYE),
+            Frame::ListenOk {
+                request,
+                listener,
+                shared,
+                port,
+                address,
+            } => {
+                out.push(LISTEN_OK);
+                out.extend_from_slice(&request.to_le_bytes());
+                out.extend_from_slice(&listener.to_le_bytes());
+                out.push(*shared as u8);
+                out.extend_from_slice(&port.to_le_bytes());
+                put_str(&mut out, address);
+            }
+            Frame::ListenErr {
+                request,
+                errno,
+                message,
+            } => {
+                out.push(LISTEN_ERR);
+                out.extend_from_slice(&request.to_le_bytes());
+                out.extend_from_slice(&errno.to_le_bytes());
+                put_str(&mut out, message);
+            }
+            Frame::Conn { listener, conn } => {
+                out.push(CONN);
+                out.extend_from_slice(&listener.to_le_bytes());
+                out.extend_from_slice(&conn.to_le_bytes());
+            }
+            Frame::Disconnect => out.push(DISCONNECT),
+            Frame::User(data) => return Frame::encode_user(data),
+        }
+        out
+    }
+
+    /// Encodes a `User` frame straight from a borrowed slice (one copy).
+    pub fn encode_user(data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(1 + data.len());
+        out.push(USER);
+        out.extend_from_slice(data);
+        out
+    }
+
+    /// Decodes a frame, taking ownership of the bytes (a `User` frame reuses
+    /// the buffer rather than copying it).
+    pub fn decode(mut bytes: Vec<u8>) -> Result<Frame> {
+        let Some(&kind) = bytes.first() else {
+            return Err(protocol("empty frame"));
+        };
+        if kind == USER {
+            bytes.remove(0);
+            return Ok(Frame::User(bytes));
+        }
+        let mut r = Reader { bytes: &bytes[1..] };
+        let frame = match kind {
+            HELLO => Frame::Hello { pid: r.i32()? },
+            LISTEN => Frame::Listen {
+                request: r.u32()?,
+                port: r.u16()?,
+                host: r.string()?,
+            },
+            UNLISTEN => Frame::Unlisten { listener: r.u32()? },
+            ACK => Frame::Ack {
+                conn: r.u64()?,
+                accepted: r.bool()?,
+            },
+            GOODBYE => Frame::Goodbye,
+            LISTEN_OK => Frame::ListenOk {
+                request: r.u32()?,
+                listener: r.u32()?,
+                shared: r.bool()?,
+                port: r.u16()?,
+                address: r.string()?,
+            },
+            LISTEN_ERR => Frame::ListenErr {
+                request: r.u32()?,
+                errno: r.i32()?,
+                message: r.string()?,
+            },
+            CONN => Frame::Conn {
+                listener: r.u32()?,
+                conn: r.u64()?,
+            },
+            DISCONNECT => Frame::Disconnect,
+            other => return Err(protocol(&format!("unknown frame type {other}"))),
+        };
+        if !r.bytes.is_empty() {
+            return Err(protocol(&format!(
+                "{} trailing bytes after frame type {kind}",
+                r.bytes.len()
+            )));
+        }
+        Ok(frame)
+    }
+}
+
+/// Builds the fixed 13-byte `Conn` frame without allocating (the dispatch hot path).
+pub fn encode_conn(listener: u32, conn: u64) -> [u8; 13] {
+    let mut out = [0u8; 13];
+    out[0] = CONN;
+    out[1..5].copy_from_slice(&listener.to_le_bytes());
+    out[5..13].copy_from_slice(&conn.to_le_bytes());
+    out
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    // Strings in frames are addresses and error messages; cap them rather than fail.
+    let bytes = &s.as_bytes()[..s.len().min(u16::MAX as usize)];
+    out.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
+fn protocol(what: &str) -> Error {
+    Error::new(Code::Protocol, format!("malformed frame: {what}"))
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        if self.bytes.len() < n {
+            return Err(protocol("frame shorter than its fields"));
+        }
+        let (head, tail) = self.bytes.split_at(n);
+        self.bytes = tail;
+        Ok(head)
+    }
+    fn u16(&mut self) -> Result<u16> {
+        Ok(u16::from_le_bytes(
+            self.take(2)?.try_into().unwrap_or_default(),
+        ))
+    }
+    fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().unwrap_or_default(),
+        ))
+    }
+    fn i32(&mut self) -> Result<i32> {
+        Ok(i32::from_le_bytes(
+            self.take(4)?.try_into().unwrap_or_default(),
+        ))
+    }
+    fn u64(&mut self) -> Result<u64> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().unwrap_or_default(),
+        ))
+    }
+    fn bool(&mut self) -> Result<bool> {
+        match self.take(1)?[0] {
+            0 => Ok(false),
+            1 => Ok(true),
+            other => Err(protocol(&format!("boolean field holds {other}"))),
+        }
+    }
+    fn string(&mut self) -> Result<String> {
+        let len = self.u16()? as usize;
+        String::from_utf8(self.take(len)?.to_vec())
+            .map_err(|_| protocol("string field is not UTF-8"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_frame_round_trips() {
+        let frames = vec![
+            Frame::Hello { pid: 42 },
+            Frame::Listen {
+                request: 7,
+                port: 8080,
+                host: "127.0.0.1".into(),
+            },
+            Frame::Unlisten { listener: 3 },
+            Frame::Ack {
+                conn: u64::MAX,
+                accepted: true,
+            },
+            Frame::Goodbye,
+            Frame::ListenOk {
+                request: 7,
+                listener: 1,
+                shared: true,
+                port: 9,
+                address: "::1".into(),
+            },
+            Frame::ListenErr {
+                request: 7,
+                errno: 98,
+                message: "in use".into(),
+            },
+            Frame::Conn {
+                listener: 2,
+                conn: 99,
+            },
+            Frame::Disconnect,
+            Frame::User(vec![1, 2, 3]),
+            Frame::User(vec![]),
+        ];
+        for frame in frames {
+            assert_eq!(Frame::decode(frame.encode()).unwrap(), frame);
+        }
+        assert_eq!(
+            Frame::decode(encode_conn(2, 99).to_vec()).unwrap(),
+            Frame::Conn {
+                listener: 2,
+                conn: 99
+            }
+        );
+    }
+
+    #[test]
+    fn malformed_frames_are_protocol_errors() {
+        for bad in [
+            vec![],
+            vec![200],
+            vec![ACK, 1, 2],
+            vec![ACK, 0, 0, 0, 0, 0, 0, 0, 0, 5],
+            vec![GOODBYE, 0],
+        ] {
+            assert_eq!(Frame::decode(bad).unwrap_err().code(), Code::Protocol);
+        }
+        let mut listen = Frame::Listen {
+            request: 1,
+            port: 1,
+            host: "abc".into(),
+        }
+        .encode();
+        listen.truncate(listen.len() - 1);
+        assert_eq!(Frame::decode(listen).unwrap_err().code(), Code::Protocol);
+    }
+}

@@ -1,0 +1,697 @@
+//! The worker side: open the channel the primary left us, listen on addresses
+//! through the primary, accept the connections it hands over, exchange
+//! messages.
+//!
+//! There is no thread here. Whoever calls in (accept, next_event, listen)
+//! reads the channel under one lock and sorts what arrives into queues: a
+//! queue of connections per listener, a queue of events, a table of listen
+//! replies. Each queue has an fd that is readable while it holds something,
+//! and each pollable fd we hand out is an epoll set of "the channel" plus
+//! "my queue", so a host polling any of them wakes for its own work and never
+//! misses an item another caller pulled off the channel.
+//!
+//! A handed-over connection stays the primary's until we acknowledge it, and
+//! we acknowledge it the moment `accept` returns it, before the caller can
+//! read a byte: if this process dies after that, the ack is already in the
+//! primary's receive queue ahead of the hang-up. Connections we cannot take
+//! (listener closed, worker closing) are refused, and the primary hands them
+//! to another worker.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use crate::channel::{self, Reassembler};
+use crate::error::{Code, Error, Result};
+use crate::event::{EventQueue, WorkerEvent};
+use crate::spawn::{ENV_CHANNEL_FD, ENV_WORKER_ID};
+use crate::sys::{self, Deadline, Flag, PollSet};
+use crate::wire::Frame;
+
+static OPENED: AtomicBool = AtomicBool::new(false);
+
+/// Whether this process was started as an rcluster worker (its environment names one).
+pub fn is_worker() -> bool {
+    worker_id().is_some()
+}
+
+/// This worker's id from the environment, or `None` in a primary or a plain process.
+pub fn worker_id() -> Option<u32> {
+    std::env::var(ENV_WORKER_ID)
+        .ok()?
+        .parse()
+        .ok()
+        .filter(|&id| id > 0)
+}
+
+/// This process's side of the cluster. Cheap to clone; all clones share one channel.
+#[derive(Clone)]
+pub struct Worker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    id: u32,
+    channel: OwnedFd,
+    state: Mutex<State>,
+    /// Serializes senders so the records of one message stay contiguous.
+    send_lock: Mutex<()>,
+    events: EventQueue<WorkerEvent>,
+    /// Set while `State::replies` holds a reply.
+    replies_flag: Flag,
+    poll: PollSet,
+    closed: AtomicBool,
+}
+
+#[derive(Default)]
+struct State {
+    reassembler: Reassembler,
+    listeners: HashMap<u32, ConnQueue>,
+    replies: HashMap<u32, Frame>,
+    shared_fds: HashMap<u32, OwnedFd>,
+    abandoned: HashSet<u32>,
+    next_request: u32,
+    /// The primary asked us to leave: hand out what is queued, then report Closed.
+    draining: bool,
+    /// Why the channel is unusable (hang-up or protocol error), once it is.
+    gone: Option<Error>,
+}
+
+struct ConnQueue {
+    conns: VecDeque<(u64, OwnedFd)>,
+    flag: Flag,
+    handles: u32,
+}
+
+impl Worker {
+    /// Opens the worker side from the environment (`RCLUSTER_WORKER_ID`,
+    /// `RCLUSTER_CHANNEL_FD`) and tells the primary we are online.
+    /// Once per process.
+    pub fn open() -> Result<Worker> {
+        let id = worker_id().ok_or_else(|| {
+            Error::new(
+                Code::State,
+                format!("not a worker: {ENV_WORKER_ID} is not set to a worker id"),
+            )
+        })?;
+        let fd: RawFd = std::env::var(ENV_CHANNEL_FD)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| {
+                Error::new(
+                    Code::State,
+                    format!("not a worker: {ENV_CHANNEL_FD} is not set to an fd"),
+                )
+            })?;
+        if !sys::fd_is_open(fd) {
+            return Err(Error::new(
+                Code::State,
+                format!("{ENV_CHANNEL_FD}={fd} is not an open fd in this process"),
+            ));
+        }
+        if OPENED.swap(true, Ordering::SeqCst) {
+            return Err(Error::new(
+                Code::State,
+                "the worker is already open in this process",
+            ));
+        }
+        // SAFETY: the environment protocol hands fd `fd` to this process's
+        // worker, and OPENED guarantees we take it exactly once.
+        let channel = unsafe { OwnedFd::from_raw_fd(fd) };
+        if let Err(e) = channel::check_socket(channel.as_fd()) {
+            std::mem::forget(channel); // not ours to close: it is not our channel
+            OPENED.store(false, Ordering::SeqCst);
+            return Err(e);
+        }
+        sys::set_cloexec(channel.as_fd(), true)
+            .map_err(|e| Error::os("fcntl(FD_CLOEXEC) on channel", e))?;
+        Worker::from_channel(id, channel)
+    }
+
+    /// Builds a worker over an already-open channel end (tests, raw fork).
+    pub fn from_channel(id: u32, channel: OwnedFd) -> Result<Worker> {
+        let events = EventQueue::new()?;
+        let replies_flag = Flag::new().map_err(|e| Error::os("eventfd", e))?;
+        let poll =
+            PollSet::new(&[channel.as_raw_fd(), events.fd()]).map_err(|e| Error::os("epoll", e))?;
+        let worker = Worker {
+            inner: Arc::new(Inner {
+                id,
+                channel,
+                state: Mutex::new(State::default()),
+                send_lock: Mutex::new(()),
+                events,
+                replies_flag,
+                poll,
+                closed: AtomicBool::new(false),
+            }),
+        };
+        // SAFETY: getpid is always safe.
+        worker.send_frame(&Frame::Hello {
+            pid: unsafe { libc::getpid() },
+        })?;
+        Ok(worker)
+    }
+
+    /// This worker's id (≥ 1).
+    pub fn id(&self) -> u32 {
+        self.inner.id
+    }
+
+    /// An fd that is readable when [`Worker::next_event`] may have something.
+    /// Owned by the worker.
+    pub fn fd(&self) -> RawFd {
+        self.inner.poll.raw()
+    }
+
+    /// Asks the primary to listen on `host:port` and serve us its connections.
+    /// `host` is an IP address, `localhost`, or empty for all IPv4 interfaces;
+    /// port 0 lets the OS pick one port shared by every worker asking for 0.
+    pub fn listen(&self, host: &str, port: u16, timeout: Option<Duration>) -> Result<Listener> {
+        self.check_open()?;
+        let request = {
+            let mut state = self.inner.lock();
+            state.next_request = state.next_request.wrapping_add(1);
+            state.next_request
+        };
+        self.send_frame(&Frame::Listen {
+            request,
+            port,
+            host: host.to_owned(),
+        })?;
+        let deadline = Deadline::after(timeout);
+        let reply = loop {
+            let mut state = self.inner.lock();
+            let refusals = self.inner.pump(&mut state);
+            if let Some(reply) = state.replies.remove(&request) {
+                if state.replies.is_empty() {
+                    self.inner.replies_flag.clear();
+                }
+                let shared_fd = state.shared_fds.remove(&request);
+                drop(state);
+                self.inner.refuse(refusals);
+                break (reply, shared_fd);
+            }
+            if let Some(gone) = &state.gone {
+                return Err(gone.clone());
+            }
+            drop(state);
+            self.inner.refuse(refusals);
+            if !self
+                .inner
+                .wait(&[self.inner.replies_flag.raw()], deadline)?
+            {
+                let mut state = self.inner.lock();
+                if !state.replies.contains_key(&request) {
+                    // A late reply is undone by pump() when it arrives.
+                    state.abandoned.insert(request);
+                    return Err(Error::new(
+                        Code::Timeout,
+                        format!("the primary did not answer the listen request for {host}:{port}"),
+                    ));
+                }
+            }
+        };
+        match reply {
+            (
+                Frame::ListenOk {
+                    listener,
+                    shared,
+                    address,
+                    ..
+                },
+                shared_fd,
+            ) => {
+                let address: SocketAddr = address.parse().map_err(|_| {
+                    Error::new(
+                        Code::Protocol,
+                        format!("primary sent a bad address {address:?}"),
+                    )
+                })?;
+                let mode = if shared {
+                    let socket = shared_fd.ok_or_else(|| {
+                        Error::new(Code::Protocol, "shared listener came without its fd")
+                    })?;
+                    Mode::Shared {
+                        poll: PollSet::new(&[socket.as_raw_fd(), self.inner.channel.as_raw_fd()])
+                            .map_err(|e| Error::os("epoll", e))?,
+                        socket,
+                    }
+                } else {
+                    let state = self.inner.lock();
+                    let queue = state
+                        .listeners
+                        .get(&listener)
+                        .ok_or_else(|| Error::new(Code::Protocol, "listener vanished"))?;
+                    Mode::Dispatched {
+                        poll: PollSet::new(&[queue.flag.raw(), self.inner.channel.as_raw_fd()])
+                            .map_err(|e| Error::os("epoll", e))?,
+                    }
+                };
+                Ok(Listener {
+                    worker: self.clone(),
+                    id: listener,
+                    address,
+                    mode,
+                    closed: AtomicBool::new(false),
+                })
+            }
+            (Frame::ListenErr { errno, message, .. }, _) => {
+                Err(Error::new(Code::Address, message).with_errno(errno))
+            }
+            (other, _) => Err(Error::new(
+                Code::Protocol,
+                format!("unexpected listen reply {other:?}"),
+            )),
+        }
+    }
+
+    /// The next event, waiting up to `timeout` (`Some(0)`: don't wait).
+    /// `Ok(None)`: nothing within the time. After `PrimaryGone` has been
+    /// returned, further calls return a `Closed` error.
+    pub fn next_event(&self, timeout: Option<Duration>) -> Result<Option<WorkerEvent>> {
+        let deadline = Deadline::after(timeout);
+        loop {
+            let mut state = self.inner.lock();
+            let refusals = self.inner.pump(&mut state);
+            let gone = state.gone.clone();
+            drop(state);
+            self.inner.refuse(refusals);
+            if let Some(event) = self.inner.events.pop() {
+                return Ok(Some(event));
+            }
+            if let Some(gone) = gone {
+                return Err(gone);
+            }
+            if !self.inner.wait(&[self.inner.events.fd()], deadline)? {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Sends application bytes to the primary (blocks while the channel is full).
+    pub fn send(&self, data: &[u8]) -> Result<()> {
+        self.check_open()?;
+        channel::check_limits(data.len() + 1, 0)?;
+        self.send_frame(&Frame::User(data.to_vec()))
+    }
+
+    /// Leaves the cluster gracefully: refuses every connection still queued
+    /// (the primary gives them to other workers), says goodbye and closes the
+    /// channel. Listeners of this worker stop working. Idempotent.
+    pub fn close(&self) {
+        if self.inner.closed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let refusals: Vec<u64> = {
+            let mut state = self.inner.lock();
+            let refusals = self.inner.pump(&mut state);
+            let queued = state
+                .listeners
+                .values_mut()
+                .flat_map(|q| q.conns.drain(..).map(|(conn, _fd)| conn));
+            refusals.into_iter().chain(queued).collect()
+        };
+        self.inner.refuse(refusals);
+        let _ = self.inner.send_frame(&Frame::Goodbye);
+        // shutdown (not close) so other threads still polling the fd wake up
+        // and see it hung up; the fd is closed when the last handle drops.
+        // SAFETY: shutdown on a socket fd we own.
+        unsafe { libc::shutdown(self.inner.channel.as_raw_fd(), libc::SHUT_RDWR) };
+        self.inner.events.push(WorkerEvent::PrimaryGone);
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err(Error::new(Code::Closed, "the worker is closed"));
+        }
+        Ok(())
+    }
+
+    fn send_frame(&self, frame: &Frame) -> Result<()> {
+        self.inner.send_frame(frame)
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn send_frame(&self, frame: &Frame) -> Result<()> {
+        let bytes = frame.encode();
+        let _guard = self.send_lock.lock().unwrap_or_else(|p| p.into_inner());
+        channel::send_message(self.channel.as_fd(), &bytes, &[], None).map_err(|e| match e.code() {
+            Code::Closed | Code::Os => {
+                Error::new(Code::Closed, format!("the primary is gone: {e}")).with_errno(e.errno())
+            }
+            _ => e,
+        })
+    }
+
+    /// Tells the primary we will not take these connections.
+    fn refuse(&self, conns: Vec<u64>) {
+        for conn in conns {
+            if self
+                .send_frame(&Frame::Ack {
+                    conn,
+                    accepted: false,
+                })
+                .is_err()
+            {
+                return; // primary gone: it re-dispatches them itself
+            }
+        }
+    }
+
+    /// Reads everything queued on the channel and sorts it. Returns the
+    /// connections to refuse (sent by the caller once the lock is released).
+    fn pump(&self, state: &mut State) -> Vec<u64> {
+        let mut refusals = Vec::new();
+        while state.gone.is_none() {
+            let message = match state.reassembler.read(self.channel.as_fd()) {
+                Ok(channel::Read::Message(m)) => m,
+                Ok(channel::Read::WouldBlock) => break,
+                Ok(channel::Read::Eof) => {
+                    self.mark_gone(
+                        state,
+                        Error::new(Code::Closed, "the primary is gone (channel hung up)"),
+                    );
+                    break;
+                }
+                Err(e) => {
+                    self.mark_gone(
+                        state,
+                        Error::new(e.code(), format!("channel from the primary is broken: {e}")),
+                    );
+                    break;
+                }
+            };
+            let mut fds = message.fds;
+            let frame = match Frame::decode(message.data) {
+                Ok(frame) => frame,
+                Err(e) => {
+                    self.mark_gone(state, e);
+                    break;
+                }
+            };
+            match frame {
+                Frame::Conn { listener, conn } => {
+                    let (Some(fd), true) = (fds.pop(), fds.is_empty()) else {
+                        self.mark_gone(
+                            state,
+                            Error::new(Code::Protocol, "connection frame without exactly one fd"),
+                        );
+                        break;
+                    };
+                    match state.listeners.get_mut(&listener) {
+                        Some(queue) if !state.draining => {
+                            if queue.conns.is_empty() {
+                                queue.flag.set();
+                            }
+                            queue.conns.push_back((conn, fd));
+                        }
+                        _ => refusals.push(conn),
+                    }
+                }
+                Frame::ListenOk {
+                    request,
+                    listener,
+                    shared,
+                    port,
+                    address,
+                } => {
+                    if state.abandoned.remove(&request) {
+                        // The caller gave up waiting: undo the listen (a shared fd just closes).
+                        if !shared {
+                            let _ = self.send_frame(&Frame::Unlisten { listener });
+                        }
+                        continue;
+                    }
+                    if shared {
+                        let Some(fd) = fds.pop() else {
+                            self.mark_gone(
+                                state,
+                                Error::new(Code::Protocol, "shared listener came without its fd"),
+                            );
+                            break;
+                        };
+                        state.shared_fds.insert(request, fd);
+                    } else if let Some(queue) = state.listeners.get_mut(&listener) {
+                        queue.handles += 1;
+                    } else {
+                        // Create the queue now: Conn frames may follow before the caller wakes.
+                        match Flag::new() {
+                            Ok(flag) => {
+                                state.listeners.insert(
+                                    listener,
+                                    ConnQueue {
+                                        conns: VecDeque::new(),
+                                        flag,
+                                        handles: 1,
+                                    },
+                                );
+                            }
+                            Err(e) => {
+                                self.mark_gone(state, Error::os("eventfd", e));
+                                break;
+                            }
+                        }
+                    }
+                    state.replies.insert(
+                        request,
+                        Frame::ListenOk {
+                            request,
+                            listener,
+                            shared,
+                            port,
+                            address,
+                        },
+                    );
+                    self.replies_flag.set();
+                }
+                Frame::ListenErr {
+                    request,
+                    errno,
+                    message,
+                } => {
+                    if !state.abandoned.remove(&request) {
+                        state.replies.insert(
+                            request,
+                            Frame::ListenErr {
+                                request,
+                                errno,
+                                message,
+                            },
+                        );
+                        self.replies_flag.set();
+                    }
+                }
+                Frame::Disconnect => {
+                    state.draining = true;
+                    self.wake_listeners(state);
+                    self.events.push(WorkerEvent::Disconnect);
+                }
+                Frame::User(data) => self.events.push(WorkerEvent::Message(data)),
+                other => {
+                    self.mark_gone(
+                        state,
+                        Error::new(
+                            Code::Protocol,
+                            format!("unexpected frame from the primary: {other:?}"),
+                        ),
+                    );
+                    break;
+                }
+            }
+        }
+        refusals
+    }
+
+    fn mark_gone(&self, state: &mut State, why: Error) {
+        state.gone = Some(why);
+        self.wake_listeners(state);
+        self.replies_flag.set();
+        self.events.push(WorkerEvent::PrimaryGone);
+    }
+
+    fn wake_listeners(&self, state: &State) {
+        for queue in state.listeners.values() {
+            queue.flag.set();
+        }
+    }
+
+    /// Waits until the channel or one of `extra` is readable. `Ok(false)`: deadline passed.
+    fn wait(&self, extra: &[RawFd], deadline: Deadline) -> Result<bool> {
+        let mut pfds = Vec::with_capacity(1 + extra.len());
+        pfds.push(sys::pollfd(self.channel.as_raw_fd(), libc::POLLIN));
+        pfds.extend(extra.iter().map(|&fd| sys::pollfd(fd, libc::POLLIN)));
+        Ok(sys::poll(&mut pfds, deadline).map_err(|e| Error::os("poll", e))? > 0)
+    }
+}
+
+enum Mode {
+    /// The primary accepts and hands connections over (rr and other policies).
+    Dispatched { poll: PollSet },
+    /// The worker accepts on the shared listening socket itself.
+    Shared { socket: OwnedFd, poll: PollSet },
+}
+
+/// A listening address served through the primary.
+pub struct Listener {
+    worker: Worker,
+    id: u32,
+    address: SocketAddr,
+    mode: Mode,
+    closed: AtomicBool,
+}
+
+impl Listener {
+    /// The address actually bound (the OS-picked port when 0 was asked for).
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Whether connections are accepted by the worker itself (`shared` policy).
+    pub fn is_shared(&self) -> bool {
+        matches!(self.mode, Mode::Shared { .. })
+    }
+
+    /// An fd that is readable when [`Listener::accept`] may have a connection.
+    /// Owned by the listener.
+    pub fn fd(&self) -> RawFd {
+        match &self.mode {
+            Mode::Dispatched { poll } | Mode::Shared { poll, .. } => poll.raw(),
+        }
+    }
+
+    /// The next connection, waiting up to `timeout` (`Some(0)`: don't wait,
+    /// `WouldBlock` if none). The returned fd is the caller's, blocking and
+    /// close-on-exec. Once the primary asked this worker to disconnect, the
+    /// connections already queued are still returned, then `Closed`.
+    pub fn accept(&self, timeout: Option<Duration>) -> Result<OwnedFd> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(Error::new(Code::Closed, "the listener is closed"));
+        }
+        self.worker.check_open()?;
+        let inner = &self.worker.inner;
+        let deadline = Deadline::after(timeout);
+        loop {
+            let mut state = inner.lock();
+            let refusals = inner.pump(&mut state);
+            let keep_awake = state.gone.is_some() || state.draining;
+            let taken = match &self.mode {
+                Mode::Dispatched { .. } => state.listeners.get_mut(&self.id).and_then(|queue| {
+                    let taken = queue.conns.pop_front();
+                    if queue.conns.is_empty() && !keep_awake {
+                        queue.flag.clear();
+                    }
+                    taken
+                }),
+                Mode::Shared { .. } => None,
+            };
+            let stop = match (&state.gone, state.draining) {
+                (Some(gone), _) => Some(gone.clone()),
+                (None, true) => Some(Error::new(
+                    Code::Closed,
+                    "the worker is disconnecting: no more connections",
+                )),
+                _ => None,
+            };
+            drop(state);
+            inner.refuse(refusals);
+            if let Some((conn, fd)) = taken {
+                // Ack before the caller sees a byte (see the module doc). If the
+                // primary is gone the connection is ours anyway.
+                let _ = inner.send_frame(&Frame::Ack {
+                    conn,
+                    accepted: true,
+                });
+                return Ok(fd);
+            }
+            if let Some(stop) = stop {
+                return Err(stop);
+            }
+            if let Mode::Shared { socket, .. } = &self.mode {
+                // SAFETY: accept4 on a listening socket we own, no address out-params.
+                let ret = unsafe {
+                    libc::accept4(
+                        socket.as_raw_fd(),
+                        std::ptr::null_mut(),
+                        std::ptr::null_mut(),
+                        libc::SOCK_CLOEXEC,
+                    )
+                };
+                if ret >= 0 {
+                    // SAFETY: a fresh fd from accept4, owned by nothing else.
+                    return Ok(unsafe { OwnedFd::from_raw_fd(ret) });
+                }
+                let err = std::io::Error::last_os_error();
+                match err.raw_os_error() {
+                    Some(libc::EAGAIN) | Some(libc::EINTR) | Some(libc::ECONNABORTED) => {}
+                    _ => return Err(Error::os("accept on the shared listener", err)),
+                }
+            }
+            let wake = match &self.mode {
+                Mode::Dispatched { .. } => {
+                    inner.lock().listeners.get(&self.id).map(|q| q.flag.raw())
+                }
+                Mode::Shared { socket, .. } => Some(socket.as_raw_fd()),
+            };
+            let Some(wake) = wake else {
+                return Err(Error::new(Code::Closed, "the listener is closed"));
+            };
+            if !inner.wait(&[wake], deadline)? {
+                return Err(if timeout == Some(Duration::ZERO) {
+                    Error::new(Code::WouldBlock, "no connection is waiting")
+                } else {
+                    Error::new(Code::Timeout, "no connection arrived in time")
+                });
+            }
+        }
+    }
+
+    /// Stops taking connections of this address: the ones queued here are
+    /// refused and go to other workers. Idempotent.
+    pub fn close(&self) {
+        if self.closed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        if let Mode::Shared { .. } = self.mode {
+            return; // the socket closes when the listener drops
+        }
+        let inner = &self.worker.inner;
+        let (last, queued) = {
+            let mut state = inner.lock();
+            match state.listeners.get_mut(&self.id) {
+                Some(queue) if queue.handles > 1 => {
+                    queue.handles -= 1;
+                    (false, Vec::new())
+                }
+                Some(_) => {
+                    let queue = state.listeners.remove(&self.id);
+                    (
+                        true,
+                        queue
+                            .map(|q| q.conns.into_iter().map(|(conn, _fd)| conn).collect())
+                            .unwrap_or_default(),
+                    )
+                }
+                None => (false, Vec::new()),
+            }
+        };
+        if last {
+            let _ = inner.send_frame(&Frame::Unlisten { listener: self.id });
+        }
+        inner.refuse(queued);
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.close();
+    }
+}

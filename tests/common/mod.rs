@@ -1,0 +1,227 @@
+//! Helpers for the integration tests: a primary driven through the C ABI,
+//! a small HTTP client, fd counting. Each test cleans up what it starts.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::ffi::{CStr, CString};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::ptr;
+use std::time::{Duration, Instant};
+
+pub use rcluster::ffi::*;
+
+pub const TESTWORKER: &str = env!("CARGO_BIN_EXE_rcluster-testworker");
+
+pub fn last_error() -> String {
+    // SAFETY: rcluster_last_error returns a valid NUL-terminated string.
+    unsafe { CStr::from_ptr(rcluster_last_error()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+pub fn ok(rc: i32, what: &str) {
+    assert_eq!(rc, 0, "{what} failed: {rc} {}", last_error());
+}
+
+/// An owned event with its data copied out.
+#[derive(Debug, Clone)]
+pub struct Ev {
+    pub kind: i32,
+    pub worker: u32,
+    pub pid: i32,
+    pub exit_code: i32,
+    pub signal: i32,
+    pub flags: u32,
+    pub port: u16,
+    pub data: Vec<u8>,
+}
+
+pub fn empty_event() -> rcluster_event {
+    // SAFETY: all-zero is a valid empty event.
+    unsafe { std::mem::zeroed() }
+}
+
+/// A primary running `rcluster-testworker MODE` workers, freed on drop.
+pub struct TestPrimary {
+    pub handle: *mut rcluster_primary,
+    _strings: Vec<CString>,
+    pub seen: Vec<Ev>,
+}
+
+impl TestPrimary {
+    pub fn new(mode: &str, env: &[(&str, &str)], policy: i32) -> TestPrimary {
+        Self::with(mode, env, |o| o.policy = policy)
+    }
+
+    pub fn with(
+        mode: &str,
+        env: &[(&str, &str)],
+        tweak: impl FnOnce(&mut rcluster_primary_options),
+    ) -> TestPrimary {
+        let mut strings = vec![CString::new(TESTWORKER).unwrap()];
+        strings.extend(mode.split(' ').map(|s| CString::new(s).unwrap()));
+        let argc = strings.len();
+        for (k, v) in env {
+            strings.push(CString::new(format!("{k}={v}")).unwrap());
+        }
+        let mut argv: Vec<*const i8> = strings[..argc].iter().map(|s| s.as_ptr()).collect();
+        argv.push(ptr::null());
+        let mut envp: Vec<*const i8> = strings[argc..].iter().map(|s| s.as_ptr()).collect();
+        envp.push(ptr::null());
+        let mut options: rcluster_primary_options = unsafe { std::mem::zeroed() };
+        ok(rcluster_primary_options_init(&mut options), "options_init");
+        options.argv = argv.as_ptr();
+        options.env = envp.as_ptr();
+        options.stop_timeout_ms = 3000;
+        tweak(&mut options);
+        let mut handle = ptr::null_mut();
+        ok(rcluster_primary_new(&options, &mut handle), "primary_new");
+        TestPrimary {
+            handle,
+            _strings: strings,
+            seen: Vec::new(),
+        }
+    }
+
+    pub fn listen(&self, host: &str, port: u16) -> u16 {
+        let host = CString::new(host).unwrap();
+        let mut bound = 0;
+        ok(
+            rcluster_primary_listen(self.handle, host.as_ptr(), port, &mut bound),
+            "primary_listen",
+        );
+        bound
+    }
+
+    pub fn fork(&self) -> (u32, i32) {
+        let (mut id, mut pid) = (0, 0);
+        ok(
+            rcluster_primary_fork(self.handle, ptr::null(), &mut id, &mut pid),
+            "primary_fork",
+        );
+        (id, pid)
+    }
+
+    pub fn next(&mut self, timeout: Duration) -> Option<Ev> {
+        let mut raw = empty_event();
+        let rc = rcluster_primary_wait_event(self.handle, &mut raw, timeout.as_millis() as i32);
+        if rc != 0 {
+            assert!(
+                rc == RCLUSTER_E_TIMEOUT || rc == RCLUSTER_E_AGAIN,
+                "wait_event: {rc} {}",
+                last_error()
+            );
+            return None;
+        }
+        let data = if raw.len == 0 {
+            Vec::new()
+        } else {
+            unsafe { std::slice::from_raw_parts(raw.data, raw.len) }.to_vec()
+        };
+        let ev = Ev {
+            kind: raw.kind,
+            worker: raw.worker_id,
+            pid: raw.pid,
+            exit_code: raw.exit_code,
+            signal: raw.signal,
+            flags: raw.flags,
+            port: raw.port,
+            data,
+        };
+        ok(rcluster_event_release(&mut raw), "event_release");
+        self.seen.push(ev.clone());
+        Some(ev)
+    }
+
+    /// Waits for an event matching `pred`, failing the test after `timeout`.
+    pub fn wait_for(&mut self, timeout: Duration, what: &str, pred: impl Fn(&Ev) -> bool) -> Ev {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "timed out waiting for {what}; events so far: {:?}",
+                self.seen
+            );
+            if let Some(ev) = self.next(left) {
+                if pred(&ev) {
+                    return ev;
+                }
+            }
+        }
+    }
+
+    /// Forks `n` workers and waits until each is listening. Returns the port.
+    pub fn start(&mut self, n: usize) -> u16 {
+        for _ in 0..n {
+            self.fork();
+        }
+        let mut port = 0;
+        for _ in 0..n {
+            port = self
+                .wait_for(Duration::from_secs(10), "listening", |e| {
+                    e.kind == RCLUSTER_EVENT_LISTENING
+                })
+                .port;
+        }
+        port
+    }
+
+    /// Shuts down and waits for the SHUTDOWN event.
+    pub fn shutdown(&mut self) {
+        ok(rcluster_primary_shutdown(self.handle, 3000), "shutdown");
+        self.wait_for(Duration::from_secs(20), "shutdown", |e| {
+            e.kind == RCLUSTER_EVENT_SHUTDOWN
+        });
+    }
+}
+
+impl Drop for TestPrimary {
+    fn drop(&mut self) {
+        rcluster_primary_free(self.handle);
+    }
+}
+
+/// One HTTP GET with `Connection: close`; returns the body.
+pub fn http_get(port: u16) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    if !response.starts_with("HTTP/1.1 200") {
+        return Err(std::io::Error::other(format!("bad response {response:?}")));
+    }
+    Ok(body)
+}
+
+/// The worker id in a `worker <id> pid <pid>` body.
+pub fn worker_of(body: &str) -> u32 {
+    body.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad body {body:?}"))
+}
+
+/// Counts requests per worker over `n` sequential GETs.
+pub fn distribution(port: u16, n: usize) -> HashMap<u32, usize> {
+    let mut counts = HashMap::new();
+    for _ in 0..n {
+        let body = http_get(port).expect("request failed");
+        *counts.entry(worker_of(&body)).or_default() += 1;
+    }
+    counts
+}
+
+/// This process's open fds.
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// Whether `pid` exists (zombie or alive).
+pub fn pid_exists(pid: i32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
