@@ -1,0 +1,451 @@
+'use strict';
+// The worker side of the cluster module, following Node's
+// lib/internal/cluster/child.js: `server.listen(port)` on any net, http or
+// https server asks the rcluster primary for the address, and connections
+// the primary hands over reach the server as real sockets on its
+// 'connection' path.
+
+const net = require('net');
+const dns = require('dns');
+const os = require('os');
+const { Worker } = require('./worker');
+const runtime = require('./runtime');
+const { sendArgs, decode, channelClosed } = require('./messages');
+
+/** How many connections may be accepted ahead of JS (without maxConnections). */
+const ACCEPT_WINDOW = 64;
+const UNLIMITED = 0xffffffff;
+
+const errnoNames = new Map(Object.entries(os.constants.errno).map(([k, v]) => [v, k]));
+
+/** A native error as Node's listen errors look: code, errno, syscall, address, port. */
+function listenError(e, host, port) {
+  const m = /\(errno (\d+)\)/.exec(e.message);
+  const errno = m ? Number(m[1]) : 0;
+  const code = errnoNames.get(errno) || 'RCLUSTER_LISTEN';
+  const error = new Error(`listen ${code}: ${e.message.replace(/^\[[A-Z_]+\] /, '')}`);
+  error.code = code;
+  error.errno = -errno;
+  error.syscall = 'listen';
+  error.address = host;
+  error.port = port;
+  return error;
+}
+
+function setupChild(cluster, native) {
+  const channel = native.NativeWorker.open();
+  const keepAlive = new runtime.KeepAlive();
+  const servers = new Set(); // ClusterServer
+  let connected = true;
+  let closingChannel = false;
+
+  const worker = new Worker({ id: channel.id, process, state: 'online' });
+  cluster.isWorker = true;
+  cluster.isPrimary = false;
+  cluster.isMaster = false;
+  cluster.worker = worker;
+  cluster.Worker = Worker;
+
+  // Like Node's IPC channel in a cluster worker, an open channel keeps the
+  // worker alive; it ends with disconnect() or when the primary says so.
+  keepAlive.ref();
+
+  process.connected = true;
+  process.send = function send(...args) {
+    const { text, callback } = sendArgs(args);
+    if (!connected) {
+      const error = channelClosed();
+      if (callback) process.nextTick(callback, error);
+      else process.nextTick(() => process.emit('error', error));
+      return false;
+    }
+    channel.send(text);
+    if (callback) process.nextTick(callback, null);
+    return true;
+  };
+  process.disconnect = function disconnect() {
+    if (!connected) {
+      const e = new Error('IPC channel is already disconnected');
+      e.code = 'ERR_IPC_DISCONNECTED';
+      throw e;
+    }
+    closeChannel();
+  };
+
+  process.once('disconnect', () => {
+    worker.emit('disconnect');
+    if (!worker.exitedAfterDisconnect) {
+      // The primary went away or the channel broke: leave at once, as Node does.
+      process.exit(0);
+    }
+  });
+
+  function closeChannel() {
+    if (!connected) return;
+    connected = false;
+    closingChannel = true;
+    process.connected = false;
+    channel.close();
+    keepAlive.unref();
+    process.nextTick(() => process.emit('disconnect'));
+  }
+
+  /** Closes every server (waiting for their connections), then the channel. */
+  function disconnectGracefully() {
+    worker.exitedAfterDisconnect = true;
+    let waiting = 1;
+    const done = () => {
+      if (--waiting === 0) closeChannel();
+    };
+    for (const state of [...servers]) {
+      waiting++;
+      state.server.once('close', done);
+      state.drainThenClose();
+    }
+    done();
+  }
+
+  worker.disconnect = function disconnect() {
+    if (this.state !== 'disconnecting' && this.state !== 'destroying') {
+      this.state = 'disconnecting';
+      disconnectGracefully();
+    }
+    return this;
+  };
+  worker.destroy = function destroy() {
+    if (this.state === 'destroying') return;
+    this.exitedAfterDisconnect = true;
+    this.state = 'destroying';
+    if (connected) closeChannel();
+    process.exit(0);
+  };
+
+  channel.start((event) => {
+    switch (event.kind) {
+      case 'message': {
+        let message;
+        try {
+          message = decode(event.data);
+        } catch (e) {
+          process.emitWarning(`rcluster: the primary sent a message that is not JSON: ${e.message}`);
+          return;
+        }
+        process.emit('message', message, undefined);
+        break;
+      }
+      case 'disconnect':
+        // The primary asks us to leave: serve what is queued, close the
+        // servers once their connections end, then close the channel.
+        if (worker.state !== 'disconnecting') {
+          worker.state = 'disconnecting';
+          for (const state of servers) state.draining = true;
+          disconnectGracefully();
+        }
+        break;
+      case 'gone':
+        if (!closingChannel && connected) {
+          connected = false;
+          process.connected = false;
+          keepAlive.unref();
+          process.emit('disconnect');
+        }
+        break;
+      default:
+        break;
+    }
+  });
+
+  // ----- server.listen through the primary ----------------------------------
+
+  /** One server listening through the primary. */
+  class ClusterServer {
+    constructor(server, host, listener) {
+      this.server = server;
+      this.host = host;
+      this.address = listener.address;
+      this.port = listener.port;
+      this.family = listener.family;
+      this.listener = null;
+      this.active = 0;
+      this.granted = 0;
+      this.delivered = 0;
+      this.paused = false;
+      this.draining = false;
+      this.closed = false;
+      this.attach(listener);
+    }
+
+    attach(listener) {
+      this.listener = listener;
+      listener.start((event) => this.onAccepted(event));
+    }
+
+    onAccepted(event) {
+      if (event.fd !== null && event.fd !== undefined) {
+        this.delivered++;
+        this.deliver(event.fd);
+        this.refill();
+        return;
+      }
+      // The listener ended: the worker is disconnecting, or the channel is gone.
+      this.detach();
+      if (!this.closed) this.server.close();
+    }
+
+    deliver(fd) {
+      const server = this.server;
+      let socket;
+      try {
+        socket = runtime.socketFromFd(fd, server);
+      } catch (e) {
+        require('fs').closeSync(fd);
+        server.emit('error', e);
+        return;
+      }
+      if (server.noDelay && socket.setNoDelay) socket.setNoDelay(true);
+      if (server.keepAlive && socket.setKeepAlive) {
+        socket.setKeepAlive(true, (server.keepAliveInitialDelay || 0) * 1000);
+      }
+      this.active++;
+      socket.once('close', () => {
+        this.active--;
+        this.refill();
+        if (this.closed && this.active === 0 && !this.usesHandle) this.emitClose();
+      });
+      if (this.usesHandle) {
+        // net.Socket's destroy decrements these, as for Node's own connections.
+        server._connections++;
+        socket.server = server;
+        socket._server = server;
+      }
+      server.emit('connection', socket);
+    }
+
+    /** Grants the accept thread what this server can take; pauses at maxConnections. */
+    refill() {
+      if (this.closed) return;
+      if (this.draining) {
+        if (this.listener) this.grant(UNLIMITED);
+        return;
+      }
+      const max = this.server.maxConnections;
+      const limited = typeof max === 'number' && max > 0;
+      if (limited && this.active >= max) {
+        this.pause();
+        return;
+      }
+      if (this.paused) this.resume();
+      if (!this.listener) return;
+      const want = limited ? Math.min(ACCEPT_WINDOW, max - this.active) : ACCEPT_WINDOW;
+      const inflight = this.granted - this.delivered;
+      if (inflight < want) this.grant(want - inflight);
+    }
+
+    grant(n) {
+      this.listener.grant(n);
+      this.granted += n;
+    }
+
+    /**
+     * At maxConnections: leave the listener. Connections queued for this
+     * worker are refused and the primary hands them to another worker, as
+     * Node's round-robin child refuses them.
+     */
+    pause() {
+      if (this.paused) return;
+      this.paused = true;
+      this.detach();
+    }
+
+    resume() {
+      let listener;
+      try {
+        listener = channel.listen(this.host, this.port);
+      } catch (e) {
+        return; // retried on the next connection close
+      }
+      this.paused = false;
+      this.attach(listener);
+    }
+
+    detach() {
+      if (!this.listener) return;
+      const unused = this.listener.close();
+      this.granted -= Math.min(unused, this.granted - this.delivered);
+      this.listener = null;
+    }
+
+    /** Primary-initiated disconnect: take what is queued here, then close. */
+    drainThenClose() {
+      if (this.closed) return;
+      if (this.listener && this.draining) {
+        this.grant(UNLIMITED);
+        return; // onAccepted closes the server when the listener ends
+      }
+      this.server.close();
+    }
+
+    close() {
+      if (this.closed) return;
+      this.closed = true;
+      this.detach();
+      servers.delete(this);
+    }
+
+    emitClose() {
+      if (this.closeEmitted) return;
+      this.closeEmitted = true;
+      process.nextTick(() => this.server.emit('close'));
+    }
+  }
+
+  /** Node and Deno: the server gets a handle of ours, so net.Server's own
+   * address(), close(), listening, ref()/unref() and 'close' logic apply. */
+  function installHandle(server, state) {
+    state.usesHandle = true;
+    server._handle = {
+      getsockname(out) {
+        out.address = state.address;
+        out.family = state.family === 6 ? 'IPv6' : 'IPv4';
+        out.port = state.port;
+        return 0;
+      },
+      close(cb) {
+        state.close();
+        if (typeof cb === 'function') process.nextTick(cb);
+      },
+      ref() {},
+      unref() {},
+      hasRef() {
+        return true;
+      },
+      getAsyncId() {
+        return -1;
+      },
+      fd: -1,
+      reading: false,
+      onconnection: null,
+    };
+    server._connectionKey = `${state.family}:${state.address}:${state.port}`;
+  }
+
+  /** Bun: its http.Server is not a net.Server, so the methods are replaced on the instance. */
+  function installOverrides(server, state) {
+    state.usesHandle = false;
+    Object.defineProperty(server, 'listening', {
+      configurable: true,
+      get: () => !state.closed,
+    });
+    server.address = () => (state.closed ? null : { address: state.address, family: state.family === 6 ? 'IPv6' : 'IPv4', port: state.port });
+    server.close = function close(cb) {
+      if (typeof cb === 'function') this.once('close', cb);
+      state.close();
+      if (state.active === 0) state.emitClose();
+      return this;
+    };
+    server.ref = function ref() {
+      return this;
+    };
+    server.unref = function unref() {
+      return this;
+    };
+  }
+
+  function resolveHost(host, callback) {
+    if (host === undefined || host === null || host === '') return callback(null, '::', true);
+    if (host === 'localhost' || net.isIP(host)) return callback(null, host, false);
+    dns.lookup(host, (err, address) => callback(err, address, false));
+  }
+
+  function listenThroughPrimary(server, options, callback) {
+    if (server.listening) {
+      const e = new Error('Listen method has been called more than once without closing.');
+      e.code = 'ERR_SERVER_ALREADY_LISTEN';
+      throw e;
+    }
+    const port = options.port === undefined || options.port === null ? 0 : Number(options.port);
+    if (!Number.isInteger(port) || port < 0 || port > 65535) {
+      const e = new RangeError(`options.port should be >= 0 and < 65536. Received ${options.port}.`);
+      e.code = 'ERR_SOCKET_BAD_PORT';
+      throw e;
+    }
+    if (typeof callback === 'function') server.once('listening', callback);
+    resolveHost(options.host, (err, host, defaulted) => {
+      if (err) {
+        server.emit('error', err);
+        return;
+      }
+      let listener;
+      try {
+        listener = channel.listen(host, port);
+      } catch (e) {
+        if (defaulted) {
+          // No IPv6 here: all IPv4 interfaces, as Node falls back.
+          try {
+            listener = channel.listen('', port);
+            host = '';
+          } catch (e2) {
+            server.emit('error', listenError(e2, '0.0.0.0', port));
+            return;
+          }
+        } else {
+          server.emit('error', listenError(e, host, port));
+          return;
+        }
+      }
+      const state = new ClusterServer(server, host, listener);
+      servers.add(state);
+      if (server instanceof net.Server && !runtime.isBun) installHandle(server, state);
+      else installOverrides(server, state);
+      state.refill();
+      server.emit('listening');
+    });
+    return server;
+  }
+
+  /** listen()'s arguments as Node normalizes them. */
+  function listenOptions(args) {
+    const callback = typeof args[args.length - 1] === 'function' ? args[args.length - 1] : undefined;
+    const rest = callback ? args.slice(0, -1) : args;
+    const first = rest[0];
+    if (first !== null && typeof first === 'object') {
+      if (first._handle || first.handle || first.fd !== undefined) return { options: null, callback };
+      return { options: first, callback };
+    }
+    if (typeof first === 'string' && !/^\d+$/.test(first)) return { options: null, callback }; // a pipe path
+    const options = { port: first };
+    if (typeof rest[1] === 'string') options.host = rest[1];
+    return { options, callback };
+  }
+
+  const patched = new WeakSet();
+  function patchListen(proto) {
+    if (!proto || !Object.prototype.hasOwnProperty.call(proto, 'listen')) return;
+    const original = proto.listen;
+    if (patched.has(original)) return;
+    const listen = function listen(...args) {
+      const { options, callback } = listenOptions(args);
+      // Pipes, handles, fds and `exclusive` listens are the worker's own, as in Node.
+      if (options === null || options.path !== undefined || options.exclusive === true) {
+        return original.apply(this, args);
+      }
+      return listenThroughPrimary(this, options, callback);
+    };
+    patched.add(listen);
+    proto.listen = listen;
+  }
+  patchListen(net.Server.prototype);
+  for (const name of ['http', 'https', 'tls', 'http2']) {
+    let mod;
+    try {
+      mod = require(name);
+    } catch (e) {
+      continue;
+    }
+    if (mod.Server) patchListen(mod.Server.prototype);
+    if (mod.Http2Server) patchListen(mod.Http2Server.prototype);
+    if (mod.Http2SecureServer) patchListen(mod.Http2SecureServer.prototype);
+  }
+}
+
+module.exports = { setupChild };

@@ -1,0 +1,365 @@
+//! The worker side: the channel to the primary, its events, and listeners
+//! whose connections are accepted on a Rust thread and handed to JS as fds.
+
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use napi::bindgen_prelude::*;
+use napi::threadsafe_function::ThreadsafeFunctionCallMode;
+use napi_derive::napi;
+use rcluster::{Code, Listener, Worker, WorkerEvent};
+
+use crate::to_js_error;
+
+/// One event from the primary, seen by this worker.
+#[napi(object)]
+pub struct WorkerEventJs {
+    /// message, disconnect, gone.
+    pub kind: String,
+    /// message: the bytes the primary sent, as UTF-8 text (JSON).
+    pub data: Option<String>,
+    /// gone: why the channel ended.
+    pub reason: Option<String>,
+}
+
+/// This process's side of the cluster.
+#[napi]
+pub struct NativeWorker {
+    inner: Worker,
+    started: bool,
+}
+
+#[napi]
+impl NativeWorker {
+    /// Opens the channel the primary left us (once per process).
+    #[napi(factory)]
+    pub fn open() -> Result<NativeWorker> {
+        Ok(NativeWorker {
+            inner: Worker::open().map_err(to_js_error)?,
+            started: false,
+        })
+    }
+
+    #[napi(getter)]
+    pub fn id(&self) -> u32 {
+        self.inner.id()
+    }
+
+    /// Starts forwarding events to `onEvent` (once). The thread ends after
+    /// the `gone` event (the primary went away, or we closed).
+    #[napi]
+    pub fn start(&mut self, on_event: Function<WorkerEventJs, ()>) -> Result<()> {
+        if self.started {
+            return Err(Error::new(Status::GenericFailure, "already started"));
+        }
+        let tsfn = on_event
+            .build_threadsafe_function::<WorkerEventJs>()
+            .weak::<true>()
+            .callee_handled::<false>()
+            .build_callback(|ctx| Ok(ctx.value))?;
+        let worker = self.inner.clone();
+        std::thread::Builder::new()
+            .name("rcluster-node-worker-events".into())
+            .spawn(move || loop {
+                let (kind, data, reason) = match worker.next_event(None) {
+                    Ok(None) => continue,
+                    Ok(Some(WorkerEvent::Message(data))) => (
+                        "message",
+                        Some(String::from_utf8_lossy(&data).into_owned()),
+                        None,
+                    ),
+                    Ok(Some(WorkerEvent::Disconnect)) => ("disconnect", None, None),
+                    Ok(Some(WorkerEvent::PrimaryGone)) => {
+                        ("gone", None, Some("the primary is gone".to_owned()))
+                    }
+                    Err(e) => ("gone", None, Some(e.message().to_owned())),
+                };
+                let last = kind == "gone";
+                tsfn.call(
+                    WorkerEventJs {
+                        kind: kind.to_owned(),
+                        data,
+                        reason,
+                    },
+                    ThreadsafeFunctionCallMode::NonBlocking,
+                );
+                if last {
+                    return;
+                }
+            })
+            .map_err(|e| Error::from_reason(format!("spawning the event thread: {e}")))?;
+        self.started = true;
+        Ok(())
+    }
+
+    /// Sends a message (UTF-8 text) to the primary.
+    #[napi]
+    pub fn send(&self, data: String) -> Result<()> {
+        self.inner.send(data.as_bytes()).map_err(to_js_error)
+    }
+
+    /// Asks the primary to listen on `host:port` (port 0: one OS-picked port
+    /// shared by every worker asking for 0) and serve us its connections.
+    /// Blocks until the primary answers (its own thread answers at once).
+    #[napi]
+    pub fn listen(&self, host: String, port: u32, timeout_ms: Option<u32>) -> Result<NativeListener> {
+        let port = u16::try_from(port)
+            .map_err(|_| Error::new(Status::InvalidArg, format!("bad port {port}")))?;
+        let timeout = Duration::from_millis(timeout_ms.unwrap_or(30_000) as u64);
+        let listener = self
+            .inner
+            .listen(&host, port, Some(timeout))
+            .map_err(to_js_error)?;
+        NativeListener::new(listener)
+    }
+
+    /// Leaves the cluster: refuses queued connections, says goodbye, closes the channel.
+    #[napi]
+    pub fn close(&self) {
+        self.inner.close();
+    }
+}
+
+/// What the accept thread hands to JS.
+enum Accepted {
+    Conn(OwnedFd),
+    Closed(String),
+    Failed(String),
+}
+
+/// An accepted connection (`fd`, now owned by JS) or the end of the stream.
+#[napi(object)]
+pub struct ConnEvent {
+    pub fd: Option<i32>,
+    /// The listener will give no more connections (the worker is disconnecting or closed).
+    pub closed: bool,
+    pub error: Option<String>,
+}
+
+struct ListenerState {
+    listener: Listener,
+    /// Connections the accept thread may still take before JS grants more.
+    permits: Mutex<u64>,
+    permits_changed: Condvar,
+    stopping: AtomicBool,
+    /// An eventfd that wakes the accept thread out of poll when stopping.
+    stop_fd: OwnedFd,
+    started: AtomicBool,
+}
+
+impl ListenerState {
+    fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        let one: u64 = 1;
+        // SAFETY: an 8-byte write of a local into an eventfd we own.
+        unsafe {
+            libc::write(
+                self.stop_fd.as_raw_fd(),
+                &one as *const u64 as *const libc::c_void,
+                8,
+            )
+        };
+        let _guard = self.permits.lock().unwrap_or_else(|p| p.into_inner());
+        self.permits_changed.notify_all();
+    }
+
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Waits for a permit; false when stopping.
+    fn wait_for_permit(&self) -> bool {
+        let mut permits = self.permits.lock().unwrap_or_else(|p| p.into_inner());
+        while *permits == 0 && !self.stopping() {
+            permits = self
+                .permits_changed
+                .wait(permits)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        !self.stopping()
+    }
+
+    /// Waits until the listener may have a connection; false when stopping.
+    fn wait_readable(&self) -> bool {
+        let mut fds = [
+            libc::pollfd {
+                fd: self.listener.fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.stop_fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        while !self.stopping() {
+            // SAFETY: poll on a local array of two pollfds.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+            if n > 0 {
+                return !self.stopping();
+            }
+        }
+        false
+    }
+
+    fn accept_loop(&self, deliver: impl Fn(Accepted)) {
+        while self.wait_for_permit() && self.wait_readable() {
+            match self.listener.accept(Some(Duration::ZERO)) {
+                Ok(fd) => {
+                    {
+                        let mut permits = self.permits.lock().unwrap_or_else(|p| p.into_inner());
+                        *permits = permits.saturating_sub(1);
+                    }
+                    deliver(Accepted::Conn(fd));
+                }
+                Err(e) if matches!(e.code(), Code::WouldBlock | Code::Timeout) => {}
+                Err(e) if e.code() == Code::Closed => {
+                    deliver(Accepted::Closed(e.message().to_owned()));
+                    return;
+                }
+                Err(e) => {
+                    deliver(Accepted::Failed(e.message().to_owned()));
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A listening address served through the primary. Connections are taken
+/// by a Rust thread only while JS has granted permits, so a worker never
+/// takes (and acknowledges) more than it said it can serve.
+#[napi]
+pub struct NativeListener {
+    state: Arc<ListenerState>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl NativeListener {
+    fn new(listener: Listener) -> Result<NativeListener> {
+        // SAFETY: eventfd with flags only; the fd is wrapped at once.
+        let raw: RawFd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if raw < 0 {
+            return Err(Error::from_reason(format!(
+                "eventfd: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        // SAFETY: a fresh fd owned by nothing else.
+        let stop_fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        Ok(NativeListener {
+            state: Arc::new(ListenerState {
+                listener,
+                permits: Mutex::new(0),
+                permits_changed: Condvar::new(),
+                stopping: AtomicBool::new(false),
+                stop_fd,
+                started: AtomicBool::new(false),
+            }),
+            thread: Mutex::new(None),
+        })
+    }
+}
+
+#[napi]
+impl NativeListener {
+    /// The bound IP address.
+    #[napi(getter)]
+    pub fn address(&self) -> String {
+        self.state.listener.address().ip().to_string()
+    }
+
+    /// The bound port (the OS-picked one when 0 was asked for).
+    #[napi(getter)]
+    pub fn port(&self) -> u32 {
+        self.state.listener.address().port() as u32
+    }
+
+    /// 4 or 6.
+    #[napi(getter)]
+    pub fn family(&self) -> u32 {
+        if self.state.listener.address().is_ipv6() {
+            6
+        } else {
+            4
+        }
+    }
+
+    /// Whether this worker accepts on a shared socket itself (`shared` policy).
+    #[napi(getter)]
+    pub fn shared(&self) -> bool {
+        self.state.listener.is_shared()
+    }
+
+    /// Starts the accept thread; each connection (or the end) goes to `onConn`.
+    #[napi]
+    pub fn start(&self, on_conn: Function<ConnEvent, ()>) -> Result<()> {
+        if self.state.started.swap(true, Ordering::SeqCst) {
+            return Err(Error::new(Status::GenericFailure, "already started"));
+        }
+        let tsfn = on_conn
+            .build_threadsafe_function::<Accepted>()
+            .weak::<true>()
+            .callee_handled::<false>()
+            .build_callback(|ctx| {
+                // Runs on the JS thread: from here the fd is JS's to close.
+                Ok(match ctx.value {
+                    Accepted::Conn(fd) => ConnEvent {
+                        fd: Some(fd.into_raw_fd()),
+                        closed: false,
+                        error: None,
+                    },
+                    Accepted::Closed(reason) => ConnEvent {
+                        fd: None,
+                        closed: true,
+                        error: Some(reason),
+                    },
+                    Accepted::Failed(reason) => ConnEvent {
+                        fd: None,
+                        closed: true,
+                        error: Some(reason),
+                    },
+                })
+            })?;
+        let state = self.state.clone();
+        let handle = std::thread::Builder::new()
+            .name("rcluster-node-accept".into())
+            .spawn(move || {
+                // A value the JS side can no longer take is dropped here, and
+                // dropping an Accepted::Conn closes its fd: nothing leaks.
+                state.accept_loop(|accepted| {
+                    tsfn.call(accepted, ThreadsafeFunctionCallMode::NonBlocking);
+                })
+            })
+            .map_err(|e| Error::from_reason(format!("spawning the accept thread: {e}")))?;
+        *self.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
+        Ok(())
+    }
+
+    /// Lets the accept thread take `n` more connections.
+    #[napi]
+    pub fn grant(&self, n: u32) {
+        let mut permits = self.state.permits.lock().unwrap_or_else(|p| p.into_inner());
+        *permits = permits.saturating_add(n as u64);
+        self.state.permits_changed.notify_all();
+    }
+
+    /// Stops taking connections: the ones queued here are refused and the
+    /// primary gives them to other workers. Returns the permits the accept
+    /// thread had not used (exact: the thread has ended when this returns;
+    /// it only ever waits in poll or on the permit condvar, which `stop`
+    /// wakes). Idempotent.
+    #[napi]
+    pub fn close(&self) -> u32 {
+        self.state.stop();
+        if let Some(handle) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = handle.join();
+        }
+        self.state.listener.close();
+        let permits = self.state.permits.lock().unwrap_or_else(|p| p.into_inner());
+        (*permits).min(u32::MAX as u64) as u32
+    }
+}
