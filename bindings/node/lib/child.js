@@ -121,6 +121,7 @@ function setupChild(cluster, native) {
   };
 
   channel.start((event) => {
+    if (process.env.RCLUSTER_DEBUG) console.error('worker event', event);
     switch (event.kind) {
       case 'message': {
         let message;
