@@ -6,7 +6,7 @@
 const test = require('node:test');
 const assert = require('node:assert');
 const path = require('path');
-const { fixture, start, get, holdOpen, alive, waitUntil, ROOT } = require('./helpers');
+const { fixture, start, get, holdOpen, alive, waitUntil, ROOT } = require('../fixtures/helpers');
 
 const EXAMPLE = path.join(ROOT, 'examples', 'node', 'hello_server.js');
 

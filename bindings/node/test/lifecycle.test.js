@@ -4,7 +4,7 @@
 
 const test = require('node:test');
 const assert = require('node:assert');
-const { fixture } = require('./helpers');
+const { fixture } = require('../fixtures/helpers');
 
 function events(run) {
   return run.lines.filter((l) => l.ev).map((l) => l.ev);
