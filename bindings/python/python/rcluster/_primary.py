@@ -1,0 +1,402 @@
+"""The primary: starts workers, owns the listening sockets, reports events.
+
+A thin layer over ``rcluster_primary_*``. The dispatch loop itself runs on
+the library's own thread, so a busy Python thread never stalls it; Python
+only pulls events (``Primary.next_event``, iteration, callbacks, or
+:mod:`rcluster.aio`) and sends commands.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal as _signal
+import sys
+import threading
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Optional, Union
+
+from ._errors import BadHandle, Closed, InvalidArgument, StateError, Timeout, Unsupported, check
+from ._events import Event, EventKind
+from ._ffi import CStrArray, Deadline, cstr, cstr_array, ffi, has, lib
+from ._source import EventSource
+
+__all__ = ["Primary", "WorkerInfo", "POLICIES", "default_argv"]
+
+
+def _policies() -> dict[str, int]:
+    """Policy name -> ``RCLUSTER_POLICY_*`` value, read from the header, so a
+    policy added to the C library is accepted here without a change."""
+    found: dict[str, int] = {}
+    for name in dir(lib):
+        if name.startswith("RCLUSTER_POLICY_"):
+            key = name[len("RCLUSTER_POLICY_"):].lower()
+            found[key] = getattr(lib, name)
+            found[key.replace("_", "-")] = getattr(lib, name)
+    return found
+
+
+#: The scheduling policies the bundled library knows, by name.
+POLICIES: Mapping[str, int] = _policies()
+
+
+def default_argv() -> list[str]:
+    """The argv workers run by default: this interpreter with the arguments
+    it was started with (``-m module``, ``-X`` flags and the script included),
+    as Node uses ``process.execPath`` + ``execArgv`` + ``argv``."""
+    orig = getattr(sys, "orig_argv", None)
+    if orig:
+        return [sys.executable, *orig[1:]]
+    return [sys.executable, *sys.argv]
+
+
+@dataclass
+class WorkerInfo:
+    """What the primary knows of one worker, from the events taken so far."""
+
+    #: The worker's id (>= 1, never reused within a primary).
+    id: int
+    #: Its process id.
+    pid: int
+    #: ``"forked"``, ``"online"``, ``"listening"``, ``"disconnected"`` or ``"exited"``.
+    state: str = "forked"
+    #: The ``(host, port)`` addresses it is served connections of.
+    addresses: list[tuple[str, int]] = field(default_factory=list)
+    #: Exit events: the exit code (``None`` if a signal ended it).
+    exit_code: Optional[int] = None
+    #: Exit events: the signal that ended it, or 0.
+    signal: int = 0
+
+    @property
+    def is_connected(self) -> bool:
+        """Whether its channel is open (messages can be sent to it)."""
+        return self.state in ("forked", "online", "listening")
+
+
+_Bytes = Union[bytes, bytearray, memoryview]
+
+
+class Primary(EventSource):
+    """A cluster's primary: starts ``workers`` worker processes and serves
+    their listening sockets.
+
+    Workers run ``argv`` (default: this interpreter with this program's
+    arguments, see :func:`default_argv`), with ``env`` added to their
+    environment; in them ``rcluster.is_worker`` is true.
+
+    Keyword options map onto ``rcluster_primary_options`` in ``rcluster.h``
+    (``policy``, ``max_unacked``, ``max_pending``, ``backlog``,
+    ``handle_signals``, ``own_process_group``, and whatever the bundled
+    library adds); an option whose C field ends in ``_ms`` is given in
+    seconds without the suffix (``stop_timeout=10.0``). An unknown option is
+    a :class:`TypeError`.
+
+    Use it as a context manager: entering starts the workers; leaving shuts
+    the cluster down gracefully and waits until every worker has exited::
+
+        with rcluster.Primary(workers=4) as primary:
+            for event in primary:
+                print(event)
+
+    Events come from ``next_event``, iteration, callbacks (:meth:`on`) or
+    :mod:`rcluster.aio`; the last event is ``"shutdown"``.
+    """
+
+    _last_kind = EventKind.SHUTDOWN
+
+    def __init__(
+        self,
+        workers: Optional[int] = None,
+        *,
+        argv: Optional[Iterable[Union[str, bytes, os.PathLike]]] = None,
+        env: Optional[Mapping[str, str]] = None,
+        cwd: Optional[Union[str, os.PathLike]] = None,
+        policy: Union[str, int] = "rr",
+        handle_signals: bool = False,
+        stop_timeout: Optional[float] = None,
+        **options: Any,
+    ) -> None:
+        super().__init__()
+        if workers is not None and (not isinstance(workers, int) or workers < 0):
+            raise InvalidArgument(lib.RCLUSTER_E_INVAL, f"workers must be an int >= 0, not {workers!r}")
+        self._count = (os.cpu_count() or 1) if workers is None else workers
+        self._lock = threading.Lock()
+        self._workers: dict[int, WorkerInfo] = {}
+        self._started = False
+        self._handle: Any = ffi.NULL
+        self.argv = [os.fsdecode(a) for a in (default_argv() if argv is None else argv)]
+        if not self.argv:
+            raise InvalidArgument(lib.RCLUSTER_E_INVAL, "argv is empty")
+        self.env = dict(env or {})
+        self.policy = self._policy_name(policy)
+
+        raw = ffi.new("rcluster_primary_options *")
+        check(lib.rcluster_primary_options_init(raw))
+        options["policy"] = POLICIES[self.policy] if isinstance(policy, str) else policy
+        options["handle_signals"] = handle_signals
+        if stop_timeout is not None:
+            options["stop_timeout"] = stop_timeout
+        for name, value in options.items():
+            _set_option(raw, name, value)
+        # The strings must outlive rcluster_primary_new, which copies them.
+        keep: list[Optional[CStrArray]] = [
+            cstr_array(self.argv),
+            cstr_array([f"{k}={v}" for k, v in self.env.items()]) if self.env else None,
+        ]
+        raw.argv = keep[0].array  # type: ignore[union-attr]
+        if keep[1] is not None:
+            raw.env = keep[1].array
+        cwd_c = cstr(os.fsdecode(cwd)) if cwd is not None else ffi.NULL
+        raw.cwd = cwd_c
+        self.stop_timeout = raw.stop_timeout_ms / 1000.0
+        out = ffi.new("rcluster_primary **")
+        check(lib.rcluster_primary_new(raw, out))
+        self._handle = out[0]
+        fd = ffi.new("int *")
+        check(lib.rcluster_primary_fd(self._handle, fd))
+        self._fd = fd[0]
+        # Freeing shuts down and reaps every worker: done by close(), or at
+        # the latest when this object is collected or the interpreter exits.
+        self._finalizer = weakref.finalize(self, lib.rcluster_primary_free, self._handle)
+
+    @staticmethod
+    def _policy_name(policy: Union[str, int]) -> str:
+        if isinstance(policy, str):
+            if policy not in POLICIES:
+                known = ", ".join(sorted(k for k in POLICIES if "-" not in k))
+                raise InvalidArgument(lib.RCLUSTER_E_INVAL, f"unknown policy {policy!r} (known: {known})")
+            return policy
+        for name, value in POLICIES.items():
+            if value == policy:
+                return name
+        return str(policy)
+
+    def _h(self) -> Any:
+        if self._handle == ffi.NULL:
+            raise BadHandle(lib.RCLUSTER_E_HANDLE, "this Primary is closed")
+        return self._handle
+
+    # ----- lifecycle ----------------------------------------------------
+
+    def start(self) -> "Primary":
+        """Starts the configured number of workers (once). Returns self."""
+        with self._lock:
+            if self._started:
+                return self
+            self._started = True
+        for _ in range(self._count):
+            self.fork()
+        return self
+
+    def __enter__(self) -> "Primary":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            if self._handle != ffi.NULL and not self.ended:
+                self.shutdown()
+                self.run()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Frees the primary. If it has not shut down, shuts it down first
+        (grace: the stop timeout) and waits until every worker has exited
+        and been reaped. Events not yet taken are lost. Idempotent."""
+        handle, self._handle = self._handle, ffi.NULL
+        if handle != ffi.NULL:
+            self._finalizer.detach()
+            check(lib.rcluster_primary_free(handle))
+
+    @property
+    def closed(self) -> bool:
+        return self._handle == ffi.NULL
+
+    def fileno(self) -> int:
+        """An fd readable while events wait (for selectors, ``add_reader``).
+        The primary owns it: do not close or read it."""
+        self._h()
+        return self._fd
+
+    def _next_raw(self, raw: Any) -> int:
+        return lib.rcluster_primary_next_event(self._h(), raw)
+
+    # ----- workers --------------------------------------------------------
+
+    def fork(self, env: Optional[Mapping[str, str]] = None) -> WorkerInfo:
+        """Starts one more worker, with ``env`` added to its environment.
+        Returns once the process exists; a ``"fork"`` event follows."""
+        keep = cstr_array([f"{k}={v}" for k, v in env.items()]) if env else None
+        worker_id = ffi.new("uint32_t *")
+        pid = ffi.new("int32_t *")
+        check(lib.rcluster_primary_fork(self._h(), keep.array if keep else ffi.NULL, worker_id, pid))
+        info = WorkerInfo(id=worker_id[0], pid=pid[0])
+        with self._lock:
+            self._workers.setdefault(info.id, info)
+        return info
+
+    @property
+    def workers(self) -> dict[int, WorkerInfo]:
+        """The workers not known to have exited, by id (as of the events taken)."""
+        with self._lock:
+            return {i: w for i, w in self._workers.items() if w.state != "exited"}
+
+    def send(self, worker_id: int, data: _Bytes) -> None:
+        """Sends ``data`` to worker ``worker_id`` (copied, queued; never
+        blocks). :class:`~rcluster.Closed` if it is not connected."""
+        if isinstance(data, str):
+            raise TypeError("send() takes bytes; use send_json() for objects, or encode the text")
+        buf = ffi.from_buffer(data)
+        check(lib.rcluster_primary_send(self._h(), worker_id, buf, len(buf)))
+
+    def send_json(self, worker_id: int, obj: Any) -> None:
+        """Sends ``obj`` as JSON (the worker reads it with ``event.json()``)."""
+        self.send(worker_id, json.dumps(obj, separators=(",", ":")).encode())
+
+    def broadcast(self, data: _Bytes) -> int:
+        """Sends ``data`` to every connected worker; returns how many got it."""
+        sent = 0
+        for info in list(self.workers.values()):
+            try:
+                self.send(info.id, data)
+                sent += 1
+            except Closed:
+                pass
+        return sent
+
+    def disconnect(self, worker_id: int) -> None:
+        """Asks a worker to finish what it holds and leave: it gets no new
+        connections; after the stop timeout it gets SIGTERM, then SIGKILL."""
+        check(lib.rcluster_primary_disconnect(self._h(), worker_id))
+
+    def kill(self, worker_id: int, signal: int = _signal.SIGTERM) -> None:
+        """Sends ``signal`` to a worker's process (ignored once it is reaped)."""
+        check(lib.rcluster_primary_kill(self._h(), worker_id, int(signal)))
+
+    def listen(self, address: Union[tuple[str, int], int]) -> int:
+        """Binds a listener up front; workers listening on the same address,
+        or on the port returned, share it. Returns the bound port."""
+        from ._worker import split_address
+
+        host, port = split_address(address)
+        bound = ffi.new("uint16_t *")
+        check(lib.rcluster_primary_listen(self._h(), cstr(host), port, bound))
+        return int(bound[0])
+
+    def shutdown(self, grace: Optional[float] = None) -> None:
+        """Starts a graceful shutdown and returns at once: connections already
+        accepted are handed out, listeners close, every worker is asked to
+        leave (SIGTERM after ``grace`` seconds, default the stop timeout,
+        SIGKILL after as long again). A ``"shutdown"`` event marks the end
+        (``run()`` waits for it). Idempotent."""
+        ms = int((self.stop_timeout if grace is None else grace) * 1000)
+        check(lib.rcluster_primary_shutdown(self._h(), max(0, ms)))
+
+    # ----- supervision -------------------------------------------------
+
+    def reload(self) -> None:
+        """Rolling reload: replaces every worker one by one, each new one
+        listening before the old one is asked to leave, so no request fails.
+        Needs ``rcluster_primary_reload`` in the C library."""
+        _require("rcluster_primary_reload")
+        check(lib.rcluster_primary_reload(self._h()))
+
+    def scale(self, workers: int) -> None:
+        """Sets the number of workers, starting or retiring some.
+        Needs ``rcluster_primary_scale`` in the C library."""
+        _require("rcluster_primary_scale")
+        check(lib.rcluster_primary_scale(self._h(), workers))
+        self._count = workers
+
+    def stats(self) -> dict[str, Any]:
+        """Counters of the cluster. Needs ``rcluster_primary_stats``."""
+        _require("rcluster_primary_stats")
+        raise Unsupported(lib.RCLUSTER_E_STATE, "stats() is not wired to this library version yet")
+
+    # ----- events -------------------------------------------------------
+
+    def wait_ready(self, workers: Optional[int] = None, timeout: Optional[float] = None) -> tuple[str, int]:
+        """Takes events (running callbacks) until ``workers`` workers (default:
+        as many as were started) are listening; returns the ``(host, port)``
+        they listen on. Raises :class:`~rcluster.Error` if a worker exits or
+        the cluster shuts down first, :class:`~rcluster.Timeout` after
+        ``timeout`` seconds."""
+        want = self._count if workers is None else workers
+        deadline = Deadline(timeout)
+        while True:
+            with self._lock:
+                listening = [w for w in self._workers.values() if w.state == "listening"]
+            if len(listening) >= want and listening:
+                return listening[-1].addresses[-1]
+            event = self.next_event(deadline.left())
+            if event is None:
+                if deadline.expired():
+                    raise Timeout(lib.RCLUSTER_E_TIMEOUT, f"{len(listening)} of {want} workers listening after {timeout} s")
+                continue
+            if event.kind == EventKind.EXIT and not event.after_disconnect:
+                how = f"code {event.exit_code}" if event.exit_code is not None else f"signal {event.signal}"
+                raise StateError(lib.RCLUSTER_E_STATE, f"worker {event.worker_id} exited ({how}) before the cluster was ready")
+            if event.kind == EventKind.SHUTDOWN:
+                raise Closed(lib.RCLUSTER_E_CLOSED, "the cluster shut down before it was ready")
+
+    def _observe(self, event: Event) -> None:
+        with self._lock:
+            if event.worker_id == 0:
+                return
+            info = self._workers.get(event.worker_id)
+            if info is None:
+                info = self._workers[event.worker_id] = WorkerInfo(id=event.worker_id, pid=event.pid)
+            kind = event.kind
+            if kind == EventKind.ONLINE and info.state == "forked":
+                info.state = "online"
+            elif kind == EventKind.LISTENING:
+                info.state = "listening"
+                if event.address is not None and event.address not in info.addresses:
+                    info.addresses.append(event.address)
+            elif kind == EventKind.DISCONNECT and info.state != "exited":
+                info.state = "disconnected"
+            elif kind == EventKind.EXIT:
+                info.state = "exited"
+                info.exit_code = event.exit_code
+                info.signal = event.signal
+                # Keep the table bounded over long runs: forget the dead.
+                del self._workers[event.worker_id]
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else ("ended" if self.ended else "running")
+        return f"<rcluster.Primary {state} policy={self.policy} workers={len(self.workers)}>"
+
+
+def _require(function: str) -> None:
+    if not has(function):
+        raise Unsupported(
+            lib.RCLUSTER_E_STATE,
+            f"this build of the rcluster C library has no {function}(); update the core",
+        )
+
+
+def _set_option(raw: Any, name: str, value: Any) -> None:
+    """Sets ``rcluster_primary_options.<name>`` (or ``<name>_ms`` from seconds)."""
+    fields = dict(ffi.typeof("rcluster_primary_options").fields)
+    if name in ("argv", "env", "cwd"):
+        raise TypeError(f"{name} is a named parameter")
+    if name in fields:
+        c_name, scale = name, 1
+    elif f"{name}_ms" in fields:
+        c_name, scale = f"{name}_ms", 1000
+    else:
+        known = sorted(n[:-3] if n.endswith("_ms") else n for n in fields if n not in ("argv", "env", "cwd"))
+        raise TypeError(f"unknown Primary option {name!r} (known: {', '.join(known)})")
+    ctype = fields[c_name].type
+    if ctype.kind != "primitive":
+        raise TypeError(f"option {name!r} has C type {ctype.cname}, which this binding cannot set")
+    if isinstance(value, bool):
+        value = int(value)
+    if scale != 1:
+        value = round(float(value) * scale)
+    try:
+        setattr(raw, c_name, value)
+    except (TypeError, OverflowError) as e:
+        raise InvalidArgument(lib.RCLUSTER_E_INVAL, f"bad value {value!r} for option {name!r}: {e}") from None
+
