@@ -1,6 +1,6 @@
 //! The worker program the integration tests spawn. It uses the C ABI only.
 //!
-//! `rcluster-testworker MODE`, with the address in `TEST_HOST`/`TEST_PORT`:
+//! `rcluster-testworker MODE` (or `TEST_MODE=MODE`), with the address in `TEST_HOST`/`TEST_PORT`:
 //! - `http`: serve HTTP (`worker <id> pid <pid>`), leave when asked;
 //! - `echo`: send every message back to the primary, prefixed with "echo:";
 //! - `die-before-ack`: listen, wait until a connection is queued, exit without taking it;
@@ -80,7 +80,9 @@ fn serve(fd: i32, id: u32) {
 }
 
 fn main() {
-    let mode = std::env::args().nth(1).unwrap_or_default();
+    // TEST_MODE in the environment overrides the argv mode (one primary, two kinds of worker).
+    let mode =
+        std::env::var("TEST_MODE").unwrap_or_else(|_| std::env::args().nth(1).unwrap_or_default());
     let mut id = 0u32;
     check(rcluster_worker_id(&mut id), "rcluster_worker_id");
     let worker = open();
