@@ -17,14 +17,7 @@ fn pair() -> (OwnedFd, OwnedFd) {
 }
 
 fn send(sock: &OwnedFd, data: &[u8], fds: &[i32]) -> i32 {
-    rcluster_send_handle(
-        sock.as_raw_fd(),
-        data.as_ptr() as *const c_void,
-        data.len(),
-        fds.as_ptr(),
-        fds.len(),
-        5000,
-    )
+    rcluster_send_handle(sock.as_raw_fd(), data.as_ptr() as *const c_void, data.len(), fds.as_ptr(), fds.len(), 5000)
 }
 
 struct Received {
@@ -37,46 +30,23 @@ fn recv(sock: &OwnedFd, max_fds: usize, timeout_ms: i32) -> Result<Received, i32
     let mut len = 0usize;
     let mut fds = vec![-1; max_fds];
     let mut nfds = 0usize;
-    let rc = rcluster_recv_handle(
-        sock.as_raw_fd(),
-        &mut data,
-        &mut len,
-        fds.as_mut_ptr(),
-        max_fds,
-        &mut nfds,
-        timeout_ms,
-    );
+    let rc =
+        rcluster_recv_handle(sock.as_raw_fd(), &mut data, &mut len, fds.as_mut_ptr(), max_fds, &mut nfds, timeout_ms);
     if rc != 0 {
         assert_eq!(nfds, 0, "no fds reported on failure");
         return Err(rc);
     }
-    let bytes = if len == 0 {
-        Vec::new()
-    } else {
-        unsafe { std::slice::from_raw_parts(data as *const u8, len) }.to_vec()
-    };
+    let bytes =
+        if len == 0 { Vec::new() } else { unsafe { std::slice::from_raw_parts(data as *const u8, len) }.to_vec() };
     ok(rcluster_buffer_free(data, len), "buffer_free");
     // SAFETY: the library hands these fds to us.
-    let fds = fds[..nfds]
-        .iter()
-        .map(|&fd| unsafe { OwnedFd::from_raw_fd(fd) })
-        .collect();
+    let fds = fds[..nfds].iter().map(|&fd| unsafe { OwnedFd::from_raw_fd(fd) }).collect();
     Ok(Received { data: bytes, fds })
 }
 
 fn temp_file_with(text: &str) -> std::fs::File {
-    let path = std::env::temp_dir().join(format!(
-        "rcluster-test-{}-{}",
-        std::process::id(),
-        text.len()
-    ));
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)
-        .unwrap();
+    let path = std::env::temp_dir().join(format!("rcluster-test-{}-{}", std::process::id(), text.len()));
+    let mut file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
     std::fs::remove_file(&path).unwrap();
     file.write_all(text.as_bytes()).unwrap();
     file
@@ -94,10 +64,7 @@ fn several_fds_travel_with_their_message() {
     assert_eq!(got.fds.len(), 5);
     for (i, fd) in got.fds.into_iter().enumerate() {
         let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) };
-        assert!(
-            flags & libc::FD_CLOEXEC != 0,
-            "received fds are close-on-exec"
-        );
+        assert!(flags & libc::FD_CLOEXEC != 0, "received fds are close-on-exec");
         let mut file = std::fs::File::from(fd);
         file.rewind().unwrap();
         let mut text = String::new();
@@ -132,9 +99,7 @@ fn too_many_fds_for_the_receiver_are_all_closed() {
     let _serial = serial();
     let (a, b) = pair();
     let before = open_fds();
-    let files: Vec<_> = (0..4)
-        .map(|i| temp_file_with(&"t".repeat(i + 10)))
-        .collect();
+    let files: Vec<_> = (0..4).map(|i| temp_file_with(&"t".repeat(i + 10))).collect();
     let raw: Vec<i32> = files.iter().map(|f| f.as_raw_fd()).collect();
     ok(send(&a, b"four", &raw), "send");
     drop(files);
@@ -149,11 +114,7 @@ fn too_many_fds_to_send_is_an_error() {
     let file = temp_file_with("f");
     let raw = vec![file.as_raw_fd(); RCLUSTER_MAX_FDS + 1];
     assert_eq!(send(&a, b"x", &raw), RCLUSTER_E_TOOBIG);
-    assert_eq!(
-        send(&a, b"x", &[9999]),
-        RCLUSTER_E_INVAL,
-        "a closed fd is refused"
-    );
+    assert_eq!(send(&a, b"x", &[9999]), RCLUSTER_E_INVAL, "a closed fd is refused");
 }
 
 #[test]
@@ -186,10 +147,7 @@ fn truncated_records_from_a_foreign_peer_close_their_fds() {
     let big = vec![1u8 | 2u8; 100_000];
     let fd = file.as_raw_fd();
     let mut cmsg = [0u8; 64];
-    let mut iov = libc::iovec {
-        iov_base: big.as_ptr() as *mut _,
-        iov_len: big.len(),
-    };
+    let mut iov = libc::iovec { iov_base: big.as_ptr() as *mut _, iov_len: big.len() };
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
@@ -205,11 +163,7 @@ fn truncated_records_from_a_foreign_peer_close_their_fds() {
     }
     drop(file);
     assert_eq!(recv(&b, 4, 5000).err(), Some(RCLUSTER_E_TRUNCATED));
-    assert_eq!(
-        open_fds(),
-        before,
-        "the fd that arrived with the truncated record was closed"
-    );
+    assert_eq!(open_fds(), before, "the fd that arrived with the truncated record was closed");
 }
 
 #[test]
@@ -223,22 +177,11 @@ fn stream_sockets_and_non_sockets_are_refused() {
     let file = temp_file_with("not a socket");
     let not_socket = OwnedFd::from(file);
     assert_eq!(send(&not_socket, b"x", &[]), RCLUSTER_E_INVAL);
-    assert_eq!(
-        rcluster_send_handle(-1, ptr::null(), 0, ptr::null(), 0, 0),
-        RCLUSTER_E_INVAL
-    );
+    assert_eq!(rcluster_send_handle(-1, ptr::null(), 0, ptr::null(), 0, 0), RCLUSTER_E_INVAL);
     let mut len = 0usize;
     let mut nfds = 0usize;
     assert_eq!(
-        rcluster_recv_handle(
-            s.as_raw_fd(),
-            ptr::null_mut(),
-            &mut len,
-            ptr::null_mut(),
-            0,
-            &mut nfds,
-            0
-        ),
+        rcluster_recv_handle(s.as_raw_fd(), ptr::null_mut(), &mut len, ptr::null_mut(), 0, &mut nfds, 0),
         RCLUSTER_E_INVAL
     );
 }
