@@ -40,11 +40,7 @@ pub fn is_worker() -> bool {
 
 /// This worker's id from the environment, or `None` in a primary or a plain process.
 pub fn worker_id() -> Option<u32> {
-    std::env::var(ENV_WORKER_ID)
-        .ok()?
-        .parse()
-        .ok()
-        .filter(|&id| id > 0)
+    std::env::var(ENV_WORKER_ID).ok()?.parse().ok().filter(|&id| id > 0)
 }
 
 /// This process's side of the cluster. Cheap to clone; all clones share one channel.
@@ -92,31 +88,17 @@ impl Worker {
     /// Once per process.
     pub fn open() -> Result<Worker> {
         let id = worker_id().ok_or_else(|| {
-            Error::new(
-                Code::State,
-                format!("not a worker: {ENV_WORKER_ID} is not set to a worker id"),
-            )
+            Error::new(Code::State, format!("not a worker: {ENV_WORKER_ID} is not set to a worker id"))
         })?;
         let fd: RawFd = std::env::var(ENV_CHANNEL_FD)
             .ok()
             .and_then(|v| v.parse().ok())
-            .ok_or_else(|| {
-                Error::new(
-                    Code::State,
-                    format!("not a worker: {ENV_CHANNEL_FD} is not set to an fd"),
-                )
-            })?;
+            .ok_or_else(|| Error::new(Code::State, format!("not a worker: {ENV_CHANNEL_FD} is not set to an fd")))?;
         if !sys::fd_is_open(fd) {
-            return Err(Error::new(
-                Code::State,
-                format!("{ENV_CHANNEL_FD}={fd} is not an open fd in this process"),
-            ));
+            return Err(Error::new(Code::State, format!("{ENV_CHANNEL_FD}={fd} is not an open fd in this process")));
         }
         if OPENED.swap(true, Ordering::SeqCst) {
-            return Err(Error::new(
-                Code::State,
-                "the worker is already open in this process",
-            ));
+            return Err(Error::new(Code::State, "the worker is already open in this process"));
         }
         // SAFETY: the environment protocol hands fd `fd` to this process's
         // worker, and OPENED guarantees we take it exactly once.
@@ -126,8 +108,7 @@ impl Worker {
             OPENED.store(false, Ordering::SeqCst);
             return Err(e);
         }
-        sys::set_cloexec(channel.as_fd(), true)
-            .map_err(|e| Error::os("fcntl(FD_CLOEXEC) on channel", e))?;
+        sys::set_cloexec(channel.as_fd(), true).map_err(|e| Error::os("fcntl(FD_CLOEXEC) on channel", e))?;
         Worker::from_channel(id, channel)
     }
 
@@ -135,8 +116,7 @@ impl Worker {
     pub fn from_channel(id: u32, channel: OwnedFd) -> Result<Worker> {
         let events = EventQueue::new()?;
         let replies_flag = Flag::new().map_err(|e| Error::os("eventfd", e))?;
-        let poll =
-            PollSet::new(&[channel.as_raw_fd(), events.fd()]).map_err(|e| Error::os("epoll", e))?;
+        let poll = PollSet::new(&[channel.as_raw_fd(), events.fd()]).map_err(|e| Error::os("epoll", e))?;
         let worker = Worker {
             inner: Arc::new(Inner {
                 id,
@@ -150,9 +130,7 @@ impl Worker {
             }),
         };
         // SAFETY: getpid is always safe.
-        worker.send_frame(&Frame::Hello {
-            pid: unsafe { libc::getpid() },
-        })?;
+        worker.send_frame(&Frame::Hello { pid: unsafe { libc::getpid() } })?;
         Ok(worker)
     }
 
@@ -177,11 +155,7 @@ impl Worker {
             state.next_request = state.next_request.wrapping_add(1);
             state.next_request
         };
-        self.send_frame(&Frame::Listen {
-            request,
-            port,
-            host: host.to_owned(),
-        })?;
+        self.send_frame(&Frame::Listen { request, port, host: host.to_owned() })?;
         let deadline = Deadline::after(timeout);
         let reply = loop {
             let mut state = self.inner.lock();
@@ -200,10 +174,7 @@ impl Worker {
             }
             drop(state);
             self.inner.refuse(refusals);
-            if !self
-                .inner
-                .wait(&[self.inner.replies_flag.raw()], deadline)?
-            {
+            if !self.inner.wait(&[self.inner.replies_flag.raw()], deadline)? {
                 let mut state = self.inner.lock();
                 if !state.replies.contains_key(&request) {
                     // A late reply is undone by pump() when it arrives.
@@ -216,25 +187,13 @@ impl Worker {
             }
         };
         match reply {
-            (
-                Frame::ListenOk {
-                    listener,
-                    shared,
-                    address,
-                    ..
-                },
-                shared_fd,
-            ) => {
-                let address: SocketAddr = address.parse().map_err(|_| {
-                    Error::new(
-                        Code::Protocol,
-                        format!("primary sent a bad address {address:?}"),
-                    )
-                })?;
+            (Frame::ListenOk { listener, shared, address, .. }, shared_fd) => {
+                let address: SocketAddr = address
+                    .parse()
+                    .map_err(|_| Error::new(Code::Protocol, format!("primary sent a bad address {address:?}")))?;
                 let mode = if shared {
-                    let socket = shared_fd.ok_or_else(|| {
-                        Error::new(Code::Protocol, "shared listener came without its fd")
-                    })?;
+                    let socket =
+                        shared_fd.ok_or_else(|| Error::new(Code::Protocol, "shared listener came without its fd"))?;
                     Mode::Shared {
                         poll: PollSet::new(&[socket.as_raw_fd(), self.inner.channel.as_raw_fd()])
                             .map_err(|e| Error::os("epoll", e))?,
@@ -251,21 +210,10 @@ impl Worker {
                             .map_err(|e| Error::os("epoll", e))?,
                     }
                 };
-                Ok(Listener {
-                    worker: self.clone(),
-                    id: listener,
-                    address,
-                    mode,
-                    closed: AtomicBool::new(false),
-                })
+                Ok(Listener { worker: self.clone(), id: listener, address, mode, closed: AtomicBool::new(false) })
             }
-            (Frame::ListenErr { errno, message, .. }, _) => {
-                Err(Error::new(Code::Address, message).with_errno(errno))
-            }
-            (other, _) => Err(Error::new(
-                Code::Protocol,
-                format!("unexpected listen reply {other:?}"),
-            )),
+            (Frame::ListenErr { errno, message, .. }, _) => Err(Error::new(Code::Address, message).with_errno(errno)),
+            (other, _) => Err(Error::new(Code::Protocol, format!("unexpected listen reply {other:?}"))),
         }
     }
 
@@ -292,6 +240,13 @@ impl Worker {
         }
     }
 
+    /// Tells the primary this worker is ready, for primaries configured to
+    /// wait for it (`wait_ready`) before counting a replacement as started.
+    pub fn ready(&self) -> Result<()> {
+        self.check_open()?;
+        self.send_frame(&Frame::Ready)
+    }
+
     /// Sends application bytes to the primary (blocks while the channel is full).
     pub fn send(&self, data: &[u8]) -> Result<()> {
         self.check_open()?;
@@ -306,14 +261,13 @@ impl Worker {
         if self.inner.closed.swap(true, Ordering::SeqCst) {
             return;
         }
-        let refusals: Vec<u64> = {
+        let refusals: Vec<Frame> = {
             let mut state = self.inner.lock();
-            let refusals = self.inner.pump(&mut state);
-            let queued = state
-                .listeners
-                .values_mut()
-                .flat_map(|q| q.conns.drain(..).map(|(conn, _fd)| conn));
-            refusals.into_iter().chain(queued).collect()
+            let mut refusals = self.inner.pump(&mut state);
+            for queue in state.listeners.values_mut() {
+                refusals.extend(queue.conns.drain(..).map(|(conn, _fd)| Frame::Ack { conn, accepted: false }));
+            }
+            refusals
         };
         self.inner.refuse(refusals);
         let _ = self.inner.send_frame(&Frame::Goodbye);
@@ -352,41 +306,30 @@ impl Inner {
         })
     }
 
-    /// Tells the primary we will not take these connections.
-    fn refuse(&self, conns: Vec<u64>) {
-        for conn in conns {
-            if self
-                .send_frame(&Frame::Ack {
-                    conn,
-                    accepted: false,
-                })
-                .is_err()
-            {
-                return; // primary gone: it re-dispatches them itself
+    /// Sends what `pump` left to answer: refusals and pongs.
+    fn refuse(&self, replies: Vec<Frame>) {
+        for frame in replies {
+            if self.send_frame(&frame).is_err() {
+                return; // primary gone: it re-dispatches refused connections itself
             }
         }
     }
 
     /// Reads everything queued on the channel and sorts it. Returns the
-    /// connections to refuse (sent by the caller once the lock is released).
-    fn pump(&self, state: &mut State) -> Vec<u64> {
+    /// frames to answer with (refusals of connections we cannot take, pongs),
+    /// sent by the caller once the lock is released.
+    fn pump(&self, state: &mut State) -> Vec<Frame> {
         let mut refusals = Vec::new();
         while state.gone.is_none() {
             let message = match state.reassembler.read(self.channel.as_fd()) {
                 Ok(channel::Read::Message(m)) => m,
                 Ok(channel::Read::WouldBlock) => break,
                 Ok(channel::Read::Eof) => {
-                    self.mark_gone(
-                        state,
-                        Error::new(Code::Closed, "the primary is gone (channel hung up)"),
-                    );
+                    self.mark_gone(state, Error::new(Code::Closed, "the primary is gone (channel hung up)"));
                     break;
                 }
                 Err(e) => {
-                    self.mark_gone(
-                        state,
-                        Error::new(e.code(), format!("channel from the primary is broken: {e}")),
-                    );
+                    self.mark_gone(state, Error::new(e.code(), format!("channel from the primary is broken: {e}")));
                     break;
                 }
             };
@@ -401,10 +344,7 @@ impl Inner {
             match frame {
                 Frame::Conn { listener, conn } => {
                     let (Some(fd), true) = (fds.pop(), fds.is_empty()) else {
-                        self.mark_gone(
-                            state,
-                            Error::new(Code::Protocol, "connection frame without exactly one fd"),
-                        );
+                        self.mark_gone(state, Error::new(Code::Protocol, "connection frame without exactly one fd"));
                         break;
                     };
                     match state.listeners.get_mut(&listener) {
@@ -414,16 +354,10 @@ impl Inner {
                             }
                             queue.conns.push_back((conn, fd));
                         }
-                        _ => refusals.push(conn),
+                        _ => refusals.push(Frame::Ack { conn, accepted: false }),
                     }
                 }
-                Frame::ListenOk {
-                    request,
-                    listener,
-                    shared,
-                    port,
-                    address,
-                } => {
+                Frame::ListenOk { request, listener, shared, port, address } => {
                     if state.abandoned.remove(&request) {
                         // The caller gave up waiting: undo the listen (a shared fd just closes).
                         if !shared {
@@ -433,10 +367,7 @@ impl Inner {
                     }
                     if shared {
                         let Some(fd) = fds.pop() else {
-                            self.mark_gone(
-                                state,
-                                Error::new(Code::Protocol, "shared listener came without its fd"),
-                            );
+                            self.mark_gone(state, Error::new(Code::Protocol, "shared listener came without its fd"));
                             break;
                         };
                         state.shared_fds.insert(request, fd);
@@ -446,14 +377,9 @@ impl Inner {
                         // Create the queue now: Conn frames may follow before the caller wakes.
                         match Flag::new() {
                             Ok(flag) => {
-                                state.listeners.insert(
-                                    listener,
-                                    ConnQueue {
-                                        conns: VecDeque::new(),
-                                        flag,
-                                        handles: 1,
-                                    },
-                                );
+                                state
+                                    .listeners
+                                    .insert(listener, ConnQueue { conns: VecDeque::new(), flag, handles: 1 });
                             }
                             Err(e) => {
                                 self.mark_gone(state, Error::os("eventfd", e));
@@ -461,32 +387,12 @@ impl Inner {
                             }
                         }
                     }
-                    state.replies.insert(
-                        request,
-                        Frame::ListenOk {
-                            request,
-                            listener,
-                            shared,
-                            port,
-                            address,
-                        },
-                    );
+                    state.replies.insert(request, Frame::ListenOk { request, listener, shared, port, address });
                     self.replies_flag.set();
                 }
-                Frame::ListenErr {
-                    request,
-                    errno,
-                    message,
-                } => {
+                Frame::ListenErr { request, errno, message } => {
                     if !state.abandoned.remove(&request) {
-                        state.replies.insert(
-                            request,
-                            Frame::ListenErr {
-                                request,
-                                errno,
-                                message,
-                            },
-                        );
+                        state.replies.insert(request, Frame::ListenErr { request, errno, message });
                         self.replies_flag.set();
                     }
                 }
@@ -496,13 +402,11 @@ impl Inner {
                     self.events.push(WorkerEvent::Disconnect);
                 }
                 Frame::User(data) => self.events.push(WorkerEvent::Message(data)),
+                Frame::Ping { seq } => refusals.push(Frame::Pong { seq }),
                 other => {
                     self.mark_gone(
                         state,
-                        Error::new(
-                            Code::Protocol,
-                            format!("unexpected frame from the primary: {other:?}"),
-                        ),
+                        Error::new(Code::Protocol, format!("unexpected frame from the primary: {other:?}")),
                     );
                     break;
                 }
@@ -595,10 +499,7 @@ impl Listener {
             };
             let stop = match (&state.gone, state.draining) {
                 (Some(gone), _) => Some(gone.clone()),
-                (None, true) => Some(Error::new(
-                    Code::Closed,
-                    "the worker is disconnecting: no more connections",
-                )),
+                (None, true) => Some(Error::new(Code::Closed, "the worker is disconnecting: no more connections")),
                 _ => None,
             };
             drop(state);
@@ -606,10 +507,7 @@ impl Listener {
             if let Some((conn, fd)) = taken {
                 // Ack before the caller sees a byte (see the module doc). If the
                 // primary is gone the connection is ours anyway.
-                let _ = inner.send_frame(&Frame::Ack {
-                    conn,
-                    accepted: true,
-                });
+                let _ = inner.send_frame(&Frame::Ack { conn, accepted: true });
                 return Ok(fd);
             }
             if let Some(stop) = stop {
@@ -618,12 +516,7 @@ impl Listener {
             if let Mode::Shared { socket, .. } = &self.mode {
                 // SAFETY: accept4 on a listening socket we own, no address out-params.
                 let ret = unsafe {
-                    libc::accept4(
-                        socket.as_raw_fd(),
-                        std::ptr::null_mut(),
-                        std::ptr::null_mut(),
-                        libc::SOCK_CLOEXEC,
-                    )
+                    libc::accept4(socket.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC)
                 };
                 if ret >= 0 {
                     // SAFETY: a fresh fd from accept4, owned by nothing else.
@@ -636,9 +529,7 @@ impl Listener {
                 }
             }
             let wake = match &self.mode {
-                Mode::Dispatched { .. } => {
-                    inner.lock().listeners.get(&self.id).map(|q| q.flag.raw())
-                }
+                Mode::Dispatched { .. } => inner.lock().listeners.get(&self.id).map(|q| q.flag.raw()),
                 Mode::Shared { socket, .. } => Some(socket.as_raw_fd()),
             };
             let Some(wake) = wake else {
@@ -673,12 +564,10 @@ impl Listener {
                 }
                 Some(_) => {
                     let queue = state.listeners.remove(&self.id);
-                    (
-                        true,
-                        queue
-                            .map(|q| q.conns.into_iter().map(|(conn, _fd)| conn).collect())
-                            .unwrap_or_default(),
-                    )
+                    let refuse = |q: ConnQueue| {
+                        q.conns.into_iter().map(|(conn, _fd)| Frame::Ack { conn, accepted: false }).collect()
+                    };
+                    (true, queue.map(refuse).unwrap_or_default())
                 }
                 None => (false, Vec::new()),
             }

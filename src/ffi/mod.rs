@@ -79,10 +79,7 @@ fn guard(body: impl FnOnce() -> Result<()>) -> c_int {
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
-            fail(&Error::new(
-                Code::Panic,
-                format!("internal panic (a bug in rcluster): {what}"),
-            ))
+            fail(&Error::new(Code::Panic, format!("internal panic (a bug in rcluster): {what}")))
         }
     }
 }
@@ -91,8 +88,7 @@ fn guard(body: impl FnOnce() -> Result<()>) -> c_int {
 fn non_null<'a, T>(ptr: *mut T, name: &str) -> Result<&'a mut T> {
     // SAFETY: the C caller promises a non-NULL pointer is valid and
     // exclusively ours for the call (documented in the header); NULL is caught.
-    unsafe { ptr.as_mut() }
-        .ok_or_else(|| Error::new(Code::InvalidArgument, format!("{name} is NULL")))
+    unsafe { ptr.as_mut() }.ok_or_else(|| Error::new(Code::InvalidArgument, format!("{name} is NULL")))
 }
 
 /// A required C string argument, as UTF-8.
@@ -112,10 +108,7 @@ fn bytes<'a>(data: *const u8, len: usize, name: &str) -> Result<&'a [u8]> {
         return Ok(&[]);
     }
     if data.is_null() {
-        return Err(Error::new(
-            Code::InvalidArgument,
-            format!("{name} is NULL but its length is {len}"),
-        ));
+        return Err(Error::new(Code::InvalidArgument, format!("{name} is NULL but its length is {len}")));
     }
     // SAFETY: non-NULL; the caller promises `len` readable bytes (header).
     Ok(unsafe { std::slice::from_raw_parts(data, len) })

@@ -37,8 +37,7 @@ pub extern "C" fn rcluster_is_worker() -> c_int {
 pub extern "C" fn rcluster_worker_id(worker_id: *mut u32) -> c_int {
     guard(|| {
         let out = non_null(worker_id, "worker_id")?;
-        *out = crate::worker::worker_id()
-            .ok_or_else(|| Error::new(Code::State, "this process is not a worker"))?;
+        *out = crate::worker::worker_id().ok_or_else(|| Error::new(Code::State, "this process is not a worker"))?;
         Ok(())
     })
 }
@@ -93,10 +92,7 @@ pub extern "C" fn rcluster_worker_listen(
 
 /// Stores the port the listener is bound to (the OS-picked one for port 0).
 #[no_mangle]
-pub extern "C" fn rcluster_listener_port(
-    listener: *mut rcluster_listener,
-    port: *mut u16,
-) -> c_int {
+pub extern "C" fn rcluster_listener_port(listener: *mut rcluster_listener, port: *mut u16) -> c_int {
     guard(|| {
         let out = non_null(port, "port")?;
         *out = LISTENERS.get(listener)?.address().port();
@@ -150,10 +146,7 @@ pub extern "C" fn rcluster_listener_close(listener: *mut rcluster_listener) -> c
 /// `RCLUSTER_EVENT_MESSAGE`, `RCLUSTER_EVENT_DISCONNECT` or
 /// `RCLUSTER_EVENT_PRIMARY_GONE`. After PRIMARY_GONE: `RCLUSTER_E_CLOSED`.
 #[no_mangle]
-pub extern "C" fn rcluster_worker_next_event(
-    worker: *mut rcluster_worker,
-    event: *mut rcluster_event,
-) -> c_int {
+pub extern "C" fn rcluster_worker_next_event(worker: *mut rcluster_worker, event: *mut rcluster_event) -> c_int {
     rcluster_worker_wait_event(worker, event, 0)
 }
 
@@ -180,13 +173,17 @@ pub extern "C" fn rcluster_worker_wait_event(
     })
 }
 
+/// Tells the primary this worker is ready to serve. Only needed when the
+/// primary waits for it (`wait_ready`): then a replacement counts as started,
+/// and the worker it replaces is stopped, only after this call.
+#[no_mangle]
+pub extern "C" fn rcluster_worker_ready(worker: *mut rcluster_worker) -> c_int {
+    guard(|| WORKERS.get(worker)?.ready())
+}
+
 /// Sends `len` bytes (copied) to the primary; blocks while the channel is full.
 #[no_mangle]
-pub extern "C" fn rcluster_worker_send(
-    worker: *mut rcluster_worker,
-    data: *const c_void,
-    len: usize,
-) -> c_int {
+pub extern "C" fn rcluster_worker_send(worker: *mut rcluster_worker, data: *const c_void, len: usize) -> c_int {
     guard(|| {
         let worker = WORKERS.get(worker)?;
         worker.send(bytes(data as *const u8, len, "data")?)

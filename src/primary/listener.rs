@@ -16,8 +16,11 @@ pub fn parse_address(host: &str, port: u16) -> Result<SocketAddr> {
         "" => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         "localhost" => IpAddr::V4(Ipv4Addr::LOCALHOST),
         literal => literal.parse().map_err(|_| {
-            Error::new(Code::Address, format!("bad address {host:?}: give an IP address, \"localhost\" or \"\" for all interfaces"))
-                .with_errno(libc::EINVAL)
+            Error::new(
+                Code::Address,
+                format!("bad address {host:?}: give an IP address, \"localhost\" or \"\" for all interfaces"),
+            )
+            .with_errno(libc::EINVAL)
         })?,
     };
     Ok(SocketAddr::new(ip, port))
@@ -39,12 +42,7 @@ pub struct Listener {
 
 impl Listener {
     /// Binds `address` and listens with `backlog`, non-blocking, close-on-exec.
-    pub fn bind(
-        id: u32,
-        address: SocketAddr,
-        backlog: i32,
-        policy: Box<dyn Policy>,
-    ) -> Result<Listener> {
+    pub fn bind(id: u32, address: SocketAddr, backlog: i32, policy: Box<dyn Policy>) -> Result<Listener> {
         let socket = TcpListener::bind(address).map_err(|e| {
             let errno = e.raw_os_error().unwrap_or(0);
             Error::new(Code::Address, format!("cannot listen on {address}: {e}")).with_errno(errno)
@@ -52,21 +50,9 @@ impl Listener {
         // Calling listen(2) again on a listening socket sets its backlog.
         // SAFETY: listen on a socket fd we own.
         unsafe { libc::listen(socket.as_raw_fd(), backlog) };
-        socket
-            .set_nonblocking(true)
-            .map_err(|e| Error::os("set_nonblocking on listener", e))?;
-        let address = socket
-            .local_addr()
-            .map_err(|e| Error::os("getsockname on listener", e))?;
-        Ok(Listener {
-            id,
-            socket,
-            address,
-            members: Vec::new(),
-            policy,
-            ready: true,
-            paused_until: None,
-        })
+        socket.set_nonblocking(true).map_err(|e| Error::os("set_nonblocking on listener", e))?;
+        let address = socket.local_addr().map_err(|e| Error::os("getsockname on listener", e))?;
+        Ok(Listener { id, socket, address, members: Vec::new(), policy, ready: true, paused_until: None })
     }
 }
 
@@ -76,16 +62,10 @@ mod tests {
 
     #[test]
     fn parses_literals_and_refuses_names() {
-        assert_eq!(
-            parse_address("127.0.0.1", 80).unwrap().to_string(),
-            "127.0.0.1:80"
-        );
+        assert_eq!(parse_address("127.0.0.1", 80).unwrap().to_string(), "127.0.0.1:80");
         assert_eq!(parse_address("[::1]", 80).unwrap().to_string(), "[::1]:80");
         assert_eq!(parse_address("", 1).unwrap().to_string(), "0.0.0.0:1");
-        assert_eq!(
-            parse_address("localhost", 1).unwrap().to_string(),
-            "127.0.0.1:1"
-        );
+        assert_eq!(parse_address("localhost", 1).unwrap().to_string(), "127.0.0.1:1");
         let err = parse_address("example.com", 1).unwrap_err();
         assert_eq!(err.code(), Code::Address);
         assert_eq!(err.errno(), libc::EINVAL);

@@ -16,9 +16,7 @@ pub const TESTWORKER: &str = env!("CARGO_BIN_EXE_rcluster-testworker");
 
 pub fn last_error() -> String {
     // SAFETY: rcluster_last_error returns a valid NUL-terminated string.
-    unsafe { CStr::from_ptr(rcluster_last_error()) }
-        .to_string_lossy()
-        .into_owned()
+    unsafe { CStr::from_ptr(rcluster_last_error()) }.to_string_lossy().into_owned()
 }
 
 pub fn ok(rc: i32, what: &str) {
@@ -35,6 +33,8 @@ pub struct Ev {
     pub signal: i32,
     pub flags: u32,
     pub port: u16,
+    pub slot: i32,
+    pub generation: u32,
     pub data: Vec<u8>,
 }
 
@@ -55,11 +55,7 @@ impl TestPrimary {
         Self::with(mode, env, |o| o.policy = policy)
     }
 
-    pub fn with(
-        mode: &str,
-        env: &[(&str, &str)],
-        tweak: impl FnOnce(&mut rcluster_primary_options),
-    ) -> TestPrimary {
+    pub fn with(mode: &str, env: &[(&str, &str)], tweak: impl FnOnce(&mut rcluster_primary_options)) -> TestPrimary {
         let mut strings = vec![CString::new(TESTWORKER).unwrap()];
         strings.extend(mode.split(' ').map(|s| CString::new(s).unwrap()));
         let argc = strings.len();
@@ -78,29 +74,19 @@ impl TestPrimary {
         tweak(&mut options);
         let mut handle = ptr::null_mut();
         ok(rcluster_primary_new(&options, &mut handle), "primary_new");
-        TestPrimary {
-            handle,
-            _strings: strings,
-            seen: Vec::new(),
-        }
+        TestPrimary { handle, _strings: strings, seen: Vec::new() }
     }
 
     pub fn listen(&self, host: &str, port: u16) -> u16 {
         let host = CString::new(host).unwrap();
         let mut bound = 0;
-        ok(
-            rcluster_primary_listen(self.handle, host.as_ptr(), port, &mut bound),
-            "primary_listen",
-        );
+        ok(rcluster_primary_listen(self.handle, host.as_ptr(), port, &mut bound), "primary_listen");
         bound
     }
 
     pub fn fork(&self) -> (u32, i32) {
         let (mut id, mut pid) = (0, 0);
-        ok(
-            rcluster_primary_fork(self.handle, ptr::null(), &mut id, &mut pid),
-            "primary_fork",
-        );
+        ok(rcluster_primary_fork(self.handle, ptr::null(), &mut id, &mut pid), "primary_fork");
         (id, pid)
     }
 
@@ -108,18 +94,11 @@ impl TestPrimary {
         let mut raw = empty_event();
         let rc = rcluster_primary_wait_event(self.handle, &mut raw, timeout.as_millis() as i32);
         if rc != 0 {
-            assert!(
-                rc == RCLUSTER_E_TIMEOUT || rc == RCLUSTER_E_AGAIN,
-                "wait_event: {rc} {}",
-                last_error()
-            );
+            assert!(rc == RCLUSTER_E_TIMEOUT || rc == RCLUSTER_E_AGAIN, "wait_event: {rc} {}", last_error());
             return None;
         }
-        let data = if raw.len == 0 {
-            Vec::new()
-        } else {
-            unsafe { std::slice::from_raw_parts(raw.data, raw.len) }.to_vec()
-        };
+        let data =
+            if raw.len == 0 { Vec::new() } else { unsafe { std::slice::from_raw_parts(raw.data, raw.len) }.to_vec() };
         let ev = Ev {
             kind: raw.kind,
             worker: raw.worker_id,
@@ -128,6 +107,8 @@ impl TestPrimary {
             signal: raw.signal,
             flags: raw.flags,
             port: raw.port,
+            slot: raw.slot,
+            generation: raw.generation,
             data,
         };
         ok(rcluster_event_release(&mut raw), "event_release");
@@ -140,11 +121,7 @@ impl TestPrimary {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            assert!(
-                !left.is_zero(),
-                "timed out waiting for {what}; events so far: {:?}",
-                self.seen
-            );
+            assert!(!left.is_zero(), "timed out waiting for {what}; events so far: {:?}", self.seen);
             if let Some(ev) = self.next(left) {
                 if pred(&ev) {
                     return ev;
@@ -160,11 +137,7 @@ impl TestPrimary {
         }
         let mut port = 0;
         for _ in 0..n {
-            port = self
-                .wait_for(Duration::from_secs(10), "listening", |e| {
-                    e.kind == RCLUSTER_EVENT_LISTENING
-                })
-                .port;
+            port = self.wait_for(Duration::from_secs(10), "listening", |e| e.kind == RCLUSTER_EVENT_LISTENING).port;
         }
         port
     }
@@ -172,9 +145,7 @@ impl TestPrimary {
     /// Shuts down and waits for the SHUTDOWN event.
     pub fn shutdown(&mut self) {
         ok(rcluster_primary_shutdown(self.handle, 3000), "shutdown");
-        self.wait_for(Duration::from_secs(20), "shutdown", |e| {
-            e.kind == RCLUSTER_EVENT_SHUTDOWN
-        });
+        self.wait_for(Duration::from_secs(20), "shutdown", |e| e.kind == RCLUSTER_EVENT_SHUTDOWN);
     }
 }
 
@@ -200,10 +171,7 @@ pub fn http_get(port: u16) -> std::io::Result<String> {
 
 /// The worker id in a `worker <id> pid <pid>` body.
 pub fn worker_of(body: &str) -> u32 {
-    body.split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad body {body:?}"))
+    body.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("bad body {body:?}"))
 }
 
 /// Counts requests per worker over `n` sequential GETs.
@@ -224,4 +192,11 @@ pub fn open_fds() -> usize {
 /// Whether `pid` exists (zombie or alive).
 pub fn pid_exists(pid: i32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Serializes the tests of one binary that count fds or processes.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }

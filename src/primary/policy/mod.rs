@@ -28,10 +28,7 @@ impl PolicyKind {
         match raw {
             0 => Ok(PolicyKind::RoundRobin),
             1 => Ok(PolicyKind::Shared),
-            other => Err(Error::new(
-                Code::InvalidArgument,
-                format!("unknown policy {other} (0 = rr, 1 = shared)"),
-            )),
+            other => Err(Error::new(Code::InvalidArgument, format!("unknown policy {other} (0 = rr, 1 = shared)"))),
         }
     }
 
@@ -40,10 +37,7 @@ impl PolicyKind {
         match name {
             "rr" => Ok(PolicyKind::RoundRobin),
             "shared" => Ok(PolicyKind::Shared),
-            other => Err(Error::new(
-                Code::InvalidArgument,
-                format!("unknown policy {other:?} (rr or shared)"),
-            )),
+            other => Err(Error::new(Code::InvalidArgument, format!("unknown policy {other:?} (rr or shared)"))),
         }
     }
 

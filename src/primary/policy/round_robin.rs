@@ -35,9 +35,7 @@ mod tests {
     fn takes_turns_and_skips_full_workers() {
         let mut rr = RoundRobin::default();
         let members = [1, 2, 3];
-        let picks: Vec<_> = (0..6)
-            .map(|_| rr.pick(&members, &mut |_| Some(0)).unwrap())
-            .collect();
+        let picks: Vec<_> = (0..6).map(|_| rr.pick(&members, &mut |_| Some(0)).unwrap()).collect();
         assert_eq!(picks, [1, 2, 3, 1, 2, 3]);
         assert_eq!(rr.pick(&members, &mut |id| (id != 1).then_some(0)), Some(2));
         assert_eq!(rr.pick(&members, &mut |_| None), None);
