@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import http.server
 import os
-import signal
 import socketserver
 import sys
 
@@ -84,22 +83,17 @@ def run_primary(args: argparse.Namespace) -> int:
     primary = rcluster.Primary(workers=args.workers, policy=args.policy, handle_signals=True)
     with primary:
         try:
-            host, port = primary.wait_ready()
+            host, port = primary.wait_listening()
         except rcluster.Error as e:
             print(f"hello_server: {e}", file=sys.stderr)
             primary.shutdown(0)
             primary.run()
             return 1
         print(f"ready http://{args.host}:{port} workers={args.workers} policy={args.policy}", flush=True)
-
-        def on_sighup(signum: int, frame: object) -> None:
-            try:
-                primary.reload()
-            except rcluster.Unsupported as e:
-                print(f"hello_server: reload: {e}", file=sys.stderr)
-
-        signal.signal(signal.SIGHUP, on_sighup)
-        primary.run()  # until SIGTERM/SIGINT has shut the cluster down
+        # The library handles the signals (handle_signals=True): SIGTERM/SIGINT
+        # shut down gracefully, SIGHUP reloads, and workers that die are
+        # replaced (restart is on by default). run() returns after the shutdown.
+        primary.run()
     return 0
 
 

@@ -12,7 +12,7 @@ messages.
 
     if rcluster.is_primary:
         with rcluster.Primary(workers=4) as primary:
-            print("listening on", primary.wait_ready())
+            print("listening on", primary.wait_listening())
             primary.run()                       # until SIGTERM/shutdown
     else:
         server = rcluster.make_server(http.server.ThreadingHTTPServer,
@@ -43,7 +43,7 @@ from ._errors import (
 from ._events import Event, EventKind
 from ._ffi import ffi as _ffi
 from ._ffi import lib as _lib
-from ._primary import POLICIES, Primary, WorkerInfo, default_argv
+from ._primary import POLICIES, Primary, WorkerInfo, WorkerStats, default_argv
 from ._source import EventSource
 from ._worker import Listener, Worker, listen, make_server, send, send_json, worker
 from ._worker import is_worker as _is_worker
@@ -81,6 +81,7 @@ __all__ = [
     "Unsupported",
     "Worker",
     "WorkerInfo",
+    "WorkerStats",
     "WouldBlock",
     "default_argv",
     "is_primary",

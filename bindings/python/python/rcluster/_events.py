@@ -35,6 +35,17 @@ class EventKind(str, enum.Enum):
     SHUTDOWN = "shutdown"
     #: Worker: the primary is gone.
     PRIMARY_GONE = "primary_gone"
+    #: Primary: slot ``event.slot`` crash-looped (too many unexpected exits
+    #: within the window); it is not restarted until a reload or a scale.
+    CRASH_LOOP = "crash_loop"
+    #: Primary: a worker did not answer the heartbeat in time; it is killed
+    #: and replaced.
+    UNRESPONSIVE = "unresponsive"
+    #: Primary: a rolling reload finished; every slot runs ``event.generation``.
+    RELOAD_DONE = "reload_done"
+    #: Primary: a rolling reload stopped because a replacement did not become
+    #: ready (reason in ``data``); workers not yet replaced keep serving.
+    RELOAD_FAILED = "reload_failed"
 
     def __str__(self) -> str:
         return self.value
@@ -85,6 +96,11 @@ class Event:
     data: bytes = b""
     #: The raw ``flags`` field, for flags newer than this package.
     flags: int = 0
+    #: Fork and crash-loop events: the worker's slot (``None``: not one of
+    #: the supervised slots, or another kind of event).
+    slot: Optional[int] = None
+    #: Fork events: the worker's reload generation; reload events: the reload's.
+    generation: int = 0
 
     def text(self, encoding: str = "utf-8") -> str:
         """``data`` decoded as text."""
@@ -121,4 +137,15 @@ def from_c(raw: Any) -> Event:
         address=address,
         data=data,
         flags=int(raw.flags),
+        slot=_field(raw, "slot", None, int) if kind in _SLOT_KINDS and raw.slot >= 0 else None,
+        generation=_field(raw, "generation", 0, int),
     )
+
+
+def _field(raw: Any, name: str, default: Any, convert: Any) -> Any:
+    """An event field that older builds of the C library may lack."""
+    return convert(getattr(raw, name)) if name in _EVENT_FIELDS else default
+
+
+_SLOT_KINDS = (EventKind.FORK, EventKind.CRASH_LOOP)
+_EVENT_FIELDS = {name for name, _ in ffi.typeof("rcluster_event").fields}

@@ -22,7 +22,7 @@ from ._events import Event, EventKind
 from ._ffi import CStrArray, Deadline, cstr, cstr_array, ffi, has, lib
 from ._source import EventSource
 
-__all__ = ["Primary", "WorkerInfo", "POLICIES", "default_argv"]
+__all__ = ["Primary", "WorkerInfo", "WorkerStats", "POLICIES", "default_argv"]
 
 
 def _policies() -> dict[str, int]:
@@ -61,6 +61,10 @@ class WorkerInfo:
     pid: int
     #: ``"forked"``, ``"online"``, ``"listening"``, ``"disconnected"`` or ``"exited"``.
     state: str = "forked"
+    #: Its supervised slot (``None``: started outside the slots).
+    slot: Optional[int] = None
+    #: The reload generation it was started in (0 before any reload).
+    generation: int = 0
     #: The ``(host, port)`` addresses it is served connections of.
     addresses: list[tuple[str, int]] = field(default_factory=list)
     #: Exit events: the exit code (``None`` if a signal ended it).
@@ -74,6 +78,53 @@ class WorkerInfo:
         return self.state in ("forked", "online", "listening")
 
 
+def _worker_states() -> dict[int, str]:
+    return {
+        getattr(lib, name): name[len("RCLUSTER_WORKER_"):].lower()
+        for name in dir(lib)
+        if name.startswith("RCLUSTER_WORKER_") and isinstance(getattr(lib, name), int)
+    }
+
+
+_WORKER_STATES = _worker_states()
+
+
+@dataclass(frozen=True)
+class WorkerStats:
+    """One worker's numbers (:meth:`Primary.stats`)."""
+
+    worker_id: int
+    pid: int
+    #: Its slot, or ``None`` for a worker outside the slots.
+    slot: Optional[int]
+    #: ``"starting"``, ``"online"``, ``"listening"``, ``"leaving"`` or ``"disconnected"``.
+    state: str
+    #: The reload generation it was started in.
+    generation: int
+    #: Restarts its slot has needed.
+    restarts: int
+    #: Connections handed to it so far.
+    dispatched: int
+    #: Connections handed to it and not yet acknowledged.
+    in_flight: int
+    #: Seconds since it was started.
+    uptime: float
+
+    @classmethod
+    def from_c(cls, raw: Any) -> "WorkerStats":
+        return cls(
+            worker_id=int(raw.worker_id),
+            pid=int(raw.pid),
+            slot=None if raw.slot < 0 else int(raw.slot),
+            state=_WORKER_STATES.get(raw.state, str(raw.state)),
+            generation=int(raw.generation),
+            restarts=int(raw.restarts),
+            dispatched=int(raw.dispatched),
+            in_flight=int(raw.in_flight),
+            uptime=raw.uptime_ms / 1000.0,
+        )
+
+
 _Bytes = Union[bytes, bytearray, memoryview]
 
 
@@ -85,12 +136,20 @@ class Primary(EventSource):
     arguments, see :func:`default_argv`), with ``env`` added to their
     environment; in them ``rcluster.is_worker`` is true.
 
-    Keyword options map onto ``rcluster_primary_options`` in ``rcluster.h``
-    (``policy``, ``max_unacked``, ``max_pending``, ``backlog``,
-    ``handle_signals``, ``own_process_group``, and whatever the bundled
-    library adds); an option whose C field ends in ``_ms`` is given in
-    seconds without the suffix (``stop_timeout=10.0``). An unknown option is
-    a :class:`TypeError`.
+    Keyword options map onto the fields of ``rcluster_primary_options`` in
+    ``rcluster.h``, so every setting of the C library is here, under the
+    same name; a field ending in ``_ms`` is given in seconds without the
+    suffix (``stop_timeout=10.0``, ``restart_delay=0.1``). Among them:
+    ``policy`` (``"rr"`` or ``"shared"``), ``max_unacked``, ``max_pending``,
+    ``backlog``, ``handle_signals`` (SIGTERM/SIGINT: graceful shutdown,
+    SIGHUP: rolling reload, SIGTTIN/SIGTTOU: one worker more/less),
+    ``own_process_group``; supervision: ``restart`` (replace workers that
+    exit unasked; on by default), ``restart_delay``, ``restart_delay_max``,
+    ``restart_backoff``, ``stable_after``, ``crash_loop_count``,
+    ``crash_loop_window``, ``ready_timeout``, ``wait_ready``,
+    ``reload_concurrency``, ``heartbeat_interval``, ``heartbeat_timeout``,
+    ``recycle_after``, ``recycle_jitter``. An unknown option is a
+    :class:`TypeError`.
 
     Use it as a context manager: entering starts the workers; leaving shuts
     the cluster down gracefully and waits until every worker has exited::
@@ -150,6 +209,8 @@ class Primary(EventSource):
         cwd_c = cstr(os.fsdecode(cwd)) if cwd is not None else ffi.NULL
         raw.cwd = cwd_c
         self.stop_timeout = raw.stop_timeout_ms / 1000.0
+        #: Whether the library replaces workers that exit unasked (``restart`` option).
+        self.restart = bool(getattr(raw, "restart", 0))
         out = ffi.new("rcluster_primary **")
         check(lib.rcluster_primary_new(raw, out))
         self._handle = out[0]
@@ -295,48 +356,70 @@ class Primary(EventSource):
 
     # ----- supervision -------------------------------------------------
 
-    def reload(self) -> None:
-        """Rolling reload: replaces every worker one by one, each new one
-        listening before the old one is asked to leave, so no request fails.
-        Needs ``rcluster_primary_reload`` in the C library."""
+    def reload(self) -> int:
+        """Starts a zero-downtime rolling reload and returns at once: slot by
+        slot (``reload_concurrency`` at a time) a replacement starts, and once
+        it is ready the old worker is asked to leave gracefully; listeners
+        stay open throughout. Returns the generation the new workers carry.
+        Ends with a ``"reload_done"`` or ``"reload_failed"`` event."""
         _require("rcluster_primary_reload")
-        check(lib.rcluster_primary_reload(self._h()))
+        generation = ffi.new("uint32_t *")
+        check(lib.rcluster_primary_reload(self._h(), generation))
+        return int(generation[0])
 
     def scale(self, workers: int) -> None:
-        """Sets the number of workers, starting or retiring some.
-        Needs ``rcluster_primary_scale`` in the C library."""
+        """Sets the number of workers: starts new ones, or asks the newest
+        to leave gracefully."""
         _require("rcluster_primary_scale")
+        if not isinstance(workers, int) or workers < 0:
+            raise InvalidArgument(lib.RCLUSTER_E_INVAL, f"workers must be an int >= 0, not {workers!r}")
         check(lib.rcluster_primary_scale(self._h(), workers))
         self._count = workers
 
-    def stats(self) -> dict[str, Any]:
-        """Counters of the cluster. Needs ``rcluster_primary_stats``."""
+    def stats(self) -> list[WorkerStats]:
+        """The primary's numbers for each of its workers, as of now (read
+        from the dispatch loop, not from the events taken)."""
         _require("rcluster_primary_stats")
-        raise Unsupported(lib.RCLUSTER_E_STATE, "stats() is not wired to this library version yet")
+        count = ffi.new("size_t *")
+        capacity = 0
+        while True:
+            buf = ffi.new("rcluster_worker_stats[]", capacity) if capacity else ffi.NULL
+            check(lib.rcluster_primary_stats(self._h(), buf, capacity, count))
+            if count[0] <= capacity:
+                return [WorkerStats.from_c(buf[i]) for i in range(count[0])]
+            capacity = count[0] + 4  # workers may have been added meanwhile
 
     # ----- events -------------------------------------------------------
 
-    def wait_ready(self, workers: Optional[int] = None, timeout: Optional[float] = None) -> tuple[str, int]:
+    def wait_listening(self, workers: Optional[int] = None, timeout: Optional[float] = None) -> tuple[str, int]:
         """Takes events (running callbacks) until ``workers`` workers (default:
-        as many as were started) are listening; returns the ``(host, port)``
-        they listen on. Raises :class:`~rcluster.Error` if a worker exits or
-        the cluster shuts down first, :class:`~rcluster.Timeout` after
-        ``timeout`` seconds."""
+        as many as were asked for) are listening; returns the ``(host, port)``
+        they listen on (the OS-picked port when 0 was asked for).
+
+        Raises :class:`~rcluster.StateError` if a slot crash-loops (for
+        example every worker fails to bind), or, with ``restart=False``, if a
+        worker exits first; :class:`~rcluster.Closed` if the cluster shuts
+        down first; :class:`~rcluster.Timeout` after ``timeout`` seconds."""
         want = self._count if workers is None else workers
         deadline = Deadline(timeout)
         while True:
             with self._lock:
                 listening = [w for w in self._workers.values() if w.state == "listening"]
-            if len(listening) >= want and listening:
+            if listening and len(listening) >= want:
                 return listening[-1].addresses[-1]
             event = self.next_event(deadline.left())
             if event is None:
                 if deadline.expired():
                     raise Timeout(lib.RCLUSTER_E_TIMEOUT, f"{len(listening)} of {want} workers listening after {timeout} s")
                 continue
-            if event.kind == EventKind.EXIT and not event.after_disconnect:
-                how = f"code {event.exit_code}" if event.exit_code is not None else f"signal {event.signal}"
-                raise StateError(lib.RCLUSTER_E_STATE, f"worker {event.worker_id} exited ({how}) before the cluster was ready")
+            if event.kind == EventKind.CRASH_LOOP or (
+                event.kind == EventKind.EXIT and not event.after_disconnect and not self.restart
+            ):
+                how = "crash-looped" if event.kind == EventKind.CRASH_LOOP else (
+                    f"exited with code {event.exit_code}" if event.exit_code is not None
+                    else f"was killed by signal {event.signal}"
+                )
+                raise StateError(lib.RCLUSTER_E_STATE, f"worker {event.worker_id} {how} before the cluster was ready")
             if event.kind == EventKind.SHUTDOWN:
                 raise Closed(lib.RCLUSTER_E_CLOSED, "the cluster shut down before it was ready")
 
@@ -348,7 +431,10 @@ class Primary(EventSource):
             if info is None:
                 info = self._workers[event.worker_id] = WorkerInfo(id=event.worker_id, pid=event.pid)
             kind = event.kind
-            if kind == EventKind.ONLINE and info.state == "forked":
+            if kind == EventKind.FORK:
+                info.slot = event.slot
+                info.generation = event.generation
+            elif kind == EventKind.ONLINE and info.state == "forked":
                 info.state = "online"
             elif kind == EventKind.LISTENING:
                 info.state = "listening"

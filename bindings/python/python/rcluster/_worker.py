@@ -151,6 +151,13 @@ class Worker(EventSource):
         self._listeners.add(listener)
         return listener
 
+    def ready(self) -> None:
+        """Tells the primary this worker is ready to serve. Needed only when
+        the primary was created with ``wait_ready=True``: then a replacement
+        (reload, restart) counts as started, and the worker it replaces is
+        stopped, only after this call."""
+        check(lib.rcluster_worker_ready(self._h()))
+
     def send(self, data: Union[bytes, bytearray, memoryview]) -> None:
         """Sends ``data`` to the primary (a ``"message"`` event there); blocks
         while the channel is full."""
