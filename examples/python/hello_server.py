@@ -23,11 +23,12 @@ import rcluster
 
 class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line on stderr, exit 2
-        self.exit(2, f"hello_server: {message}\n")
+        self.exit(2, f"{self.prog}: {message}\n")
 
 
-def parse_args() -> argparse.Namespace:
-    parser = ArgumentParser(description="rcluster hello server (Python)")
+def parse_args(prog: str = "hello_server") -> argparse.Namespace:
+    """The arguments every example server takes (../../shared/EXAMPLES.md)."""
+    parser = ArgumentParser(prog=prog, description="rcluster hello server (Python)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--host", default="127.0.0.1")
@@ -83,12 +84,10 @@ def run_primary(args: argparse.Namespace) -> int:
     primary = rcluster.Primary(workers=args.workers, policy=args.policy, handle_signals=True)
     with primary:
         try:
-            host, port = primary.wait_listening()
+            _, port = primary.wait_listening()
         except rcluster.Error as e:
             print(f"hello_server: {e}", file=sys.stderr)
-            primary.shutdown(0)
-            primary.run()
-            return 1
+            return 1  # leaving the with block shuts the cluster down
         print(f"ready http://{args.host}:{port} workers={args.workers} policy={args.policy}", flush=True)
         # The library handles the signals (handle_signals=True): SIGTERM/SIGINT
         # shut down gracefully, SIGHUP reloads, and workers that die are
