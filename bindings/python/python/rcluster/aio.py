@@ -27,7 +27,7 @@ from ._events import Event
 from ._source import EventSource
 from ._worker import Listener, Worker, worker
 
-__all__ = ["Server", "create_server", "start_server", "events", "run"]
+__all__ = ["Server", "create_server", "start_server", "events", "run", "wait_readable"]
 
 ClientConnected = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Optional[Awaitable[None]]]
 
@@ -231,26 +231,36 @@ async def start_server(
     return await create_server(factory, host, port, **kwds)
 
 
+async def wait_readable(fd: int) -> None:
+    """Waits until ``fd`` is readable, watching it with ``loop.add_reader``
+    only for the time of the wait: nothing stays registered between waits,
+    so an abandoned consumer leaves no reader behind (and no busy loop)."""
+    loop = asyncio.get_running_loop()
+    readable = loop.create_future()
+
+    def on_readable() -> None:
+        if not readable.done():
+            readable.set_result(None)
+
+    loop.add_reader(fd, on_readable)
+    try:
+        await readable
+    finally:
+        loop.remove_reader(fd)
+
+
 async def events(source: Optional[Union[EventSource, Worker]] = None) -> AsyncIterator[Event]:
     """Yields the events of ``source`` (a :class:`~rcluster.Primary`, or
     this process's worker by default) as they come, until the last one
-    (included). Callbacks registered with ``source.on`` run for each. One
-    consumer per source at a time (it owns the fd's reader)."""
+    (included). Callbacks registered with ``source.on`` run for each.
+    Breaking out of the loop is fine; run one consumer per source at a time."""
     source = worker() if source is None else source
-    loop = asyncio.get_running_loop()
-    ready = asyncio.Event()
-    fd = source.fileno()
-    loop.add_reader(fd, ready.set)
-    try:
-        while not source.ended:
-            event = source.next_event(0)
-            if event is None:
-                ready.clear()  # the reader is level-triggered: it fires again if still readable
-                await ready.wait()
-                continue
-            yield event
-    finally:
-        loop.remove_reader(fd)
+    while not source.ended:
+        event = source.next_event(0)
+        if event is None:
+            await wait_readable(source.fileno())
+            continue
+        yield event
 
 
 async def run(source: Optional[Union[EventSource, Worker]] = None) -> None:
