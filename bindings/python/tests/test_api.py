@@ -8,6 +8,7 @@ import errno
 import signal
 import socket
 import sys
+import threading
 
 import pytest
 
@@ -210,3 +211,26 @@ def test_error_is_oserror_with_code_and_message():
     assert str(e) == "[rcluster E_ADDR] cannot listen (errno 13)"
     assert isinstance(rcluster.WouldBlock(rcluster.Code.AGAIN, "x"), BlockingIOError)
     assert isinstance(rcluster.Timeout(rcluster.Code.TIMEOUT, "x"), TimeoutError)
+
+
+def test_gil_is_released_during_blocking_c_calls():
+    from rcluster._ffi import ffi, lib
+
+    p = rcluster.Primary(workers=0)
+    try:
+        event = ffi.new("rcluster_event *")
+        blocked = threading.Thread(target=lambda: lib.rcluster_primary_wait_event(p._handle, event, 300))
+        spins = 0
+        blocked.start()
+        while blocked.is_alive():
+            spins += 1  # runs only if the blocked call let go of the GIL
+        blocked.join()
+        assert spins > 10_000, spins
+    finally:
+        p.close()
+
+
+def test_package_is_typed():
+    import importlib.resources
+
+    assert importlib.resources.files("rcluster").joinpath("py.typed").is_file()

@@ -11,7 +11,7 @@ that builtin, so ordinary ``except`` clauses work: ``E_AGAIN`` is a
 from __future__ import annotations
 
 import enum
-from typing import NoReturn, Optional
+from typing import Any, NoReturn, Optional
 
 from ._ffi import ffi, lib
 
@@ -80,7 +80,7 @@ class Error(OSError):
             text += f" (errno {self.errno})"
         return text
 
-    def __reduce__(self):  # picklable across processes, like OSError
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable across processes, like OSError
         return (type(self), (int(self.code), self.message, self.errno))
 
 

@@ -168,9 +168,9 @@ class Primary(EventSource):
         self,
         workers: Optional[int] = None,
         *,
-        argv: Optional[Iterable[Union[str, bytes, os.PathLike]]] = None,
+        argv: Optional[Iterable[Union[str, bytes, "os.PathLike[str]"]]] = None,
         env: Optional[Mapping[str, str]] = None,
-        cwd: Optional[Union[str, os.PathLike]] = None,
+        cwd: Optional[Union[str, "os.PathLike[str]"]] = None,
         policy: Union[str, int] = "rr",
         handle_signals: bool = False,
         stop_timeout: Optional[float] = None,
@@ -272,16 +272,16 @@ class Primary(EventSource):
 
     @property
     def closed(self) -> bool:
-        return self._handle == ffi.NULL
+        return bool(self._handle == ffi.NULL)
 
     def fileno(self) -> int:
         """An fd readable while events wait (for selectors, ``add_reader``).
         The primary owns it: do not close or read it."""
         self._h()
-        return self._fd
+        return int(self._fd)
 
     def _next_raw(self, raw: Any) -> int:
-        return lib.rcluster_primary_next_event(self._h(), raw)
+        return int(lib.rcluster_primary_next_event(self._h(), raw))
 
     # ----- workers --------------------------------------------------------
 

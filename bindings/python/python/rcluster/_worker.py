@@ -119,10 +119,10 @@ class Worker(EventSource):
     def fileno(self) -> int:
         """An fd readable when an event may be waiting. Owned by the worker."""
         self._h()
-        return self._fd
+        return int(self._fd)
 
     def _next_raw(self, raw: Any) -> int:
-        return lib.rcluster_worker_next_event(self._h(), raw)
+        return int(lib.rcluster_worker_next_event(self._h(), raw))
 
     def _observe(self, event: Any) -> None:
         if event.kind == EventKind.DISCONNECT:
@@ -135,7 +135,7 @@ class Worker(EventSource):
 
     @property
     def closed(self) -> bool:
-        return self._handle == ffi.NULL
+        return bool(self._handle == ffi.NULL)
 
     def listen(self, address: Address, *, timeout: Optional[float] = None) -> "Listener":
         """Asks the primary to listen on ``(host, port)`` (or a bare port: all
@@ -261,7 +261,7 @@ class Listener:
 
     @property
     def closed(self) -> bool:
-        return self._handle == ffi.NULL
+        return bool(self._handle == ffi.NULL)
 
     @property
     def done(self) -> bool:
@@ -433,7 +433,8 @@ def make_server(
     listener = listen(address, timeout=timeout)
     try:
         server = server_class(listener.address, handler_class, bind_and_activate=False, **kwargs)
-        return listener.attach(server)
+        attached: S = listener.attach(server)
+        return attached
     except BaseException:
         listener.close()
         raise

@@ -164,7 +164,7 @@ class Server:
         key = id(protocol)
         original = protocol.connection_lost
 
-        def connection_lost(exc: Optional[BaseException]) -> None:
+        def connection_lost(exc: Optional[Exception]) -> None:
             try:
                 original(exc)
             finally:
