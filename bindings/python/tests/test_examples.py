@@ -144,3 +144,25 @@ def test_wsgi_environ(cluster):
     assert env["REQUEST_METHOD"] == "GET" and env["PATH_INFO"] == "/env"
     assert env["SERVER_PORT"] == str(c.port)
     assert c.stop() == 0
+
+
+@pytest.mark.parametrize("script", SERVERS)
+def test_request_in_flight_at_sigterm_completes(cluster, script):
+    c = cluster(EXAMPLES / script, "--workers", "2", "--port", "0")
+    workers = c.workers()
+    assert len(workers) == 2
+    import socket
+
+    with socket.create_connection(("127.0.0.1", c.port), timeout=10) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n")  # half a request: the worker is serving it
+        time.sleep(0.3)
+        c.signal(signal.SIGTERM)
+        time.sleep(0.3)
+        assert c.proc.poll() is None, "the primary waits for the request in flight"
+        s.sendall(b"Connection: close\r\n\r\n")
+        response = b""
+        while chunk := s.recv(4096):
+            response += chunk
+    assert response.split(b"\r\n", 1)[0] in (b"HTTP/1.1 200 OK", b"HTTP/1.0 200 OK"), response
+    assert c.proc.wait(30) == 0
+    wait_until(lambda: not any(alive(p) for p in workers), 10, "the workers to exit")
