@@ -71,9 +71,11 @@ async def run_primary(args) -> int:
             if event.kind == "listening" and len(listening) < args.workers:
                 listening.add(event.worker_id)
                 if len(listening) == args.workers:
-                    print(f"ready http://{args.host}:{event.port} workers={args.workers} policy={args.policy}", flush=True)
+                    ready = f"ready http://{args.host}:{event.port} workers={args.workers} policy={args.policy}"
+                    print(ready, flush=True)
             elif event.kind == "crash_loop" and len(listening) < args.workers:
-                print(f"asyncio_server: worker {event.worker_id} crash-looped before the cluster was ready", file=sys.stderr)
+                why = f"worker {event.worker_id} crash-looped before the cluster was ready"
+                print(f"asyncio_server: {why}", file=sys.stderr)
                 status = 1
                 primary.shutdown(0)
     return status

@@ -108,7 +108,7 @@ class Cluster:
             code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill()
-            raise AssertionError(f"primary did not exit within {timeout} s after SIGTERM")
+            raise AssertionError(f"primary did not exit within {timeout} s after SIGTERM") from None
         left = [p for p in self.seen_workers if alive(p)]
         assert not left, f"workers left behind: {left}"
         return code

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import collections
 import http.client
+import json
+import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -67,10 +70,7 @@ def test_sigint_shuts_down_gracefully_too(cluster):
 def test_killed_worker_is_replaced(cluster):
     c = cluster(EXAMPLES / "hello_server.py", "--workers", "2", "--port", "0")
     victim = wait_until(lambda: len(c.workers()) == 2 and c.workers(), 10, "two workers")[0]
-    signal_victim = signal.SIGKILL
-    import os
-
-    os.kill(victim, signal_victim)
+    os.kill(victim, signal.SIGKILL)
     wait_until(lambda: not alive(victim), 10, "the killed worker to die")
     # The core restarts it (restart is on by default): two workers again, a new one among them.
     pids = wait_until(
@@ -138,8 +138,6 @@ def test_bad_arguments_exit_2_with_one_line(args):
 
 def test_wsgi_environ(cluster):
     c = cluster(EXAMPLES / "wsgi_app.py", "--workers", "1", "--port", "0")
-    import json
-
     env = json.loads(get(c.port, "/env"))
     assert env["REQUEST_METHOD"] == "GET" and env["PATH_INFO"] == "/env"
     assert env["SERVER_PORT"] == str(c.port)
@@ -151,8 +149,6 @@ def test_request_in_flight_at_sigterm_completes(cluster, script):
     c = cluster(EXAMPLES / script, "--workers", "2", "--port", "0")
     workers = c.workers()
     assert len(workers) == 2
-    import socket
-
     with socket.create_connection(("127.0.0.1", c.port), timeout=10) as s:
         s.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n")  # half a request: the worker is serving it
         time.sleep(0.3)

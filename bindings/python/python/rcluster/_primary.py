@@ -410,7 +410,9 @@ class Primary(EventSource):
             event = self.next_event(deadline.left())
             if event is None:
                 if deadline.expired():
-                    raise Timeout(lib.RCLUSTER_E_TIMEOUT, f"{len(listening)} of {want} workers listening after {timeout} s")
+                    raise Timeout(
+                        lib.RCLUSTER_E_TIMEOUT, f"{len(listening)} of {want} workers listening after {timeout} s"
+                    )
                 continue
             if event.kind == EventKind.CRASH_LOOP or (
                 event.kind == EventKind.EXIT and not event.after_disconnect and not self.restart

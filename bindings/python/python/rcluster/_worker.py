@@ -202,7 +202,9 @@ def worker() -> Worker:
     with _current_lock:
         if _current is None:
             if not is_worker():
-                raise StateError(lib.RCLUSTER_E_STATE, "this process is not an rcluster worker (RCLUSTER_WORKER_ID is not set)")
+                raise StateError(
+                    lib.RCLUSTER_E_STATE, "this process is not an rcluster worker (RCLUSTER_WORKER_ID is not set)"
+                )
             _current = Worker()
         return _current
 
