@@ -237,7 +237,11 @@ fn main() {
             rcluster_worker_wait_event(worker, &mut ev, 10_000);
         }
         "exit-code" => {
-            let code: i32 = std::env::args().nth(2).and_then(|c| c.parse().ok()).unwrap_or(0);
+            let code: i32 = std::env::var("TEST_EXIT_CODE")
+                .ok()
+                .or_else(|| std::env::args().nth(2))
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
             std::process::exit(code);
         }
         other => {
