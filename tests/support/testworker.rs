@@ -13,7 +13,8 @@
 //! - `primary N [MODE]`: be a primary of N workers in MODE (default `http`);
 //!   print `ready PORT` and serve until killed (tests that kill the primary or
 //!   watch its fds and CPU). `TEST_MAX_PENDING` / `TEST_MAX_UNACKED` set those
-//!   options; `TEST_NOFILE` lowers its fd limit once the workers listen.
+//!   options; `TEST_NOFILE` lowers its fd limit once the workers listen;
+//!   `TEST_SIGNALS=1` opts into signal handling. Exits 0 after shutdown.
 //!
 //! `http` serves each connection on its own thread. Asked to leave, it takes
 //! the connections still queued for it, answers the next request on each
@@ -145,6 +146,7 @@ fn run_primary(n: u32, mode: &str) {
     if let Some(v) = knob("TEST_MAX_UNACKED") {
         options.max_unacked = v;
     }
+    options.handle_signals = knob("TEST_SIGNALS").unwrap_or(0) as i32;
     let mut p = ptr::null_mut();
     check(rcluster_primary_new(&options, &mut p), "primary_new");
     let mut port = 0u16;
@@ -170,7 +172,12 @@ fn run_primary(n: u32, mode: &str) {
     println!("ready {port}");
     loop {
         if rcluster_primary_wait_event(p, &mut ev, -1) == 0 {
+            let kind = ev.kind;
             rcluster_event_release(&mut ev);
+            if kind == RCLUSTER_EVENT_SHUTDOWN {
+                check(rcluster_primary_free(p), "primary_free");
+                std::process::exit(0);
+            }
         }
     }
 }
