@@ -57,7 +57,7 @@ fn every_exported_function_is_covered_here() {
     let exported: Vec<&str> = header
         .lines()
         .filter_map(|line| {
-            let name = line.split('(').next()?.split(|c: char| c == ' ' || c == '*').last()?;
+            let name = line.split('(').next()?.rsplit([' ', '*']).next()?;
             (line.contains('(') && name.starts_with("rcluster_") && !line.trim_start().starts_with("//"))
                 .then_some(name)
         })

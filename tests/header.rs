@@ -4,9 +4,7 @@
 
 #[test]
 fn committed_header_is_current() {
-    let committed =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/include/rcluster.h"))
-            .unwrap();
+    let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/include/rcluster.h")).unwrap();
     assert!(
         committed == rcluster::GENERATED_HEADER,
         "include/rcluster.h is stale: run `make header` (or `cargo build`) and commit it"

@@ -142,6 +142,7 @@ pub struct rcluster_primary_options {
 
 /// One worker's numbers (`rcluster_primary_stats`).
 #[repr(C)]
+#[derive(Clone, Copy, Debug)]
 pub struct rcluster_worker_stats {
     pub worker_id: u32,
     pub pid: i32,

@@ -398,10 +398,10 @@ impl EventLoop {
         }
         let id = self.next_listener;
         let listener = Listener::bind(id, requested, self.config.backlog, self.config.policy.instantiate())?;
-        if listener.policy.primary_accepts() {
+        if let (Some(socket), true) = (&listener.socket, listener.policy.primary_accepts()) {
             self.poll
                 .registry()
-                .register(&mut SourceFd(&listener.socket.as_raw_fd()), token(KIND_LISTENER, id), Interest::READABLE)
+                .register(&mut SourceFd(&socket.as_raw_fd()), token(KIND_LISTENER, id), Interest::READABLE)
                 .map_err(|e| Error::os("registering a listener", e))?;
         }
         self.next_listener += 1;
@@ -646,18 +646,13 @@ impl EventLoop {
                 return;
             }
             let Some(listener) = self.listeners.get_mut(&id) else { return };
+            let Some(socket) = &listener.socket else { return };
             if !listener.ready || listener.paused_until.is_some() || !listener.policy.primary_accepts() {
                 return;
             }
+            let raw = socket.as_raw_fd();
             // SAFETY: accept4 on a listening socket we own, no address out-params.
-            let ret = unsafe {
-                libc::accept4(
-                    listener.socket.as_raw_fd(),
-                    std::ptr::null_mut(),
-                    std::ptr::null_mut(),
-                    libc::SOCK_CLOEXEC,
-                )
-            };
+            let ret = unsafe { libc::accept4(raw, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC) };
             if ret >= 0 {
                 // SAFETY: a fresh fd from accept4, owned by nothing else.
                 let fd = Arc::new(unsafe { OwnedFd::from_raw_fd(ret) });
@@ -882,7 +877,8 @@ impl EventLoop {
             Frame::ListenOk { request, listener: id, shared, port: address.port(), address: address.to_string() };
         if shared {
             // The worker gets its own descriptor of the listening socket.
-            match listener.socket.try_clone() {
+            let socket = listener.socket.as_ref().map(|s| s.try_clone());
+            match socket.unwrap_or_else(|| Err(io::Error::from_raw_os_error(libc::ESHUTDOWN))) {
                 Ok(socket) => self.send_frame(worker, &reply.encode(), &[Arc::new(OwnedFd::from(socket))]),
                 Err(e) => {
                     let errno = e.raw_os_error().unwrap_or(0);
@@ -1231,8 +1227,12 @@ impl EventLoop {
             }
             self.accept_from(*id, true);
         }
-        for (_, listener) in self.listeners.drain() {
-            let _ = self.poll.registry().deregister(&mut SourceFd(&listener.socket.as_raw_fd()));
+        // Close the sockets but keep the listeners: they still route what
+        // they accepted to their workers.
+        for listener in self.listeners.values_mut() {
+            if let Some(socket) = listener.socket.take() {
+                let _ = self.poll.registry().deregister(&mut SourceFd(&socket.as_raw_fd()));
+            }
         }
         self.by_address.clear();
         self.shutdown = Some(ShutdownState { grace, drain_until: Instant::now() + grace, disconnects_sent: false });

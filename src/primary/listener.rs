@@ -29,7 +29,9 @@ pub fn parse_address(host: &str, port: u16) -> Result<SocketAddr> {
 /// A listening socket and the workers it serves.
 pub struct Listener {
     pub id: u32,
-    pub socket: TcpListener,
+    /// `None` once closed at shutdown: the listener still routes the
+    /// connections it accepted before, to the workers that remain.
+    pub socket: Option<TcpListener>,
     pub address: SocketAddr,
     /// Workers taking this listener's connections, in join order.
     pub members: Vec<u32>,
@@ -52,7 +54,7 @@ impl Listener {
         unsafe { libc::listen(socket.as_raw_fd(), backlog) };
         socket.set_nonblocking(true).map_err(|e| Error::os("set_nonblocking on listener", e))?;
         let address = socket.local_addr().map_err(|e| Error::os("getsockname on listener", e))?;
-        Ok(Listener { id, socket, address, members: Vec::new(), policy, ready: true, paused_until: None })
+        Ok(Listener { id, socket: Some(socket), address, members: Vec::new(), policy, ready: true, paused_until: None })
     }
 }
 

@@ -350,9 +350,19 @@ impl Primary {
     fn ensure_started(&self) -> Result<()> {
         let mut unstarted = self.unstarted.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(event_loop) = unstarted.take() {
+            let shared = self.shared.clone();
             let handle = std::thread::Builder::new()
                 .name("rcluster-primary".into())
-                .spawn(move || event_loop.run())
+                .spawn(move || {
+                    // A bug must not leave the host waiting forever: unwinding
+                    // drops the loop (closing every channel, so workers leave),
+                    // and the host hears that the primary has stopped.
+                    let run = std::panic::AssertUnwindSafe(move || event_loop.run());
+                    if std::panic::catch_unwind(run).is_err() {
+                        shared.stopped.store(true, Ordering::SeqCst);
+                        shared.emit(Event::Shutdown);
+                    }
+                })
                 .map_err(|e| Error::os("spawning the primary's loop thread", e))?;
             *self.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
         }

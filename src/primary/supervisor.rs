@@ -179,6 +179,12 @@ pub struct Reload {
 /// for spreading restarts; not for anything that must be unpredictable).
 pub struct Jitter(u64);
 
+impl Default for Jitter {
+    fn default() -> Jitter {
+        Jitter::new()
+    }
+}
+
 impl Jitter {
     pub fn new() -> Jitter {
         let seed =

@@ -36,6 +36,8 @@ pub struct Ev {
     pub slot: i32,
     pub generation: u32,
     pub data: Vec<u8>,
+    /// When the test received it.
+    pub at: Instant,
 }
 
 pub fn empty_event() -> rcluster_event {
@@ -110,6 +112,7 @@ impl TestPrimary {
             slot: raw.slot,
             generation: raw.generation,
             data,
+            at: Instant::now(),
         };
         ok(rcluster_event_release(&mut raw), "event_release");
         self.seen.push(ev.clone());
@@ -199,4 +202,129 @@ static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// Serializes the tests of one binary that count fds or processes.
 pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A keep-alive HTTP client: reuses its connection until the server says
+/// `Connection: close`, then opens a new one.
+pub struct KeepAlive {
+    port: u16,
+    stream: Option<std::io::BufReader<TcpStream>>,
+}
+
+impl KeepAlive {
+    pub fn new(port: u16) -> KeepAlive {
+        KeepAlive { port, stream: None }
+    }
+
+    /// Whether the next request reuses an open connection.
+    pub fn is_connected(&self) -> bool {
+        self.stream.is_some()
+    }
+
+    /// One request; returns the body.
+    pub fn get(&mut self) -> std::io::Result<String> {
+        use std::io::BufRead;
+        if self.stream.is_none() {
+            let stream = TcpStream::connect(("127.0.0.1", self.port))?;
+            stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+            self.stream = Some(std::io::BufReader::new(stream));
+        }
+        let reader = self.stream.as_mut().unwrap();
+        let result = (|| {
+            reader.get_mut().write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")?;
+            let mut status = String::new();
+            reader.read_line(&mut status)?;
+            if !status.starts_with("HTTP/1.1 200") {
+                return Err(std::io::Error::other(format!("bad status line {status:?}")));
+            }
+            let (mut length, mut close) = (0usize, false);
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line)?;
+                let lower = line.to_ascii_lowercase();
+                if let Some(v) = lower.strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+                if lower.starts_with("connection: close") {
+                    close = true;
+                }
+                if line == "\r\n" || line.is_empty() {
+                    break;
+                }
+            }
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body)?;
+            Ok((String::from_utf8_lossy(&body).into_owned(), close))
+        })();
+        match result {
+            Ok((body, close)) => {
+                if close {
+                    self.stream = None;
+                }
+                Ok(body)
+            }
+            Err(e) => {
+                self.stream = None;
+                Err(e)
+            }
+        }
+    }
+}
+
+/// One answered (or failed) request of a load run.
+#[derive(Clone, Debug)]
+pub struct Sample {
+    pub started: Instant,
+    /// Sent on a reused keep-alive connection (else a new connection).
+    pub keep_alive: bool,
+    pub worker: Option<u32>,
+    pub error: Option<String>,
+}
+
+/// `clients` threads (half a new connection per request, half keep-alive)
+/// requesting until `stop` is set; returns every request's outcome.
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<Vec<Sample>>>,
+}
+
+impl Load {
+    pub fn start(port: u16, clients: usize) -> Load {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let threads = (0..clients)
+            .map(|i| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut samples = Vec::new();
+                    let mut keep_alive = KeepAlive::new(port);
+                    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        let started = Instant::now();
+                        let reused = i % 2 == 1 && keep_alive.is_connected();
+                        let result = if i % 2 == 0 { http_get(port) } else { keep_alive.get() };
+                        samples.push(match result {
+                            Ok(body) => {
+                                Sample { started, keep_alive: reused, worker: Some(worker_of(&body)), error: None }
+                            }
+                            Err(e) => Sample { started, keep_alive: reused, worker: None, error: Some(e.to_string()) },
+                        });
+                    }
+                    samples
+                })
+            })
+            .collect();
+        Load { stop, threads }
+    }
+
+    pub fn finish(self) -> Vec<Sample> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.threads.into_iter().flat_map(|t| t.join().unwrap()).collect()
+    }
+}
+
+/// Whether `pid` has exited (gone, or a zombie waiting for its reaper).
+pub fn pid_exited(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
+    }
 }

@@ -10,8 +10,11 @@
 //! - `hang`: listen, then never call into the library again (a stuck loop);
 //! - `late-ready`: listen, wait 300 ms, say ready, serve HTTP;
 //! - `never-ready`: listen and serve HTTP, never say ready;
-//! - `primary N`: be a primary of N `http` workers; print `ready PORT` and
-//!   serve until killed (for the primary-death test).
+//! - `primary N [MODE]`: be a primary of N workers in MODE (default `http`);
+//!   print `ready PORT` and serve until killed (tests that kill the primary or
+//!   watch its fds and CPU). `TEST_MAX_PENDING` / `TEST_MAX_UNACKED` set those
+//!   options; `TEST_NOFILE` lowers its fd limit once the workers listen;
+//!   `TEST_SIGNALS=1` opts into signal handling. Exits 0 after shutdown.
 //!
 //! `http` serves each connection on its own thread. Asked to leave, it takes
 //! the connections still queued for it, answers the next request on each
@@ -128,14 +131,22 @@ fn serve_http(worker: *mut rcluster_worker, listener: *mut rcluster_listener, id
     rcluster_worker_close(worker);
 }
 
-/// A primary of N `http` workers, for tests that kill the primary itself.
-fn run_primary(n: u32) {
+/// A primary of N workers, for tests that watch or kill the primary itself.
+fn run_primary(n: u32, mode: &str) {
     let exe = std::ffi::CString::new(std::env::current_exe().unwrap().into_os_string().into_encoded_bytes()).unwrap();
-    let http = c"http";
-    let argv = [exe.as_ptr(), http.as_ptr(), ptr::null()];
+    let mode = std::ffi::CString::new(mode).unwrap();
+    let argv = [exe.as_ptr(), mode.as_ptr(), ptr::null()];
     let mut options: rcluster_primary_options = unsafe { std::mem::zeroed() };
     check(rcluster_primary_options_init(&mut options), "options_init");
     options.argv = argv.as_ptr();
+    let knob = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u32>().ok());
+    if let Some(v) = knob("TEST_MAX_PENDING") {
+        options.max_pending = v;
+    }
+    if let Some(v) = knob("TEST_MAX_UNACKED") {
+        options.max_unacked = v;
+    }
+    options.handle_signals = knob("TEST_SIGNALS").unwrap_or(0) as i32;
     let mut p = ptr::null_mut();
     check(rcluster_primary_new(&options, &mut p), "primary_new");
     let mut port = 0u16;
@@ -152,10 +163,21 @@ fn run_primary(n: u32) {
         }
         rcluster_event_release(&mut ev);
     }
+    if let Some(limit) = knob("TEST_NOFILE") {
+        let open = std::fs::read_dir("/proc/self/fd").unwrap().count() as u64;
+        let rlim = libc::rlimit { rlim_cur: open + limit as u64, rlim_max: open + limit as u64 };
+        // SAFETY: setrlimit with a valid struct.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &rlim) };
+    }
     println!("ready {port}");
     loop {
         if rcluster_primary_wait_event(p, &mut ev, -1) == 0 {
+            let kind = ev.kind;
             rcluster_event_release(&mut ev);
+            if kind == RCLUSTER_EVENT_SHUTDOWN {
+                check(rcluster_primary_free(p), "primary_free");
+                std::process::exit(0);
+            }
         }
     }
 }
@@ -164,7 +186,8 @@ fn main() {
     // TEST_MODE in the environment overrides the argv mode (one primary, two kinds of worker).
     let mode = std::env::var("TEST_MODE").unwrap_or_else(|_| std::env::args().nth(1).unwrap_or_default());
     if mode == "primary" {
-        return run_primary(std::env::args().nth(2).and_then(|n| n.parse().ok()).unwrap_or(2));
+        let n = std::env::args().nth(2).and_then(|n| n.parse().ok()).unwrap_or(2);
+        return run_primary(n, &std::env::args().nth(3).unwrap_or_else(|| "http".into()));
     }
     let mut id = 0u32;
     check(rcluster_worker_id(&mut id), "rcluster_worker_id");
@@ -237,7 +260,11 @@ fn main() {
             rcluster_worker_wait_event(worker, &mut ev, 10_000);
         }
         "exit-code" => {
-            let code: i32 = std::env::args().nth(2).and_then(|c| c.parse().ok()).unwrap_or(0);
+            let code: i32 = std::env::var("TEST_EXIT_CODE")
+                .ok()
+                .or_else(|| std::env::args().nth(2))
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
             std::process::exit(code);
         }
         other => {
