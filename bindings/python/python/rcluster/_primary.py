@@ -198,16 +198,11 @@ class Primary(EventSource):
             options["stop_timeout"] = stop_timeout
         for name, value in options.items():
             _set_option(raw, name, value)
-        # The strings must outlive rcluster_primary_new, which copies them.
-        keep: list[Optional[CStrArray]] = [
-            cstr_array(self.argv),
-            cstr_array([f"{k}={v}" for k, v in self.env.items()]) if self.env else None,
-        ]
-        raw.argv = keep[0].array  # type: ignore[union-attr]
-        if keep[1] is not None:
-            raw.env = keep[1].array
+        # These must outlive rcluster_primary_new, which copies the strings.
+        argv_c = CStrArray(self.argv)
+        env_c = CStrArray([f"{k}={v}" for k, v in self.env.items()])
         cwd_c = cstr(os.fsdecode(cwd)) if cwd is not None else ffi.NULL
-        raw.cwd = cwd_c
+        raw.argv, raw.env, raw.cwd = argv_c.array, env_c.array, cwd_c
         self.stop_timeout = raw.stop_timeout_ms / 1000.0
         #: Whether the library replaces workers that exit unasked (``restart`` option).
         self.restart = bool(getattr(raw, "restart", 0))
