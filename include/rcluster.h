@@ -157,8 +157,10 @@ typedef struct {
   int backlog;
   // Time a worker asked to leave has before SIGTERM, and again before SIGKILL. Default 10000.
   uint32_t stop_timeout_ms;
-  // Nonzero: SIGTERM and SIGINT start a graceful shutdown (a second one
-  // kills the workers). Default 0: the library installs no handler.
+  // Nonzero: the library handles SIGTERM and SIGINT (graceful shutdown; a
+  // second one kills the workers), SIGHUP (rolling reload), SIGTTIN and
+  // SIGTTOU (one worker more or less, never fewer than one). Default 0:
+  // the library installs no handler. One primary per process may do this.
   int handle_signals;
   // Nonzero (default): each worker gets a process group of its own, so a
   // terminal's Ctrl-C reaches the primary alone.
@@ -446,6 +448,14 @@ int rcluster_worker_listen(rcluster_worker *worker,
 
 // Stores the port the listener is bound to (the OS-picked one for port 0).
 int rcluster_listener_port(rcluster_listener *listener, uint16_t *port);
+
+// Writes the IP address the listener is bound to, NUL-terminated, into
+// `buf` (`capacity` bytes; 46 always suffice), and its port into `*port`
+// (may be NULL). `RCLUSTER_E_TOOBIG` if `capacity` is too small.
+int rcluster_listener_address(rcluster_listener *listener,
+                              char *buf,
+                              size_t capacity,
+                              uint16_t *port);
 
 // Stores in `*fd` an fd that is readable when `rcluster_listener_accept`
 // may have a connection. Owned by the listener: do not close it.

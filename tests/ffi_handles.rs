@@ -41,6 +41,7 @@ const COVERED: &[&str] = &[
     "rcluster_worker_fd",
     "rcluster_worker_listen",
     "rcluster_listener_port",
+    "rcluster_listener_address",
     "rcluster_listener_fd",
     "rcluster_listener_accept",
     "rcluster_listener_close",
@@ -171,6 +172,13 @@ fn worker_functions_refuse_null_and_bogus_handles_and_non_workers() {
     }
     for h in [null_mut(), bogus::<rcluster_listener>(0x4242_4243), bogus(0x13)] {
         expect(rcluster_listener_port(h, &mut port), RCLUSTER_E_HANDLE, "listener_port");
+        let mut buf = [0 as c_char; 64];
+        expect(
+            rcluster_listener_address(h, buf.as_mut_ptr(), buf.len(), &mut port),
+            RCLUSTER_E_HANDLE,
+            "listener_address",
+        );
+        expect(rcluster_listener_address(h, null_mut(), 0, &mut port), RCLUSTER_E_INVAL, "listener_address(NULL buf)");
         expect(rcluster_listener_fd(h, &mut fd), RCLUSTER_E_HANDLE, "listener_fd");
         expect(rcluster_listener_accept(h, 0, &mut fd), RCLUSTER_E_HANDLE, "listener_accept");
         assert_eq!(fd, -1, "accept stores -1 on failure");

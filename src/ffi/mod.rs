@@ -8,7 +8,8 @@
 //!   so NULL, stale, freed or forged handles are an error, never a crash;
 //! - every pointer argument is checked for NULL before use.
 
-#![allow(non_camel_case_types)] // opaque types keep their C names
+#![allow(non_camel_case_types)]
+// opaque types keep their C names
 // These are C entry points: a non-NULL pointer's validity is the C caller's
 // contract, stated in the header; NULL is checked in every function.
 #![allow(clippy::not_unsafe_ptr_arg_deref)]

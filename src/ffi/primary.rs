@@ -97,8 +97,10 @@ pub struct rcluster_primary_options {
     pub backlog: c_int,
     /// Time a worker asked to leave has before SIGTERM, and again before SIGKILL. Default 10000.
     pub stop_timeout_ms: u32,
-    /// Nonzero: SIGTERM and SIGINT start a graceful shutdown (a second one
-    /// kills the workers). Default 0: the library installs no handler.
+    /// Nonzero: the library handles SIGTERM and SIGINT (graceful shutdown; a
+    /// second one kills the workers), SIGHUP (rolling reload), SIGTTIN and
+    /// SIGTTOU (one worker more or less, never fewer than one). Default 0:
+    /// the library installs no handler. One primary per process may do this.
     pub handle_signals: c_int,
     /// Nonzero (default): each worker gets a process group of its own, so a
     /// terminal's Ctrl-C reaches the primary alone.

@@ -100,6 +100,41 @@ pub extern "C" fn rcluster_listener_port(listener: *mut rcluster_listener, port:
     })
 }
 
+/// Writes the IP address the listener is bound to, NUL-terminated, into
+/// `buf` (`capacity` bytes; 46 always suffice), and its port into `*port`
+/// (may be NULL). `RCLUSTER_E_TOOBIG` if `capacity` is too small.
+#[no_mangle]
+pub extern "C" fn rcluster_listener_address(
+    listener: *mut rcluster_listener,
+    buf: *mut c_char,
+    capacity: usize,
+    port: *mut u16,
+) -> c_int {
+    guard(|| {
+        if buf.is_null() {
+            return Err(Error::new(Code::InvalidArgument, "buf is NULL"));
+        }
+        let address = LISTENERS.get(listener)?.address();
+        let ip = address.ip().to_string();
+        if ip.len() + 1 > capacity {
+            return Err(Error::new(
+                Code::TooBig,
+                format!("address {ip} needs {} bytes, capacity is {capacity}", ip.len() + 1),
+            ));
+        }
+        // SAFETY: buf is non-NULL with room for `capacity` >= ip.len() + 1 bytes (caller's contract).
+        unsafe {
+            std::ptr::copy_nonoverlapping(ip.as_ptr(), buf as *mut u8, ip.len());
+            *buf.add(ip.len()) = 0;
+        }
+        // SAFETY: optional out-pointer, valid if non-NULL.
+        if let Some(out) = unsafe { port.as_mut() } {
+            *out = address.port();
+        }
+        Ok(())
+    })
+}
+
 /// Stores in `*fd` an fd that is readable when `rcluster_listener_accept`
 /// may have a connection. Owned by the listener: do not close it.
 #[no_mangle]

@@ -196,6 +196,17 @@ fn main() {
         "http" | "never-ready" => {
             let (rc, listener) = listen(worker);
             check(rc, "rcluster_worker_listen");
+            // The listener knows where it is bound (the primary picked the port).
+            let mut host = [0 as std::ffi::c_char; 64];
+            let (mut port, mut port_again) = (0u16, 0u16);
+            check(rcluster_listener_address(listener, host.as_mut_ptr(), host.len(), &mut port), "listener_address");
+            check(rcluster_listener_port(listener, &mut port_again), "listener_port");
+            let host = unsafe { std::ffi::CStr::from_ptr(host.as_ptr()) }.to_string_lossy().into_owned();
+            let expected = std::env::var("TEST_HOST").unwrap_or_else(|_| "127.0.0.1".into());
+            if host != expected || port == 0 || port != port_again {
+                eprintln!("testworker: listener address {host}:{port} (port {port_again}), expected host {expected}");
+                std::process::exit(4);
+            }
             serve_http(worker, listener, id);
         }
         "late-ready" => {
