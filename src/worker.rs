@@ -328,6 +328,10 @@ impl Inner {
                     self.mark_gone(state, Error::new(Code::Closed, "the primary is gone (channel hung up)"));
                     break;
                 }
+                Err(e) if e.code() == Code::Closed => {
+                    self.mark_gone(state, Error::new(Code::Closed, format!("the primary is gone ({e})")));
+                    break;
+                }
                 Err(e) => {
                     self.mark_gone(state, Error::new(e.code(), format!("channel from the primary is broken: {e}")));
                     break;

@@ -205,3 +205,28 @@ fn shutdown_reaps_every_worker() {
         RCLUSTER_E_STATE
     );
 }
+
+#[test]
+fn a_worker_killed_with_unread_frames_is_a_hang_up_not_a_protocol_error() {
+    let _serial = serial();
+    // A worker that never reads its channel: connections handed to it pile
+    // up unread, so its death resets the channel (ECONNRESET) instead of
+    // closing it cleanly. That is still just a hang-up.
+    let mut p = TestPrimary::new("hang", &[], RCLUSTER_POLICY_RR);
+    p.start(1);
+    let port = p.seen.iter().find(|e| e.kind == RCLUSTER_EVENT_LISTENING).unwrap().port;
+    let clients: Vec<TcpStream> = (0..5).map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let victim = p.seen[0].worker;
+    ok(rcluster_primary_kill(p.handle, victim, libc::SIGKILL), "kill");
+    p.wait_for(SECS, "exit", |e| e.kind == RCLUSTER_EVENT_EXIT && e.worker == victim);
+    let errors: Vec<_> = p.seen.iter().filter(|e| e.kind == RCLUSTER_EVENT_WORKER_ERROR).collect();
+    assert!(
+        errors.is_empty(),
+        "a killed worker is not a protocol error: {:?}",
+        String::from_utf8_lossy(&errors[0].data)
+    );
+    assert!(p.seen.iter().any(|e| e.kind == RCLUSTER_EVENT_DISCONNECT && e.worker == victim));
+    drop(clients);
+    p.shutdown();
+}

@@ -815,6 +815,9 @@ impl EventLoop {
                 Ok(channel::Read::Message(message)) => self.on_frame(worker, message),
                 Ok(channel::Read::WouldBlock) => return,
                 Ok(channel::Read::Eof) => return self.hang_up(worker),
+                // A peer that dies with our frames unread resets the channel
+                // (ECONNRESET): that is a hang-up, not misbehaviour.
+                Err(e) if e.code() == Code::Closed => return self.hang_up(worker),
                 Err(e) => return self.worker_error(worker, e),
             }
         }
