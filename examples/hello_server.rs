@@ -1,7 +1,7 @@
 //! rcluster's example HTTP server in Rust, on the crate's Rust API.
 //!
 //! ```text
-//! cargo run --release --example hello_server -- [--workers N] [--port P] [--host H] [--policy rr|shared]
+//! cargo run --release --example hello_server -- [--workers N] [--port P] [--host H] [--policy rr|shared|reuseport|least]
 //! ```
 //!
 //! One program is both the primary and the workers: the primary starts N
@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use rcluster::{Code, Config, Event, Exit, PolicyKind, Primary, Worker, WorkerEvent};
 
-const USAGE: &str = "usage: hello_server [--workers N] [--port P] [--host H] [--policy rr|shared]";
+const USAGE: &str = "usage: hello_server [--workers N] [--port P] [--host H] [--policy rr|shared|reuseport|least]";
 /// The primary tells its workers the port it bound (the real one when 0 was asked).
 const PORT_ENV: &str = "HELLO_SERVER_PORT";
 /// How long workers have to start listening before the primary gives up.
@@ -105,8 +105,9 @@ fn parse_args() -> Options {
                 options.host = value;
             }
             _ => {
-                options.policy = PolicyKind::from_name(&value)
-                    .unwrap_or_else(|_| bad_usage(format!("--policy wants rr or shared, not {value:?}")))
+                options.policy = PolicyKind::from_name(&value).unwrap_or_else(|_| {
+                    bad_usage(format!("--policy wants rr, shared, reuseport or least, not {value:?}"))
+                })
             }
         }
     }
@@ -279,6 +280,8 @@ fn run_primary(options: &Options) -> u8 {
 
 /// What the worker's connection threads share with its accept loop.
 struct Serving {
+    /// Told of every finished connection (the load-aware policy counts them).
+    worker: Worker,
     body: String,
     /// Set once the worker drains: from then on keep-alive connections
     /// between requests close (and every answer says `Connection: close`).
@@ -293,6 +296,7 @@ struct OpenConn(Arc<Serving>);
 
 impl Drop for OpenConn {
     fn drop(&mut self) {
+        let _ = self.0.worker.done(1); // for the load-aware policy
         *self.0.open.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
         self.0.closed.notify_all();
     }
@@ -321,6 +325,7 @@ fn run_worker(options: &Options) -> u8 {
         }
     };
     let serving = Arc::new(Serving {
+        worker: worker.clone(),
         body: format!("worker {} pid {}\n", worker.id(), std::process::id()),
         close_idle_at: OnceLock::new(),
         open: Mutex::new(0),

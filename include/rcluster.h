@@ -61,6 +61,18 @@
 // accept themselves; the kernel decides which worker gets a connection.
 #define RCLUSTER_POLICY_SHARED 1
 
+// Policy `reuseport`: each worker gets its own `SO_REUSEPORT` socket and
+// accepts itself; the kernel spreads connections by a hash of the peer.
+// Connections queued on a crashed worker's socket are lost unless
+// `net.ipv4.tcp_migrate_req` is 1; a worker asked to leave takes what is
+// queued first.
+#define RCLUSTER_POLICY_REUSEPORT 2
+
+// Policy `least`: the primary accepts and hands each connection to the
+// worker holding the fewest (unacknowledged, plus accepted and not yet
+// reported finished with `rcluster_worker_done`); ties go round-robin.
+#define RCLUSTER_POLICY_LEAST 3
+
 // No event (the struct after `rcluster_event_release`).
 #define RCLUSTER_EVENT_NONE 0
 
@@ -127,6 +139,9 @@
 // or left on purpose (Node's `exitedAfterDisconnect`).
 #define RCLUSTER_EXIT_AFTER_DISCONNECT 1
 
+// Which policy a primary uses. The discriminants are the C constants.
+typedef struct PolicyKind PolicyKind;
+
 // A listening address served through the primary (opaque).
 typedef struct rcluster_listener rcluster_listener;
 
@@ -147,7 +162,7 @@ typedef struct {
   const char *const *env;
   // Workers' working directory; NULL: inherit.
   const char *cwd;
-  // `RCLUSTER_POLICY_RR` (default) or `RCLUSTER_POLICY_SHARED`.
+  // `RCLUSTER_POLICY_RR` (default), `_SHARED`, `_REUSEPORT` or `_LEAST`.
   int policy;
   // Connections a worker may hold handed over but not yet acknowledged. Default 8.
   uint32_t max_unacked;
@@ -247,9 +262,13 @@ typedef struct {
   uint64_t dispatched;
   // Connections handed to it and not yet acknowledged.
   uint32_t in_flight;
+  // Connections it accepted and has not reported finished (`rcluster_worker_done`).
+  uint32_t active;
   // Milliseconds since it was started.
   uint64_t uptime_ms;
 } rcluster_worker_stats;
+
+
 
 
 
@@ -486,6 +505,12 @@ int rcluster_worker_wait_event(rcluster_worker *worker, rcluster_event *event, i
 // primary waits for it (`wait_ready`): then a replacement counts as started,
 // and the worker it replaces is stopped, only after this call.
 int rcluster_worker_ready(rcluster_worker *worker);
+
+// Tells the primary that `count` connections this worker accepted are
+// finished (closed). The load-aware policy (`RCLUSTER_POLICY_LEAST`) uses
+// it to know how busy each worker is; other policies ignore it. Call it
+// when you close an accepted connection.
+int rcluster_worker_done(rcluster_worker *worker, uint32_t count);
 
 // Sends `len` bytes (copied) to the primary; blocks while the channel is full.
 int rcluster_worker_send(rcluster_worker *worker, const void *data, size_t len);

@@ -15,6 +15,7 @@ const ACK: u8 = 4;
 const GOODBYE: u8 = 5;
 const PONG: u8 = 6;
 const READY: u8 = 7;
+const DONE: u8 = 8;
 const LISTEN_OK: u8 = 16;
 const LISTEN_ERR: u8 = 17;
 const CONN: u8 = 18;
@@ -41,6 +42,8 @@ pub enum Frame {
     Pong { seq: u64 },
     /// Worker → primary: the application says it is ready (pm2's `wait_ready`).
     Ready,
+    /// Worker → primary: `count` accepted connections are finished (load-aware policy).
+    Done { count: u32 },
     /// Primary → worker: listening. With `shared`, the listening fd is attached
     /// and the worker accepts itself; otherwise connections come as `Conn`.
     ListenOk { request: u32, listener: u32, shared: bool, port: u16, address: String },
@@ -86,6 +89,10 @@ impl Frame {
                 out.extend_from_slice(&seq.to_le_bytes());
             }
             Frame::Ready => out.push(READY),
+            Frame::Done { count } => {
+                out.push(DONE);
+                out.extend_from_slice(&count.to_le_bytes());
+            }
             Frame::Ping { seq } => {
                 out.push(PING);
                 out.extend_from_slice(&seq.to_le_bytes());
@@ -142,6 +149,7 @@ impl Frame {
             GOODBYE => Frame::Goodbye,
             PONG => Frame::Pong { seq: r.u64()? },
             READY => Frame::Ready,
+            DONE => Frame::Done { count: r.u32()? },
             PING => Frame::Ping { seq: r.u64()? },
             LISTEN_OK => Frame::ListenOk {
                 request: r.u32()?,
@@ -239,6 +247,7 @@ mod tests {
             Frame::Ping { seq: 5 },
             Frame::Pong { seq: 5 },
             Frame::Ready,
+            Frame::Done { count: 3 },
             Frame::User(vec![1, 2, 3]),
             Frame::User(vec![]),
         ];

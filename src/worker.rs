@@ -33,6 +33,10 @@ use crate::wire::Frame;
 
 static OPENED: AtomicBool = AtomicBool::new(false);
 
+/// The errno a `Closed` error carries when the worker is draining (asked to
+/// leave) rather than cut off.
+const DRAINING: i32 = libc::ESHUTDOWN;
+
 /// Whether this process was started as an rcluster worker (its environment names one).
 pub fn is_worker() -> bool {
     worker_id().is_some()
@@ -245,6 +249,14 @@ impl Worker {
     pub fn ready(&self) -> Result<()> {
         self.check_open()?;
         self.send_frame(&Frame::Ready)
+    }
+
+    /// Tells the primary that `count` connections this worker accepted are
+    /// finished (closed). The load-aware policy (`least`) counts on it;
+    /// other policies ignore it.
+    pub fn done(&self, count: u32) -> Result<()> {
+        self.check_open()?;
+        self.send_frame(&Frame::Done { count })
     }
 
     /// Sends application bytes to the primary (blocks while the channel is full).
@@ -463,7 +475,8 @@ impl Listener {
         self.address
     }
 
-    /// Whether connections are accepted by the worker itself (`shared` policy).
+    /// Whether connections are accepted by the worker itself (`shared` and
+    /// `reuseport` policies).
     pub fn is_shared(&self) -> bool {
         matches!(self.mode, Mode::Shared { .. })
     }
@@ -503,7 +516,9 @@ impl Listener {
             };
             let stop = match (&state.gone, state.draining) {
                 (Some(gone), _) => Some(gone.clone()),
-                (None, true) => Some(Error::new(Code::Closed, "the worker is disconnecting: no more connections")),
+                (None, true) => Some(
+                    Error::new(Code::Closed, "the worker is disconnecting: no more connections").with_errno(DRAINING),
+                ),
                 _ => None,
             };
             drop(state);
@@ -514,7 +529,12 @@ impl Listener {
                 let _ = inner.send_frame(&Frame::Ack { conn, accepted: true });
                 return Ok(fd);
             }
-            if let Some(stop) = stop {
+            // Asked to leave, a worker that accepts itself still takes what is
+            // already queued on its socket (a reuseport socket's queue would be
+            // reset when it closes), then reports closed.
+            let draining_own_socket =
+                matches!(self.mode, Mode::Shared { .. }) && matches!(&stop, Some(e) if e.errno() == DRAINING);
+            if let Some(stop) = stop.filter(|_| !draining_own_socket) {
                 return Err(stop);
             }
             if let Mode::Shared { socket, .. } = &self.mode {
@@ -528,6 +548,9 @@ impl Listener {
                 }
                 let err = std::io::Error::last_os_error();
                 match err.raw_os_error() {
+                    Some(libc::EAGAIN) if draining_own_socket => {
+                        return Err(Error::new(Code::Closed, "the worker is disconnecting: no more connections"));
+                    }
                     Some(libc::EAGAIN) | Some(libc::EINTR) | Some(libc::ECONNABORTED) => {}
                     _ => return Err(Error::os("accept on the shared listener", err)),
                 }

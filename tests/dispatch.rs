@@ -230,3 +230,52 @@ fn a_worker_killed_with_unread_frames_is_a_hang_up_not_a_protocol_error() {
     drop(clients);
     p.shutdown();
 }
+
+#[test]
+fn reuseport_gives_each_worker_its_own_socket_and_serves() {
+    let _serial = serial();
+    let mut p = TestPrimary::new("http", &[], RCLUSTER_POLICY_REUSEPORT);
+    let port = p.start(2);
+    // The kernel hashes each new connection (by source port) to a socket.
+    let counts = distribution(port, 200);
+    assert_eq!(counts.values().sum::<usize>(), 200);
+    assert_eq!(counts.len(), 2, "both workers get connections: {counts:?}");
+    p.shutdown();
+}
+
+/// Requests from `clients` concurrent threads, `each` apiece; per-worker counts.
+fn concurrent_distribution(port: u16, clients: usize, each: usize) -> std::collections::HashMap<u32, usize> {
+    let threads: Vec<_> = (0..clients).map(|_| std::thread::spawn(move || distribution(port, each))).collect();
+    let mut total = std::collections::HashMap::new();
+    for t in threads {
+        for (w, n) in t.join().unwrap() {
+            *total.entry(w).or_insert(0) += n;
+        }
+    }
+    total
+}
+
+#[test]
+fn least_loaded_steers_connections_away_from_a_slow_worker() {
+    let _serial = serial();
+    for (policy, name) in [(RCLUSTER_POLICY_LEAST, "least"), (RCLUSTER_POLICY_RR, "rr")] {
+        let mut p = TestPrimary::new("http", &[], policy);
+        let fast = p.start(1);
+        let slow_env = CString::new("TEST_DELAY_MS=40").unwrap();
+        let envp = [slow_env.as_ptr(), std::ptr::null()];
+        let (mut slow, mut fast_id) = (0, 0);
+        ok(rcluster_primary_fork(p.handle, envp.as_ptr(), &mut slow, std::ptr::null_mut()), "fork slow worker");
+        p.wait_for(SECS, "slow worker listening", |e| e.kind == RCLUSTER_EVENT_LISTENING && e.worker == slow);
+        fast_id += p.seen.iter().find(|e| e.kind == RCLUSTER_EVENT_FORK).unwrap().worker;
+        let counts = concurrent_distribution(fast, 6, 40);
+        let (on_fast, on_slow) = (counts.get(&fast_id).copied().unwrap_or(0), counts.get(&slow).copied().unwrap_or(0));
+        assert_eq!(on_fast + on_slow, 240);
+        if policy == RCLUSTER_POLICY_LEAST {
+            assert!(on_fast >= 4 * on_slow, "{name}: the fast worker takes most ({on_fast} vs {on_slow})");
+        } else {
+            let ratio = on_fast as f64 / on_slow.max(1) as f64;
+            assert!((0.8..1.25).contains(&ratio), "{name}: blind to load ({on_fast} vs {on_slow})");
+        }
+        p.shutdown();
+    }
+}

@@ -5,7 +5,7 @@
  * copies of this program (same arguments) as workers, and
  * rcluster_is_worker() tells a copy which one it is.
  *
- *   hello_server_c [--workers N] [--port P] [--host H] [--policy rr|shared]
+ *   hello_server_c [--workers N] [--port P] [--host H] [--policy rr|shared|reuseport|least]
  *
  * The primary binds HOST:PORT up front (so port 0 gives a real port before
  * any worker starts), starts the workers, waits until every one listens,
@@ -52,7 +52,7 @@
 #include <rcluster.h>
 
 #define PROG "hello_server"
-#define USAGE "usage: hello_server [--workers N] [--port P] [--host H] [--policy rr|shared]"
+#define USAGE "usage: hello_server [--workers N] [--port P] [--host H] [--policy rr|shared|reuseport|least]"
 
 /* The primary tells its workers the port it bound (the real one when 0 was asked). */
 #define PORT_ENV "HELLO_SERVER_PORT"
@@ -206,8 +206,14 @@ static struct options parse_args(int argc, char **argv)
         } else if (strcmp(value, "shared") == 0) {
             o.policy = RCLUSTER_POLICY_SHARED;
             o.policy_name = "shared";
+        } else if (strcmp(value, "reuseport") == 0) {
+            o.policy = RCLUSTER_POLICY_REUSEPORT;
+            o.policy_name = "reuseport";
+        } else if (strcmp(value, "least") == 0) {
+            o.policy = RCLUSTER_POLICY_LEAST;
+            o.policy_name = "least";
         } else {
-            bad_usage("--policy wants rr or shared, not \"%s\"", value);
+            bad_usage("--policy wants rr, shared, reuseport or least, not \"%s\"", value);
         }
     }
     return o;
@@ -400,6 +406,7 @@ struct conn {
 };
 
 struct worker_state {
+    rcluster_worker *worker; /* told of every closed connection (policy least) */
     uint32_t id;
     char body[64];
     size_t body_len;
@@ -614,6 +621,7 @@ static void close_conn(struct worker_state *w, struct conn *c)
     close(c->fd);
     free(c->out);
     free(c);
+    rcluster_worker_done(w->worker, 1); /* for the load-aware policy */
 }
 
 /* Whether the connection is between requests with nothing owed to the client. */
@@ -721,6 +729,7 @@ static int run_worker(const struct options *opts)
         report("rcluster_worker_open", rc);
         return 1;
     }
+    w.worker = worker;
     /* The primary's real port (the one it bound for --port 0). */
     unsigned port = opts->port;
     const char *env_port = getenv(PORT_ENV);

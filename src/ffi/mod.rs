@@ -187,5 +187,7 @@ mod tests {
         assert_eq!(RCLUSTER_MAX_FDS, crate::channel::MAX_FDS);
         assert_eq!(RCLUSTER_POLICY_RR, crate::PolicyKind::RoundRobin as c_int);
         assert_eq!(RCLUSTER_POLICY_SHARED, crate::PolicyKind::Shared as c_int);
+        assert_eq!(RCLUSTER_POLICY_REUSEPORT, crate::PolicyKind::ReusePort as c_int);
+        assert_eq!(RCLUSTER_POLICY_LEAST, crate::PolicyKind::LeastLoaded as c_int);
     }
 }

@@ -25,6 +25,16 @@ pub const RCLUSTER_POLICY_RR: c_int = 0;
 /// Policy `shared`: the listening socket is given to the workers, which
 /// accept themselves; the kernel decides which worker gets a connection.
 pub const RCLUSTER_POLICY_SHARED: c_int = 1;
+/// Policy `reuseport`: each worker gets its own `SO_REUSEPORT` socket and
+/// accepts itself; the kernel spreads connections by a hash of the peer.
+/// Connections queued on a crashed worker's socket are lost unless
+/// `net.ipv4.tcp_migrate_req` is 1; a worker asked to leave takes what is
+/// queued first.
+pub const RCLUSTER_POLICY_REUSEPORT: c_int = 2;
+/// Policy `least`: the primary accepts and hands each connection to the
+/// worker holding the fewest (unacknowledged, plus accepted and not yet
+/// reported finished with `rcluster_worker_done`); ties go round-robin.
+pub const RCLUSTER_POLICY_LEAST: c_int = 3;
 
 /// No event (the struct after `rcluster_event_release`).
 pub const RCLUSTER_EVENT_NONE: c_int = 0;
@@ -87,7 +97,7 @@ pub struct rcluster_primary_options {
     pub env: *const *const c_char,
     /// Workers' working directory; NULL: inherit.
     pub cwd: *const c_char,
-    /// `RCLUSTER_POLICY_RR` (default) or `RCLUSTER_POLICY_SHARED`.
+    /// `RCLUSTER_POLICY_RR` (default), `_SHARED`, `_REUSEPORT` or `_LEAST`.
     pub policy: c_int,
     /// Connections a worker may hold handed over but not yet acknowledged. Default 8.
     pub max_unacked: u32,
@@ -160,6 +170,8 @@ pub struct rcluster_worker_stats {
     pub dispatched: u64,
     /// Connections handed to it and not yet acknowledged.
     pub in_flight: u32,
+    /// Connections it accepted and has not reported finished (`rcluster_worker_done`).
+    pub active: u32,
     /// Milliseconds since it was started.
     pub uptime_ms: u64,
 }
@@ -542,6 +554,7 @@ pub extern "C" fn rcluster_primary_stats(
                 restarts: w.restarts,
                 dispatched: w.dispatched,
                 in_flight: w.in_flight,
+                active: w.active,
                 uptime_ms: w.uptime.as_millis() as u64,
             };
             // SAFETY: i < capacity and the caller promises room for `capacity` entries.

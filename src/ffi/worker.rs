@@ -216,6 +216,15 @@ pub extern "C" fn rcluster_worker_ready(worker: *mut rcluster_worker) -> c_int {
     guard(|| WORKERS.get(worker)?.ready())
 }
 
+/// Tells the primary that `count` connections this worker accepted are
+/// finished (closed). The load-aware policy (`RCLUSTER_POLICY_LEAST`) uses
+/// it to know how busy each worker is; other policies ignore it. Call it
+/// when you close an accepted connection.
+#[no_mangle]
+pub extern "C" fn rcluster_worker_done(worker: *mut rcluster_worker, count: u32) -> c_int {
+    guard(|| WORKERS.get(worker)?.done(count))
+}
+
 /// Sends `len` bytes (copied) to the primary; blocks while the channel is full.
 #[no_mangle]
 pub extern "C" fn rcluster_worker_send(worker: *mut rcluster_worker, data: *const c_void, len: usize) -> c_int {

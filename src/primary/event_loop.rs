@@ -36,6 +36,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
 use super::listener::{parse_address, Listener};
+use super::policy::Sockets;
 use super::signals::SignalPipe;
 use super::supervisor::{AfterCrash, Cause, Jitter, Reload, Replacement, Slot};
 use super::{Command, Config, Shared, WorkerInfo};
@@ -114,6 +115,8 @@ struct WorkerEntry {
     /// The primary asked it to go: its exit is not a crash.
     stop_requested: bool,
     unacked: HashMap<u64, Handoff>,
+    /// Connections it acknowledged and has not reported finished.
+    active: u32,
     listening_on: Vec<u32>,
     escalation: Option<Escalation>,
     dispatched: u64,
@@ -369,6 +372,7 @@ impl EventLoop {
                 after_disconnect: false,
                 stop_requested: false,
                 unacked: HashMap::new(),
+                active: 0,
                 listening_on: Vec::new(),
                 escalation: None,
                 dispatched: 0,
@@ -398,7 +402,7 @@ impl EventLoop {
         }
         let id = self.next_listener;
         let listener = Listener::bind(id, requested, self.config.backlog, self.config.policy.instantiate())?;
-        if let (Some(socket), true) = (&listener.socket, listener.policy.primary_accepts()) {
+        if let (Some(socket), Sockets::PrimaryAccepts) = (&listener.socket, listener.policy.sockets()) {
             self.poll
                 .registry()
                 .register(&mut SourceFd(&socket.as_raw_fd()), token(KIND_LISTENER, id), Interest::READABLE)
@@ -488,6 +492,7 @@ impl EventLoop {
                 generation: w.generation,
                 dispatched: w.dispatched,
                 in_flight: w.unacked.len() as u32,
+                active: w.active,
                 restarts: w.slot.and_then(|s| self.slots.get(&s)).map_or(0, |s| s.restarts),
                 uptime: now.duration_since(w.started),
             })
@@ -631,8 +636,12 @@ impl EventLoop {
         if self.pending.len() >= self.config.max_pending as usize {
             return;
         }
-        let ready: Vec<u32> =
-            self.listeners.values().filter(|l| l.ready && l.policy.primary_accepts()).map(|l| l.id).collect();
+        let ready: Vec<u32> = self
+            .listeners
+            .values()
+            .filter(|l| l.ready && l.policy.sockets() == Sockets::PrimaryAccepts)
+            .map(|l| l.id)
+            .collect();
         for id in ready {
             self.accept_from(id, false);
         }
@@ -647,7 +656,10 @@ impl EventLoop {
             }
             let Some(listener) = self.listeners.get_mut(&id) else { return };
             let Some(socket) = &listener.socket else { return };
-            if !listener.ready || listener.paused_until.is_some() || !listener.policy.primary_accepts() {
+            if !listener.ready
+                || listener.paused_until.is_some()
+                || listener.policy.sockets() != Sockets::PrimaryAccepts
+            {
                 return;
             }
             let raw = socket.as_raw_fd();
@@ -701,7 +713,7 @@ impl EventLoop {
         let max_unacked = self.config.max_unacked as usize;
         listener.policy.pick(&listener.members, &mut |id| {
             let entry = workers.get(&id)?;
-            entry.can_take_connections(max_unacked).then_some(entry.unacked.len() as u32)
+            entry.can_take_connections(max_unacked).then_some(entry.unacked.len() as u32 + entry.active)
         })
     }
 
@@ -843,6 +855,7 @@ impl EventLoop {
             Frame::Listen { request, port, host } => self.on_listen_request(worker, request, &host, port),
             Frame::Unlisten { listener } => self.leave_listener(worker, listener),
             Frame::Ack { conn, accepted } => self.on_ack(worker, conn, accepted),
+            Frame::Done { count } => entry.active = entry.active.saturating_sub(count),
             Frame::Goodbye => {
                 entry.leaving = true;
                 entry.after_disconnect = true;
@@ -874,24 +887,20 @@ impl EventLoop {
             }
         };
         let listener = self.listeners.get_mut(&id).expect("listener_for returned a known id");
-        let shared = !listener.policy.primary_accepts();
         let address = listener.address;
+        let own_socket = match listener.socket_for_worker(self.config.backlog) {
+            Ok(socket) => socket,
+            Err(e) => {
+                let reply = Frame::ListenErr { request, errno: e.errno(), message: e.message().to_owned() };
+                return self.send_frame(worker, &reply.encode(), &[]);
+            }
+        };
+        // `shared` on the wire: a socket is attached and the worker accepts itself.
+        let shared = own_socket.is_some();
         let reply =
             Frame::ListenOk { request, listener: id, shared, port: address.port(), address: address.to_string() };
-        if shared {
-            // The worker gets its own descriptor of the listening socket.
-            let socket = listener.socket.as_ref().map(|s| s.try_clone());
-            match socket.unwrap_or_else(|| Err(io::Error::from_raw_os_error(libc::ESHUTDOWN))) {
-                Ok(socket) => self.send_frame(worker, &reply.encode(), &[Arc::new(OwnedFd::from(socket))]),
-                Err(e) => {
-                    let errno = e.raw_os_error().unwrap_or(0);
-                    let reply = Frame::ListenErr { request, errno, message: format!("dup of the listener: {e}") };
-                    return self.send_frame(worker, &reply.encode(), &[]);
-                }
-            }
-        } else {
-            self.send_frame(worker, &reply.encode(), &[]);
-        }
+        let fds: Vec<Arc<OwnedFd>> = own_socket.into_iter().map(Arc::new).collect();
+        self.send_frame(worker, &reply.encode(), &fds);
         let Some(entry) = self.workers.get_mut(&worker) else { return };
         if !entry.listening_on.contains(&id) {
             entry.listening_on.push(id);
@@ -925,6 +934,7 @@ impl EventLoop {
             return self.worker_error(worker, Error::new(Code::Protocol, message));
         };
         if accepted {
+            entry.active += 1;
             return; // dropping the handoff closes the primary's copy
         }
         handoff.refusals += 1;

@@ -16,7 +16,8 @@
 //!   options; `TEST_NOFILE` lowers its fd limit once the workers listen;
 //!   `TEST_SIGNALS=1` opts into signal handling. Exits 0 after shutdown.
 //!
-//! `http` serves each connection on its own thread. Asked to leave, it takes
+//! `http` serves each connection on its own thread (`TEST_DELAY_MS` makes
+//! every answer that much slower) and reports each finished connection. Asked to leave, it takes
 //! the connections still queued for it, answers the next request on each
 //! open connection with `Connection: close` (idle ones get a grace second),
 //! and exits 0 once all are done: a busy client never sees a reset.
@@ -73,6 +74,9 @@ fn serve(fd: i32, id: u32, draining: &AtomicBool) {
         while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let request = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
             buf.drain(..end + 4);
+            if let Some(delay) = std::env::var("TEST_DELAY_MS").ok().and_then(|d| d.parse().ok()) {
+                std::thread::sleep(Duration::from_millis(delay)); // a slow worker
+            }
             let close = request.contains("connection: close") || draining.load(Ordering::SeqCst);
             let response = format!(
                 "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: text/plain\r\n{}\r\n{}",
@@ -113,8 +117,10 @@ fn serve_http(worker: *mut rcluster_worker, listener: *mut rcluster_listener, id
             0 => {
                 let (draining, active) = (draining.clone(), active.clone());
                 active.fetch_add(1, Ordering::SeqCst);
+                let handle = worker as usize; // a handle is a number, usable from any thread
                 std::thread::spawn(move || {
                     serve(fd, id, &draining);
+                    rcluster_worker_done(handle as *mut rcluster_worker, 1);
                     active.fetch_sub(1, Ordering::SeqCst);
                 });
             }

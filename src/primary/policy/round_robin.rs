@@ -1,7 +1,7 @@
 //! `rr`: each connection goes to the next worker in turn, skipping workers
 //! that are at their limit of unacknowledged connections.
 
-use super::Policy;
+use super::{Policy, Sockets};
 
 /// Round-robin over a listener's workers.
 #[derive(Default)]
@@ -10,8 +10,8 @@ pub struct RoundRobin {
 }
 
 impl Policy for RoundRobin {
-    fn primary_accepts(&self) -> bool {
-        true
+    fn sockets(&self) -> Sockets {
+        Sockets::PrimaryAccepts
     }
 
     fn pick(&mut self, members: &[u32], load: &mut dyn FnMut(u32) -> Option<u32>) -> Option<u32> {
