@@ -262,7 +262,8 @@ typedef struct {
   uint64_t dispatched;
   // Connections handed to it and not yet acknowledged.
   uint32_t in_flight;
-  // Connections it accepted and has not reported finished (`rcluster_worker_done`).
+  // Connections it accepted and has not reported finished
+  // (`rcluster_worker_done`); counted under `RCLUSTER_POLICY_LEAST` only, else 0.
   uint32_t active;
   // Milliseconds since it was started.
   uint64_t uptime_ms;

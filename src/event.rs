@@ -81,7 +81,8 @@ pub struct WorkerStats {
     pub dispatched: u64,
     /// Connections handed to it and not yet acknowledged.
     pub in_flight: u32,
-    /// Connections it took and has not reported finished (`Worker::done`).
+    /// Connections it took and has not reported finished (`Worker::done`);
+    /// counted only under policies that ask for the reports (`least`), else 0.
     pub active: u32,
     /// How many workers its slot had to restart.
     pub restarts: u32,

@@ -46,7 +46,8 @@ pub enum Frame {
     Done { count: u32 },
     /// Primary → worker: listening. With `shared`, the listening fd is attached
     /// and the worker accepts itself; otherwise connections come as `Conn`.
-    ListenOk { request: u32, listener: u32, shared: bool, port: u16, address: String },
+    /// `report_done`: the policy wants `Done` reports (else they are not sent).
+    ListenOk { request: u32, listener: u32, shared: bool, report_done: bool, port: u16, address: String },
     /// Primary → worker: the listen request failed with `errno`.
     ListenErr { request: u32, errno: i32, message: String },
     /// Primary → worker: a connection of `listener`, its fd attached.
@@ -97,11 +98,12 @@ impl Frame {
                 out.push(PING);
                 out.extend_from_slice(&seq.to_le_bytes());
             }
-            Frame::ListenOk { request, listener, shared, port, address } => {
+            Frame::ListenOk { request, listener, shared, report_done, port, address } => {
                 out.push(LISTEN_OK);
                 out.extend_from_slice(&request.to_le_bytes());
                 out.extend_from_slice(&listener.to_le_bytes());
                 out.push(*shared as u8);
+                out.push(*report_done as u8);
                 out.extend_from_slice(&port.to_le_bytes());
                 put_str(&mut out, address);
             }
@@ -155,6 +157,7 @@ impl Frame {
                 request: r.u32()?,
                 listener: r.u32()?,
                 shared: r.bool()?,
+                report_done: r.bool()?,
                 port: r.u16()?,
                 address: r.string()?,
             },
@@ -240,7 +243,14 @@ mod tests {
             Frame::Unlisten { listener: 3 },
             Frame::Ack { conn: u64::MAX, accepted: true },
             Frame::Goodbye,
-            Frame::ListenOk { request: 7, listener: 1, shared: true, port: 9, address: "::1".into() },
+            Frame::ListenOk {
+                request: 7,
+                listener: 1,
+                shared: true,
+                report_done: false,
+                port: 9,
+                address: "::1".into(),
+            },
             Frame::ListenErr { request: 7, errno: 98, message: "in use".into() },
             Frame::Conn { listener: 2, conn: 99 },
             Frame::Disconnect,

@@ -64,6 +64,8 @@ struct Inner {
     replies_flag: Flag,
     poll: PollSet,
     closed: AtomicBool,
+    /// The primary's policy counts finished connections (`done`).
+    report_done: AtomicBool,
 }
 
 #[derive(Default)]
@@ -131,6 +133,7 @@ impl Worker {
                 replies_flag,
                 poll,
                 closed: AtomicBool::new(false),
+                report_done: AtomicBool::new(false),
             }),
         };
         // SAFETY: getpid is always safe.
@@ -254,8 +257,14 @@ impl Worker {
     /// Tells the primary that `count` connections this worker accepted are
     /// finished (closed). The load-aware policy (`least`) counts on it;
     /// other policies ignore it.
+    ///
+    /// Under other policies nothing is sent (the primary said in its listen
+    /// reply that it does not want the reports), so calling it always is cheap.
     pub fn done(&self, count: u32) -> Result<()> {
         self.check_open()?;
+        if !self.inner.report_done.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         self.send_frame(&Frame::Done { count })
     }
 
@@ -373,7 +382,10 @@ impl Inner {
                         _ => refusals.push(Frame::Ack { conn, accepted: false }),
                     }
                 }
-                Frame::ListenOk { request, listener, shared, port, address } => {
+                Frame::ListenOk { request, listener, shared, report_done, port, address } => {
+                    if report_done {
+                        self.report_done.store(true, Ordering::Relaxed);
+                    }
                     if state.abandoned.remove(&request) {
                         // The caller gave up waiting: undo the listen (a shared fd just closes).
                         if !shared {
@@ -403,7 +415,8 @@ impl Inner {
                             }
                         }
                     }
-                    state.replies.insert(request, Frame::ListenOk { request, listener, shared, port, address });
+                    let reply = Frame::ListenOk { request, listener, shared, report_done, port, address };
+                    state.replies.insert(request, reply);
                     self.replies_flag.set();
                 }
                 Frame::ListenErr { request, errno, message } => {

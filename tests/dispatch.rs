@@ -270,6 +270,19 @@ fn least_loaded_steers_connections_away_from_a_slow_worker() {
         let counts = concurrent_distribution(fast, 6, 40);
         let (on_fast, on_slow) = (counts.get(&fast_id).copied().unwrap_or(0), counts.get(&slow).copied().unwrap_or(0));
         assert_eq!(on_fast + on_slow, 240);
+        // Every finished connection gets reported (least), or none is counted (rr);
+        // the last reports may trail the last answers by a moment.
+        let started = Instant::now();
+        loop {
+            let mut stats = [unsafe { std::mem::zeroed::<rcluster_worker_stats>() }; 4];
+            let mut count = 0;
+            ok(rcluster_primary_stats(p.handle, stats.as_mut_ptr(), stats.len(), &mut count), "stats");
+            if stats[..count].iter().all(|s| s.active == 0) {
+                break;
+            }
+            assert!(started.elapsed() < SECS, "{name}: active connections never went back to 0: {stats:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
         if policy == RCLUSTER_POLICY_LEAST {
             assert!(on_fast >= 4 * on_slow, "{name}: the fast worker takes most ({on_fast} vs {on_slow})");
         } else {

@@ -897,8 +897,9 @@ impl EventLoop {
         };
         // `shared` on the wire: a socket is attached and the worker accepts itself.
         let shared = own_socket.is_some();
-        let reply =
-            Frame::ListenOk { request, listener: id, shared, port: address.port(), address: address.to_string() };
+        let report_done = listener.policy.wants_done_reports();
+        let port = address.port();
+        let reply = Frame::ListenOk { request, listener: id, shared, report_done, port, address: address.to_string() };
         let fds: Vec<Arc<OwnedFd>> = own_socket.into_iter().map(Arc::new).collect();
         self.send_frame(worker, &reply.encode(), &fds);
         let Some(entry) = self.workers.get_mut(&worker) else { return };
@@ -934,7 +935,10 @@ impl EventLoop {
             return self.worker_error(worker, Error::new(Code::Protocol, message));
         };
         if accepted {
-            entry.active += 1;
+            // Only policies that receive done reports can know when it ends.
+            if self.listeners.get(&handoff.listener).is_some_and(|l| l.policy.wants_done_reports()) {
+                entry.active += 1;
+            }
             return; // dropping the handoff closes the primary's copy
         }
         handoff.refusals += 1;

@@ -19,6 +19,10 @@ impl Policy for LeastLoaded {
         Sockets::PrimaryAccepts
     }
 
+    fn wants_done_reports(&self) -> bool {
+        true
+    }
+
     fn pick(&mut self, members: &[u32], load: &mut dyn FnMut(u32) -> Option<u32>) -> Option<u32> {
         let n = members.len();
         let mut best: Option<(u32, usize)> = None;

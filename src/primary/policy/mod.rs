@@ -89,6 +89,12 @@ pub(crate) trait Policy: Send {
     /// Who accepts this listener's connections.
     fn sockets(&self) -> Sockets;
 
+    /// Whether workers should report finished connections (`Worker::done`).
+    /// Off by default: each report is a message the primary must read.
+    fn wants_done_reports(&self) -> bool {
+        false
+    }
+
     /// Picks the worker for the next connection among `members` (the
     /// listener's workers, in join order). `load(id)` says how many
     /// connections that worker holds (handed over and not finished), or
