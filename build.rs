@@ -15,8 +15,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed=RCLUSTER_CHECK_HEADER");
     let crate_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").unwrap());
-    let config = cbindgen::Config::from_file(crate_dir.join("cbindgen.toml"))
-        .expect("cbindgen.toml is valid");
+    let config = cbindgen::Config::from_file(crate_dir.join("cbindgen.toml")).expect("cbindgen.toml is valid");
     let bindings = cbindgen::Builder::new()
         .with_crate(&crate_dir)
         .with_config(config)
@@ -24,8 +23,7 @@ fn main() {
         .expect("cbindgen could not generate the header");
     let generated = out_dir.join("rcluster.h");
     bindings.write_to_file(&generated);
-    let check_only =
-        std::env::var_os("CI").is_some() || std::env::var_os("RCLUSTER_CHECK_HEADER").is_some();
+    let check_only = std::env::var_os("CI").is_some() || std::env::var_os("RCLUSTER_CHECK_HEADER").is_some();
     if !check_only {
         let committed = crate_dir.join("include").join("rcluster.h");
         let new = std::fs::read(&generated).unwrap();

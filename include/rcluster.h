@@ -61,6 +61,18 @@
 // accept themselves; the kernel decides which worker gets a connection.
 #define RCLUSTER_POLICY_SHARED 1
 
+// Policy `reuseport`: each worker gets its own `SO_REUSEPORT` socket and
+// accepts itself; the kernel spreads connections by a hash of the peer.
+// Connections queued on a crashed worker's socket are lost unless
+// `net.ipv4.tcp_migrate_req` is 1; a worker asked to leave takes what is
+// queued first.
+#define RCLUSTER_POLICY_REUSEPORT 2
+
+// Policy `least`: the primary accepts and hands each connection to the
+// worker holding the fewest (unacknowledged, plus accepted and not yet
+// reported finished with `rcluster_worker_done`); ties go round-robin.
+#define RCLUSTER_POLICY_LEAST 3
+
 // No event (the struct after `rcluster_event_release`).
 #define RCLUSTER_EVENT_NONE 0
 
@@ -94,9 +106,41 @@
 // Worker: the primary is gone; further event calls return `RCLUSTER_E_CLOSED`.
 #define RCLUSTER_EVENT_PRIMARY_GONE 9
 
+// Primary: slot `slot` crash-looped (too many unexpected exits within the
+// window); it is not restarted until a reload or a scale. The others keep serving.
+#define RCLUSTER_EVENT_CRASH_LOOP 10
+
+// Primary: a worker did not answer the heartbeat in time; it is killed and replaced.
+#define RCLUSTER_EVENT_UNRESPONSIVE 11
+
+// Primary: a rolling reload finished; every slot runs generation `generation`.
+#define RCLUSTER_EVENT_RELOAD_DONE 12
+
+// Primary: a rolling reload of `generation` stopped because a replacement did
+// not become ready (reason in `data`); workers not yet replaced keep serving.
+#define RCLUSTER_EVENT_RELOAD_FAILED 13
+
+// Worker state in `rcluster_worker_stats`: started, not yet online.
+#define RCLUSTER_WORKER_STARTING 0
+
+// Online (channel open), not yet listening.
+#define RCLUSTER_WORKER_ONLINE 1
+
+// Listening: it is handed connections.
+#define RCLUSTER_WORKER_LISTENING 2
+
+// Leaving: asked to go, or going on its own; no new connections.
+#define RCLUSTER_WORKER_LEAVING 3
+
+// Its channel closed; not yet reaped.
+#define RCLUSTER_WORKER_DISCONNECTED 4
+
 // `flags` bit of an exit event: the worker had been asked to disconnect,
 // or left on purpose (Node's `exitedAfterDisconnect`).
 #define RCLUSTER_EXIT_AFTER_DISCONNECT 1
+
+// Which policy a primary uses. The discriminants are the C constants.
+typedef struct PolicyKind PolicyKind;
 
 // A listening address served through the primary (opaque).
 typedef struct rcluster_listener rcluster_listener;
@@ -118,7 +162,7 @@ typedef struct {
   const char *const *env;
   // Workers' working directory; NULL: inherit.
   const char *cwd;
-  // `RCLUSTER_POLICY_RR` (default) or `RCLUSTER_POLICY_SHARED`.
+  // `RCLUSTER_POLICY_RR` (default), `_SHARED`, `_REUSEPORT` or `_LEAST`.
   int policy;
   // Connections a worker may hold handed over but not yet acknowledged. Default 8.
   uint32_t max_unacked;
@@ -128,12 +172,49 @@ typedef struct {
   int backlog;
   // Time a worker asked to leave has before SIGTERM, and again before SIGKILL. Default 10000.
   uint32_t stop_timeout_ms;
-  // Nonzero: SIGTERM and SIGINT start a graceful shutdown (a second one
-  // kills the workers). Default 0: the library installs no handler.
+  // Nonzero: the library handles SIGTERM and SIGINT (graceful shutdown; a
+  // second one kills the workers), SIGHUP (rolling reload), SIGTTIN and
+  // SIGTTOU (one worker more or less, never fewer than one). Default 0:
+  // the library installs no handler. One primary per process may do this.
   int handle_signals;
   // Nonzero (default): each worker gets a process group of its own, so a
   // terminal's Ctrl-C reaches the primary alone.
   int own_process_group;
+  // Nonzero (default): a worker that exits without being asked is replaced.
+  int restart;
+  // First restart delay. Default 100.
+  uint32_t restart_delay_ms;
+  // Longest restart delay. Default 10000.
+  uint32_t restart_delay_max_ms;
+  // Each unexpected exit multiplies the delay by this. Default 2.0.
+  double restart_backoff;
+  // A worker that ran this long resets the delay. Default 5000.
+  uint32_t stable_after_ms;
+  // This many unexpected exits within `crash_loop_window_ms` stop a
+  // slot's restarts (`RCLUSTER_EVENT_CRASH_LOOP`). Default 5; 0: never.
+  uint32_t crash_loop_count;
+  // Default 30000.
+  uint32_t crash_loop_window_ms;
+  // Time a replacement (reload, recycling) has to become ready. Default 30000.
+  uint32_t ready_timeout_ms;
+  // Nonzero: "ready" means the worker called `rcluster_worker_ready`, not
+  // that it listened (pm2's wait_ready). Default 0.
+  int wait_ready;
+  // Workers replaced at once in a rolling reload. Default 1.
+  uint32_t reload_concurrency;
+  // Heartbeat period; 0 (default): no heartbeat.
+  uint32_t heartbeat_interval_ms;
+  // A worker that has not answered a heartbeat for this long is killed
+  // and replaced (`RCLUSTER_EVENT_UNRESPONSIVE`). Default 30000. The worker
+  // answers whenever its host calls accept, an event call or listen, so
+  // set this above the longest time your loop spends elsewhere.
+  uint32_t heartbeat_timeout_ms;
+  // Replace a worker gracefully after it was handed this many
+  // connections (rr); 0 (default): never.
+  uint32_t recycle_after;
+  // Up to this many connections added at random to each worker's
+  // `recycle_after`, so they do not recycle together. Default 0.
+  uint32_t recycle_jitter;
 } rcluster_primary_options;
 
 // An event. Fields that do not apply to its `kind` are zero. Release every
@@ -151,6 +232,10 @@ typedef struct {
   int signal;
   // `RCLUSTER_EXIT_AFTER_DISCONNECT` and future flags.
   uint32_t flags;
+  // Fork and crash-loop events: the worker's slot, or -1 (raw fork).
+  int32_t slot;
+  // Fork events: the worker's generation; reload events: the reload's.
+  uint32_t generation;
   // Listening events: the bound port.
   uint16_t port;
   // Listening events: the bound IP address, NUL-terminated.
@@ -160,6 +245,31 @@ typedef struct {
   // Length of `data`.
   size_t len;
 } rcluster_event;
+
+// One worker's numbers (`rcluster_primary_stats`).
+typedef struct {
+  uint32_t worker_id;
+  int32_t pid;
+  // Its slot, or -1 for a raw-forked worker.
+  int32_t slot;
+  // `RCLUSTER_WORKER_*`.
+  int state;
+  // The reload generation it was started in (0 before any reload).
+  uint32_t generation;
+  // Restarts its slot has needed.
+  uint32_t restarts;
+  // Connections handed to it so far.
+  uint64_t dispatched;
+  // Connections handed to it and not yet acknowledged.
+  uint32_t in_flight;
+  // Connections it accepted and has not reported finished
+  // (`rcluster_worker_done`); counted under `RCLUSTER_POLICY_LEAST` only, else 0.
+  uint32_t active;
+  // Milliseconds since it was started.
+  uint64_t uptime_ms;
+} rcluster_worker_stats;
+
+
 
 
 
@@ -297,6 +407,27 @@ int rcluster_primary_kill(rcluster_primary *primary, uint32_t worker_id, int sig
 // A `RCLUSTER_EVENT_SHUTDOWN` event marks the end. Idempotent.
 int rcluster_primary_shutdown(rcluster_primary *primary, uint32_t grace_ms);
 
+// Starts a zero-downtime rolling reload: slot by slot (`reload_concurrency`
+// at a time) a replacement worker starts, and once it is ready (listening,
+// or `rcluster_worker_ready` with `wait_ready`) the old one is asked to
+// leave gracefully. Listeners stay open throughout. Stores the generation
+// the new workers carry in `*generation` (may be NULL). Ends with
+// `RCLUSTER_EVENT_RELOAD_DONE` or `RCLUSTER_EVENT_RELOAD_FAILED`. A reload
+// asked for while one runs is run again after it.
+int rcluster_primary_reload(rcluster_primary *primary, uint32_t *generation);
+
+// Sets the number of worker slots: forks new workers (without extra
+// environment), or asks the newest ones to leave gracefully.
+int rcluster_primary_scale(rcluster_primary *primary, uint32_t workers);
+
+// Fills `stats[0..capacity]` with the primary's workers, by id, and stores
+// how many there are in `*count` (which may exceed `capacity`: call again
+// with more room). `stats` may be NULL when `capacity` is 0.
+int rcluster_primary_stats(rcluster_primary *primary,
+                           rcluster_worker_stats *stats,
+                           size_t capacity,
+                           size_t *count);
+
 // Frees the primary. If it has not shut down, shuts it down first with the
 // stop timeout as grace and waits until every worker has exited and been
 // reaped (this may block that long). The handle is invalid afterwards.
@@ -338,6 +469,14 @@ int rcluster_worker_listen(rcluster_worker *worker,
 // Stores the port the listener is bound to (the OS-picked one for port 0).
 int rcluster_listener_port(rcluster_listener *listener, uint16_t *port);
 
+// Writes the IP address the listener is bound to, NUL-terminated, into
+// `buf` (`capacity` bytes; 46 always suffice), and its port into `*port`
+// (may be NULL). `RCLUSTER_E_TOOBIG` if `capacity` is too small.
+int rcluster_listener_address(rcluster_listener *listener,
+                              char *buf,
+                              size_t capacity,
+                              uint16_t *port);
+
 // Stores in `*fd` an fd that is readable when `rcluster_listener_accept`
 // may have a connection. Owned by the listener: do not close it.
 int rcluster_listener_fd(rcluster_listener *listener, int *fd);
@@ -362,6 +501,17 @@ int rcluster_worker_next_event(rcluster_worker *worker, rcluster_event *event);
 // Waits up to `timeout_ms` (negative: no limit) for the next worker event;
 // `RCLUSTER_E_TIMEOUT` when none came (`RCLUSTER_E_AGAIN` for 0).
 int rcluster_worker_wait_event(rcluster_worker *worker, rcluster_event *event, int timeout_ms);
+
+// Tells the primary this worker is ready to serve. Only needed when the
+// primary waits for it (`wait_ready`): then a replacement counts as started,
+// and the worker it replaces is stopped, only after this call.
+int rcluster_worker_ready(rcluster_worker *worker);
+
+// Tells the primary that `count` connections this worker accepted are
+// finished (closed). The load-aware policy (`RCLUSTER_POLICY_LEAST`) uses
+// it to know how busy each worker is; other policies ignore it. Call it
+// when you close an accepted connection.
+int rcluster_worker_done(rcluster_worker *worker, uint32_t count);
 
 // Sends `len` bytes (copied) to the primary; blocks while the channel is full.
 int rcluster_worker_send(rcluster_worker *worker, const void *data, size_t len);

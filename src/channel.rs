@@ -59,12 +59,7 @@ pub fn socketpair() -> Result<(OwnedFd, OwnedFd)> {
     let mut fds = [-1 as RawFd; 2];
     // SAFETY: `fds` is a valid out-array of two ints; both fds are wrapped at once.
     sys::cvt(unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
+        libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr())
     })
     .map_err(|e| Error::os("socketpair(AF_UNIX, SOCK_SEQPACKET)", e))?;
     // SAFETY: both fds are fresh and owned by nothing else.
@@ -78,20 +73,20 @@ pub fn socketpair() -> Result<(OwnedFd, OwnedFd)> {
 pub fn check_socket(fd: BorrowedFd<'_>) -> Result<()> {
     let domain = sys::sockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN).map_err(|e| {
         if e.raw_os_error() == Some(libc::ENOTSOCK) || e.raw_os_error() == Some(libc::EBADF) {
-            Error::new(
-                Code::InvalidArgument,
-                format!("fd {} is not an open socket", fd.as_raw_fd()),
-            )
+            Error::new(Code::InvalidArgument, format!("fd {} is not an open socket", fd.as_raw_fd()))
         } else {
             Error::os("getsockopt(SO_DOMAIN)", e)
         }
     })?;
-    let kind = sys::sockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE)
-        .map_err(|e| Error::os("getsockopt(SO_TYPE)", e))?;
+    let kind =
+        sys::sockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE).map_err(|e| Error::os("getsockopt(SO_TYPE)", e))?;
     if domain != libc::AF_UNIX || kind != libc::SOCK_SEQPACKET {
         return Err(Error::new(
             Code::InvalidArgument,
-            format!("fd {} is not an AF_UNIX SOCK_SEQPACKET socket (stream sockets lose record boundaries)", fd.as_raw_fd()),
+            format!(
+                "fd {} is not an AF_UNIX SOCK_SEQPACKET socket (stream sockets lose record boundaries)",
+                fd.as_raw_fd()
+            ),
         ));
     }
     Ok(())
@@ -99,28 +94,14 @@ pub fn check_socket(fd: BorrowedFd<'_>) -> Result<()> {
 
 /// Sends one record: `header` then `payload`, with `fds` attached.
 /// SEQPACKET sends a record whole or not at all; `WouldBlock` means nothing was sent.
-pub fn send_record(
-    fd: BorrowedFd<'_>,
-    header: u8,
-    payload: &[u8],
-    fds: &[RawFd],
-) -> io::Result<()> {
+pub fn send_record(fd: BorrowedFd<'_>, header: u8, payload: &[u8], fds: &[RawFd]) -> io::Result<()> {
     debug_assert!(payload.len() <= RECORD_PAYLOAD);
     if fds.len() > MAX_FDS {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "too many fds for one record",
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many fds for one record"));
     }
     let mut iov = [
-        libc::iovec {
-            iov_base: &header as *const u8 as *mut libc::c_void,
-            iov_len: 1,
-        },
-        libc::iovec {
-            iov_base: payload.as_ptr() as *mut libc::c_void,
-            iov_len: payload.len(),
-        },
+        libc::iovec { iov_base: &header as *const u8 as *mut libc::c_void, iov_len: 1 },
+        libc::iovec { iov_base: payload.as_ptr() as *mut libc::c_void, iov_len: payload.len() },
     ];
     let mut cmsg_buf = CmsgBuffer::new();
     // SAFETY: an all-zero msghdr is a valid empty one.
@@ -147,13 +128,7 @@ pub fn send_record(
     loop {
         // SAFETY: `msg` points at iovecs and a control buffer that outlive the
         // call; the kernel only reads them.
-        let ret = unsafe {
-            libc::sendmsg(
-                fd.as_raw_fd(),
-                &msg,
-                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            )
-        };
+        let ret = unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
         if ret >= 0 {
             return Ok(());
         }
@@ -168,11 +143,7 @@ pub fn send_record(
 #[derive(Debug)]
 pub enum RecordIn {
     /// A record: its header byte, payload length (in the caller's buffer), fds.
-    Record {
-        header: u8,
-        len: usize,
-        fds: Vec<OwnedFd>,
-    },
+    Record { header: u8, len: usize, fds: Vec<OwnedFd> },
     /// The peer hung up.
     Eof,
 }
@@ -182,14 +153,8 @@ pub enum RecordIn {
 pub fn recv_record(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<RecordIn> {
     let mut header: u8 = 0;
     let mut iov = [
-        libc::iovec {
-            iov_base: &mut header as *mut u8 as *mut libc::c_void,
-            iov_len: 1,
-        },
-        libc::iovec {
-            iov_base: buf.as_mut_ptr() as *mut libc::c_void,
-            iov_len: buf.len(),
-        },
+        libc::iovec { iov_base: &mut header as *mut u8 as *mut libc::c_void, iov_len: 1 },
+        libc::iovec { iov_base: buf.as_mut_ptr() as *mut libc::c_void, iov_len: buf.len() },
     ];
     let mut cmsg_buf = CmsgBuffer::new();
     // SAFETY: an all-zero msghdr is a valid empty one.
@@ -201,13 +166,7 @@ pub fn recv_record(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<RecordIn> {
     let received = loop {
         // SAFETY: `msg` points at our header byte, `buf` and the control buffer,
         // all writable and alive for the call.
-        let ret = unsafe {
-            libc::recvmsg(
-                fd.as_raw_fd(),
-                &mut msg,
-                libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
-            )
-        };
+        let ret = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC) };
         if ret >= 0 {
             break ret as usize;
         }
@@ -229,11 +188,7 @@ pub fn recv_record(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<RecordIn> {
         drop(fds);
         return Ok(RecordIn::Eof);
     }
-    Ok(RecordIn::Record {
-        header,
-        len: received - 1,
-        fds,
-    })
+    Ok(RecordIn::Record { header, len: received - 1, fds })
 }
 
 /// Wraps every SCM_RIGHTS fd in `msg`'s control data in an OwnedFd.
@@ -301,16 +256,10 @@ pub fn records(data: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
 /// Checks a message's size and fd count against the protocol's limits.
 pub fn check_limits(len: usize, nfds: usize) -> Result<()> {
     if len > MAX_MESSAGE {
-        return Err(Error::new(
-            Code::TooBig,
-            format!("message of {len} bytes exceeds the {MAX_MESSAGE}-byte limit"),
-        ));
+        return Err(Error::new(Code::TooBig, format!("message of {len} bytes exceeds the {MAX_MESSAGE}-byte limit")));
     }
     if nfds > MAX_FDS {
-        return Err(Error::new(
-            Code::TooBig,
-            format!("{nfds} fds exceed the limit of {MAX_FDS} per message"),
-        ));
+        return Err(Error::new(Code::TooBig, format!("{nfds} fds exceed the limit of {MAX_FDS} per message")));
     }
     Ok(())
 }
@@ -321,12 +270,7 @@ pub fn check_limits(len: usize, nfds: usize) -> Result<()> {
 /// runs out before the first record left, nothing was sent and the call may be
 /// retried; if it runs out midway, the peer holds half a message and the
 /// socket must be closed (the error says so).
-pub fn send_message(
-    fd: BorrowedFd<'_>,
-    data: &[u8],
-    fds: &[RawFd],
-    timeout: Option<Duration>,
-) -> Result<()> {
+pub fn send_message(fd: BorrowedFd<'_>, data: &[u8], fds: &[RawFd], timeout: Option<Duration>) -> Result<()> {
     check_limits(data.len(), fds.len())?;
     for (index, (header, payload)) in records(data).enumerate() {
         let attached = if index == 0 { fds } else { &[] };
@@ -336,8 +280,7 @@ pub fn send_message(
                 Ok(()) => break,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     let mut pfd = [sys::pollfd(fd.as_raw_fd(), libc::POLLOUT)];
-                    let ready = sys::poll(&mut pfd, deadline)
-                        .map_err(|e| Error::os("poll on channel", e))?;
+                    let ready = sys::poll(&mut pfd, deadline).map_err(|e| Error::os("poll on channel", e))?;
                     if ready == 0 {
                         let what = if index == 0 {
                             "timed out waiting to send on the channel; nothing was sent"
@@ -381,10 +324,7 @@ impl Default for Reassembler {
 impl Reassembler {
     /// An empty reassembler.
     pub fn new() -> Reassembler {
-        Reassembler {
-            partial: None,
-            buf: vec![0; RECORD_PAYLOAD],
-        }
+        Reassembler { partial: None, buf: vec![0; RECORD_PAYLOAD] }
     }
 
     /// Reads records (non-blocking) until a message is whole, the socket is
@@ -406,38 +346,23 @@ impl Reassembler {
             let payload = &self.buf[..len];
             match (header & FIRST != 0, self.partial.take()) {
                 (true, Some(_)) => {
-                    return Err(Error::new(
-                        Code::Protocol,
-                        "a new message started before the previous one ended",
-                    ));
+                    return Err(Error::new(Code::Protocol, "a new message started before the previous one ended"));
                 }
                 (false, None) => {
-                    return Err(Error::new(
-                        Code::Protocol,
-                        "a continuation record arrived with no message started",
-                    ));
+                    return Err(Error::new(Code::Protocol, "a continuation record arrived with no message started"));
                 }
                 (false, Some(mut partial)) => {
                     if !fds.is_empty() {
-                        return Err(Error::new(
-                            Code::Protocol,
-                            "descriptors attached to a continuation record",
-                        ));
+                        return Err(Error::new(Code::Protocol, "descriptors attached to a continuation record"));
                     }
                     if partial.data.len() + payload.len() > MAX_MESSAGE {
-                        return Err(Error::new(
-                            Code::TooBig,
-                            format!("peer sent a message over {MAX_MESSAGE} bytes"),
-                        ));
+                        return Err(Error::new(Code::TooBig, format!("peer sent a message over {MAX_MESSAGE} bytes")));
                     }
                     partial.data.extend_from_slice(payload);
                     self.partial = Some(partial);
                 }
                 (true, None) => {
-                    self.partial = Some(Message {
-                        data: payload.to_vec(),
-                        fds,
-                    });
+                    self.partial = Some(Message { data: payload.to_vec(), fds });
                 }
             }
             if header & LAST != 0 {
@@ -455,13 +380,9 @@ impl Reassembler {
                 done => return Ok(done),
             }
             let mut pfd = [sys::pollfd(fd.as_raw_fd(), libc::POLLIN)];
-            let ready = sys::poll(&mut pfd, Deadline::after(timeout))
-                .map_err(|e| Error::os("poll on channel", e))?;
+            let ready = sys::poll(&mut pfd, Deadline::after(timeout)).map_err(|e| Error::os("poll on channel", e))?;
             if ready == 0 {
-                return Err(Error::new(
-                    Code::Timeout,
-                    "timed out waiting for a message on the channel",
-                ));
+                return Err(Error::new(Code::Timeout, "timed out waiting for a message on the channel"));
             }
         }
     }

@@ -50,11 +50,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 impl Error {
     /// An error with a code and a message, no errno.
     pub fn new(code: Code, message: impl Into<String>) -> Error {
-        Error {
-            code,
-            errno: 0,
-            message: message.into(),
-        }
+        Error { code, errno: 0, message: message.into() }
     }
 
     /// An error from the OS, with what we were doing when it happened.
@@ -64,16 +60,10 @@ impl Error {
         let code = match err.kind() {
             io::ErrorKind::WouldBlock => Code::WouldBlock,
             io::ErrorKind::TimedOut => Code::Timeout,
-            io::ErrorKind::BrokenPipe
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::NotConnected => Code::Closed,
+            io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset | io::ErrorKind::NotConnected => Code::Closed,
             _ => Code::Os,
         };
-        Error {
-            code,
-            errno,
-            message: format!("{context}: {err}"),
-        }
+        Error { code, errno, message: format!("{context}: {err}") }
     }
 
     /// The last OS error, with context.

@@ -24,39 +24,70 @@ pub enum Exit {
 /// Something that happened in the cluster, seen from the primary.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
-    /// A worker process was started.
-    Fork { worker: u32, pid: i32 },
+    /// A worker process was started, in `slot` (none for a raw fork), with
+    /// the primary's current reload `generation`.
+    Fork { worker: u32, pid: i32, slot: Option<u32>, generation: u32 },
     /// The worker opened its channel end and said hello.
     Online { worker: u32, pid: i32 },
     /// The worker is now served connections of `address`.
-    Listening {
-        worker: u32,
-        pid: i32,
-        address: SocketAddr,
-    },
+    Listening { worker: u32, pid: i32, address: SocketAddr },
     /// The worker sent application bytes.
-    Message {
-        worker: u32,
-        pid: i32,
-        data: Vec<u8>,
-    },
+    Message { worker: u32, pid: i32, data: Vec<u8> },
     /// The worker's channel closed.
     Disconnect { worker: u32, pid: i32 },
     /// The worker process ended. `after_disconnect`: it had been asked to leave, or left on purpose.
-    Exit {
-        worker: u32,
-        pid: i32,
-        exit: Exit,
-        after_disconnect: bool,
-    },
+    Exit { worker: u32, pid: i32, exit: Exit, after_disconnect: bool },
     /// The worker broke the protocol; it is disconnected.
-    WorkerError {
-        worker: u32,
-        pid: i32,
-        message: String,
-    },
+    WorkerError { worker: u32, pid: i32, message: String },
+    /// A slot's worker kept exiting unexpectedly: restarts of that slot stopped.
+    CrashLoop { slot: u32, worker: u32, pid: i32 },
+    /// A worker did not answer the heartbeat in time: it is killed and replaced.
+    Unresponsive { worker: u32, pid: i32 },
+    /// A rolling reload finished: every slot runs a worker of `generation`.
+    ReloadDone { generation: u32 },
+    /// A rolling reload stopped: a replacement did not become ready. The
+    /// workers not yet replaced keep serving.
+    ReloadFailed { generation: u32, message: String },
     /// Shutdown finished: every worker is gone, the listeners are closed.
     Shutdown,
+}
+
+/// Where a worker is in its life, as stats report it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkerState {
+    /// Started, not yet online.
+    Starting = 0,
+    /// Online (its channel is open), not yet listening.
+    Online = 1,
+    /// Listening: it is handed connections.
+    Listening = 2,
+    /// Asked to leave, or leaving on its own: no new connections.
+    Leaving = 3,
+    /// Its channel closed; the process has not been reaped yet.
+    Disconnected = 4,
+}
+
+/// One worker's numbers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerStats {
+    pub id: u32,
+    pub pid: i32,
+    /// Its slot, or none for a raw-forked worker.
+    pub slot: Option<u32>,
+    pub state: WorkerState,
+    /// The reload generation it was started in.
+    pub generation: u32,
+    /// Connections handed to it so far.
+    pub dispatched: u64,
+    /// Connections handed to it and not yet acknowledged.
+    pub in_flight: u32,
+    /// Connections it took and has not reported finished (`Worker::done`);
+    /// counted only under policies that ask for the reports (`least`), else 0.
+    pub active: u32,
+    /// How many workers its slot had to restart.
+    pub restarts: u32,
+    /// Time since it was started.
+    pub uptime: Duration,
 }
 
 /// Something that happened, seen from a worker.
@@ -80,10 +111,7 @@ pub struct EventQueue<T> {
 impl<T> EventQueue<T> {
     /// An empty queue.
     pub fn new() -> Result<EventQueue<T>> {
-        Ok(EventQueue {
-            items: Mutex::new(VecDeque::new()),
-            flag: Flag::new().map_err(|e| Error::os("eventfd", e))?,
-        })
+        Ok(EventQueue { items: Mutex::new(VecDeque::new()), flag: Flag::new().map_err(|e| Error::os("eventfd", e))? })
     }
 
     /// Appends an item; the fd becomes readable.
@@ -113,8 +141,7 @@ impl<T> EventQueue<T> {
                 return Ok(Some(item));
             }
             let mut pfd = [sys::pollfd(self.flag.raw(), libc::POLLIN)];
-            if sys::poll(&mut pfd, deadline).map_err(|e| Error::os("poll on event queue", e))? == 0
-            {
+            if sys::poll(&mut pfd, deadline).map_err(|e| Error::os("poll on event queue", e))? == 0 {
                 return Ok(self.pop());
             }
         }

@@ -27,8 +27,8 @@ pub mod wire;
 pub mod worker;
 
 pub use error::{Code, Error, Result};
-pub use event::{Event, Exit, WorkerEvent};
-pub use primary::{Config, PolicyKind, Primary, RawFork, WorkerInfo};
+pub use event::{Event, Exit, WorkerEvent, WorkerState, WorkerStats};
+pub use primary::{Config, PolicyKind, Primary, RawFork, Supervision, WorkerInfo};
 pub use spawn::SpawnSpec;
 pub use worker::{is_worker, worker_id, Listener, Worker};
 

@@ -70,11 +70,7 @@ pub fn current_argv() -> Result<Vec<OsString>> {
 
 /// Spawns worker `id` by fork + exec of `spec`.
 pub fn spawn(spec: &SpawnSpec, id: u32) -> Result<Spawned> {
-    let argv = if spec.argv.is_empty() {
-        current_argv()?
-    } else {
-        spec.argv.clone()
-    };
+    let argv = if spec.argv.is_empty() { current_argv()? } else { spec.argv.clone() };
     let (primary_end, child_end) = channel::socketpair()?;
     let mut command = Command::new(&argv[0]);
     command.args(&argv[1..]);
@@ -101,21 +97,13 @@ pub fn spawn(spec: &SpawnSpec, id: u32) -> Result<Spawned> {
             if child_fd == CHILD_CHANNEL_FD {
                 // dup2 onto itself is a no-op that keeps FD_CLOEXEC: clear it by hand.
                 let flags = libc::fcntl(child_fd, libc::F_GETFD);
-                if flags == -1
-                    || libc::fcntl(child_fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) == -1
-                {
+                if flags == -1 || libc::fcntl(child_fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) == -1 {
                     return Err(std::io::Error::last_os_error());
                 }
             } else if libc::dup2(child_fd, CHILD_CHANNEL_FD) == -1 {
                 return Err(std::io::Error::last_os_error());
             }
-            libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGTERM as libc::c_ulong,
-                0,
-                0,
-                0,
-            );
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong, 0, 0, 0);
             if libc::getppid() != parent_pid {
                 // The primary died between fork and prctl: leave now.
                 libc::_exit(1);
@@ -126,15 +114,9 @@ pub fn spawn(spec: &SpawnSpec, id: u32) -> Result<Spawned> {
             Ok(())
         });
     }
-    let child = command
-        .spawn()
-        .map_err(|e| Error::os(&format!("spawning worker {:?}", argv[0]), e))?;
+    let child = command.spawn().map_err(|e| Error::os(&format!("spawning worker {:?}", argv[0]), e))?;
     drop(child_end);
-    Ok(Spawned {
-        pid: child.id() as libc::pid_t,
-        child: Some(child),
-        channel: primary_end,
-    })
+    Ok(Spawned { pid: child.id() as libc::pid_t, child: Some(child), channel: primary_end })
 }
 
 /// The result of [`fork_raw`].
@@ -150,8 +132,7 @@ pub enum Forked {
 /// has more than one thread, since the child would inherit locks held by
 /// threads that do not exist there.
 pub fn fork_raw(id: u32) -> Result<Forked> {
-    let threads =
-        sys::thread_count().map_err(|e| Error::os("counting threads in /proc/self/task", e))?;
+    let threads = sys::thread_count().map_err(|e| Error::os("counting threads in /proc/self/task", e))?;
     if threads > 1 {
         return Err(Error::new(
             Code::State,
@@ -174,13 +155,7 @@ pub fn fork_raw(id: u32) -> Result<Forked> {
         drop(primary_end);
         // SAFETY: prctl and getppid with integer arguments; _exit never returns.
         unsafe {
-            libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGTERM as libc::c_ulong,
-                0,
-                0,
-                0,
-            );
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong, 0, 0, 0);
             if libc::getppid() != parent_pid {
                 libc::_exit(1);
             }
@@ -193,9 +168,5 @@ pub fn fork_raw(id: u32) -> Result<Forked> {
         return Ok(Forked::Child);
     }
     drop(child_end);
-    Ok(Forked::Parent(Spawned {
-        pid,
-        child: None,
-        channel: primary_end,
-    }))
+    Ok(Forked::Parent(Spawned { pid, child: None, channel: primary_end }))
 }

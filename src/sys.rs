@@ -56,13 +56,7 @@ pub fn timeout_from_ms(ms: i32) -> Option<Duration> {
 pub fn poll(fds: &mut [libc::pollfd], deadline: Deadline) -> io::Result<usize> {
     loop {
         // SAFETY: `fds` is a valid, exclusively borrowed slice of pollfd for the call.
-        let ret = unsafe {
-            libc::poll(
-                fds.as_mut_ptr(),
-                fds.len() as libc::nfds_t,
-                deadline.poll_ms(),
-            )
-        };
+        let ret = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, deadline.poll_ms()) };
         if ret >= 0 {
             return Ok(ret as usize);
         }
@@ -75,11 +69,7 @@ pub fn poll(fds: &mut [libc::pollfd], deadline: Deadline) -> io::Result<usize> {
 
 /// A pollfd entry for `fd` with `events`.
 pub fn pollfd(fd: RawFd, events: libc::c_short) -> libc::pollfd {
-    libc::pollfd {
-        fd,
-        events,
-        revents: 0,
-    }
+    libc::pollfd { fd, events, revents: 0 }
 }
 
 /// A non-blocking, close-on-exec eventfd used as a level-triggered flag:
@@ -101,13 +91,7 @@ impl Flag {
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a local u64 to an eventfd we own. EAGAIN
         // (counter at its maximum) still leaves it readable, so errors are moot.
-        unsafe {
-            libc::write(
-                self.0.as_raw_fd(),
-                &one as *const u64 as *const libc::c_void,
-                8,
-            )
-        };
+        unsafe { libc::write(self.0.as_raw_fd(), &one as *const u64 as *const libc::c_void, 8) };
     }
 
     /// Makes the fd unreadable.
@@ -115,13 +99,7 @@ impl Flag {
         let mut value: u64 = 0;
         // SAFETY: reads 8 bytes into a local u64 from an eventfd we own;
         // EAGAIN means it was already clear.
-        unsafe {
-            libc::read(
-                self.0.as_raw_fd(),
-                &mut value as *mut u64 as *mut libc::c_void,
-                8,
-            )
-        };
+        unsafe { libc::read(self.0.as_raw_fd(), &mut value as *mut u64 as *mut libc::c_void, 8) };
     }
 
     /// The fd, for polling.
@@ -142,10 +120,7 @@ impl PollSet {
         // SAFETY: fresh fd owned by nothing else.
         let set = PollSet(unsafe { OwnedFd::from_raw_fd(fd) });
         for &member in members {
-            let mut ev = libc::epoll_event {
-                events: (libc::EPOLLIN | libc::EPOLLRDHUP) as u32,
-                u64: member as u64,
-            };
+            let mut ev = libc::epoll_event { events: (libc::EPOLLIN | libc::EPOLLRDHUP) as u32, u64: member as u64 };
             // SAFETY: `ev` is a valid epoll_event for the duration of the call.
             cvt(unsafe { libc::epoll_ctl(fd, libc::EPOLL_CTL_ADD, member, &mut ev) })?;
         }
@@ -227,11 +202,7 @@ pub fn set_cloexec(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
     let raw = fd.as_raw_fd();
     // SAFETY: fcntl on a borrowed, open fd with integer arguments.
     let flags = cvt(unsafe { libc::fcntl(raw, libc::F_GETFD) })?;
-    let new = if on {
-        flags | libc::FD_CLOEXEC
-    } else {
-        flags & !libc::FD_CLOEXEC
-    };
+    let new = if on { flags | libc::FD_CLOEXEC } else { flags & !libc::FD_CLOEXEC };
     // SAFETY: as above.
     cvt(unsafe { libc::fcntl(raw, libc::F_SETFD, new) }).map(|_| ())
 }
@@ -243,22 +214,12 @@ pub fn fd_is_open(fd: RawFd) -> bool {
 }
 
 /// Reads an int-valued socket option.
-pub fn sockopt_int(
-    fd: BorrowedFd<'_>,
-    level: libc::c_int,
-    name: libc::c_int,
-) -> io::Result<libc::c_int> {
+pub fn sockopt_int(fd: BorrowedFd<'_>, level: libc::c_int, name: libc::c_int) -> io::Result<libc::c_int> {
     let mut value: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: `value` and `len` are valid out-pointers sized for an int.
     cvt(unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            &mut value as *mut libc::c_int as *mut libc::c_void,
-            &mut len,
-        )
+        libc::getsockopt(fd.as_raw_fd(), level, name, &mut value as *mut libc::c_int as *mut libc::c_void, &mut len)
     })?;
     Ok(value)
 }

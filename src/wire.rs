@@ -13,10 +13,14 @@ const LISTEN: u8 = 2;
 const UNLISTEN: u8 = 3;
 const ACK: u8 = 4;
 const GOODBYE: u8 = 5;
+const PONG: u8 = 6;
+const READY: u8 = 7;
+const DONE: u8 = 8;
 const LISTEN_OK: u8 = 16;
 const LISTEN_ERR: u8 = 17;
 const CONN: u8 = 18;
 const DISCONNECT: u8 = 19;
+const PING: u8 = 20;
 const USER: u8 = 32;
 
 /// One frame. Worker-to-primary, primary-to-worker, or both ways (`User`).
@@ -25,11 +29,7 @@ pub enum Frame {
     /// Worker → primary: the worker opened its end (Node's `online`).
     Hello { pid: i32 },
     /// Worker → primary: listen on `host:port`; the reply echoes `request`.
-    Listen {
-        request: u32,
-        port: u16,
-        host: String,
-    },
+    Listen { request: u32, port: u16, host: String },
     /// Worker → primary: stop sending connections of this listener.
     Unlisten { listener: u32 },
     /// Worker → primary: the connection was taken (`accepted`) or refused, so
@@ -37,25 +37,25 @@ pub enum Frame {
     Ack { conn: u64, accepted: bool },
     /// Worker → primary: the worker is leaving on purpose (graceful disconnect).
     Goodbye,
+    /// Worker → primary: answer to `Ping`, sent by whichever host call
+    /// reads the channel, so a worker whose loop is stuck does not answer.
+    Pong { seq: u64 },
+    /// Worker → primary: the application says it is ready (pm2's `wait_ready`).
+    Ready,
+    /// Worker → primary: `count` accepted connections are finished (load-aware policy).
+    Done { count: u32 },
     /// Primary → worker: listening. With `shared`, the listening fd is attached
     /// and the worker accepts itself; otherwise connections come as `Conn`.
-    ListenOk {
-        request: u32,
-        listener: u32,
-        shared: bool,
-        port: u16,
-        address: String,
-    },
+    /// `report_done`: the policy wants `Done` reports (else they are not sent).
+    ListenOk { request: u32, listener: u32, shared: bool, report_done: bool, port: u16, address: String },
     /// Primary → worker: the listen request failed with `errno`.
-    ListenErr {
-        request: u32,
-        errno: i32,
-        message: String,
-    },
+    ListenErr { request: u32, errno: i32, message: String },
     /// Primary → worker: a connection of `listener`, its fd attached.
     Conn { listener: u32, conn: u64 },
     /// Primary → worker: finish what you hold and leave.
     Disconnect,
+    /// Primary → worker: heartbeat; answer with `Pong`.
+    Ping { seq: u64 },
     /// Either way: application bytes.
     User(Vec<u8>),
 }
@@ -69,11 +69,7 @@ impl Frame {
                 out.push(HELLO);
                 out.extend_from_slice(&pid.to_le_bytes());
             }
-            Frame::Listen {
-                request,
-                port,
-                host,
-            } => {
+            Frame::Listen { request, port, host } => {
                 out.push(LISTEN);
                 out.extend_from_slice(&request.to_le_bytes());
                 out.extend_from_slice(&port.to_le_bytes());
@@ -89,25 +85,29 @@ impl Frame {
                 out.push(*accepted as u8);
             }
             Frame::Goodbye => out.push(GOODBYE),
-            Frame::ListenOk {
-                request,
-                listener,
-                shared,
-                port,
-                address,
-            } => {
+            Frame::Pong { seq } => {
+                out.push(PONG);
+                out.extend_from_slice(&seq.to_le_bytes());
+            }
+            Frame::Ready => out.push(READY),
+            Frame::Done { count } => {
+                out.push(DONE);
+                out.extend_from_slice(&count.to_le_bytes());
+            }
+            Frame::Ping { seq } => {
+                out.push(PING);
+                out.extend_from_slice(&seq.to_le_bytes());
+            }
+            Frame::ListenOk { request, listener, shared, report_done, port, address } => {
                 out.push(LISTEN_OK);
                 out.extend_from_slice(&request.to_le_bytes());
                 out.extend_from_slice(&listener.to_le_bytes());
                 out.push(*shared as u8);
+                out.push(*report_done as u8);
                 out.extend_from_slice(&port.to_le_bytes());
                 put_str(&mut out, address);
             }
-            Frame::ListenErr {
-                request,
-                errno,
-                message,
-            } => {
+            Frame::ListenErr { request, errno, message } => {
                 out.push(LISTEN_ERR);
                 out.extend_from_slice(&request.to_le_bytes());
                 out.extend_from_slice(&errno.to_le_bytes());
@@ -145,41 +145,29 @@ impl Frame {
         let mut r = Reader { bytes: &bytes[1..] };
         let frame = match kind {
             HELLO => Frame::Hello { pid: r.i32()? },
-            LISTEN => Frame::Listen {
-                request: r.u32()?,
-                port: r.u16()?,
-                host: r.string()?,
-            },
+            LISTEN => Frame::Listen { request: r.u32()?, port: r.u16()?, host: r.string()? },
             UNLISTEN => Frame::Unlisten { listener: r.u32()? },
-            ACK => Frame::Ack {
-                conn: r.u64()?,
-                accepted: r.bool()?,
-            },
+            ACK => Frame::Ack { conn: r.u64()?, accepted: r.bool()? },
             GOODBYE => Frame::Goodbye,
+            PONG => Frame::Pong { seq: r.u64()? },
+            READY => Frame::Ready,
+            DONE => Frame::Done { count: r.u32()? },
+            PING => Frame::Ping { seq: r.u64()? },
             LISTEN_OK => Frame::ListenOk {
                 request: r.u32()?,
                 listener: r.u32()?,
                 shared: r.bool()?,
+                report_done: r.bool()?,
                 port: r.u16()?,
                 address: r.string()?,
             },
-            LISTEN_ERR => Frame::ListenErr {
-                request: r.u32()?,
-                errno: r.i32()?,
-                message: r.string()?,
-            },
-            CONN => Frame::Conn {
-                listener: r.u32()?,
-                conn: r.u64()?,
-            },
+            LISTEN_ERR => Frame::ListenErr { request: r.u32()?, errno: r.i32()?, message: r.string()? },
+            CONN => Frame::Conn { listener: r.u32()?, conn: r.u64()? },
             DISCONNECT => Frame::Disconnect,
             other => return Err(protocol(&format!("unknown frame type {other}"))),
         };
         if !r.bytes.is_empty() {
-            return Err(protocol(&format!(
-                "{} trailing bytes after frame type {kind}",
-                r.bytes.len()
-            )));
+            return Err(protocol(&format!("{} trailing bytes after frame type {kind}", r.bytes.len())));
         }
         Ok(frame)
     }
@@ -219,24 +207,16 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
     fn u16(&mut self) -> Result<u16> {
-        Ok(u16::from_le_bytes(
-            self.take(2)?.try_into().unwrap_or_default(),
-        ))
+        Ok(u16::from_le_bytes(self.take(2)?.try_into().unwrap_or_default()))
     }
     fn u32(&mut self) -> Result<u32> {
-        Ok(u32::from_le_bytes(
-            self.take(4)?.try_into().unwrap_or_default(),
-        ))
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap_or_default()))
     }
     fn i32(&mut self) -> Result<i32> {
-        Ok(i32::from_le_bytes(
-            self.take(4)?.try_into().unwrap_or_default(),
-        ))
+        Ok(i32::from_le_bytes(self.take(4)?.try_into().unwrap_or_default()))
     }
     fn u64(&mut self) -> Result<u64> {
-        Ok(u64::from_le_bytes(
-            self.take(8)?.try_into().unwrap_or_default(),
-        ))
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap_or_default()))
     }
     fn bool(&mut self) -> Result<bool> {
         match self.take(1)?[0] {
@@ -247,8 +227,7 @@ impl<'a> Reader<'a> {
     }
     fn string(&mut self) -> Result<String> {
         let len = self.u16()? as usize;
-        String::from_utf8(self.take(len)?.to_vec())
-            .map_err(|_| protocol("string field is not UTF-8"))
+        String::from_utf8(self.take(len)?.to_vec()).map_err(|_| protocol("string field is not UTF-8"))
     }
 }
 
@@ -260,66 +239,40 @@ mod tests {
     fn every_frame_round_trips() {
         let frames = vec![
             Frame::Hello { pid: 42 },
-            Frame::Listen {
-                request: 7,
-                port: 8080,
-                host: "127.0.0.1".into(),
-            },
+            Frame::Listen { request: 7, port: 8080, host: "127.0.0.1".into() },
             Frame::Unlisten { listener: 3 },
-            Frame::Ack {
-                conn: u64::MAX,
-                accepted: true,
-            },
+            Frame::Ack { conn: u64::MAX, accepted: true },
             Frame::Goodbye,
             Frame::ListenOk {
                 request: 7,
                 listener: 1,
                 shared: true,
+                report_done: false,
                 port: 9,
                 address: "::1".into(),
             },
-            Frame::ListenErr {
-                request: 7,
-                errno: 98,
-                message: "in use".into(),
-            },
-            Frame::Conn {
-                listener: 2,
-                conn: 99,
-            },
+            Frame::ListenErr { request: 7, errno: 98, message: "in use".into() },
+            Frame::Conn { listener: 2, conn: 99 },
             Frame::Disconnect,
+            Frame::Ping { seq: 5 },
+            Frame::Pong { seq: 5 },
+            Frame::Ready,
+            Frame::Done { count: 3 },
             Frame::User(vec![1, 2, 3]),
             Frame::User(vec![]),
         ];
         for frame in frames {
             assert_eq!(Frame::decode(frame.encode()).unwrap(), frame);
         }
-        assert_eq!(
-            Frame::decode(encode_conn(2, 99).to_vec()).unwrap(),
-            Frame::Conn {
-                listener: 2,
-                conn: 99
-            }
-        );
+        assert_eq!(Frame::decode(encode_conn(2, 99).to_vec()).unwrap(), Frame::Conn { listener: 2, conn: 99 });
     }
 
     #[test]
     fn malformed_frames_are_protocol_errors() {
-        for bad in [
-            vec![],
-            vec![200],
-            vec![ACK, 1, 2],
-            vec![ACK, 0, 0, 0, 0, 0, 0, 0, 0, 5],
-            vec![GOODBYE, 0],
-        ] {
+        for bad in [vec![], vec![200], vec![ACK, 1, 2], vec![ACK, 0, 0, 0, 0, 0, 0, 0, 0, 5], vec![GOODBYE, 0]] {
             assert_eq!(Frame::decode(bad).unwrap_err().code(), Code::Protocol);
         }
-        let mut listen = Frame::Listen {
-            request: 1,
-            port: 1,
-            host: "abc".into(),
-        }
-        .encode();
+        let mut listen = Frame::Listen { request: 1, port: 1, host: "abc".into() }.encode();
         listen.truncate(listen.len() - 1);
         assert_eq!(Frame::decode(listen).unwrap_err().code(), Code::Protocol);
     }

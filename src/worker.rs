@@ -33,6 +33,10 @@ use crate::wire::Frame;
 
 static OPENED: AtomicBool = AtomicBool::new(false);
 
+/// The errno a `Closed` error carries when the worker is draining (asked to
+/// leave) rather than cut off.
+const DRAINING: i32 = libc::ESHUTDOWN;
+
 /// Whether this process was started as an rcluster worker (its environment names one).
 pub fn is_worker() -> bool {
     worker_id().is_some()
@@ -40,11 +44,7 @@ pub fn is_worker() -> bool {
 
 /// This worker's id from the environment, or `None` in a primary or a plain process.
 pub fn worker_id() -> Option<u32> {
-    std::env::var(ENV_WORKER_ID)
-        .ok()?
-        .parse()
-        .ok()
-        .filter(|&id| id > 0)
+    std::env::var(ENV_WORKER_ID).ok()?.parse().ok().filter(|&id| id > 0)
 }
 
 /// This process's side of the cluster. Cheap to clone; all clones share one channel.
@@ -64,6 +64,8 @@ struct Inner {
     replies_flag: Flag,
     poll: PollSet,
     closed: AtomicBool,
+    /// The primary's policy counts finished connections (`done`).
+    report_done: AtomicBool,
 }
 
 #[derive(Default)]
@@ -92,31 +94,17 @@ impl Worker {
     /// Once per process.
     pub fn open() -> Result<Worker> {
         let id = worker_id().ok_or_else(|| {
-            Error::new(
-                Code::State,
-                format!("not a worker: {ENV_WORKER_ID} is not set to a worker id"),
-            )
+            Error::new(Code::State, format!("not a worker: {ENV_WORKER_ID} is not set to a worker id"))
         })?;
         let fd: RawFd = std::env::var(ENV_CHANNEL_FD)
             .ok()
             .and_then(|v| v.parse().ok())
-            .ok_or_else(|| {
-                Error::new(
-                    Code::State,
-                    format!("not a worker: {ENV_CHANNEL_FD} is not set to an fd"),
-                )
-            })?;
+            .ok_or_else(|| Error::new(Code::State, format!("not a worker: {ENV_CHANNEL_FD} is not set to an fd")))?;
         if !sys::fd_is_open(fd) {
-            return Err(Error::new(
-                Code::State,
-                format!("{ENV_CHANNEL_FD}={fd} is not an open fd in this process"),
-            ));
+            return Err(Error::new(Code::State, format!("{ENV_CHANNEL_FD}={fd} is not an open fd in this process")));
         }
         if OPENED.swap(true, Ordering::SeqCst) {
-            return Err(Error::new(
-                Code::State,
-                "the worker is already open in this process",
-            ));
+            return Err(Error::new(Code::State, "the worker is already open in this process"));
         }
         // SAFETY: the environment protocol hands fd `fd` to this process's
         // worker, and OPENED guarantees we take it exactly once.
@@ -126,8 +114,7 @@ impl Worker {
             OPENED.store(false, Ordering::SeqCst);
             return Err(e);
         }
-        sys::set_cloexec(channel.as_fd(), true)
-            .map_err(|e| Error::os("fcntl(FD_CLOEXEC) on channel", e))?;
+        sys::set_cloexec(channel.as_fd(), true).map_err(|e| Error::os("fcntl(FD_CLOEXEC) on channel", e))?;
         Worker::from_channel(id, channel)
     }
 
@@ -135,8 +122,7 @@ impl Worker {
     pub fn from_channel(id: u32, channel: OwnedFd) -> Result<Worker> {
         let events = EventQueue::new()?;
         let replies_flag = Flag::new().map_err(|e| Error::os("eventfd", e))?;
-        let poll =
-            PollSet::new(&[channel.as_raw_fd(), events.fd()]).map_err(|e| Error::os("epoll", e))?;
+        let poll = PollSet::new(&[channel.as_raw_fd(), events.fd()]).map_err(|e| Error::os("epoll", e))?;
         let worker = Worker {
             inner: Arc::new(Inner {
                 id,
@@ -147,12 +133,11 @@ impl Worker {
                 replies_flag,
                 poll,
                 closed: AtomicBool::new(false),
+                report_done: AtomicBool::new(false),
             }),
         };
         // SAFETY: getpid is always safe.
-        worker.send_frame(&Frame::Hello {
-            pid: unsafe { libc::getpid() },
-        })?;
+        worker.send_frame(&Frame::Hello { pid: unsafe { libc::getpid() } })?;
         Ok(worker)
     }
 
@@ -177,11 +162,7 @@ impl Worker {
             state.next_request = state.next_request.wrapping_add(1);
             state.next_request
         };
-        self.send_frame(&Frame::Listen {
-            request,
-            port,
-            host: host.to_owned(),
-        })?;
+        self.send_frame(&Frame::Listen { request, port, host: host.to_owned() })?;
         let deadline = Deadline::after(timeout);
         let reply = loop {
             let mut state = self.inner.lock();
@@ -200,10 +181,7 @@ impl Worker {
             }
             drop(state);
             self.inner.refuse(refusals);
-            if !self
-                .inner
-                .wait(&[self.inner.replies_flag.raw()], deadline)?
-            {
+            if !self.inner.wait(&[self.inner.replies_flag.raw()], deadline)? {
                 let mut state = self.inner.lock();
                 if !state.replies.contains_key(&request) {
                     // A late reply is undone by pump() when it arrives.
@@ -216,25 +194,13 @@ impl Worker {
             }
         };
         match reply {
-            (
-                Frame::ListenOk {
-                    listener,
-                    shared,
-                    address,
-                    ..
-                },
-                shared_fd,
-            ) => {
-                let address: SocketAddr = address.parse().map_err(|_| {
-                    Error::new(
-                        Code::Protocol,
-                        format!("primary sent a bad address {address:?}"),
-                    )
-                })?;
+            (Frame::ListenOk { listener, shared, address, .. }, shared_fd) => {
+                let address: SocketAddr = address
+                    .parse()
+                    .map_err(|_| Error::new(Code::Protocol, format!("primary sent a bad address {address:?}")))?;
                 let mode = if shared {
-                    let socket = shared_fd.ok_or_else(|| {
-                        Error::new(Code::Protocol, "shared listener came without its fd")
-                    })?;
+                    let socket =
+                        shared_fd.ok_or_else(|| Error::new(Code::Protocol, "shared listener came without its fd"))?;
                     Mode::Shared {
                         poll: PollSet::new(&[socket.as_raw_fd(), self.inner.channel.as_raw_fd()])
                             .map_err(|e| Error::os("epoll", e))?,
@@ -251,21 +217,10 @@ impl Worker {
                             .map_err(|e| Error::os("epoll", e))?,
                     }
                 };
-                Ok(Listener {
-                    worker: self.clone(),
-                    id: listener,
-                    address,
-                    mode,
-                    closed: AtomicBool::new(false),
-                })
+                Ok(Listener { worker: self.clone(), id: listener, address, mode, closed: AtomicBool::new(false) })
             }
-            (Frame::ListenErr { errno, message, .. }, _) => {
-                Err(Error::new(Code::Address, message).with_errno(errno))
-            }
-            (other, _) => Err(Error::new(
-                Code::Protocol,
-                format!("unexpected listen reply {other:?}"),
-            )),
+            (Frame::ListenErr { errno, message, .. }, _) => Err(Error::new(Code::Address, message).with_errno(errno)),
+            (other, _) => Err(Error::new(Code::Protocol, format!("unexpected listen reply {other:?}"))),
         }
     }
 
@@ -292,6 +247,27 @@ impl Worker {
         }
     }
 
+    /// Tells the primary this worker is ready, for primaries configured to
+    /// wait for it (`wait_ready`) before counting a replacement as started.
+    pub fn ready(&self) -> Result<()> {
+        self.check_open()?;
+        self.send_frame(&Frame::Ready)
+    }
+
+    /// Tells the primary that `count` connections this worker accepted are
+    /// finished (closed). The load-aware policy (`least`) counts on it;
+    /// other policies ignore it.
+    ///
+    /// Under other policies nothing is sent (the primary said in its listen
+    /// reply that it does not want the reports), so calling it always is cheap.
+    pub fn done(&self, count: u32) -> Result<()> {
+        self.check_open()?;
+        if !self.inner.report_done.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        self.send_frame(&Frame::Done { count })
+    }
+
     /// Sends application bytes to the primary (blocks while the channel is full).
     pub fn send(&self, data: &[u8]) -> Result<()> {
         self.check_open()?;
@@ -306,14 +282,13 @@ impl Worker {
         if self.inner.closed.swap(true, Ordering::SeqCst) {
             return;
         }
-        let refusals: Vec<u64> = {
+        let refusals: Vec<Frame> = {
             let mut state = self.inner.lock();
-            let refusals = self.inner.pump(&mut state);
-            let queued = state
-                .listeners
-                .values_mut()
-                .flat_map(|q| q.conns.drain(..).map(|(conn, _fd)| conn));
-            refusals.into_iter().chain(queued).collect()
+            let mut refusals = self.inner.pump(&mut state);
+            for queue in state.listeners.values_mut() {
+                refusals.extend(queue.conns.drain(..).map(|(conn, _fd)| Frame::Ack { conn, accepted: false }));
+            }
+            refusals
         };
         self.inner.refuse(refusals);
         let _ = self.inner.send_frame(&Frame::Goodbye);
@@ -352,41 +327,34 @@ impl Inner {
         })
     }
 
-    /// Tells the primary we will not take these connections.
-    fn refuse(&self, conns: Vec<u64>) {
-        for conn in conns {
-            if self
-                .send_frame(&Frame::Ack {
-                    conn,
-                    accepted: false,
-                })
-                .is_err()
-            {
-                return; // primary gone: it re-dispatches them itself
+    /// Sends what `pump` left to answer: refusals and pongs.
+    fn refuse(&self, replies: Vec<Frame>) {
+        for frame in replies {
+            if self.send_frame(&frame).is_err() {
+                return; // primary gone: it re-dispatches refused connections itself
             }
         }
     }
 
     /// Reads everything queued on the channel and sorts it. Returns the
-    /// connections to refuse (sent by the caller once the lock is released).
-    fn pump(&self, state: &mut State) -> Vec<u64> {
+    /// frames to answer with (refusals of connections we cannot take, pongs),
+    /// sent by the caller once the lock is released.
+    fn pump(&self, state: &mut State) -> Vec<Frame> {
         let mut refusals = Vec::new();
         while state.gone.is_none() {
             let message = match state.reassembler.read(self.channel.as_fd()) {
                 Ok(channel::Read::Message(m)) => m,
                 Ok(channel::Read::WouldBlock) => break,
                 Ok(channel::Read::Eof) => {
-                    self.mark_gone(
-                        state,
-                        Error::new(Code::Closed, "the primary is gone (channel hung up)"),
-                    );
+                    self.mark_gone(state, Error::new(Code::Closed, "the primary is gone (channel hung up)"));
+                    break;
+                }
+                Err(e) if e.code() == Code::Closed => {
+                    self.mark_gone(state, Error::new(Code::Closed, format!("the primary is gone ({e})")));
                     break;
                 }
                 Err(e) => {
-                    self.mark_gone(
-                        state,
-                        Error::new(e.code(), format!("channel from the primary is broken: {e}")),
-                    );
+                    self.mark_gone(state, Error::new(e.code(), format!("channel from the primary is broken: {e}")));
                     break;
                 }
             };
@@ -401,10 +369,7 @@ impl Inner {
             match frame {
                 Frame::Conn { listener, conn } => {
                     let (Some(fd), true) = (fds.pop(), fds.is_empty()) else {
-                        self.mark_gone(
-                            state,
-                            Error::new(Code::Protocol, "connection frame without exactly one fd"),
-                        );
+                        self.mark_gone(state, Error::new(Code::Protocol, "connection frame without exactly one fd"));
                         break;
                     };
                     match state.listeners.get_mut(&listener) {
@@ -414,16 +379,13 @@ impl Inner {
                             }
                             queue.conns.push_back((conn, fd));
                         }
-                        _ => refusals.push(conn),
+                        _ => refusals.push(Frame::Ack { conn, accepted: false }),
                     }
                 }
-                Frame::ListenOk {
-                    request,
-                    listener,
-                    shared,
-                    port,
-                    address,
-                } => {
+                Frame::ListenOk { request, listener, shared, report_done, port, address } => {
+                    if report_done {
+                        self.report_done.store(true, Ordering::Relaxed);
+                    }
                     if state.abandoned.remove(&request) {
                         // The caller gave up waiting: undo the listen (a shared fd just closes).
                         if !shared {
@@ -433,10 +395,7 @@ impl Inner {
                     }
                     if shared {
                         let Some(fd) = fds.pop() else {
-                            self.mark_gone(
-                                state,
-                                Error::new(Code::Protocol, "shared listener came without its fd"),
-                            );
+                            self.mark_gone(state, Error::new(Code::Protocol, "shared listener came without its fd"));
                             break;
                         };
                         state.shared_fds.insert(request, fd);
@@ -446,14 +405,9 @@ impl Inner {
                         // Create the queue now: Conn frames may follow before the caller wakes.
                         match Flag::new() {
                             Ok(flag) => {
-                                state.listeners.insert(
-                                    listener,
-                                    ConnQueue {
-                                        conns: VecDeque::new(),
-                                        flag,
-                                        handles: 1,
-                                    },
-                                );
+                                state
+                                    .listeners
+                                    .insert(listener, ConnQueue { conns: VecDeque::new(), flag, handles: 1 });
                             }
                             Err(e) => {
                                 self.mark_gone(state, Error::os("eventfd", e));
@@ -461,32 +415,13 @@ impl Inner {
                             }
                         }
                     }
-                    state.replies.insert(
-                        request,
-                        Frame::ListenOk {
-                            request,
-                            listener,
-                            shared,
-                            port,
-                            address,
-                        },
-                    );
+                    let reply = Frame::ListenOk { request, listener, shared, report_done, port, address };
+                    state.replies.insert(request, reply);
                     self.replies_flag.set();
                 }
-                Frame::ListenErr {
-                    request,
-                    errno,
-                    message,
-                } => {
+                Frame::ListenErr { request, errno, message } => {
                     if !state.abandoned.remove(&request) {
-                        state.replies.insert(
-                            request,
-                            Frame::ListenErr {
-                                request,
-                                errno,
-                                message,
-                            },
-                        );
+                        state.replies.insert(request, Frame::ListenErr { request, errno, message });
                         self.replies_flag.set();
                     }
                 }
@@ -496,13 +431,11 @@ impl Inner {
                     self.events.push(WorkerEvent::Disconnect);
                 }
                 Frame::User(data) => self.events.push(WorkerEvent::Message(data)),
+                Frame::Ping { seq } => refusals.push(Frame::Pong { seq }),
                 other => {
                     self.mark_gone(
                         state,
-                        Error::new(
-                            Code::Protocol,
-                            format!("unexpected frame from the primary: {other:?}"),
-                        ),
+                        Error::new(Code::Protocol, format!("unexpected frame from the primary: {other:?}")),
                     );
                     break;
                 }
@@ -555,7 +488,8 @@ impl Listener {
         self.address
     }
 
-    /// Whether connections are accepted by the worker itself (`shared` policy).
+    /// Whether connections are accepted by the worker itself (`shared` and
+    /// `reuseport` policies).
     pub fn is_shared(&self) -> bool {
         matches!(self.mode, Mode::Shared { .. })
     }
@@ -595,10 +529,9 @@ impl Listener {
             };
             let stop = match (&state.gone, state.draining) {
                 (Some(gone), _) => Some(gone.clone()),
-                (None, true) => Some(Error::new(
-                    Code::Closed,
-                    "the worker is disconnecting: no more connections",
-                )),
+                (None, true) => Some(
+                    Error::new(Code::Closed, "the worker is disconnecting: no more connections").with_errno(DRAINING),
+                ),
                 _ => None,
             };
             drop(state);
@@ -606,24 +539,21 @@ impl Listener {
             if let Some((conn, fd)) = taken {
                 // Ack before the caller sees a byte (see the module doc). If the
                 // primary is gone the connection is ours anyway.
-                let _ = inner.send_frame(&Frame::Ack {
-                    conn,
-                    accepted: true,
-                });
+                let _ = inner.send_frame(&Frame::Ack { conn, accepted: true });
                 return Ok(fd);
             }
-            if let Some(stop) = stop {
+            // Asked to leave, a worker that accepts itself still takes what is
+            // already queued on its socket (a reuseport socket's queue would be
+            // reset when it closes), then reports closed.
+            let draining_own_socket =
+                matches!(self.mode, Mode::Shared { .. }) && matches!(&stop, Some(e) if e.errno() == DRAINING);
+            if let Some(stop) = stop.filter(|_| !draining_own_socket) {
                 return Err(stop);
             }
             if let Mode::Shared { socket, .. } = &self.mode {
                 // SAFETY: accept4 on a listening socket we own, no address out-params.
                 let ret = unsafe {
-                    libc::accept4(
-                        socket.as_raw_fd(),
-                        std::ptr::null_mut(),
-                        std::ptr::null_mut(),
-                        libc::SOCK_CLOEXEC,
-                    )
+                    libc::accept4(socket.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC)
                 };
                 if ret >= 0 {
                     // SAFETY: a fresh fd from accept4, owned by nothing else.
@@ -631,14 +561,15 @@ impl Listener {
                 }
                 let err = std::io::Error::last_os_error();
                 match err.raw_os_error() {
+                    Some(libc::EAGAIN) if draining_own_socket => {
+                        return Err(Error::new(Code::Closed, "the worker is disconnecting: no more connections"));
+                    }
                     Some(libc::EAGAIN) | Some(libc::EINTR) | Some(libc::ECONNABORTED) => {}
                     _ => return Err(Error::os("accept on the shared listener", err)),
                 }
             }
             let wake = match &self.mode {
-                Mode::Dispatched { .. } => {
-                    inner.lock().listeners.get(&self.id).map(|q| q.flag.raw())
-                }
+                Mode::Dispatched { .. } => inner.lock().listeners.get(&self.id).map(|q| q.flag.raw()),
                 Mode::Shared { socket, .. } => Some(socket.as_raw_fd()),
             };
             let Some(wake) = wake else {
@@ -673,12 +604,10 @@ impl Listener {
                 }
                 Some(_) => {
                     let queue = state.listeners.remove(&self.id);
-                    (
-                        true,
-                        queue
-                            .map(|q| q.conns.into_iter().map(|(conn, _fd)| conn).collect())
-                            .unwrap_or_default(),
-                    )
+                    let refuse = |q: ConnQueue| {
+                        q.conns.into_iter().map(|(conn, _fd)| Frame::Ack { conn, accepted: false }).collect()
+                    };
+                    (true, queue.map(refuse).unwrap_or_default())
                 }
                 None => (false, Vec::new()),
             }

@@ -11,10 +11,7 @@ use crate::sys;
 /// Checks `fd` is an open SEQPACKET socket and borrows it for the call.
 fn socket_arg<'a>(fd: c_int) -> Result<BorrowedFd<'a>> {
     if !sys::fd_is_open(fd) {
-        return Err(Error::new(
-            Code::InvalidArgument,
-            format!("fd {fd} is not open"),
-        ));
+        return Err(Error::new(Code::InvalidArgument, format!("fd {fd} is not open")));
     }
     // SAFETY: the fd is open (checked) and the caller keeps it open for the call.
     let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
@@ -67,19 +64,13 @@ pub extern "C" fn rcluster_send_handle(
         let fds: &[RawFd] = if nfds == 0 {
             &[]
         } else if fds.is_null() {
-            return Err(Error::new(
-                Code::InvalidArgument,
-                format!("fds is NULL but nfds is {nfds}"),
-            ));
+            return Err(Error::new(Code::InvalidArgument, format!("fds is NULL but nfds is {nfds}")));
         } else {
             // SAFETY: non-NULL; the caller promises `nfds` ints at `fds`.
             unsafe { std::slice::from_raw_parts(fds, nfds) }
         };
         if let Some(bad) = fds.iter().find(|&&fd| !sys::fd_is_open(fd)) {
-            return Err(Error::new(
-                Code::InvalidArgument,
-                format!("fd {bad} to send is not open"),
-            ));
+            return Err(Error::new(Code::InvalidArgument, format!("fd {bad} to send is not open")));
         }
         channel::send_message(sock, data, fds, sys::timeout_from_ms(timeout_ms))
     })
@@ -117,10 +108,7 @@ pub extern "C" fn rcluster_recv_handle(
         *len_out = 0;
         *data_out = std::ptr::null_mut();
         if max_fds > 0 && fds.is_null() {
-            return Err(Error::new(
-                Code::InvalidArgument,
-                format!("fds is NULL but max_fds is {max_fds}"),
-            ));
+            return Err(Error::new(Code::InvalidArgument, format!("fds is NULL but max_fds is {max_fds}")));
         }
         let mut reassembler = Reassembler::new();
         let read = if timeout_ms == 0 {
@@ -131,10 +119,7 @@ pub extern "C" fn rcluster_recv_handle(
         let message = match read {
             Read::Message(message) => message,
             Read::WouldBlock if reassembler.in_progress() => {
-                return Err(Error::new(
-                    Code::Timeout,
-                    "only part of a message had arrived; it is lost",
-                ));
+                return Err(Error::new(Code::Timeout, "only part of a message had arrived; it is lost"));
             }
             Read::WouldBlock => return Err(Error::new(Code::WouldBlock, "no message is waiting")),
             Read::Eof => return Err(Error::new(Code::Closed, "the peer hung up")),
@@ -169,9 +154,7 @@ pub extern "C" fn rcluster_buffer_free(data: *mut c_void, len: usize) -> c_int {
         if !data.is_null() {
             // SAFETY: the caller passes back exactly what rcluster_recv_handle
             // produced with Box::into_raw of a boxed slice of `len` bytes.
-            drop(unsafe {
-                Box::from_raw(std::ptr::slice_from_raw_parts_mut(data as *mut u8, len))
-            });
+            drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(data as *mut u8, len)) });
         }
         Ok(())
     })

@@ -21,50 +21,31 @@ pub struct Registry<T> {
 
 impl<T> Registry<T> {
     pub fn new(tag: usize, what: &'static str) -> Registry<T> {
-        Registry {
-            objects: Mutex::new(HashMap::new()),
-            tag,
-            what,
-        }
+        Registry { objects: Mutex::new(HashMap::new()), tag, what }
     }
 
     /// Registers `object` and returns its handle.
     pub fn insert<H>(&self, object: T) -> *mut H {
         let key = (SERIAL.fetch_add(1, Ordering::Relaxed) << 4) | self.tag;
-        self.objects
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, Arc::new(object));
+        self.objects.lock().unwrap_or_else(|p| p.into_inner()).insert(key, Arc::new(object));
         key as *mut H
     }
 
     /// The object behind `handle`.
     pub fn get<H>(&self, handle: *const H) -> Result<Arc<T>> {
         let key = self.key(handle)?;
-        self.objects
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-            .cloned()
-            .ok_or_else(|| self.unknown())
+        self.objects.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned().ok_or_else(|| self.unknown())
     }
 
     /// Unregisters `handle` and returns its object (dropped by the caller).
     pub fn remove<H>(&self, handle: *const H) -> Result<Arc<T>> {
         let key = self.key(handle)?;
-        self.objects
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&key)
-            .ok_or_else(|| self.unknown())
+        self.objects.lock().unwrap_or_else(|p| p.into_inner()).remove(&key).ok_or_else(|| self.unknown())
     }
 
     fn key<H>(&self, handle: *const H) -> Result<usize> {
         if handle.is_null() {
-            return Err(Error::new(
-                Code::BadHandle,
-                format!("{} handle is NULL", self.what),
-            ));
+            return Err(Error::new(Code::BadHandle, format!("{} handle is NULL", self.what)));
         }
         let key = handle as usize;
         if key & 0xf != self.tag {
@@ -74,12 +55,6 @@ impl<T> Registry<T> {
     }
 
     fn unknown(&self) -> Error {
-        Error::new(
-            Code::BadHandle,
-            format!(
-                "not a live {} handle (unknown, freed, or of another type)",
-                self.what
-            ),
-        )
+        Error::new(Code::BadHandle, format!("not a live {} handle (unknown, freed, or of another type)", self.what))
     }
 }

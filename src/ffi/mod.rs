@@ -8,7 +8,11 @@
 //!   so NULL, stale, freed or forged handles are an error, never a crash;
 //! - every pointer argument is checked for NULL before use.
 
-#![allow(non_camel_case_types)] // opaque types keep their C names
+#![allow(non_camel_case_types)]
+// opaque types keep their C names
+// These are C entry points: a non-NULL pointer's validity is the C caller's
+// contract, stated in the header; NULL is checked in every function.
+#![allow(clippy::not_unsafe_ptr_arg_deref)]
 
 mod channel;
 mod handles;
@@ -79,10 +83,7 @@ fn guard(body: impl FnOnce() -> Result<()>) -> c_int {
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
-            fail(&Error::new(
-                Code::Panic,
-                format!("internal panic (a bug in rcluster): {what}"),
-            ))
+            fail(&Error::new(Code::Panic, format!("internal panic (a bug in rcluster): {what}")))
         }
     }
 }
@@ -91,8 +92,7 @@ fn guard(body: impl FnOnce() -> Result<()>) -> c_int {
 fn non_null<'a, T>(ptr: *mut T, name: &str) -> Result<&'a mut T> {
     // SAFETY: the C caller promises a non-NULL pointer is valid and
     // exclusively ours for the call (documented in the header); NULL is caught.
-    unsafe { ptr.as_mut() }
-        .ok_or_else(|| Error::new(Code::InvalidArgument, format!("{name} is NULL")))
+    unsafe { ptr.as_mut() }.ok_or_else(|| Error::new(Code::InvalidArgument, format!("{name} is NULL")))
 }
 
 /// A required C string argument, as UTF-8.
@@ -112,10 +112,7 @@ fn bytes<'a>(data: *const u8, len: usize, name: &str) -> Result<&'a [u8]> {
         return Ok(&[]);
     }
     if data.is_null() {
-        return Err(Error::new(
-            Code::InvalidArgument,
-            format!("{name} is NULL but its length is {len}"),
-        ));
+        return Err(Error::new(Code::InvalidArgument, format!("{name} is NULL but its length is {len}")));
     }
     // SAFETY: non-NULL; the caller promises `len` readable bytes (header).
     Ok(unsafe { std::slice::from_raw_parts(data, len) })
@@ -190,5 +187,7 @@ mod tests {
         assert_eq!(RCLUSTER_MAX_FDS, crate::channel::MAX_FDS);
         assert_eq!(RCLUSTER_POLICY_RR, crate::PolicyKind::RoundRobin as c_int);
         assert_eq!(RCLUSTER_POLICY_SHARED, crate::PolicyKind::Shared as c_int);
+        assert_eq!(RCLUSTER_POLICY_REUSEPORT, crate::PolicyKind::ReusePort as c_int);
+        assert_eq!(RCLUSTER_POLICY_LEAST, crate::PolicyKind::LeastLoaded as c_int);
     }
 }

@@ -25,6 +25,16 @@ pub const RCLUSTER_POLICY_RR: c_int = 0;
 /// Policy `shared`: the listening socket is given to the workers, which
 /// accept themselves; the kernel decides which worker gets a connection.
 pub const RCLUSTER_POLICY_SHARED: c_int = 1;
+/// Policy `reuseport`: each worker gets its own `SO_REUSEPORT` socket and
+/// accepts itself; the kernel spreads connections by a hash of the peer.
+/// Connections queued on a crashed worker's socket are lost unless
+/// `net.ipv4.tcp_migrate_req` is 1; a worker asked to leave takes what is
+/// queued first.
+pub const RCLUSTER_POLICY_REUSEPORT: c_int = 2;
+/// Policy `least`: the primary accepts and hands each connection to the
+/// worker holding the fewest (unacknowledged, plus accepted and not yet
+/// reported finished with `rcluster_worker_done`); ties go round-robin.
+pub const RCLUSTER_POLICY_LEAST: c_int = 3;
 
 /// No event (the struct after `rcluster_event_release`).
 pub const RCLUSTER_EVENT_NONE: c_int = 0;
@@ -49,6 +59,27 @@ pub const RCLUSTER_EVENT_WORKER_ERROR: c_int = 7;
 pub const RCLUSTER_EVENT_SHUTDOWN: c_int = 8;
 /// Worker: the primary is gone; further event calls return `RCLUSTER_E_CLOSED`.
 pub const RCLUSTER_EVENT_PRIMARY_GONE: c_int = 9;
+/// Primary: slot `slot` crash-looped (too many unexpected exits within the
+/// window); it is not restarted until a reload or a scale. The others keep serving.
+pub const RCLUSTER_EVENT_CRASH_LOOP: c_int = 10;
+/// Primary: a worker did not answer the heartbeat in time; it is killed and replaced.
+pub const RCLUSTER_EVENT_UNRESPONSIVE: c_int = 11;
+/// Primary: a rolling reload finished; every slot runs generation `generation`.
+pub const RCLUSTER_EVENT_RELOAD_DONE: c_int = 12;
+/// Primary: a rolling reload of `generation` stopped because a replacement did
+/// not become ready (reason in `data`); workers not yet replaced keep serving.
+pub const RCLUSTER_EVENT_RELOAD_FAILED: c_int = 13;
+
+/// Worker state in `rcluster_worker_stats`: started, not yet online.
+pub const RCLUSTER_WORKER_STARTING: c_int = 0;
+/// Online (channel open), not yet listening.
+pub const RCLUSTER_WORKER_ONLINE: c_int = 1;
+/// Listening: it is handed connections.
+pub const RCLUSTER_WORKER_LISTENING: c_int = 2;
+/// Leaving: asked to go, or going on its own; no new connections.
+pub const RCLUSTER_WORKER_LEAVING: c_int = 3;
+/// Its channel closed; not yet reaped.
+pub const RCLUSTER_WORKER_DISCONNECTED: c_int = 4;
 
 /// `flags` bit of an exit event: the worker had been asked to disconnect,
 /// or left on purpose (Node's `exitedAfterDisconnect`).
@@ -66,7 +97,7 @@ pub struct rcluster_primary_options {
     pub env: *const *const c_char,
     /// Workers' working directory; NULL: inherit.
     pub cwd: *const c_char,
-    /// `RCLUSTER_POLICY_RR` (default) or `RCLUSTER_POLICY_SHARED`.
+    /// `RCLUSTER_POLICY_RR` (default), `_SHARED`, `_REUSEPORT` or `_LEAST`.
     pub policy: c_int,
     /// Connections a worker may hold handed over but not yet acknowledged. Default 8.
     pub max_unacked: u32,
@@ -76,12 +107,74 @@ pub struct rcluster_primary_options {
     pub backlog: c_int,
     /// Time a worker asked to leave has before SIGTERM, and again before SIGKILL. Default 10000.
     pub stop_timeout_ms: u32,
-    /// Nonzero: SIGTERM and SIGINT start a graceful shutdown (a second one
-    /// kills the workers). Default 0: the library installs no handler.
+    /// Nonzero: the library handles SIGTERM and SIGINT (graceful shutdown; a
+    /// second one kills the workers), SIGHUP (rolling reload), SIGTTIN and
+    /// SIGTTOU (one worker more or less, never fewer than one). Default 0:
+    /// the library installs no handler. One primary per process may do this.
     pub handle_signals: c_int,
     /// Nonzero (default): each worker gets a process group of its own, so a
     /// terminal's Ctrl-C reaches the primary alone.
     pub own_process_group: c_int,
+    /// Nonzero (default): a worker that exits without being asked is replaced.
+    pub restart: c_int,
+    /// First restart delay. Default 100.
+    pub restart_delay_ms: u32,
+    /// Longest restart delay. Default 10000.
+    pub restart_delay_max_ms: u32,
+    /// Each unexpected exit multiplies the delay by this. Default 2.0.
+    pub restart_backoff: f64,
+    /// A worker that ran this long resets the delay. Default 5000.
+    pub stable_after_ms: u32,
+    /// This many unexpected exits within `crash_loop_window_ms` stop a
+    /// slot's restarts (`RCLUSTER_EVENT_CRASH_LOOP`). Default 5; 0: never.
+    pub crash_loop_count: u32,
+    /// Default 30000.
+    pub crash_loop_window_ms: u32,
+    /// Time a replacement (reload, recycling) has to become ready. Default 30000.
+    pub ready_timeout_ms: u32,
+    /// Nonzero: "ready" means the worker called `rcluster_worker_ready`, not
+    /// that it listened (pm2's wait_ready). Default 0.
+    pub wait_ready: c_int,
+    /// Workers replaced at once in a rolling reload. Default 1.
+    pub reload_concurrency: u32,
+    /// Heartbeat period; 0 (default): no heartbeat.
+    pub heartbeat_interval_ms: u32,
+    /// A worker that has not answered a heartbeat for this long is killed
+    /// and replaced (`RCLUSTER_EVENT_UNRESPONSIVE`). Default 30000. The worker
+    /// answers whenever its host calls accept, an event call or listen, so
+    /// set this above the longest time your loop spends elsewhere.
+    pub heartbeat_timeout_ms: u32,
+    /// Replace a worker gracefully after it was handed this many
+    /// connections (rr); 0 (default): never.
+    pub recycle_after: u32,
+    /// Up to this many connections added at random to each worker's
+    /// `recycle_after`, so they do not recycle together. Default 0.
+    pub recycle_jitter: u32,
+}
+
+/// One worker's numbers (`rcluster_primary_stats`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct rcluster_worker_stats {
+    pub worker_id: u32,
+    pub pid: i32,
+    /// Its slot, or -1 for a raw-forked worker.
+    pub slot: i32,
+    /// `RCLUSTER_WORKER_*`.
+    pub state: c_int,
+    /// The reload generation it was started in (0 before any reload).
+    pub generation: u32,
+    /// Restarts its slot has needed.
+    pub restarts: u32,
+    /// Connections handed to it so far.
+    pub dispatched: u64,
+    /// Connections handed to it and not yet acknowledged.
+    pub in_flight: u32,
+    /// Connections it accepted and has not reported finished
+    /// (`rcluster_worker_done`); counted under `RCLUSTER_POLICY_LEAST` only, else 0.
+    pub active: u32,
+    /// Milliseconds since it was started.
+    pub uptime_ms: u64,
 }
 
 /// An event. Fields that do not apply to its `kind` are zero. Release every
@@ -100,6 +193,10 @@ pub struct rcluster_event {
     pub signal: c_int,
     /// `RCLUSTER_EXIT_AFTER_DISCONNECT` and future flags.
     pub flags: u32,
+    /// Fork and crash-loop events: the worker's slot, or -1 (raw fork).
+    pub slot: i32,
+    /// Fork events: the worker's generation; reload events: the reload's.
+    pub generation: u32,
     /// Listening events: the bound port.
     pub port: u16,
     /// Listening events: the bound IP address, NUL-terminated.
@@ -122,10 +219,7 @@ fn string_array(ptr: *const *const c_char, name: &str) -> Result<Vec<OsString>> 
     }
     for i in 0.. {
         if i > 1 << 20 {
-            return Err(Error::new(
-                Code::InvalidArgument,
-                format!("{name} has no NULL terminator"),
-            ));
+            return Err(Error::new(Code::InvalidArgument, format!("{name} has no NULL terminator")));
         }
         // SAFETY: the caller promises a NULL-terminated array of valid C strings.
         let item = unsafe { *ptr.add(i) };
@@ -133,9 +227,7 @@ fn string_array(ptr: *const *const c_char, name: &str) -> Result<Vec<OsString>> 
             break;
         }
         // SAFETY: as above.
-        out.push(OsString::from_vec(
-            unsafe { CStr::from_ptr(item) }.to_bytes().to_vec(),
-        ));
+        out.push(OsString::from_vec(unsafe { CStr::from_ptr(item) }.to_bytes().to_vec()));
     }
     Ok(out)
 }
@@ -146,23 +238,13 @@ fn env_pairs(ptr: *const *const c_char) -> Result<Vec<(OsString, OsString)>> {
         .into_iter()
         .map(|entry| {
             let bytes = entry.into_vec();
-            let eq = bytes
-                .iter()
-                .position(|&b| b == b'=')
-                .filter(|&i| i > 0)
-                .ok_or_else(|| {
-                    Error::new(
-                        Code::InvalidArgument,
-                        format!(
-                            "env entry {:?} is not KEY=VALUE",
-                            String::from_utf8_lossy(&bytes)
-                        ),
-                    )
-                })?;
-            Ok((
-                OsString::from_vec(bytes[..eq].to_vec()),
-                OsString::from_vec(bytes[eq + 1..].to_vec()),
-            ))
+            let eq = bytes.iter().position(|&b| b == b'=').filter(|&i| i > 0).ok_or_else(|| {
+                Error::new(
+                    Code::InvalidArgument,
+                    format!("env entry {:?} is not KEY=VALUE", String::from_utf8_lossy(&bytes)),
+                )
+            })?;
+            Ok((OsString::from_vec(bytes[..eq].to_vec()), OsString::from_vec(bytes[eq + 1..].to_vec())))
         })
         .collect()
 }
@@ -181,6 +263,24 @@ fn config_from(options: &rcluster_primary_options) -> Result<Config> {
     config.backlog = options.backlog;
     config.stop_timeout = duration_ms(options.stop_timeout_ms);
     config.handle_signals = options.handle_signals != 0;
+    let s = &mut config.supervision;
+    s.restart = options.restart != 0;
+    s.restart_delay = duration_ms(options.restart_delay_ms);
+    s.restart_delay_max = duration_ms(options.restart_delay_max_ms);
+    if !(options.restart_backoff.is_finite() && options.restart_backoff >= 1.0) {
+        return Err(Error::new(Code::InvalidArgument, "restart_backoff must be a number >= 1"));
+    }
+    s.restart_backoff = options.restart_backoff;
+    s.stable_after = duration_ms(options.stable_after_ms);
+    s.crash_loop_count = options.crash_loop_count;
+    s.crash_loop_window = duration_ms(options.crash_loop_window_ms);
+    s.ready_timeout = duration_ms(options.ready_timeout_ms);
+    s.wait_ready = options.wait_ready != 0;
+    s.reload_concurrency = options.reload_concurrency.max(1);
+    s.heartbeat_interval = (options.heartbeat_interval_ms > 0).then(|| duration_ms(options.heartbeat_interval_ms));
+    s.heartbeat_timeout = duration_ms(options.heartbeat_timeout_ms);
+    s.recycle_after = options.recycle_after as u64;
+    s.recycle_jitter = options.recycle_jitter as u64;
     Ok(config)
 }
 
@@ -201,6 +301,20 @@ pub extern "C" fn rcluster_primary_options_init(options: *mut rcluster_primary_o
             stop_timeout_ms: d.stop_timeout.as_millis() as u32,
             handle_signals: d.handle_signals as c_int,
             own_process_group: d.spawn.own_process_group as c_int,
+            restart: d.supervision.restart as c_int,
+            restart_delay_ms: d.supervision.restart_delay.as_millis() as u32,
+            restart_delay_max_ms: d.supervision.restart_delay_max.as_millis() as u32,
+            restart_backoff: d.supervision.restart_backoff,
+            stable_after_ms: d.supervision.stable_after.as_millis() as u32,
+            crash_loop_count: d.supervision.crash_loop_count,
+            crash_loop_window_ms: d.supervision.crash_loop_window.as_millis() as u32,
+            ready_timeout_ms: d.supervision.ready_timeout.as_millis() as u32,
+            wait_ready: d.supervision.wait_ready as c_int,
+            reload_concurrency: d.supervision.reload_concurrency,
+            heartbeat_interval_ms: d.supervision.heartbeat_interval.map_or(0, |i| i.as_millis() as u32),
+            heartbeat_timeout_ms: d.supervision.heartbeat_timeout.as_millis() as u32,
+            recycle_after: d.supervision.recycle_after as u32,
+            recycle_jitter: d.supervision.recycle_jitter as u32,
         };
         Ok(())
     })
@@ -323,10 +437,7 @@ pub extern "C" fn rcluster_primary_fd(primary: *mut rcluster_primary, fd: *mut c
 /// Takes the next event without waiting: 0 and `*event` filled, or
 /// `RCLUSTER_E_AGAIN` when none waits.
 #[no_mangle]
-pub extern "C" fn rcluster_primary_next_event(
-    primary: *mut rcluster_primary,
-    event: *mut rcluster_event,
-) -> c_int {
+pub extern "C" fn rcluster_primary_next_event(primary: *mut rcluster_primary, event: *mut rcluster_event) -> c_int {
     rcluster_primary_wait_event(primary, event, 0)
 }
 
@@ -372,20 +483,13 @@ pub extern "C" fn rcluster_primary_send(
 /// Asks worker `worker_id` to finish what it holds and leave: it gets no new
 /// connections from now on; after the stop timeout it gets SIGTERM, then SIGKILL.
 #[no_mangle]
-pub extern "C" fn rcluster_primary_disconnect(
-    primary: *mut rcluster_primary,
-    worker_id: u32,
-) -> c_int {
+pub extern "C" fn rcluster_primary_disconnect(primary: *mut rcluster_primary, worker_id: u32) -> c_int {
     guard(|| PRIMARIES.get(primary)?.disconnect(worker_id))
 }
 
 /// Sends `signal` to worker `worker_id`'s process (ignored once it has been reaped).
 #[no_mangle]
-pub extern "C" fn rcluster_primary_kill(
-    primary: *mut rcluster_primary,
-    worker_id: u32,
-    signal: c_int,
-) -> c_int {
+pub extern "C" fn rcluster_primary_kill(primary: *mut rcluster_primary, worker_id: u32, signal: c_int) -> c_int {
     guard(|| PRIMARIES.get(primary)?.kill(worker_id, signal))
 }
 
@@ -394,11 +498,71 @@ pub extern "C" fn rcluster_primary_kill(
 /// to leave (SIGTERM after `grace_ms`, SIGKILL after another `grace_ms`).
 /// A `RCLUSTER_EVENT_SHUTDOWN` event marks the end. Idempotent.
 #[no_mangle]
-pub extern "C" fn rcluster_primary_shutdown(
-    primary: *mut rcluster_primary,
-    grace_ms: u32,
-) -> c_int {
+pub extern "C" fn rcluster_primary_shutdown(primary: *mut rcluster_primary, grace_ms: u32) -> c_int {
     guard(|| PRIMARIES.get(primary)?.shutdown(duration_ms(grace_ms)))
+}
+
+/// Starts a zero-downtime rolling reload: slot by slot (`reload_concurrency`
+/// at a time) a replacement worker starts, and once it is ready (listening,
+/// or `rcluster_worker_ready` with `wait_ready`) the old one is asked to
+/// leave gracefully. Listeners stay open throughout. Stores the generation
+/// the new workers carry in `*generation` (may be NULL). Ends with
+/// `RCLUSTER_EVENT_RELOAD_DONE` or `RCLUSTER_EVENT_RELOAD_FAILED`. A reload
+/// asked for while one runs is run again after it.
+#[no_mangle]
+pub extern "C" fn rcluster_primary_reload(primary: *mut rcluster_primary, generation: *mut u32) -> c_int {
+    guard(|| {
+        let new = PRIMARIES.get(primary)?.reload()?;
+        // SAFETY: optional out-pointer, valid if non-NULL.
+        if let Some(out) = unsafe { generation.as_mut() } {
+            *out = new;
+        }
+        Ok(())
+    })
+}
+
+/// Sets the number of worker slots: forks new workers (without extra
+/// environment), or asks the newest ones to leave gracefully.
+#[no_mangle]
+pub extern "C" fn rcluster_primary_scale(primary: *mut rcluster_primary, workers: u32) -> c_int {
+    guard(|| PRIMARIES.get(primary)?.scale(workers))
+}
+
+/// Fills `stats[0..capacity]` with the primary's workers, by id, and stores
+/// how many there are in `*count` (which may exceed `capacity`: call again
+/// with more room). `stats` may be NULL when `capacity` is 0.
+#[no_mangle]
+pub extern "C" fn rcluster_primary_stats(
+    primary: *mut rcluster_primary,
+    stats: *mut rcluster_worker_stats,
+    capacity: usize,
+    count: *mut usize,
+) -> c_int {
+    guard(|| {
+        let count = non_null(count, "count")?;
+        if capacity > 0 && stats.is_null() {
+            return Err(Error::new(Code::InvalidArgument, format!("stats is NULL but capacity is {capacity}")));
+        }
+        let all = PRIMARIES.get(primary)?.stats()?;
+        *count = all.len();
+        for (i, w) in all.into_iter().take(capacity).enumerate() {
+            let entry = rcluster_worker_stats {
+                worker_id: w.id,
+                pid: w.pid,
+                slot: w.slot.map_or(-1, |s| s as i32),
+                state: w.state as c_int,
+                generation: w.generation,
+                restarts: w.restarts,
+                dispatched: w.dispatched,
+                in_flight: w.in_flight,
+                active: w.active,
+                uptime_ms: w.uptime.as_millis() as u64,
+            };
+            // SAFETY: i < capacity and the caller promises room for `capacity` entries.
+            unsafe { stats.add(i).write(entry) };
+        }
+        Ok(())
+    })
 }
 
 /// Frees the primary. If it has not shut down, shuts it down first with the
@@ -421,9 +585,7 @@ pub extern "C" fn rcluster_event_release(event: *mut rcluster_event) -> c_int {
         if !event.data.is_null() {
             // SAFETY: `data`/`len` came from Box::into_raw of a boxed slice in
             // `with_data` and are released once (zeroed just below).
-            drop(unsafe {
-                Box::from_raw(std::ptr::slice_from_raw_parts_mut(event.data, event.len))
-            });
+            drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(event.data, event.len)) });
         }
         *event = empty_event();
         Ok(())
@@ -438,6 +600,8 @@ pub(super) fn empty_event() -> rcluster_event {
         exit_code: 0,
         signal: 0,
         flags: 0,
+        slot: -1,
+        generation: 0,
         port: 0,
         address: [0; 64],
         data: std::ptr::null_mut(),
@@ -455,62 +619,43 @@ fn with_data(mut event: rcluster_event, data: Vec<u8>) -> rcluster_event {
 }
 
 fn primary_event(event: Event) -> rcluster_event {
-    let base = |kind, worker_id, pid| rcluster_event {
-        kind,
-        worker_id,
-        pid,
-        ..empty_event()
-    };
+    let base = |kind, worker_id, pid| rcluster_event { kind, worker_id, pid, ..empty_event() };
     match event {
-        Event::Fork { worker, pid } => base(RCLUSTER_EVENT_FORK, worker, pid),
+        Event::Fork { worker, pid, slot, generation } => {
+            rcluster_event { slot: slot.map_or(-1, |s| s as i32), generation, ..base(RCLUSTER_EVENT_FORK, worker, pid) }
+        }
         Event::Online { worker, pid } => base(RCLUSTER_EVENT_ONLINE, worker, pid),
-        Event::Listening {
-            worker,
-            pid,
-            address,
-        } => {
+        Event::Listening { worker, pid, address } => {
             let mut ev = base(RCLUSTER_EVENT_LISTENING, worker, pid);
             ev.port = address.port();
-            for (dst, src) in ev
-                .address
-                .iter_mut()
-                .zip(address.ip().to_string().bytes().take(63))
-            {
+            for (dst, src) in ev.address.iter_mut().zip(address.ip().to_string().bytes().take(63)) {
                 *dst = src as c_char;
             }
             ev
         }
-        Event::Message { worker, pid, data } => {
-            with_data(base(RCLUSTER_EVENT_MESSAGE, worker, pid), data)
-        }
+        Event::Message { worker, pid, data } => with_data(base(RCLUSTER_EVENT_MESSAGE, worker, pid), data),
         Event::Disconnect { worker, pid } => base(RCLUSTER_EVENT_DISCONNECT, worker, pid),
-        Event::Exit {
-            worker,
-            pid,
-            exit,
-            after_disconnect,
-        } => {
+        Event::Exit { worker, pid, exit, after_disconnect } => {
             let mut ev = base(RCLUSTER_EVENT_EXIT, worker, pid);
             (ev.exit_code, ev.signal) = match exit {
                 Exit::Code(code) => (code, 0),
                 Exit::Signal(signal) => (-1, signal),
                 Exit::Unknown => (-1, 0),
             };
-            ev.flags = if after_disconnect {
-                RCLUSTER_EXIT_AFTER_DISCONNECT
-            } else {
-                0
-            };
+            ev.flags = if after_disconnect { RCLUSTER_EXIT_AFTER_DISCONNECT } else { 0 };
             ev
         }
-        Event::WorkerError {
-            worker,
-            pid,
-            message,
-        } => with_data(
-            base(RCLUSTER_EVENT_WORKER_ERROR, worker, pid),
-            message.into_bytes(),
-        ),
+        Event::WorkerError { worker, pid, message } => {
+            with_data(base(RCLUSTER_EVENT_WORKER_ERROR, worker, pid), message.into_bytes())
+        }
+        Event::CrashLoop { slot, worker, pid } => {
+            rcluster_event { slot: slot as i32, ..base(RCLUSTER_EVENT_CRASH_LOOP, worker, pid) }
+        }
+        Event::Unresponsive { worker, pid } => base(RCLUSTER_EVENT_UNRESPONSIVE, worker, pid),
+        Event::ReloadDone { generation } => rcluster_event { generation, ..base(RCLUSTER_EVENT_RELOAD_DONE, 0, 0) },
+        Event::ReloadFailed { generation, message } => {
+            with_data(rcluster_event { generation, ..base(RCLUSTER_EVENT_RELOAD_FAILED, 0, 0) }, message.into_bytes())
+        }
         Event::Shutdown => base(RCLUSTER_EVENT_SHUTDOWN, 0, 0),
     }
 }
@@ -518,12 +663,7 @@ fn primary_event(event: Event) -> rcluster_event {
 pub(super) fn worker_event(event: WorkerEvent, worker_id: u32) -> rcluster_event {
     // SAFETY: getpid is always safe.
     let pid = unsafe { libc::getpid() };
-    let base = |kind| rcluster_event {
-        kind,
-        worker_id,
-        pid,
-        ..empty_event()
-    };
+    let base = |kind| rcluster_event { kind, worker_id, pid, ..empty_event() };
     match event {
         WorkerEvent::Message(data) => with_data(base(RCLUSTER_EVENT_MESSAGE), data),
         WorkerEvent::Disconnect => base(RCLUSTER_EVENT_DISCONNECT),

@@ -37,8 +37,7 @@ pub extern "C" fn rcluster_is_worker() -> c_int {
 pub extern "C" fn rcluster_worker_id(worker_id: *mut u32) -> c_int {
     guard(|| {
         let out = non_null(worker_id, "worker_id")?;
-        *out = crate::worker::worker_id()
-            .ok_or_else(|| Error::new(Code::State, "this process is not a worker"))?;
+        *out = crate::worker::worker_id().ok_or_else(|| Error::new(Code::State, "this process is not a worker"))?;
         Ok(())
     })
 }
@@ -93,13 +92,45 @@ pub extern "C" fn rcluster_worker_listen(
 
 /// Stores the port the listener is bound to (the OS-picked one for port 0).
 #[no_mangle]
-pub extern "C" fn rcluster_listener_port(
-    listener: *mut rcluster_listener,
-    port: *mut u16,
-) -> c_int {
+pub extern "C" fn rcluster_listener_port(listener: *mut rcluster_listener, port: *mut u16) -> c_int {
     guard(|| {
         let out = non_null(port, "port")?;
         *out = LISTENERS.get(listener)?.address().port();
+        Ok(())
+    })
+}
+
+/// Writes the IP address the listener is bound to, NUL-terminated, into
+/// `buf` (`capacity` bytes; 46 always suffice), and its port into `*port`
+/// (may be NULL). `RCLUSTER_E_TOOBIG` if `capacity` is too small.
+#[no_mangle]
+pub extern "C" fn rcluster_listener_address(
+    listener: *mut rcluster_listener,
+    buf: *mut c_char,
+    capacity: usize,
+    port: *mut u16,
+) -> c_int {
+    guard(|| {
+        if buf.is_null() {
+            return Err(Error::new(Code::InvalidArgument, "buf is NULL"));
+        }
+        let address = LISTENERS.get(listener)?.address();
+        let ip = address.ip().to_string();
+        if ip.len() + 1 > capacity {
+            return Err(Error::new(
+                Code::TooBig,
+                format!("address {ip} needs {} bytes, capacity is {capacity}", ip.len() + 1),
+            ));
+        }
+        // SAFETY: buf is non-NULL with room for `capacity` >= ip.len() + 1 bytes (caller's contract).
+        unsafe {
+            std::ptr::copy_nonoverlapping(ip.as_ptr(), buf as *mut u8, ip.len());
+            *buf.add(ip.len()) = 0;
+        }
+        // SAFETY: optional out-pointer, valid if non-NULL.
+        if let Some(out) = unsafe { port.as_mut() } {
+            *out = address.port();
+        }
         Ok(())
     })
 }
@@ -150,10 +181,7 @@ pub extern "C" fn rcluster_listener_close(listener: *mut rcluster_listener) -> c
 /// `RCLUSTER_EVENT_MESSAGE`, `RCLUSTER_EVENT_DISCONNECT` or
 /// `RCLUSTER_EVENT_PRIMARY_GONE`. After PRIMARY_GONE: `RCLUSTER_E_CLOSED`.
 #[no_mangle]
-pub extern "C" fn rcluster_worker_next_event(
-    worker: *mut rcluster_worker,
-    event: *mut rcluster_event,
-) -> c_int {
+pub extern "C" fn rcluster_worker_next_event(worker: *mut rcluster_worker, event: *mut rcluster_event) -> c_int {
     rcluster_worker_wait_event(worker, event, 0)
 }
 
@@ -180,13 +208,26 @@ pub extern "C" fn rcluster_worker_wait_event(
     })
 }
 
+/// Tells the primary this worker is ready to serve. Only needed when the
+/// primary waits for it (`wait_ready`): then a replacement counts as started,
+/// and the worker it replaces is stopped, only after this call.
+#[no_mangle]
+pub extern "C" fn rcluster_worker_ready(worker: *mut rcluster_worker) -> c_int {
+    guard(|| WORKERS.get(worker)?.ready())
+}
+
+/// Tells the primary that `count` connections this worker accepted are
+/// finished (closed). The load-aware policy (`RCLUSTER_POLICY_LEAST`) uses
+/// it to know how busy each worker is; other policies ignore it. Call it
+/// when you close an accepted connection.
+#[no_mangle]
+pub extern "C" fn rcluster_worker_done(worker: *mut rcluster_worker, count: u32) -> c_int {
+    guard(|| WORKERS.get(worker)?.done(count))
+}
+
 /// Sends `len` bytes (copied) to the primary; blocks while the channel is full.
 #[no_mangle]
-pub extern "C" fn rcluster_worker_send(
-    worker: *mut rcluster_worker,
-    data: *const c_void,
-    len: usize,
-) -> c_int {
+pub extern "C" fn rcluster_worker_send(worker: *mut rcluster_worker, data: *const c_void, len: usize) -> c_int {
     guard(|| {
         let worker = WORKERS.get(worker)?;
         worker.send(bytes(data as *const u8, len, "data")?)

@@ -2,8 +2,9 @@
 //!
 //! Each turn: wait for readiness or the next timer, then handle what is
 //! ready — host commands, new connections, worker frames, worker exits,
-//! signals — then hand pending connections to workers, fire timers, and
-//! move the shutdown along. Every event's handling is a named method below.
+//! signals — then hand pending connections to workers, fire timers
+//! (restarts, replacement deadlines, heartbeats, stop escalations), and move
+//! the shutdown along. Every event's handling is a named method below.
 //!
 //! # Connection ownership
 //!
@@ -14,8 +15,16 @@
 //! Credit (`max_unacked`) bounds each worker's table and `max_pending`
 //! bounds the queue; when the queue is full the primary stops accepting and
 //! the kernel's backlog holds the rest.
+//!
+//! # Supervision
+//!
+//! Workers live in slots ([`super::supervisor`]). A worker that exits
+//! without being asked is replaced after a growing delay, until its slot
+//! crash-loops. A *replacement* (rolling reload, recycling) starts a new
+//! worker for a slot while the old one serves; once the new one is ready,
+//! the old one is asked to leave. Listeners stay open throughout.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ffi::OsString;
 use std::io;
 use std::net::SocketAddr;
@@ -27,11 +36,13 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
 use super::listener::{parse_address, Listener};
+use super::policy::Sockets;
 use super::signals::SignalPipe;
+use super::supervisor::{AfterCrash, Cause, Jitter, Reload, Replacement, Slot};
 use super::{Command, Config, Shared, WorkerInfo};
 use crate::channel::{self, Reassembler};
 use crate::error::{Code, Error, Result};
-use crate::event::{Event, Exit};
+use crate::event::{Event, Exit, WorkerState, WorkerStats};
 use crate::spawn::{self, Spawned};
 use crate::sys::{self, ExitStatus};
 use crate::wire::{self, Frame};
@@ -45,9 +56,9 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 const KIND_SPECIAL: usize = 0;
 const KIND_LISTENER: usize = 1;
 const KIND_CHANNEL: usize = 2;
-const KIND_PIDFD: usize = 3;
 const TOKEN_WAKE: Token = Token(0);
 const TOKEN_SIGNALS: Token = Token(1 << 2);
+const KIND_PIDFD: usize = 3;
 
 fn token(kind: usize, id: u32) -> Token {
     Token(((id as usize) << 2) | kind)
@@ -77,26 +88,63 @@ struct Link {
     writable_armed: bool,
 }
 
-/// Why a worker is being stopped by signal, and what comes next.
+/// The next signal a stopping worker gets, and when.
 #[derive(Clone, Copy)]
 struct Escalation {
     at: Instant,
     signal: libc::c_int,
 }
 
-struct WorkerSlot {
+/// One worker process, from start until it is reaped.
+struct WorkerEntry {
     id: u32,
     pid: i32,
     child: Option<std::process::Child>,
     pidfd: Option<OwnedFd>,
     link: Option<Link>,
+    slot: Option<u32>,
+    generation: u32,
+    started: Instant,
+    online: bool,
+    listening: bool,
+    ready: bool,
     /// Asked to leave or said goodbye: gets no new connections.
     leaving: bool,
     /// Its exit follows a disconnect it asked for or was asked for.
     after_disconnect: bool,
+    /// The primary asked it to go: its exit is not a crash.
+    stop_requested: bool,
     unacked: HashMap<u64, Handoff>,
-    listening: Vec<u32>,
+    /// Connections it acknowledged and has not reported finished.
+    active: u32,
+    listening_on: Vec<u32>,
     escalation: Option<Escalation>,
+    dispatched: u64,
+    /// Recycle once this many connections were handed over.
+    recycle_at: Option<u64>,
+    /// Outstanding heartbeat: its sequence number and when it was sent.
+    ping: Option<(u64, Instant)>,
+    next_ping: Option<Instant>,
+}
+
+impl WorkerEntry {
+    fn can_take_connections(&self, max_unacked: usize) -> bool {
+        self.link.is_some() && !self.leaving && self.unacked.len() < max_unacked
+    }
+
+    fn state(&self) -> WorkerState {
+        if self.link.is_none() {
+            WorkerState::Disconnected
+        } else if self.leaving {
+            WorkerState::Leaving
+        } else if self.listening {
+            WorkerState::Listening
+        } else if self.online {
+            WorkerState::Online
+        } else {
+            WorkerState::Starting
+        }
+    }
 }
 
 struct ShutdownState {
@@ -110,13 +158,24 @@ pub(crate) struct EventLoop {
     poll: Poll,
     shared: Arc<Shared>,
     config: Config,
-    workers: HashMap<u32, WorkerSlot>,
+    workers: HashMap<u32, WorkerEntry>,
+    slots: BTreeMap<u32, Slot>,
     listeners: HashMap<u32, Listener>,
     by_address: HashMap<SocketAddr, u32>,
     pending: VecDeque<Handoff>,
     next_worker: u32,
+    next_slot: u32,
     next_listener: u32,
     next_conn: u64,
+    next_ping_seq: u64,
+    /// The reload generation new workers are started with.
+    generation: u32,
+    reload: Option<Reload>,
+    /// A reload was asked for while one ran: run another after it.
+    reload_again: bool,
+    /// Slots whose worker reached its connection budget.
+    recycle_due: Vec<u32>,
+    jitter: Jitter,
     signals: Option<SignalPipe>,
     shutdown: Option<ShutdownState>,
 }
@@ -125,20 +184,12 @@ impl EventLoop {
     pub(crate) fn new(config: Config, shared: Arc<Shared>) -> Result<EventLoop> {
         let poll = Poll::new().map_err(|e| Error::os("epoll", e))?;
         poll.registry()
-            .register(
-                &mut SourceFd(&shared.wake.raw()),
-                TOKEN_WAKE,
-                Interest::READABLE,
-            )
+            .register(&mut SourceFd(&shared.wake.raw()), TOKEN_WAKE, Interest::READABLE)
             .map_err(|e| Error::os("registering the wake fd", e))?;
         let signals = if config.handle_signals {
             let pipe = SignalPipe::install()?;
             poll.registry()
-                .register(
-                    &mut SourceFd(&pipe.fd().as_raw_fd()),
-                    TOKEN_SIGNALS,
-                    Interest::READABLE,
-                )
+                .register(&mut SourceFd(&pipe.fd().as_raw_fd()), TOKEN_SIGNALS, Interest::READABLE)
                 .map_err(|e| Error::os("registering the signal pipe", e))?;
             Some(pipe)
         } else {
@@ -149,12 +200,20 @@ impl EventLoop {
             shared,
             config,
             workers: HashMap::new(),
+            slots: BTreeMap::new(),
             listeners: HashMap::new(),
             by_address: HashMap::new(),
             pending: VecDeque::new(),
             next_worker: 1,
+            next_slot: 0,
             next_listener: 1,
             next_conn: 1,
+            next_ping_seq: 1,
+            generation: 0,
+            reload: None,
+            reload_again: false,
+            recycle_due: Vec::new(),
+            jitter: Jitter::new(),
             signals,
             shutdown: None,
         })
@@ -191,6 +250,7 @@ impl EventLoop {
             }
             self.dispatch_pending();
             self.accept_ready();
+            self.start_due_recycles();
             self.on_timers();
             if self.advance_shutdown() {
                 break;
@@ -203,11 +263,7 @@ impl EventLoop {
 
     fn on_commands(&mut self) {
         let commands: Vec<Command> = {
-            let mut queue = self
-                .shared
-                .commands
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut queue = self.shared.commands.lock().unwrap_or_else(|p| p.into_inner());
             self.shared.wake.clear();
             queue.drain(..).collect()
         };
@@ -219,14 +275,59 @@ impl EventLoop {
                 Command::Listen { host, port, reply } => {
                     let _ = reply.send(self.listen(&host, port));
                 }
-                Command::Send { worker, data } => {
-                    self.send_frame(worker, &Frame::encode_user(&data), &[])
-                }
+                Command::Send { worker, data } => self.send_frame(worker, &Frame::encode_user(&data), &[]),
                 Command::Disconnect { worker } => self.disconnect(worker),
                 Command::Kill { worker, signal } => self.kill(worker, signal),
                 Command::Shutdown { grace } => self.begin_shutdown(grace),
+                Command::Reload { reply } => {
+                    let _ = reply.send(self.reload());
+                }
+                Command::Scale { workers, reply } => {
+                    let _ = reply.send(self.scale(workers));
+                }
+                Command::Stats { reply } => {
+                    let _ = reply.send(self.stats());
+                }
             }
         }
+    }
+
+    fn check_running(&self) -> Result<()> {
+        match self.shutdown {
+            Some(_) => Err(Error::new(Code::State, "the primary is shutting down")),
+            None => Ok(()),
+        }
+    }
+
+    /// A new slot with its first worker.
+    fn fork(&mut self, env: Vec<(OsString, OsString)>) -> Result<WorkerInfo> {
+        self.check_running()?;
+        let index = self.next_slot;
+        self.next_slot += 1;
+        self.slots.insert(index, Slot::new(index, env));
+        match self.start_worker(index) {
+            Ok(info) => {
+                if let Some(slot) = self.slots.get_mut(&index) {
+                    slot.worker = Some(info.id);
+                }
+                Ok(info)
+            }
+            Err(e) => {
+                self.slots.remove(&index);
+                Err(e)
+            }
+        }
+    }
+
+    /// Spawns a worker for `slot` (not yet recorded as the slot's worker).
+    fn start_worker(&mut self, slot: u32) -> Result<WorkerInfo> {
+        let mut spec = self.config.spawn.clone();
+        if let Some(slot) = self.slots.get(&slot) {
+            spec.env.extend(slot.env.iter().cloned());
+        }
+        let id = self.reserve_worker_id();
+        let spawned = spawn::spawn(&spec, id)?;
+        self.adopt(id, spawned, Some(slot))
     }
 
     pub(crate) fn reserve_worker_id(&mut self) -> u32 {
@@ -235,65 +336,53 @@ impl EventLoop {
         id
     }
 
-    fn fork(&mut self, env: Vec<(OsString, OsString)>) -> Result<WorkerInfo> {
-        if self.shutdown.is_some() {
-            return Err(Error::new(Code::State, "the primary is shutting down"));
-        }
-        let mut spec = self.config.spawn.clone();
-        spec.env.extend(env);
-        let id = self.reserve_worker_id();
-        let spawned = spawn::spawn(&spec, id)?;
-        self.adopt(id, spawned)
-    }
-
     /// Takes a started worker into the table and watches its channel and pid.
-    pub(crate) fn adopt(&mut self, id: u32, spawned: Spawned) -> Result<WorkerInfo> {
-        let Spawned {
-            pid,
-            child,
-            channel,
-        } = spawned;
+    pub(crate) fn adopt(&mut self, id: u32, spawned: Spawned, slot: Option<u32>) -> Result<WorkerInfo> {
+        let Spawned { pid, child, channel } = spawned;
         let registry = self.poll.registry();
         registry
-            .register(
-                &mut SourceFd(&channel.as_raw_fd()),
-                token(KIND_CHANNEL, id),
-                Interest::READABLE,
-            )
+            .register(&mut SourceFd(&channel.as_raw_fd()), token(KIND_CHANNEL, id), Interest::READABLE)
             .map_err(|e| Error::os("registering a worker channel", e))?;
         let pidfd = sys::pidfd_open(pid).map_err(|e| Error::os("pidfd_open", e))?;
         if let Some(fd) = &pidfd {
             registry
-                .register(
-                    &mut SourceFd(&fd.as_raw_fd()),
-                    token(KIND_PIDFD, id),
-                    Interest::READABLE,
-                )
+                .register(&mut SourceFd(&fd.as_raw_fd()), token(KIND_PIDFD, id), Interest::READABLE)
                 .map_err(|e| Error::os("registering a pidfd", e))?;
         }
-        let link = Link {
-            fd: channel,
-            reassembler: Reassembler::new(),
-            outbox: VecDeque::new(),
-            writable_armed: false,
-        };
+        let supervision = &self.config.supervision;
+        let recycle_at = (supervision.recycle_after > 0)
+            .then(|| supervision.recycle_after + self.jitter.upto(supervision.recycle_jitter));
+        let link =
+            Link { fd: channel, reassembler: Reassembler::new(), outbox: VecDeque::new(), writable_armed: false };
         self.workers.insert(
             id,
-            WorkerSlot {
+            WorkerEntry {
                 id,
                 pid,
                 child,
                 pidfd,
                 link: Some(link),
+                slot,
+                generation: self.generation,
+                started: Instant::now(),
+                online: false,
+                listening: false,
+                ready: false,
                 leaving: false,
                 after_disconnect: false,
+                stop_requested: false,
                 unacked: HashMap::new(),
-                listening: Vec::new(),
+                active: 0,
+                listening_on: Vec::new(),
                 escalation: None,
+                dispatched: 0,
+                recycle_at,
+                ping: None,
+                next_ping: None,
             },
         );
         self.shared.lock_connected().insert(id);
-        self.shared.emit(Event::Fork { worker: id, pid });
+        self.shared.emit(Event::Fork { worker: id, pid, slot, generation: self.generation });
         Ok(WorkerInfo { id, pid })
     }
 
@@ -305,29 +394,18 @@ impl EventLoop {
 
     fn listener_for(&mut self, host: &str, port: u16) -> Result<u32> {
         if self.shutdown.is_some() {
-            return Err(
-                Error::new(Code::State, "the primary is shutting down").with_errno(libc::ESHUTDOWN)
-            );
+            return Err(Error::new(Code::State, "the primary is shutting down").with_errno(libc::ESHUTDOWN));
         }
         let requested = parse_address(host, port)?;
         if let Some(&id) = self.by_address.get(&requested) {
             return Ok(id);
         }
         let id = self.next_listener;
-        let listener = Listener::bind(
-            id,
-            requested,
-            self.config.backlog,
-            self.config.policy.instantiate(),
-        )?;
-        if listener.policy.primary_accepts() {
+        let listener = Listener::bind(id, requested, self.config.backlog, self.config.policy.instantiate())?;
+        if let (Some(socket), Sockets::PrimaryAccepts) = (&listener.socket, listener.policy.sockets()) {
             self.poll
                 .registry()
-                .register(
-                    &mut SourceFd(&listener.socket.as_raw_fd()),
-                    token(KIND_LISTENER, id),
-                    Interest::READABLE,
-                )
+                .register(&mut SourceFd(&socket.as_raw_fd()), token(KIND_LISTENER, id), Interest::READABLE)
                 .map_err(|e| Error::os("registering a listener", e))?;
         }
         self.next_listener += 1;
@@ -338,25 +416,209 @@ impl EventLoop {
         Ok(id)
     }
 
+    /// The host asked this worker to leave: it goes, and its slot with it.
     fn disconnect(&mut self, worker: u32) {
+        let slot = self.workers.get(&worker).and_then(|w| w.slot);
+        self.stop_worker(worker);
+        if let Some(index) = slot {
+            if self.slots.get(&index).is_some_and(|s| s.worker == Some(worker)) {
+                self.remove_slot(index);
+            }
+        }
+    }
+
+    /// Asks a worker to finish what it holds and leave, with SIGTERM and
+    /// then SIGKILL after the stop timeout.
+    fn stop_worker(&mut self, worker: u32) {
         self.send_frame(worker, &Frame::Disconnect.encode(), &[]);
         let stop_timeout = self.config.stop_timeout;
-        if let Some(slot) = self.workers.get_mut(&worker) {
-            slot.leaving = true;
-            slot.after_disconnect = true;
-            if slot.escalation.is_none() {
-                slot.escalation = Some(Escalation {
-                    at: Instant::now() + stop_timeout,
-                    signal: libc::SIGTERM,
-                });
+        if let Some(entry) = self.workers.get_mut(&worker) {
+            entry.leaving = true;
+            entry.after_disconnect = true;
+            entry.stop_requested = true;
+            if entry.escalation.is_none() {
+                entry.escalation = Some(Escalation { at: Instant::now() + stop_timeout, signal: libc::SIGTERM });
+            }
+        }
+    }
+
+    /// Kills a worker that is not ready and will not be (a failed replacement).
+    fn abandon_worker(&mut self, worker: u32) {
+        if let Some(entry) = self.workers.get_mut(&worker) {
+            entry.stop_requested = true;
+            entry.leaving = true;
+            let _ = sys::kill(entry.pid, libc::SIGKILL);
+        }
+    }
+
+    fn remove_slot(&mut self, index: u32) {
+        if let Some(slot) = self.slots.remove(&index) {
+            for worker in slot.worker.into_iter().chain(slot.replacement.map(|r| r.worker)) {
+                self.stop_worker(worker);
             }
         }
     }
 
     fn kill(&mut self, worker: u32, signal: libc::c_int) {
-        if let Some(slot) = self.workers.get(&worker) {
-            // The slot lives until we reap the pid, so it is still ours.
-            let _ = sys::kill(slot.pid, signal);
+        if let Some(entry) = self.workers.get(&worker) {
+            // The entry lives until we reap the pid, so it is still ours.
+            let _ = sys::kill(entry.pid, signal);
+        }
+    }
+
+    fn scale(&mut self, workers: u32) -> Result<()> {
+        self.check_running()?;
+        let current = self.slots.len() as u32;
+        for _ in current..workers {
+            self.fork(Vec::new())?;
+        }
+        while self.slots.len() as u32 > workers {
+            let Some((&last, _)) = self.slots.iter().next_back() else { break };
+            self.remove_slot(last);
+        }
+        Ok(())
+    }
+
+    fn stats(&self) -> Vec<WorkerStats> {
+        let now = Instant::now();
+        let mut stats: Vec<WorkerStats> = self
+            .workers
+            .values()
+            .map(|w| WorkerStats {
+                id: w.id,
+                pid: w.pid,
+                slot: w.slot,
+                state: w.state(),
+                generation: w.generation,
+                dispatched: w.dispatched,
+                in_flight: w.unacked.len() as u32,
+                active: w.active,
+                restarts: w.slot.and_then(|s| self.slots.get(&s)).map_or(0, |s| s.restarts),
+                uptime: now.duration_since(w.started),
+            })
+            .collect();
+        stats.sort_by_key(|s| s.id);
+        stats
+    }
+
+    // ----- rolling reload and replacements ---------------------------------
+
+    fn reload(&mut self) -> Result<u32> {
+        self.check_running()?;
+        if self.reload.is_some() {
+            self.reload_again = true;
+            return Ok(self.generation + 1);
+        }
+        self.generation += 1;
+        let queue = self.slots.keys().copied().collect();
+        self.reload = Some(Reload { generation: self.generation, queue });
+        self.advance_reload();
+        Ok(self.generation)
+    }
+
+    /// Starts replacements up to the concurrency limit; finishes the reload
+    /// when every slot has been replaced.
+    fn advance_reload(&mut self) {
+        loop {
+            let Some(reload) = &mut self.reload else { return };
+            let in_flight =
+                self.slots.values().filter(|s| s.replacement.is_some_and(|r| r.cause == Cause::Reload)).count() as u32;
+            if in_flight >= self.config.supervision.reload_concurrency.max(1) {
+                return;
+            }
+            let Some(index) = reload.queue.pop_front() else {
+                if in_flight == 0 {
+                    let generation = reload.generation;
+                    self.reload = None;
+                    self.shared.emit(Event::ReloadDone { generation });
+                    if std::mem::take(&mut self.reload_again) {
+                        let _ = self.reload();
+                    }
+                }
+                return;
+            };
+            let Some(slot) = self.slots.get_mut(&index) else { continue };
+            if slot.worker.is_none() {
+                // Restarting or crash-looped: new code deserves a fresh start.
+                slot.reset();
+                slot.restart_at = Some(Instant::now());
+                continue;
+            }
+            if let Err(e) = self.start_replacement(index, Cause::Reload) {
+                self.fail_reload(format!("could not start a replacement worker: {e}"));
+                return;
+            }
+        }
+    }
+
+    fn start_replacement(&mut self, index: u32, cause: Cause) -> Result<()> {
+        let info = self.start_worker(index)?;
+        let deadline = Instant::now() + self.config.supervision.ready_timeout;
+        if let Some(slot) = self.slots.get_mut(&index) {
+            slot.replacement = Some(Replacement { worker: info.id, deadline, cause });
+        }
+        Ok(())
+    }
+
+    /// A replacement will not become ready: kill it; the old worker keeps serving.
+    fn replacement_failed(&mut self, index: u32, message: String) {
+        let Some(slot) = self.slots.get_mut(&index) else { return };
+        let Some(replacement) = slot.replacement.take() else { return };
+        self.abandon_worker(replacement.worker);
+        match replacement.cause {
+            Cause::Reload => self.fail_reload(message),
+            Cause::Recycle => {
+                // Keep the old worker; do not try to recycle it again.
+                if let Some(old) = self.slots.get(&index).and_then(|s| s.worker) {
+                    if let Some(entry) = self.workers.get_mut(&old) {
+                        entry.recycle_at = None;
+                    }
+                }
+            }
+        }
+    }
+
+    fn fail_reload(&mut self, message: String) {
+        let Some(reload) = self.reload.take() else { return };
+        self.reload_again = false;
+        let in_flight: Vec<u32> = self
+            .slots
+            .values_mut()
+            .filter(|s| s.replacement.is_some_and(|r| r.cause == Cause::Reload))
+            .filter_map(|s| s.replacement.take().map(|r| r.worker))
+            .collect();
+        for worker in in_flight {
+            self.abandon_worker(worker);
+        }
+        self.shared.emit(Event::ReloadFailed { generation: reload.generation, message });
+    }
+
+    /// The worker is ready (listening, or said so with `wait_ready`): if it
+    /// replaces another, the other is asked to leave now.
+    fn on_worker_ready(&mut self, worker: u32) {
+        let Some(entry) = self.workers.get_mut(&worker) else { return };
+        if entry.ready {
+            return;
+        }
+        entry.ready = true;
+        let Some(index) = entry.slot else { return };
+        let Some(slot) = self.slots.get_mut(&index) else { return };
+        let Some(replacement) = slot.replacement.filter(|r| r.worker == worker) else { return };
+        slot.replacement = None;
+        if let Some(old) = slot.worker.replace(worker) {
+            self.stop_worker(old);
+        }
+        if replacement.cause == Cause::Reload {
+            self.advance_reload();
+        }
+    }
+
+    fn start_due_recycles(&mut self) {
+        for index in std::mem::take(&mut self.recycle_due) {
+            let busy = self.slots.get(&index).is_none_or(|s| s.replacement.is_some());
+            if !busy && self.shutdown.is_none() {
+                let _ = self.start_replacement(index, Cause::Recycle);
+            }
         }
     }
 
@@ -377,7 +639,7 @@ impl EventLoop {
         let ready: Vec<u32> = self
             .listeners
             .values()
-            .filter(|l| l.ready && l.policy.primary_accepts())
+            .filter(|l| l.ready && l.policy.sockets() == Sockets::PrimaryAccepts)
             .map(|l| l.id)
             .collect();
         for id in ready {
@@ -392,35 +654,23 @@ impl EventLoop {
             if !unbounded && self.pending.len() >= self.config.max_pending as usize {
                 return;
             }
-            let Some(listener) = self.listeners.get_mut(&id) else {
-                return;
-            };
+            let Some(listener) = self.listeners.get_mut(&id) else { return };
+            let Some(socket) = &listener.socket else { return };
             if !listener.ready
                 || listener.paused_until.is_some()
-                || !listener.policy.primary_accepts()
+                || listener.policy.sockets() != Sockets::PrimaryAccepts
             {
                 return;
             }
+            let raw = socket.as_raw_fd();
             // SAFETY: accept4 on a listening socket we own, no address out-params.
-            let ret = unsafe {
-                libc::accept4(
-                    listener.socket.as_raw_fd(),
-                    std::ptr::null_mut(),
-                    std::ptr::null_mut(),
-                    libc::SOCK_CLOEXEC,
-                )
-            };
+            let ret = unsafe { libc::accept4(raw, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC) };
             if ret >= 0 {
                 // SAFETY: a fresh fd from accept4, owned by nothing else.
                 let fd = Arc::new(unsafe { OwnedFd::from_raw_fd(ret) });
                 let conn = self.next_conn;
                 self.next_conn += 1;
-                self.dispatch(Handoff {
-                    conn,
-                    listener: id,
-                    fd,
-                    refusals: 0,
-                });
+                self.dispatch(Handoff { conn, listener: id, fd, refusals: 0 });
                 continue;
             }
             let errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
@@ -462,27 +712,36 @@ impl EventLoop {
         let workers = &self.workers;
         let max_unacked = self.config.max_unacked as usize;
         listener.policy.pick(&listener.members, &mut |id| {
-            let slot = workers.get(&id)?;
-            let can_take = slot.link.is_some() && !slot.leaving && slot.unacked.len() < max_unacked;
-            can_take.then_some(slot.unacked.len() as u32)
+            let entry = workers.get(&id)?;
+            entry.can_take_connections(max_unacked).then_some(entry.unacked.len() as u32 + entry.active)
         })
     }
 
     fn hand_to(&mut self, worker: u32, handoff: Handoff) {
         let frame = wire::encode_conn(handoff.listener, handoff.conn);
         let fd = handoff.fd.clone();
-        let Some(slot) = self.workers.get_mut(&worker) else {
+        let Some(entry) = self.workers.get_mut(&worker) else {
             self.pending.push_back(handoff);
             return;
         };
         // Into the table first: if the send fails, the hang-up path re-queues it.
-        slot.unacked.insert(handoff.conn, handoff);
+        entry.unacked.insert(handoff.conn, handoff);
+        entry.dispatched += 1;
+        if entry.recycle_at.is_some_and(|limit| entry.dispatched >= limit) {
+            entry.recycle_at = None;
+            if let Some(slot) = entry.slot {
+                self.recycle_due.push(slot);
+            }
+        }
         self.send_frame(worker, &frame, &[fd]);
     }
 
     /// Hands out queued connections wherever a worker can take them,
     /// keeping the order of those that must still wait.
     fn dispatch_pending(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
         let mut waiting = VecDeque::new();
         while let Some(handoff) = self.pending.pop_front() {
             match self.pick_worker(handoff.listener) {
@@ -500,9 +759,7 @@ impl EventLoop {
     /// Sends one message (as records) to a worker, queueing what the socket
     /// cannot take now. A broken channel is treated as a hang-up.
     fn send_frame(&mut self, worker: u32, bytes: &[u8], fds: &[Arc<OwnedFd>]) {
-        let Some(link) = self.workers.get_mut(&worker).and_then(|s| s.link.as_mut()) else {
-            return;
-        };
+        let Some(link) = self.workers.get_mut(&worker).and_then(|w| w.link.as_mut()) else { return };
         let mut broken = false;
         for (index, (header, payload)) in channel::records(bytes).enumerate() {
             let attached: &[Arc<OwnedFd>] = if index == 0 { fds } else { &[] };
@@ -517,11 +774,7 @@ impl EventLoop {
                     }
                 }
             }
-            link.outbox.push_back(Outgoing {
-                header,
-                payload: payload.to_vec(),
-                fds: attached.to_vec(),
-            });
+            link.outbox.push_back(Outgoing { header, payload: payload.to_vec(), fds: attached.to_vec() });
         }
         if broken {
             self.hang_up(worker);
@@ -531,16 +784,10 @@ impl EventLoop {
     }
 
     fn arm_writable(&mut self, worker: u32) {
-        let Some(link) = self.workers.get_mut(&worker).and_then(|s| s.link.as_mut()) else {
-            return;
-        };
+        let Some(link) = self.workers.get_mut(&worker).and_then(|w| w.link.as_mut()) else { return };
         let want = !link.outbox.is_empty();
         if want != link.writable_armed {
-            let interest = if want {
-                Interest::READABLE | Interest::WRITABLE
-            } else {
-                Interest::READABLE
-            };
+            let interest = if want { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
             let _ = self.poll.registry().reregister(
                 &mut SourceFd(&link.fd.as_raw_fd()),
                 token(KIND_CHANNEL, worker),
@@ -551,9 +798,7 @@ impl EventLoop {
     }
 
     fn on_worker_writable(&mut self, worker: u32) {
-        let Some(link) = self.workers.get_mut(&worker).and_then(|s| s.link.as_mut()) else {
-            return;
-        };
+        let Some(link) = self.workers.get_mut(&worker).and_then(|w| w.link.as_mut()) else { return };
         let mut broken = false;
         while let Some(record) = link.outbox.front() {
             let raw: Vec<RawFd> = record.fds.iter().map(|fd| fd.as_raw_fd()).collect();
@@ -577,13 +822,14 @@ impl EventLoop {
 
     fn on_worker_readable(&mut self, worker: u32) {
         loop {
-            let Some(link) = self.workers.get_mut(&worker).and_then(|s| s.link.as_mut()) else {
-                return;
-            };
+            let Some(link) = self.workers.get_mut(&worker).and_then(|w| w.link.as_mut()) else { return };
             match link.reassembler.read(link.fd.as_fd()) {
                 Ok(channel::Read::Message(message)) => self.on_frame(worker, message),
                 Ok(channel::Read::WouldBlock) => return,
                 Ok(channel::Read::Eof) => return self.hang_up(worker),
+                // A peer that dies with our frames unread resets the channel
+                // (ECONNRESET): that is a hang-up, not misbehaviour.
+                Err(e) if e.code() == Code::Closed => return self.hang_up(worker),
                 Err(e) => return self.worker_error(worker, e),
             }
         }
@@ -592,138 +838,111 @@ impl EventLoop {
     fn on_frame(&mut self, worker: u32, message: channel::Message) {
         if !message.fds.is_empty() {
             // Workers never send fds; the ones that came are closed with the message.
-            return self.worker_error(
-                worker,
-                Error::new(Code::Protocol, "worker sent file descriptors"),
-            );
+            return self.worker_error(worker, Error::new(Code::Protocol, "worker sent file descriptors"));
         }
         let frame = match Frame::decode(message.data) {
             Ok(frame) => frame,
             Err(e) => return self.worker_error(worker, e),
         };
-        let Some(pid) = self.workers.get(&worker).map(|s| s.pid) else {
-            return;
-        };
+        let Some(entry) = self.workers.get_mut(&worker) else { return };
+        let pid = entry.pid;
         match frame {
-            Frame::Hello { .. } => self.shared.emit(Event::Online { worker, pid }),
-            Frame::Listen {
-                request,
-                port,
-                host,
-            } => self.on_listen_request(worker, request, &host, port),
+            Frame::Hello { .. } => {
+                entry.online = true;
+                entry.next_ping = self.config.supervision.heartbeat_interval.map(|i| Instant::now() + i);
+                self.shared.emit(Event::Online { worker, pid });
+            }
+            Frame::Listen { request, port, host } => self.on_listen_request(worker, request, &host, port),
             Frame::Unlisten { listener } => self.leave_listener(worker, listener),
             Frame::Ack { conn, accepted } => self.on_ack(worker, conn, accepted),
+            Frame::Done { count } => entry.active = entry.active.saturating_sub(count),
             Frame::Goodbye => {
-                if let Some(slot) = self.workers.get_mut(&worker) {
-                    slot.leaving = true;
-                    slot.after_disconnect = true;
+                entry.leaving = true;
+                entry.after_disconnect = true;
+            }
+            Frame::Pong { seq } => {
+                if entry.ping.is_some_and(|(sent, _)| sent == seq) {
+                    entry.ping = None;
+                }
+            }
+            Frame::Ready => {
+                if self.config.supervision.wait_ready {
+                    self.on_worker_ready(worker);
                 }
             }
             Frame::User(data) => self.shared.emit(Event::Message { worker, pid, data }),
             other => self.worker_error(
                 worker,
-                Error::new(
-                    Code::Protocol,
-                    format!("worker sent a primary-only frame {other:?}"),
-                ),
+                Error::new(Code::Protocol, format!("worker sent a primary-only frame {other:?}")),
             ),
         }
     }
 
     fn on_listen_request(&mut self, worker: u32, request: u32, host: &str, port: u16) {
-        let result = self.listener_for(host, port);
-        let reply = match result {
-            Ok(id) => {
-                let listener = self
-                    .listeners
-                    .get_mut(&id)
-                    .expect("listener_for returned a known id");
-                let shared = !listener.policy.primary_accepts();
-                if !listener.members.contains(&worker) {
-                    listener.members.push(worker);
-                }
-                let address = listener.address;
-                let fd = shared.then(|| listener.socket.try_clone());
-                if let Some(slot) = self.workers.get_mut(&worker) {
-                    if !slot.listening.contains(&id) {
-                        slot.listening.push(id);
-                    }
-                }
-                let frame = Frame::ListenOk {
-                    request,
-                    listener: id,
-                    shared,
-                    port: address.port(),
-                    address: address.to_string(),
-                };
-                match fd {
-                    // SCM_RIGHTS duplicates the descriptor; a dup here keeps ours independent of the outbox.
-                    Some(Ok(socket)) => {
-                        self.send_frame(worker, &frame.encode(), &[Arc::new(OwnedFd::from(socket))])
-                    }
-                    Some(Err(e)) => {
-                        let errno = e.raw_os_error().unwrap_or(0);
-                        self.send_frame(
-                            worker,
-                            &Frame::ListenErr {
-                                request,
-                                errno,
-                                message: format!("dup of listener: {e}"),
-                            }
-                            .encode(),
-                            &[],
-                        );
-                        return;
-                    }
-                    None => self.send_frame(worker, &frame.encode(), &[]),
-                }
-                let pid = self.workers.get(&worker).map(|s| s.pid).unwrap_or(0);
-                self.shared.emit(Event::Listening {
-                    worker,
-                    pid,
-                    address,
-                });
-                return;
+        let id = match self.listener_for(host, port) {
+            Ok(id) => id,
+            Err(e) => {
+                let reply = Frame::ListenErr { request, errno: e.errno(), message: e.message().to_owned() };
+                return self.send_frame(worker, &reply.encode(), &[]);
             }
-            Err(e) => Frame::ListenErr {
-                request,
-                errno: e.errno(),
-                message: e.message().to_owned(),
-            },
         };
-        self.send_frame(worker, &reply.encode(), &[]);
+        let listener = self.listeners.get_mut(&id).expect("listener_for returned a known id");
+        let address = listener.address;
+        let own_socket = match listener.socket_for_worker(self.config.backlog) {
+            Ok(socket) => socket,
+            Err(e) => {
+                let reply = Frame::ListenErr { request, errno: e.errno(), message: e.message().to_owned() };
+                return self.send_frame(worker, &reply.encode(), &[]);
+            }
+        };
+        // `shared` on the wire: a socket is attached and the worker accepts itself.
+        let shared = own_socket.is_some();
+        let report_done = listener.policy.wants_done_reports();
+        let port = address.port();
+        let reply = Frame::ListenOk { request, listener: id, shared, report_done, port, address: address.to_string() };
+        let fds: Vec<Arc<OwnedFd>> = own_socket.into_iter().map(Arc::new).collect();
+        self.send_frame(worker, &reply.encode(), &fds);
+        let Some(entry) = self.workers.get_mut(&worker) else { return };
+        if !entry.listening_on.contains(&id) {
+            entry.listening_on.push(id);
+        }
+        entry.listening = true;
+        let pid = entry.pid;
+        if let Some(listener) = self.listeners.get_mut(&id) {
+            if !listener.members.contains(&worker) {
+                listener.members.push(worker);
+            }
+        }
+        self.shared.emit(Event::Listening { worker, pid, address });
+        if !self.config.supervision.wait_ready {
+            self.on_worker_ready(worker);
+        }
     }
 
     fn leave_listener(&mut self, worker: u32, listener: u32) {
         if let Some(l) = self.listeners.get_mut(&listener) {
             l.members.retain(|&w| w != worker);
         }
-        if let Some(slot) = self.workers.get_mut(&worker) {
-            slot.listening.retain(|&l| l != listener);
+        if let Some(entry) = self.workers.get_mut(&worker) {
+            entry.listening_on.retain(|&l| l != listener);
         }
     }
 
     fn on_ack(&mut self, worker: u32, conn: u64, accepted: bool) {
-        let Some(slot) = self.workers.get_mut(&worker) else {
-            return;
-        };
-        let Some(mut handoff) = slot.unacked.remove(&conn) else {
-            return self.worker_error(
-                worker,
-                Error::new(
-                    Code::Protocol,
-                    format!("worker acknowledged unknown connection {conn}"),
-                ),
-            );
+        let Some(entry) = self.workers.get_mut(&worker) else { return };
+        let Some(mut handoff) = entry.unacked.remove(&conn) else {
+            let message = format!("worker acknowledged unknown connection {conn}");
+            return self.worker_error(worker, Error::new(Code::Protocol, message));
         };
         if accepted {
+            // Only policies that receive done reports can know when it ends.
+            if self.listeners.get(&handoff.listener).is_some_and(|l| l.policy.wants_done_reports()) {
+                entry.active += 1;
+            }
             return; // dropping the handoff closes the primary's copy
         }
         handoff.refusals += 1;
-        let members = self
-            .listeners
-            .get(&handoff.listener)
-            .map_or(0, |l| l.members.len());
+        let members = self.listeners.get(&handoff.listener).map_or(0, |l| l.members.len());
         if handoff.refusals as usize > members.max(1) * 2 {
             // Every worker keeps refusing it: closing it is all that is left.
             return;
@@ -734,22 +953,17 @@ impl EventLoop {
     /// The worker's channel closed (or broke): its connections go back to
     /// the queue, it leaves every listener, and the host hears of it.
     fn hang_up(&mut self, worker: u32) {
-        let Some(slot) = self.workers.get_mut(&worker) else {
-            return;
-        };
-        let Some(link) = slot.link.take() else { return };
-        let _ = self
-            .poll
-            .registry()
-            .deregister(&mut SourceFd(&link.fd.as_raw_fd()));
+        let Some(entry) = self.workers.get_mut(&worker) else { return };
+        let Some(link) = entry.link.take() else { return };
+        let _ = self.poll.registry().deregister(&mut SourceFd(&link.fd.as_raw_fd()));
         drop(link);
-        let mut orphans: Vec<Handoff> = slot.unacked.drain().map(|(_, h)| h).collect();
+        let mut orphans: Vec<Handoff> = entry.unacked.drain().map(|(_, h)| h).collect();
         orphans.sort_by_key(|h| std::cmp::Reverse(h.conn));
         for handoff in orphans {
             self.pending.push_front(handoff); // oldest first, ahead of newer arrivals
         }
-        let listening = std::mem::take(&mut slot.listening);
-        let pid = slot.pid;
+        let listening = std::mem::take(&mut entry.listening_on);
+        let pid = entry.pid;
         for id in listening {
             if let Some(l) = self.listeners.get_mut(&id) {
                 l.members.retain(|&w| w != worker);
@@ -761,27 +975,16 @@ impl EventLoop {
 
     /// The worker broke the protocol: report it, cut it off, and stop it.
     fn worker_error(&mut self, worker: u32, error: Error) {
-        let Some(slot) = self.workers.get_mut(&worker) else {
-            return;
-        };
-        let pid = slot.pid;
-        slot.escalation = Some(Escalation {
-            at: Instant::now(),
-            signal: libc::SIGTERM,
-        });
-        self.shared.emit(Event::WorkerError {
-            worker,
-            pid,
-            message: error.message().to_owned(),
-        });
+        let Some(entry) = self.workers.get_mut(&worker) else { return };
+        let pid = entry.pid;
+        entry.escalation = Some(Escalation { at: Instant::now(), signal: libc::SIGTERM });
+        self.shared.emit(Event::WorkerError { worker, pid, message: error.message().to_owned() });
         self.hang_up(worker);
     }
 
     fn on_worker_exit(&mut self, worker: u32) {
-        let Some(slot) = self.workers.get_mut(&worker) else {
-            return;
-        };
-        let status = match &mut slot.child {
+        let Some(entry) = self.workers.get_mut(&worker) else { return };
+        let status = match &mut entry.child {
             Some(child) => match child.try_wait() {
                 Ok(Some(status)) => {
                     use std::os::unix::process::ExitStatusExt;
@@ -794,32 +997,52 @@ impl EventLoop {
                 Ok(None) => None,
                 Err(_) => Some(ExitStatus::Unknown),
             },
-            None => sys::try_reap(slot.pid).unwrap_or(Some(ExitStatus::Unknown)),
+            None => sys::try_reap(entry.pid).unwrap_or(Some(ExitStatus::Unknown)),
         };
         let Some(status) = status else { return };
         // Read what it sent before dying (acks first), then the hang-up.
         self.on_worker_readable(worker);
         self.hang_up(worker);
-        let Some(slot) = self.workers.remove(&worker) else {
-            return;
-        };
-        if let Some(fd) = &slot.pidfd {
-            let _ = self
-                .poll
-                .registry()
-                .deregister(&mut SourceFd(&fd.as_raw_fd()));
+        let Some(entry) = self.workers.remove(&worker) else { return };
+        if let Some(fd) = &entry.pidfd {
+            let _ = self.poll.registry().deregister(&mut SourceFd(&fd.as_raw_fd()));
         }
         let exit = match status {
             ExitStatus::Code(code) => Exit::Code(code),
             ExitStatus::Signal(signal) => Exit::Signal(signal),
             ExitStatus::Unknown => Exit::Unknown,
         };
-        self.shared.emit(Event::Exit {
-            worker,
-            pid: slot.pid,
-            exit,
-            after_disconnect: slot.after_disconnect,
-        });
+        self.shared.emit(Event::Exit { worker, pid: entry.pid, exit, after_disconnect: entry.after_disconnect });
+        self.supervise_exit(&entry);
+    }
+
+    /// Decides what a worker's exit means for its slot.
+    fn supervise_exit(&mut self, entry: &WorkerEntry) {
+        let Some(index) = entry.slot else { return };
+        let Some(slot) = self.slots.get_mut(&index) else { return };
+        if slot.replacement.is_some_and(|r| r.worker == entry.id) {
+            let message = format!("replacement worker {} exited before it was ready", entry.id);
+            return self.replacement_failed(index, message);
+        }
+        if slot.worker != Some(entry.id) {
+            return; // an old worker that was replaced, or a slot already removed
+        }
+        slot.worker = None;
+        if self.shutdown.is_some() || entry.stop_requested {
+            return;
+        }
+        let now = Instant::now();
+        let policy = &self.config.supervision;
+        if entry.after_disconnect {
+            // It left on its own, gracefully: replace it at once, no penalty.
+            if policy.restart {
+                slot.restart_at = Some(now);
+            }
+            return;
+        }
+        if let AfterCrash::CrashLoop = slot.on_crash(now, now.duration_since(entry.started), policy) {
+            self.shared.emit(Event::CrashLoop { slot: index, worker: entry.id, pid: entry.pid });
+        }
     }
 
     // ----- signals, timers, shutdown -------------------------------------
@@ -827,19 +1050,25 @@ impl EventLoop {
     fn on_signals(&mut self) {
         let Some(pipe) = &self.signals else { return };
         for signal in pipe.take() {
-            if signal == libc::SIGTERM || signal == libc::SIGINT {
-                if self.shutdown.is_some() {
+            match signal {
+                libc::SIGTERM | libc::SIGINT if self.shutdown.is_some() => {
                     // Asked twice: stop the workers now.
                     let now = Instant::now();
-                    for slot in self.workers.values_mut() {
-                        slot.escalation = Some(Escalation {
-                            at: now,
-                            signal: libc::SIGKILL,
-                        });
+                    for entry in self.workers.values_mut() {
+                        entry.escalation = Some(Escalation { at: now, signal: libc::SIGKILL });
                     }
-                } else {
-                    self.begin_shutdown(self.config.stop_timeout);
                 }
+                libc::SIGTERM | libc::SIGINT => self.begin_shutdown(self.config.stop_timeout),
+                libc::SIGHUP => {
+                    let _ = self.reload();
+                }
+                libc::SIGTTIN => {
+                    let _ = self.scale(self.slots.len() as u32 + 1);
+                }
+                libc::SIGTTOU => {
+                    let _ = self.scale((self.slots.len() as u32).saturating_sub(1).max(1));
+                }
+                _ => {}
             }
         }
     }
@@ -847,19 +1076,37 @@ impl EventLoop {
     fn next_timer(&self) -> Option<Duration> {
         let now = Instant::now();
         let mut earliest: Option<Instant> = None;
-        let mut consider =
-            |at: Instant| earliest = Some(earliest.map_or(at, |e: Instant| e.min(at)));
+        let mut consider = |at: Instant| earliest = Some(earliest.map_or(at, |e: Instant| e.min(at)));
         for listener in self.listeners.values() {
             if let Some(at) = listener.paused_until {
                 consider(at);
             }
         }
-        for slot in self.workers.values() {
-            if let Some(esc) = slot.escalation {
+        let heartbeat_timeout = self.config.supervision.heartbeat_timeout;
+        for entry in self.workers.values() {
+            if let Some(esc) = entry.escalation {
                 consider(esc.at);
             }
-            if slot.pidfd.is_none() {
+            if entry.pidfd.is_none() {
                 consider(now + REAP_POLL_INTERVAL);
+            }
+            if entry.link.is_some() {
+                if let Some(at) = entry.next_ping {
+                    consider(at);
+                }
+                if let Some((_, sent)) = entry.ping {
+                    consider(sent + heartbeat_timeout);
+                }
+            }
+        }
+        if self.shutdown.is_none() {
+            for slot in self.slots.values() {
+                if let Some(at) = slot.restart_at {
+                    consider(at);
+                }
+                if let Some(replacement) = slot.replacement {
+                    consider(replacement.deadline);
+                }
             }
         }
         if let Some(shutdown) = &self.shutdown {
@@ -872,35 +1119,112 @@ impl EventLoop {
 
     fn on_timers(&mut self) {
         let now = Instant::now();
-        let mut resumed = Vec::new();
-        for listener in self.listeners.values_mut() {
-            if listener.paused_until.is_some_and(|at| at <= now) {
-                listener.paused_until = None;
-                resumed.push(listener.id);
-            }
-        }
+        let resumed: Vec<u32> = self
+            .listeners
+            .values_mut()
+            .filter(|l| l.paused_until.is_some_and(|at| at <= now))
+            .map(|l| {
+                l.paused_until = None;
+                l.id
+            })
+            .collect();
         for id in resumed {
             self.accept_from(id, false);
         }
-        let stop_timeout = self
-            .shutdown
-            .as_ref()
-            .map_or(self.config.stop_timeout, |s| s.grace);
-        let mut unreaped = Vec::new();
-        for slot in self.workers.values_mut() {
-            if let Some(esc) = slot.escalation.filter(|e| e.at <= now) {
-                let _ = sys::kill(slot.pid, esc.signal);
-                slot.escalation = (esc.signal != libc::SIGKILL).then_some(Escalation {
-                    at: now + stop_timeout,
-                    signal: libc::SIGKILL,
-                });
-            }
-            if slot.pidfd.is_none() {
-                unreaped.push(slot.id);
+        self.escalate_stops(now);
+        self.check_heartbeats(now);
+        if self.shutdown.is_none() {
+            self.restart_due_slots(now);
+            self.expire_replacements(now);
+        }
+        let unwatched: Vec<u32> = self.workers.values().filter(|w| w.pidfd.is_none()).map(|w| w.id).collect();
+        for id in unwatched {
+            self.on_worker_exit(id);
+        }
+    }
+
+    fn escalate_stops(&mut self, now: Instant) {
+        let stop_timeout = self.shutdown.as_ref().map_or(self.config.stop_timeout, |s| s.grace);
+        for entry in self.workers.values_mut() {
+            if let Some(esc) = entry.escalation.filter(|e| e.at <= now) {
+                let _ = sys::kill(entry.pid, esc.signal);
+                entry.escalation = (esc.signal != libc::SIGKILL)
+                    .then_some(Escalation { at: now + stop_timeout, signal: libc::SIGKILL });
             }
         }
-        for id in unreaped {
-            self.on_worker_exit(id);
+    }
+
+    fn check_heartbeats(&mut self, now: Instant) {
+        let Some(interval) = self.config.supervision.heartbeat_interval else { return };
+        let timeout = self.config.supervision.heartbeat_timeout;
+        let mut to_ping = Vec::new();
+        let mut hung = Vec::new();
+        for entry in self.workers.values_mut() {
+            if entry.link.is_none() || !entry.online || entry.leaving {
+                continue;
+            }
+            match entry.ping {
+                Some((_, sent)) if now.duration_since(sent) >= timeout => {
+                    entry.ping = None;
+                    entry.next_ping = None;
+                    hung.push((entry.id, entry.pid));
+                }
+                Some(_) => {}
+                None if entry.next_ping.is_some_and(|at| at <= now) => {
+                    let seq = self.next_ping_seq;
+                    self.next_ping_seq += 1;
+                    entry.ping = Some((seq, now));
+                    entry.next_ping = Some(now + interval);
+                    to_ping.push((entry.id, seq));
+                }
+                None => {}
+            }
+        }
+        for (worker, seq) in to_ping {
+            self.send_frame(worker, &Frame::Ping { seq }.encode(), &[]);
+        }
+        for (worker, pid) in hung {
+            // Its exit is a crash: the slot restarts it.
+            self.shared.emit(Event::Unresponsive { worker, pid });
+            let _ = sys::kill(pid, libc::SIGKILL);
+        }
+    }
+
+    fn restart_due_slots(&mut self, now: Instant) {
+        let due: Vec<u32> = self
+            .slots
+            .values()
+            .filter(|s| s.worker.is_none() && !s.failed && s.restart_at.is_some_and(|at| at <= now))
+            .map(|s| s.index)
+            .collect();
+        for index in due {
+            let result = self.start_worker(index);
+            let Some(slot) = self.slots.get_mut(&index) else { continue };
+            slot.restart_at = None;
+            match result {
+                Ok(info) => {
+                    slot.worker = Some(info.id);
+                    slot.restarts += 1;
+                }
+                Err(_) => {
+                    // Could not even spawn: counts as a crash at start-up.
+                    if let AfterCrash::CrashLoop = slot.on_crash(now, Duration::ZERO, &self.config.supervision) {
+                        self.shared.emit(Event::CrashLoop { slot: index, worker: 0, pid: 0 });
+                    }
+                }
+            }
+        }
+    }
+
+    fn expire_replacements(&mut self, now: Instant) {
+        let expired: Vec<(u32, u32)> = self
+            .slots
+            .values()
+            .filter_map(|s| s.replacement.filter(|r| r.deadline <= now).map(|r| (s.index, r.worker)))
+            .collect();
+        for (index, worker) in expired {
+            let timeout = self.config.supervision.ready_timeout;
+            self.replacement_failed(index, format!("replacement worker {worker} was not ready within {timeout:?}"));
         }
     }
 
@@ -908,6 +1232,8 @@ impl EventLoop {
         if self.shutdown.is_some() {
             return;
         }
+        self.reload = None;
+        self.reload_again = false;
         // Take what the kernel has already queued, then close the listeners:
         // connections accepted by the kernel are served, not reset.
         let ids: Vec<u32> = self.listeners.keys().copied().collect();
@@ -918,34 +1244,24 @@ impl EventLoop {
             }
             self.accept_from(*id, true);
         }
-        for (_, listener) in self.listeners.drain() {
-            let _ = self
-                .poll
-                .registry()
-                .deregister(&mut SourceFd(&listener.socket.as_raw_fd()));
+        // Close the sockets but keep the listeners: they still route what
+        // they accepted to their workers.
+        for listener in self.listeners.values_mut() {
+            if let Some(socket) = listener.socket.take() {
+                let _ = self.poll.registry().deregister(&mut SourceFd(&socket.as_raw_fd()));
+            }
         }
         self.by_address.clear();
-        self.shutdown = Some(ShutdownState {
-            grace,
-            drain_until: Instant::now() + grace,
-            disconnects_sent: false,
-        });
+        self.shutdown = Some(ShutdownState { grace, drain_until: Instant::now() + grace, disconnects_sent: false });
         self.dispatch_pending();
     }
 
     /// Moves the shutdown along; true once it is complete.
     fn advance_shutdown(&mut self) -> bool {
-        let Some(shutdown) = &self.shutdown else {
-            return false;
-        };
+        let Some(shutdown) = &self.shutdown else { return false };
         if !shutdown.disconnects_sent {
-            let can_still_dispatch = self
-                .workers
-                .values()
-                .any(|s| s.link.is_some() && !s.leaving);
-            let drained = self.pending.is_empty()
-                || !can_still_dispatch
-                || Instant::now() >= shutdown.drain_until;
+            let can_still_dispatch = self.workers.values().any(|w| w.link.is_some() && !w.leaving);
+            let drained = self.pending.is_empty() || !can_still_dispatch || Instant::now() >= shutdown.drain_until;
             if !drained {
                 return false;
             }
@@ -954,13 +1270,11 @@ impl EventLoop {
             let ids: Vec<u32> = self.workers.keys().copied().collect();
             for id in ids {
                 self.send_frame(id, &Frame::Disconnect.encode(), &[]);
-                if let Some(slot) = self.workers.get_mut(&id) {
-                    slot.leaving = true;
-                    slot.after_disconnect = true;
-                    slot.escalation = Some(Escalation {
-                        at: Instant::now() + grace,
-                        signal: libc::SIGTERM,
-                    });
+                if let Some(entry) = self.workers.get_mut(&id) {
+                    entry.leaving = true;
+                    entry.after_disconnect = true;
+                    entry.stop_requested = true;
+                    entry.escalation = Some(Escalation { at: Instant::now() + grace, signal: libc::SIGTERM });
                 }
             }
             if let Some(shutdown) = &mut self.shutdown {
@@ -971,27 +1285,20 @@ impl EventLoop {
     }
 
     fn finish(&mut self) {
-        self.shared
-            .stopped
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.shared.stopped.store(true, std::sync::atomic::Ordering::SeqCst);
         // Fail any command that raced in after the last turn.
         let leftovers: Vec<Command> = {
-            let mut queue = self
-                .shared
-                .commands
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut queue = self.shared.commands.lock().unwrap_or_else(|p| p.into_inner());
             queue.drain(..).collect()
         };
+        let stopped = || Error::new(Code::State, "the primary has shut down");
         for command in leftovers {
-            let stopped = || Error::new(Code::State, "the primary has shut down");
             match command {
-                Command::Fork { reply, .. } => {
-                    let _ = reply.send(Err(stopped()));
-                }
-                Command::Listen { reply, .. } => {
-                    let _ = reply.send(Err(stopped()));
-                }
+                Command::Fork { reply, .. } => drop(reply.send(Err(stopped()))),
+                Command::Listen { reply, .. } => drop(reply.send(Err(stopped()))),
+                Command::Reload { reply } => drop(reply.send(Err(stopped()))),
+                Command::Scale { reply, .. } => drop(reply.send(Err(stopped()))),
+                Command::Stats { reply } => drop(reply.send(Vec::new())),
                 _ => {}
             }
         }

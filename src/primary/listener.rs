@@ -1,11 +1,12 @@
 //! Listening sockets owned by the primary, one per address key.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Instant;
 
-use super::policy::Policy;
+use super::policy::{Policy, Sockets};
 use crate::error::{Code, Error, Result};
+use crate::sys;
 
 /// Parses `host` and `port` into an address. `host` is an IPv4 or IPv6
 /// literal (brackets allowed), `localhost`, or empty for `0.0.0.0`. Names
@@ -16,8 +17,11 @@ pub fn parse_address(host: &str, port: u16) -> Result<SocketAddr> {
         "" => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         "localhost" => IpAddr::V4(Ipv4Addr::LOCALHOST),
         literal => literal.parse().map_err(|_| {
-            Error::new(Code::Address, format!("bad address {host:?}: give an IP address, \"localhost\" or \"\" for all interfaces"))
-                .with_errno(libc::EINVAL)
+            Error::new(
+                Code::Address,
+                format!("bad address {host:?}: give an IP address, \"localhost\" or \"\" for all interfaces"),
+            )
+            .with_errno(libc::EINVAL)
         })?,
     };
     Ok(SocketAddr::new(ip, port))
@@ -26,7 +30,9 @@ pub fn parse_address(host: &str, port: u16) -> Result<SocketAddr> {
 /// A listening socket and the workers it serves.
 pub struct Listener {
     pub id: u32,
-    pub socket: TcpListener,
+    /// `None` once closed at shutdown: the listener still routes the
+    /// connections it accepted before, to the workers that remain.
+    pub socket: Option<TcpListener>,
     pub address: SocketAddr,
     /// Workers taking this listener's connections, in join order.
     pub members: Vec<u32>,
@@ -38,36 +44,109 @@ pub struct Listener {
 }
 
 impl Listener {
-    /// Binds `address` and listens with `backlog`, non-blocking, close-on-exec.
-    pub fn bind(
-        id: u32,
-        address: SocketAddr,
-        backlog: i32,
-        policy: Box<dyn Policy>,
-    ) -> Result<Listener> {
-        let socket = TcpListener::bind(address).map_err(|e| {
-            let errno = e.raw_os_error().unwrap_or(0);
-            Error::new(Code::Address, format!("cannot listen on {address}: {e}")).with_errno(errno)
-        })?;
-        // Calling listen(2) again on a listening socket sets its backlog.
-        // SAFETY: listen on a socket fd we own.
-        unsafe { libc::listen(socket.as_raw_fd(), backlog) };
-        socket
-            .set_nonblocking(true)
-            .map_err(|e| Error::os("set_nonblocking on listener", e))?;
-        let address = socket
-            .local_addr()
-            .map_err(|e| Error::os("getsockname on listener", e))?;
-        Ok(Listener {
-            id,
-            socket,
-            address,
-            members: Vec::new(),
-            policy,
-            ready: true,
-            paused_until: None,
-        })
+    /// Binds `address` for `policy`: a listening socket (non-blocking,
+    /// close-on-exec) when the primary accepts or shares it; for per-worker
+    /// sockets, a bound `SO_REUSEPORT` socket that does not listen and only
+    /// holds the port.
+    pub fn bind(id: u32, address: SocketAddr, backlog: i32, policy: Box<dyn Policy>) -> Result<Listener> {
+        let socket = match policy.sockets() {
+            Sockets::PrimaryAccepts | Sockets::Shared => {
+                let socket = TcpListener::bind(address).map_err(|e| address_error(address, e))?;
+                // Calling listen(2) again on a listening socket sets its backlog.
+                // SAFETY: listen on a socket fd we own.
+                unsafe { libc::listen(socket.as_raw_fd(), backlog) };
+                socket.set_nonblocking(true).map_err(|e| Error::os("set_nonblocking on listener", e))?;
+                socket
+            }
+            Sockets::PerWorker => TcpListener::from(reuse_port_socket(address)?),
+        };
+        let address = socket.local_addr().map_err(|e| Error::os("getsockname on listener", e))?;
+        Ok(Listener { id, socket: Some(socket), address, members: Vec::new(), policy, ready: true, paused_until: None })
     }
+
+    /// The listening socket to give a worker that will accept itself: a
+    /// descriptor of the shared socket, or a new `SO_REUSEPORT` socket of
+    /// its own. `None` when the primary accepts.
+    pub fn socket_for_worker(&self, backlog: i32) -> Result<Option<OwnedFd>> {
+        let Some(socket) = &self.socket else {
+            return Err(Error::new(Code::State, "the listener is closed (shutting down)").with_errno(libc::ESHUTDOWN));
+        };
+        match self.policy.sockets() {
+            Sockets::PrimaryAccepts => Ok(None),
+            Sockets::Shared => {
+                socket.try_clone().map(|s| Some(OwnedFd::from(s))).map_err(|e| Error::os("dup of the listener", e))
+            }
+            Sockets::PerWorker => {
+                let own = reuse_port_socket(self.address)?;
+                // SAFETY: listen on a socket fd we own.
+                sys::cvt(unsafe { libc::listen(own.as_raw_fd(), backlog) })
+                    .map_err(|e| address_error(self.address, e))?;
+                Ok(Some(own))
+            }
+        }
+    }
+}
+
+fn address_error(address: SocketAddr, e: std::io::Error) -> Error {
+    let errno = e.raw_os_error().unwrap_or(0);
+    Error::new(Code::Address, format!("cannot listen on {address}: {e}")).with_errno(errno)
+}
+
+/// A TCP socket with SO_REUSEADDR and SO_REUSEPORT, bound to `address`, not
+/// listening; non-blocking and close-on-exec.
+fn reuse_port_socket(address: SocketAddr) -> Result<OwnedFd> {
+    let domain = if address.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    // SAFETY: plain syscall; the fd is wrapped at once.
+    let raw =
+        sys::cvt(unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) })
+            .map_err(|e| Error::os("socket", e))?;
+    // SAFETY: fresh fd owned by nothing else.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let one: libc::c_int = 1;
+    for option in [libc::SO_REUSEADDR, libc::SO_REUSEPORT] {
+        // SAFETY: setsockopt with a pointer to a local int and its size.
+        sys::cvt(unsafe {
+            libc::setsockopt(raw, libc::SOL_SOCKET, option, &one as *const libc::c_int as *const libc::c_void, 4)
+        })
+        .map_err(|e| Error::os("setsockopt(SO_REUSEPORT)", e))?;
+    }
+    let (storage, len) = sockaddr(address);
+    // SAFETY: `storage` holds a valid sockaddr of `len` bytes for the call.
+    sys::cvt(unsafe { libc::bind(raw, &storage as *const libc::sockaddr_storage as *const libc::sockaddr, len) })
+        .map_err(|e| address_error(address, e))?;
+    Ok(fd)
+}
+
+/// `address` as a C sockaddr.
+fn sockaddr(address: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: all-zero is a valid sockaddr_storage.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match address {
+        SocketAddr::V4(v4) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: v4.port().to_be(),
+                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(v4.ip().octets()) },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+            unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in, sin) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(v6) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: v6.port().to_be(),
+                sin6_flowinfo: v6.flowinfo(),
+                sin6_addr: libc::in6_addr { s6_addr: v6.ip().octets() },
+                sin6_scope_id: v6.scope_id(),
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
+            unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in6, sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
 }
 
 #[cfg(test)]
@@ -76,16 +155,10 @@ mod tests {
 
     #[test]
     fn parses_literals_and_refuses_names() {
-        assert_eq!(
-            parse_address("127.0.0.1", 80).unwrap().to_string(),
-            "127.0.0.1:80"
-        );
+        assert_eq!(parse_address("127.0.0.1", 80).unwrap().to_string(), "127.0.0.1:80");
         assert_eq!(parse_address("[::1]", 80).unwrap().to_string(), "[::1]:80");
         assert_eq!(parse_address("", 1).unwrap().to_string(), "0.0.0.0:1");
-        assert_eq!(
-            parse_address("localhost", 1).unwrap().to_string(),
-            "127.0.0.1:1"
-        );
+        assert_eq!(parse_address("localhost", 1).unwrap().to_string(), "127.0.0.1:1");
         let err = parse_address("example.com", 1).unwrap_err();
         assert_eq!(err.code(), Code::Address);
         assert_eq!(err.errno(), libc::EINVAL);

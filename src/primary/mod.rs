@@ -13,6 +13,7 @@ mod event_loop;
 mod listener;
 pub mod policy;
 mod signals;
+pub mod supervisor;
 
 use std::collections::{HashSet, VecDeque};
 use std::ffi::OsString;
@@ -26,12 +27,13 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::error::{Code, Error, Result};
-use crate::event::{Event, EventQueue};
+use crate::event::{Event, EventQueue, WorkerStats};
 use crate::spawn::{self, SpawnSpec};
 use crate::sys::Flag;
 use event_loop::EventLoop;
 pub use listener::parse_address;
 pub use policy::PolicyKind;
+pub use supervisor::Supervision;
 
 /// How a primary behaves. `Config::default()` gives the documented defaults.
 #[derive(Clone, Debug)]
@@ -52,24 +54,25 @@ pub struct Config {
     /// How long a worker asked to disconnect may take before SIGTERM, and
     /// again before SIGKILL. Default 10 s.
     pub stop_timeout: Duration,
-    /// Handle SIGTERM and SIGINT (graceful shutdown). Default off: the
-    /// host's signals are the host's.
+    /// Handle SIGTERM and SIGINT (graceful shutdown), SIGHUP (rolling
+    /// reload), SIGTTIN and SIGTTOU (one worker more or less). Default off:
+    /// the host's signals are the host's.
     pub handle_signals: bool,
+    /// Restarts, reloads, heartbeat, recycling.
+    pub supervision: Supervision,
 }
 
 impl Default for Config {
     fn default() -> Config {
         Config {
-            spawn: SpawnSpec {
-                own_process_group: true,
-                ..SpawnSpec::default()
-            },
+            spawn: SpawnSpec { own_process_group: true, ..SpawnSpec::default() },
             policy: PolicyKind::RoundRobin,
             max_unacked: 8,
             max_pending: 1024,
             backlog: 511,
             stop_timeout: Duration::from_secs(10),
             handle_signals: false,
+            supervision: Supervision::default(),
         }
     }
 }
@@ -94,29 +97,15 @@ pub enum RawFork {
 }
 
 pub(crate) enum Command {
-    Fork {
-        env: Vec<(OsString, OsString)>,
-        reply: mpsc::SyncSender<Result<WorkerInfo>>,
-    },
-    Listen {
-        host: String,
-        port: u16,
-        reply: mpsc::SyncSender<Result<SocketAddr>>,
-    },
-    Send {
-        worker: u32,
-        data: Vec<u8>,
-    },
-    Disconnect {
-        worker: u32,
-    },
-    Kill {
-        worker: u32,
-        signal: i32,
-    },
-    Shutdown {
-        grace: Duration,
-    },
+    Fork { env: Vec<(OsString, OsString)>, reply: mpsc::SyncSender<Result<WorkerInfo>> },
+    Listen { host: String, port: u16, reply: mpsc::SyncSender<Result<SocketAddr>> },
+    Send { worker: u32, data: Vec<u8> },
+    Disconnect { worker: u32 },
+    Kill { worker: u32, signal: i32 },
+    Shutdown { grace: Duration },
+    Reload { reply: mpsc::SyncSender<Result<u32>> },
+    Scale { workers: u32, reply: mpsc::SyncSender<Result<()>> },
+    Stats { reply: mpsc::SyncSender<Vec<WorkerStats>> },
 }
 
 /// What the host thread and the loop thread share.
@@ -169,10 +158,7 @@ impl Primary {
     /// Creates a primary. No thread starts and no worker is spawned yet.
     pub fn new(config: Config) -> Result<Primary> {
         if config.max_unacked == 0 {
-            return Err(Error::new(
-                Code::InvalidArgument,
-                "max_unacked must be at least 1",
-            ));
+            return Err(Error::new(Code::InvalidArgument, "max_unacked must be at least 1"));
         }
         let shared = Arc::new(Shared {
             events: ManuallyDrop::new(EventQueue::new()?),
@@ -184,16 +170,13 @@ impl Primary {
         });
         let stop_timeout = config.stop_timeout;
         let event_loop = EventLoop::new(config, shared.clone())?;
-        Ok(Primary {
-            shared,
-            unstarted: Mutex::new(Some(event_loop)),
-            thread: Mutex::new(None),
-            stop_timeout,
-        })
+        Ok(Primary { shared, unstarted: Mutex::new(Some(event_loop)), thread: Mutex::new(None), stop_timeout })
     }
 
     /// Starts a worker by exec (the config's argv, or this program), with
-    /// `env` added to its environment. Returns once the process exists.
+    /// `env` added to its environment, in a new slot: if it exits without
+    /// being asked to, a new worker with the same environment replaces it
+    /// (see [`Supervision`]). Returns once the process exists.
     pub fn fork(&self, env: Vec<(OsString, OsString)>) -> Result<WorkerInfo> {
         let (reply, answer) = mpsc::sync_channel(1);
         self.command(Command::Fork { env, reply })?;
@@ -207,11 +190,14 @@ impl Primary {
         self.check_usable()?;
         let mut unstarted = self.unstarted.lock().unwrap_or_else(|p| p.into_inner());
         let Some(event_loop) = unstarted.as_mut() else {
-            return Err(Error::new(Code::State, "raw fork refused: the primary's loop thread is running; fork before using the primary"));
+            return Err(Error::new(
+                Code::State,
+                "raw fork refused: the primary's loop thread is running; fork before using the primary",
+            ));
         };
         let id = event_loop.reserve_worker_id();
         match spawn::fork_raw(id)? {
-            spawn::Forked::Parent(spawned) => Ok(RawFork::Parent(event_loop.adopt(id, spawned)?)),
+            spawn::Forked::Parent(spawned) => Ok(RawFork::Parent(event_loop.adopt(id, spawned, None)?)),
             spawn::Forked::Child => {
                 // Close everything the primary owns so this worker holds no
                 // listener, no other worker's channel and no event fd.
@@ -240,11 +226,7 @@ impl Primary {
             }
         }
         let (reply, answer) = mpsc::sync_channel(1);
-        self.command(Command::Listen {
-            host: host.to_owned(),
-            port,
-            reply,
-        })?;
+        self.command(Command::Listen { host: host.to_owned(), port, reply })?;
         answer.recv().map_err(|_| self.stopped_error())?
     }
 
@@ -264,28 +246,24 @@ impl Primary {
     pub fn send(&self, worker: u32, data: &[u8]) -> Result<()> {
         crate::channel::check_limits(data.len() + 1, 0)?;
         self.check_connected(worker)?;
-        self.command(Command::Send {
-            worker,
-            data: data.to_vec(),
-        })
+        self.command(Command::Send { worker, data: data.to_vec() })
     }
 
     /// Asks a worker to finish what it holds and leave; it gets no new
     /// connections from now on. After the stop timeout it gets SIGTERM,
-    /// then SIGKILL.
+    /// then SIGKILL. Its slot goes with it: it is not replaced.
     pub fn disconnect(&self, worker: u32) -> Result<()> {
         self.check_connected(worker)?;
         self.command(Command::Disconnect { worker })
     }
 
     /// Sends `signal` to a worker's process (only while it is unreaped, so
-    /// the pid cannot belong to anyone else).
+    /// the pid cannot belong to anyone else). If the signal ends it, that is
+    /// an unexpected exit and the worker is replaced; use
+    /// [`Primary::disconnect`] or [`Primary::scale`] to have fewer workers.
     pub fn kill(&self, worker: u32, signal: i32) -> Result<()> {
         if !(1..=64).contains(&signal) {
-            return Err(Error::new(
-                Code::InvalidArgument,
-                format!("bad signal number {signal}"),
-            ));
+            return Err(Error::new(Code::InvalidArgument, format!("bad signal number {signal}")));
         }
         self.command(Command::Kill { worker, signal })
     }
@@ -301,6 +279,33 @@ impl Primary {
         self.command(Command::Shutdown { grace })
     }
 
+    /// Starts a rolling reload: worker by worker (`reload_concurrency` at a
+    /// time), start a replacement, wait until it is ready, then stop the old
+    /// one gracefully. Listeners stay open throughout, so no connection is
+    /// refused. Returns the generation the new workers carry; a
+    /// [`Event::ReloadDone`] or [`Event::ReloadFailed`] follows. A reload
+    /// asked for while one runs is done again right after it.
+    pub fn reload(&self) -> Result<u32> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.command(Command::Reload { reply })?;
+        answer.recv().map_err(|_| self.stopped_error())?
+    }
+
+    /// Sets the number of worker slots: starts new workers, or stops the
+    /// newest ones gracefully.
+    pub fn scale(&self, workers: u32) -> Result<()> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.command(Command::Scale { workers, reply })?;
+        answer.recv().map_err(|_| self.stopped_error())?
+    }
+
+    /// A snapshot of every worker the primary knows, by id.
+    pub fn stats(&self) -> Result<Vec<WorkerStats>> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.command(Command::Stats { reply })?;
+        answer.recv().map_err(|_| self.stopped_error())
+    }
+
     /// Whether the loop has finished (the shutdown is complete).
     pub fn is_stopped(&self) -> bool {
         self.shared.stopped.load(Ordering::SeqCst)
@@ -308,7 +313,10 @@ impl Primary {
 
     fn check_usable(&self) -> Result<()> {
         if self.shared.in_child.load(Ordering::SeqCst) {
-            return Err(Error::new(Code::State, "this process is a worker forked from the primary; the primary handle is not usable here"));
+            return Err(Error::new(
+                Code::State,
+                "this process is a worker forked from the primary; the primary handle is not usable here",
+            ));
         }
         Ok(())
     }
@@ -316,10 +324,7 @@ impl Primary {
     fn check_connected(&self, worker: u32) -> Result<()> {
         self.check_usable()?;
         if !self.shared.lock_connected().contains(&worker) {
-            return Err(Error::new(
-                Code::Closed,
-                format!("worker {worker} is not connected"),
-            ));
+            return Err(Error::new(Code::Closed, format!("worker {worker} is not connected")));
         }
         Ok(())
     }
@@ -334,11 +339,7 @@ impl Primary {
         if self.shared.stopped.load(Ordering::SeqCst) {
             return Err(self.stopped_error());
         }
-        let mut commands = self
-            .shared
-            .commands
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut commands = self.shared.commands.lock().unwrap_or_else(|p| p.into_inner());
         if commands.is_empty() {
             self.shared.wake.set();
         }
@@ -349,9 +350,19 @@ impl Primary {
     fn ensure_started(&self) -> Result<()> {
         let mut unstarted = self.unstarted.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(event_loop) = unstarted.take() {
+            let shared = self.shared.clone();
             let handle = std::thread::Builder::new()
                 .name("rcluster-primary".into())
-                .spawn(move || event_loop.run())
+                .spawn(move || {
+                    // A bug must not leave the host waiting forever: unwinding
+                    // drops the loop (closing every channel, so workers leave),
+                    // and the host hears that the primary has stopped.
+                    let run = std::panic::AssertUnwindSafe(move || event_loop.run());
+                    if std::panic::catch_unwind(run).is_err() {
+                        shared.stopped.store(true, Ordering::SeqCst);
+                        shared.emit(Event::Shutdown);
+                    }
+                })
                 .map_err(|e| Error::os("spawning the primary's loop thread", e))?;
             *self.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
         }

@@ -1,5 +1,6 @@
 //! Opt-in signal handling for the primary: SIGTERM and SIGINT start a
-//! graceful shutdown (a second one stops the workers at once).
+//! graceful shutdown (a second one stops the workers at once), SIGHUP a
+//! rolling reload, SIGTTIN and SIGTTOU add and remove a worker.
 //!
 //! Installed only when the host asks (`Config::handle_signals`); the
 //! previous handlers are restored when the primary ends. The handler does
@@ -13,7 +14,7 @@ use crate::error::{Code, Error, Result};
 use crate::sys;
 
 /// The signals a primary handles when asked to.
-pub const HANDLED: [libc::c_int; 2] = [libc::SIGTERM, libc::SIGINT];
+pub const HANDLED: [libc::c_int; 5] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGTTIN, libc::SIGTTOU];
 
 static PIPE_WRITE_FD: AtomicI32 = AtomicI32::new(-1);
 
@@ -47,14 +48,8 @@ impl SignalPipe {
             .map_err(|e| Error::os("pipe2 for signals", e))?;
         // SAFETY: fresh fds owned by nothing else.
         let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        if PIPE_WRITE_FD
-            .compare_exchange(-1, write.as_raw_fd(), Ordering::SeqCst, Ordering::SeqCst)
-            .is_err()
-        {
-            return Err(Error::new(
-                Code::State,
-                "another primary in this process already handles signals",
-            ));
+        if PIPE_WRITE_FD.compare_exchange(-1, write.as_raw_fd(), Ordering::SeqCst, Ordering::SeqCst).is_err() {
+            return Err(Error::new(Code::State, "another primary in this process already handles signals"));
         }
         let mut previous = Vec::new();
         for signal in HANDLED {
@@ -71,11 +66,7 @@ impl SignalPipe {
                 }
             }
         }
-        Ok(SignalPipe {
-            read,
-            _write: write,
-            previous,
-        })
+        Ok(SignalPipe { read, _write: write, previous })
     }
 
     /// The fd to watch.
@@ -89,13 +80,7 @@ impl SignalPipe {
         let mut out = Vec::new();
         loop {
             // SAFETY: reads into a local buffer from a pipe we own.
-            let n = unsafe {
-                libc::read(
-                    self.read.as_raw_fd(),
-                    buf.as_mut_ptr() as *mut libc::c_void,
-                    buf.len(),
-                )
-            };
+            let n = unsafe { libc::read(self.read.as_raw_fd(), buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
             if n <= 0 {
                 return out;
             }

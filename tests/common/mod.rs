@@ -16,9 +16,7 @@ pub const TESTWORKER: &str = env!("CARGO_BIN_EXE_rcluster-testworker");
 
 pub fn last_error() -> String {
     // SAFETY: rcluster_last_error returns a valid NUL-terminated string.
-    unsafe { CStr::from_ptr(rcluster_last_error()) }
-        .to_string_lossy()
-        .into_owned()
+    unsafe { CStr::from_ptr(rcluster_last_error()) }.to_string_lossy().into_owned()
 }
 
 pub fn ok(rc: i32, what: &str) {
@@ -35,7 +33,11 @@ pub struct Ev {
     pub signal: i32,
     pub flags: u32,
     pub port: u16,
+    pub slot: i32,
+    pub generation: u32,
     pub data: Vec<u8>,
+    /// When the test received it.
+    pub at: Instant,
 }
 
 pub fn empty_event() -> rcluster_event {
@@ -55,11 +57,7 @@ impl TestPrimary {
         Self::with(mode, env, |o| o.policy = policy)
     }
 
-    pub fn with(
-        mode: &str,
-        env: &[(&str, &str)],
-        tweak: impl FnOnce(&mut rcluster_primary_options),
-    ) -> TestPrimary {
+    pub fn with(mode: &str, env: &[(&str, &str)], tweak: impl FnOnce(&mut rcluster_primary_options)) -> TestPrimary {
         let mut strings = vec![CString::new(TESTWORKER).unwrap()];
         strings.extend(mode.split(' ').map(|s| CString::new(s).unwrap()));
         let argc = strings.len();
@@ -78,29 +76,19 @@ impl TestPrimary {
         tweak(&mut options);
         let mut handle = ptr::null_mut();
         ok(rcluster_primary_new(&options, &mut handle), "primary_new");
-        TestPrimary {
-            handle,
-            _strings: strings,
-            seen: Vec::new(),
-        }
+        TestPrimary { handle, _strings: strings, seen: Vec::new() }
     }
 
     pub fn listen(&self, host: &str, port: u16) -> u16 {
         let host = CString::new(host).unwrap();
         let mut bound = 0;
-        ok(
-            rcluster_primary_listen(self.handle, host.as_ptr(), port, &mut bound),
-            "primary_listen",
-        );
+        ok(rcluster_primary_listen(self.handle, host.as_ptr(), port, &mut bound), "primary_listen");
         bound
     }
 
     pub fn fork(&self) -> (u32, i32) {
         let (mut id, mut pid) = (0, 0);
-        ok(
-            rcluster_primary_fork(self.handle, ptr::null(), &mut id, &mut pid),
-            "primary_fork",
-        );
+        ok(rcluster_primary_fork(self.handle, ptr::null(), &mut id, &mut pid), "primary_fork");
         (id, pid)
     }
 
@@ -108,18 +96,11 @@ impl TestPrimary {
         let mut raw = empty_event();
         let rc = rcluster_primary_wait_event(self.handle, &mut raw, timeout.as_millis() as i32);
         if rc != 0 {
-            assert!(
-                rc == RCLUSTER_E_TIMEOUT || rc == RCLUSTER_E_AGAIN,
-                "wait_event: {rc} {}",
-                last_error()
-            );
+            assert!(rc == RCLUSTER_E_TIMEOUT || rc == RCLUSTER_E_AGAIN, "wait_event: {rc} {}", last_error());
             return None;
         }
-        let data = if raw.len == 0 {
-            Vec::new()
-        } else {
-            unsafe { std::slice::from_raw_parts(raw.data, raw.len) }.to_vec()
-        };
+        let data =
+            if raw.len == 0 { Vec::new() } else { unsafe { std::slice::from_raw_parts(raw.data, raw.len) }.to_vec() };
         let ev = Ev {
             kind: raw.kind,
             worker: raw.worker_id,
@@ -128,7 +109,10 @@ impl TestPrimary {
             signal: raw.signal,
             flags: raw.flags,
             port: raw.port,
+            slot: raw.slot,
+            generation: raw.generation,
             data,
+            at: Instant::now(),
         };
         ok(rcluster_event_release(&mut raw), "event_release");
         self.seen.push(ev.clone());
@@ -140,11 +124,7 @@ impl TestPrimary {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            assert!(
-                !left.is_zero(),
-                "timed out waiting for {what}; events so far: {:?}",
-                self.seen
-            );
+            assert!(!left.is_zero(), "timed out waiting for {what}; events so far: {:?}", self.seen);
             if let Some(ev) = self.next(left) {
                 if pred(&ev) {
                     return ev;
@@ -160,11 +140,7 @@ impl TestPrimary {
         }
         let mut port = 0;
         for _ in 0..n {
-            port = self
-                .wait_for(Duration::from_secs(10), "listening", |e| {
-                    e.kind == RCLUSTER_EVENT_LISTENING
-                })
-                .port;
+            port = self.wait_for(Duration::from_secs(10), "listening", |e| e.kind == RCLUSTER_EVENT_LISTENING).port;
         }
         port
     }
@@ -172,9 +148,7 @@ impl TestPrimary {
     /// Shuts down and waits for the SHUTDOWN event.
     pub fn shutdown(&mut self) {
         ok(rcluster_primary_shutdown(self.handle, 3000), "shutdown");
-        self.wait_for(Duration::from_secs(20), "shutdown", |e| {
-            e.kind == RCLUSTER_EVENT_SHUTDOWN
-        });
+        self.wait_for(Duration::from_secs(20), "shutdown", |e| e.kind == RCLUSTER_EVENT_SHUTDOWN);
     }
 }
 
@@ -200,10 +174,7 @@ pub fn http_get(port: u16) -> std::io::Result<String> {
 
 /// The worker id in a `worker <id> pid <pid>` body.
 pub fn worker_of(body: &str) -> u32 {
-    body.split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad body {body:?}"))
+    body.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("bad body {body:?}"))
 }
 
 /// Counts requests per worker over `n` sequential GETs.
@@ -224,4 +195,136 @@ pub fn open_fds() -> usize {
 /// Whether `pid` exists (zombie or alive).
 pub fn pid_exists(pid: i32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Serializes the tests of one binary that count fds or processes.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A keep-alive HTTP client: reuses its connection until the server says
+/// `Connection: close`, then opens a new one.
+pub struct KeepAlive {
+    port: u16,
+    stream: Option<std::io::BufReader<TcpStream>>,
+}
+
+impl KeepAlive {
+    pub fn new(port: u16) -> KeepAlive {
+        KeepAlive { port, stream: None }
+    }
+
+    /// Whether the next request reuses an open connection.
+    pub fn is_connected(&self) -> bool {
+        self.stream.is_some()
+    }
+
+    /// One request; returns the body.
+    pub fn get(&mut self) -> std::io::Result<String> {
+        use std::io::BufRead;
+        if self.stream.is_none() {
+            let stream = TcpStream::connect(("127.0.0.1", self.port))?;
+            stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+            self.stream = Some(std::io::BufReader::new(stream));
+        }
+        let reader = self.stream.as_mut().unwrap();
+        let result = (|| {
+            reader.get_mut().write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")?;
+            let mut status = String::new();
+            reader.read_line(&mut status)?;
+            if !status.starts_with("HTTP/1.1 200") {
+                return Err(std::io::Error::other(format!("bad status line {status:?}")));
+            }
+            let (mut length, mut close) = (0usize, false);
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line)?;
+                let lower = line.to_ascii_lowercase();
+                if let Some(v) = lower.strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+                if lower.starts_with("connection: close") {
+                    close = true;
+                }
+                if line == "\r\n" || line.is_empty() {
+                    break;
+                }
+            }
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body)?;
+            Ok((String::from_utf8_lossy(&body).into_owned(), close))
+        })();
+        match result {
+            Ok((body, close)) => {
+                if close {
+                    self.stream = None;
+                }
+                Ok(body)
+            }
+            Err(e) => {
+                self.stream = None;
+                Err(e)
+            }
+        }
+    }
+}
+
+/// One answered (or failed) request of a load run.
+#[derive(Clone, Debug)]
+pub struct Sample {
+    pub started: Instant,
+    /// Sent on a reused keep-alive connection (else a new connection).
+    pub keep_alive: bool,
+    pub worker: Option<u32>,
+    pub error: Option<String>,
+}
+
+/// `clients` threads (half a new connection per request, half keep-alive)
+/// requesting until `stop` is set; returns every request's outcome.
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<Vec<Sample>>>,
+}
+
+impl Load {
+    pub fn start(port: u16, clients: usize) -> Load {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let threads = (0..clients)
+            .map(|i| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut samples = Vec::new();
+                    let mut keep_alive = KeepAlive::new(port);
+                    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        let started = Instant::now();
+                        let reused = i % 2 == 1 && keep_alive.is_connected();
+                        let result = if i % 2 == 0 { http_get(port) } else { keep_alive.get() };
+                        samples.push(match result {
+                            Ok(body) => {
+                                Sample { started, keep_alive: reused, worker: Some(worker_of(&body)), error: None }
+                            }
+                            Err(e) => Sample { started, keep_alive: reused, worker: None, error: Some(e.to_string()) },
+                        });
+                    }
+                    samples
+                })
+            })
+            .collect();
+        Load { stop, threads }
+    }
+
+    pub fn finish(self) -> Vec<Sample> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.threads.into_iter().flat_map(|t| t.join().unwrap()).collect()
+    }
+}
+
+/// Whether `pid` has exited (gone, or a zombie waiting for its reaper).
+pub fn pid_exited(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
+    }
 }

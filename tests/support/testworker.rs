@@ -1,18 +1,35 @@
 //! The worker program the integration tests spawn. It uses the C ABI only.
 //!
-//! `rcluster-testworker MODE`, with the address in `TEST_HOST`/`TEST_PORT`:
+//! `rcluster-testworker MODE` (or `TEST_MODE=MODE`), with the address in `TEST_HOST`/`TEST_PORT`:
 //! - `http`: serve HTTP (`worker <id> pid <pid>`), leave when asked;
 //! - `echo`: send every message back to the primary, prefixed with "echo:";
 //! - `die-before-ack`: listen, wait until a connection is queued, exit without taking it;
 //! - `listen-report`: try to listen and report the result as a message "rc=<code> errno=<errno>";
 //! - `bad-frame`: send a malformed frame straight onto the channel fd;
-//! - `exit-code N`: open, then exit with code N.
+//! - `exit-code N`: open, then exit with code N;
+//! - `hang`: listen, then never call into the library again (a stuck loop);
+//! - `late-ready`: listen, wait 300 ms, say ready, serve HTTP;
+//! - `never-ready`: listen and serve HTTP, never say ready;
+//! - `primary N [MODE]`: be a primary of N workers in MODE (default `http`);
+//!   print `ready PORT` and serve until killed (tests that kill the primary or
+//!   watch its fds and CPU). `TEST_MAX_PENDING` / `TEST_MAX_UNACKED` set those
+//!   options; `TEST_NOFILE` lowers its fd limit once the workers listen;
+//!   `TEST_SIGNALS=1` opts into signal handling. Exits 0 after shutdown.
+//!
+//! `http` serves each connection on its own thread (`TEST_DELAY_MS` makes
+//! every answer that much slower) and reports each finished connection. Asked to leave, it takes
+//! the connections still queued for it, answers the next request on each
+//! open connection with `Connection: close` (idle ones get a grace second),
+//! and exits 0 once all are done: a busy client never sees a reset.
 
 use std::ffi::CString;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::fd::FromRawFd;
 use std::ptr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use rcluster::ffi::*;
 
@@ -32,36 +49,35 @@ fn open() -> *mut rcluster_worker {
 }
 
 fn listen(worker: *mut rcluster_worker) -> (i32, *mut rcluster_listener) {
-    let host =
-        CString::new(std::env::var("TEST_HOST").unwrap_or_else(|_| "127.0.0.1".into())).unwrap();
-    let port: u16 = std::env::var("TEST_PORT")
-        .ok()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
+    let host = CString::new(std::env::var("TEST_HOST").unwrap_or_else(|_| "127.0.0.1".into())).unwrap();
+    let port: u16 = std::env::var("TEST_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(0);
     let mut listener = ptr::null_mut();
     let rc = rcluster_worker_listen(worker, host.as_ptr(), port, 5000, &mut listener);
     (rc, listener)
 }
 
 fn send(worker: *mut rcluster_worker, text: &str) {
-    check(
-        rcluster_worker_send(worker, text.as_ptr() as *const _, text.len()),
-        "rcluster_worker_send",
-    );
+    check(rcluster_worker_send(worker, text.as_ptr() as *const _, text.len()), "rcluster_worker_send");
 }
 
-/// Answers HTTP/1.1 requests on one connection until the client closes.
-fn serve(fd: i32, id: u32) {
+/// Answers HTTP/1.1 requests on one connection until the client closes,
+/// or, once `draining`, after the next request (or a second of idleness).
+fn serve(fd: i32, id: u32, draining: &AtomicBool) {
     // SAFETY: accept handed us this fd; we own it.
     let mut stream = unsafe { TcpStream::from_raw_fd(fd) };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(50)));
     let body = format!("worker {id} pid {}\n", std::process::id());
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
+    let mut idle_since: Option<Instant> = None;
     loop {
         while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let request = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
             buf.drain(..end + 4);
-            let close = request.contains("connection: close");
+            if let Some(delay) = std::env::var("TEST_DELAY_MS").ok().and_then(|d| d.parse().ok()) {
+                std::thread::sleep(Duration::from_millis(delay)); // a slow worker
+            }
+            let close = request.contains("connection: close") || draining.load(Ordering::SeqCst);
             let response = format!(
                 "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: text/plain\r\n{}\r\n{}",
                 body.len(),
@@ -73,48 +89,156 @@ fn serve(fd: i32, id: u32) {
             }
         }
         match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Ok(0) => return,
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                idle_since = None;
+            }
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                if draining.load(Ordering::SeqCst) && buf.is_empty() {
+                    let since = *idle_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() > Duration::from_secs(1) {
+                        return;
+                    }
+                }
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+/// Serves HTTP through `listener` until the primary asks us to leave, then drains.
+fn serve_http(worker: *mut rcluster_worker, listener: *mut rcluster_listener, id: u32) {
+    let draining = Arc::new(AtomicBool::new(false));
+    let active = Arc::new(AtomicUsize::new(0));
+    loop {
+        let mut fd = -1;
+        match rcluster_listener_accept(listener, -1, &mut fd) {
+            0 => {
+                let (draining, active) = (draining.clone(), active.clone());
+                active.fetch_add(1, Ordering::SeqCst);
+                let handle = worker as usize; // a handle is a number, usable from any thread
+                std::thread::spawn(move || {
+                    serve(fd, id, &draining);
+                    rcluster_worker_done(handle as *mut rcluster_worker, 1);
+                    active.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+            RCLUSTER_E_CLOSED => break,
+            rc => check(rc, "rcluster_listener_accept"),
+        }
+    }
+    draining.store(true, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while active.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    rcluster_listener_close(listener);
+    rcluster_worker_close(worker);
+}
+
+/// A primary of N workers, for tests that watch or kill the primary itself.
+fn run_primary(n: u32, mode: &str) {
+    let exe = std::ffi::CString::new(std::env::current_exe().unwrap().into_os_string().into_encoded_bytes()).unwrap();
+    let mode = std::ffi::CString::new(mode).unwrap();
+    let argv = [exe.as_ptr(), mode.as_ptr(), ptr::null()];
+    let mut options: rcluster_primary_options = unsafe { std::mem::zeroed() };
+    check(rcluster_primary_options_init(&mut options), "options_init");
+    options.argv = argv.as_ptr();
+    let knob = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u32>().ok());
+    if let Some(v) = knob("TEST_MAX_PENDING") {
+        options.max_pending = v;
+    }
+    if let Some(v) = knob("TEST_MAX_UNACKED") {
+        options.max_unacked = v;
+    }
+    options.handle_signals = knob("TEST_SIGNALS").unwrap_or(0) as i32;
+    let mut p = ptr::null_mut();
+    check(rcluster_primary_new(&options, &mut p), "primary_new");
+    let mut port = 0u16;
+    check(rcluster_primary_listen(p, c"127.0.0.1".as_ptr(), 0, &mut port), "primary_listen");
+    for _ in 0..n {
+        check(rcluster_primary_fork(p, ptr::null(), ptr::null_mut(), ptr::null_mut()), "fork");
+    }
+    let mut listening = 0;
+    let mut ev = empty();
+    while listening < n {
+        check(rcluster_primary_wait_event(p, &mut ev, 10_000), "wait_event");
+        if ev.kind == RCLUSTER_EVENT_LISTENING {
+            listening += 1;
+        }
+        rcluster_event_release(&mut ev);
+    }
+    if let Some(limit) = knob("TEST_NOFILE") {
+        let open = std::fs::read_dir("/proc/self/fd").unwrap().count() as u64;
+        let rlim = libc::rlimit { rlim_cur: open + limit as u64, rlim_max: open + limit as u64 };
+        // SAFETY: setrlimit with a valid struct.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &rlim) };
+    }
+    println!("ready {port}");
+    loop {
+        if rcluster_primary_wait_event(p, &mut ev, -1) == 0 {
+            let kind = ev.kind;
+            rcluster_event_release(&mut ev);
+            if kind == RCLUSTER_EVENT_SHUTDOWN {
+                check(rcluster_primary_free(p), "primary_free");
+                std::process::exit(0);
+            }
         }
     }
 }
 
 fn main() {
-    let mode = std::env::args().nth(1).unwrap_or_default();
+    // TEST_MODE in the environment overrides the argv mode (one primary, two kinds of worker).
+    let mode = std::env::var("TEST_MODE").unwrap_or_else(|_| std::env::args().nth(1).unwrap_or_default());
+    if mode == "primary" {
+        let n = std::env::args().nth(2).and_then(|n| n.parse().ok()).unwrap_or(2);
+        return run_primary(n, &std::env::args().nth(3).unwrap_or_else(|| "http".into()));
+    }
     let mut id = 0u32;
     check(rcluster_worker_id(&mut id), "rcluster_worker_id");
     let worker = open();
     match mode.as_str() {
-        "http" => {
+        "http" | "never-ready" => {
             let (rc, listener) = listen(worker);
             check(rc, "rcluster_worker_listen");
-            loop {
-                let mut fd = -1;
-                match rcluster_listener_accept(listener, -1, &mut fd) {
-                    0 => serve(fd, id),
-                    RCLUSTER_E_CLOSED => break,
-                    rc => check(rc, "rcluster_listener_accept"),
-                }
+            // The listener knows where it is bound (the primary picked the port).
+            let mut host = [0 as std::ffi::c_char; 64];
+            let (mut port, mut port_again) = (0u16, 0u16);
+            check(rcluster_listener_address(listener, host.as_mut_ptr(), host.len(), &mut port), "listener_address");
+            check(rcluster_listener_port(listener, &mut port_again), "listener_port");
+            let host = unsafe { std::ffi::CStr::from_ptr(host.as_ptr()) }.to_string_lossy().into_owned();
+            let expected = std::env::var("TEST_HOST").unwrap_or_else(|_| "127.0.0.1".into());
+            if host != expected || port == 0 || port != port_again {
+                eprintln!("testworker: listener address {host}:{port} (port {port_again}), expected host {expected}");
+                std::process::exit(4);
             }
-            rcluster_listener_close(listener);
-            rcluster_worker_close(worker);
+            serve_http(worker, listener, id);
+        }
+        "late-ready" => {
+            let (rc, listener) = listen(worker);
+            check(rc, "rcluster_worker_listen");
+            std::thread::sleep(Duration::from_millis(300));
+            check(rcluster_worker_ready(worker), "rcluster_worker_ready");
+            serve_http(worker, listener, id);
+        }
+        "hang" => {
+            let (rc, _listener) = listen(worker);
+            check(rc, "rcluster_worker_listen");
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+            }
         }
         "echo" => loop {
             let mut ev = empty();
             match rcluster_worker_wait_event(worker, &mut ev, -1) {
                 0 if ev.kind == RCLUSTER_EVENT_MESSAGE => {
                     // SAFETY: data/len describe the event's owned bytes.
-                    let data = if ev.len == 0 {
-                        &[][..]
-                    } else {
-                        unsafe { std::slice::from_raw_parts(ev.data, ev.len) }
-                    };
+                    let data =
+                        if ev.len == 0 { &[][..] } else { unsafe { std::slice::from_raw_parts(ev.data, ev.len) } };
                     let mut reply = b"echo:".to_vec();
                     reply.extend_from_slice(data);
-                    check(
-                        rcluster_worker_send(worker, reply.as_ptr() as *const _, reply.len()),
-                        "send",
-                    );
+                    check(rcluster_worker_send(worker, reply.as_ptr() as *const _, reply.len()), "send");
                     rcluster_event_release(&mut ev);
                 }
                 0 => {
@@ -130,15 +254,8 @@ fn main() {
             let (rc, listener) = listen(worker);
             check(rc, "rcluster_worker_listen");
             let mut fd = -1;
-            check(
-                rcluster_listener_fd(listener, &mut fd),
-                "rcluster_listener_fd",
-            );
-            let mut pfd = libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            };
+            check(rcluster_listener_fd(listener, &mut fd), "rcluster_listener_fd");
+            let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
             // SAFETY: one valid pollfd.
             unsafe { libc::poll(&mut pfd, 1, 10_000) };
             // A connection (or something) is waiting on the channel: die without taking it.
@@ -152,10 +269,7 @@ fn main() {
             rcluster_worker_wait_event(worker, &mut ev, 10_000);
         }
         "bad-frame" => {
-            let fd: i32 = std::env::var("RCLUSTER_CHANNEL_FD")
-                .unwrap()
-                .parse()
-                .unwrap();
+            let fd: i32 = std::env::var("RCLUSTER_CHANNEL_FD").unwrap().parse().unwrap();
             let junk = [1u8 | 2u8, 250, 1, 2, 3];
             // SAFETY: writes a local buffer to our channel fd.
             unsafe { libc::send(fd, junk.as_ptr() as *const _, junk.len(), 0) };
@@ -163,8 +277,9 @@ fn main() {
             rcluster_worker_wait_event(worker, &mut ev, 10_000);
         }
         "exit-code" => {
-            let code: i32 = std::env::args()
-                .nth(2)
+            let code: i32 = std::env::var("TEST_EXIT_CODE")
+                .ok()
+                .or_else(|| std::env::args().nth(2))
                 .and_then(|c| c.parse().ok())
                 .unwrap_or(0);
             std::process::exit(code);

@@ -1,7 +1,7 @@
 //! `rr`: each connection goes to the next worker in turn, skipping workers
 //! that are at their limit of unacknowledged connections.
 
-use super::Policy;
+use super::{Policy, Sockets};
 
 /// Round-robin over a listener's workers.
 #[derive(Default)]
@@ -10,8 +10,8 @@ pub struct RoundRobin {
 }
 
 impl Policy for RoundRobin {
-    fn primary_accepts(&self) -> bool {
-        true
+    fn sockets(&self) -> Sockets {
+        Sockets::PrimaryAccepts
     }
 
     fn pick(&mut self, members: &[u32], load: &mut dyn FnMut(u32) -> Option<u32>) -> Option<u32> {
@@ -35,9 +35,7 @@ mod tests {
     fn takes_turns_and_skips_full_workers() {
         let mut rr = RoundRobin::default();
         let members = [1, 2, 3];
-        let picks: Vec<_> = (0..6)
-            .map(|_| rr.pick(&members, &mut |_| Some(0)).unwrap())
-            .collect();
+        let picks: Vec<_> = (0..6).map(|_| rr.pick(&members, &mut |_| Some(0)).unwrap()).collect();
         assert_eq!(picks, [1, 2, 3, 1, 2, 3]);
         assert_eq!(rr.pick(&members, &mut |id| (id != 1).then_some(0)), Some(2));
         assert_eq!(rr.pick(&members, &mut |_| None), None);

@@ -2,14 +2,14 @@
 //! it themselves; the primary leaves the data path. The kernel decides which
 //! worker wakes, so distribution can be uneven (gunicorn's model).
 
-use super::Policy;
+use super::{Policy, Sockets};
 
 /// Shared listening socket.
 pub struct SharedSocket;
 
 impl Policy for SharedSocket {
-    fn primary_accepts(&self) -> bool {
-        false
+    fn sockets(&self) -> Sockets {
+        Sockets::Shared
     }
 
     fn pick(&mut self, _members: &[u32], _load: &mut dyn FnMut(u32) -> Option<u32>) -> Option<u32> {

@@ -1,0 +1,151 @@
+"""Events, as plain Python values copied out of ``rcluster_event``."""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from ._ffi import ffi, lib
+
+__all__ = ["EventKind", "Event", "from_c"]
+
+
+class EventKind(str, enum.Enum):
+    """What an :class:`Event` reports. Members are strings, so
+    ``event.kind == "exit"`` works as well as ``event.kind is EventKind.EXIT``."""
+
+    #: Primary: a worker process was started.
+    FORK = "fork"
+    #: Primary: a worker opened its channel (Node's ``online``).
+    ONLINE = "online"
+    #: Primary: a worker is served connections of ``event.address``.
+    LISTENING = "listening"
+    #: Both sides: a message arrived; its bytes are ``event.data``.
+    MESSAGE = "message"
+    #: Primary: a worker's channel closed. Worker: the primary asks this
+    #: worker to finish what it holds and leave.
+    DISCONNECT = "disconnect"
+    #: Primary: a worker process ended (``exit_code`` or ``signal``).
+    EXIT = "exit"
+    #: Primary: a worker broke the protocol and was cut off (reason in ``data``).
+    WORKER_ERROR = "worker_error"
+    #: Primary: the shutdown is complete; no worker is left.
+    SHUTDOWN = "shutdown"
+    #: Worker: the primary is gone.
+    PRIMARY_GONE = "primary_gone"
+    #: Primary: slot ``event.slot`` crash-looped (too many unexpected exits
+    #: within the window); it is not restarted until a reload or a scale.
+    CRASH_LOOP = "crash_loop"
+    #: Primary: a worker did not answer the heartbeat in time; it is killed
+    #: and replaced.
+    UNRESPONSIVE = "unresponsive"
+    #: Primary: a rolling reload finished; every slot runs ``event.generation``.
+    RELOAD_DONE = "reload_done"
+    #: Primary: a rolling reload stopped because a replacement did not become
+    #: ready (reason in ``data``); workers not yet replaced keep serving.
+    RELOAD_FAILED = "reload_failed"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def _kind_names() -> dict[int, str]:
+    """``RCLUSTER_EVENT_*`` number -> kind string, from the header itself, so
+    event kinds added to the C library show up without a change here."""
+    names: dict[int, str] = {}
+    for name in dir(lib):
+        if name.startswith("RCLUSTER_EVENT_") and name != "RCLUSTER_EVENT_NONE":
+            suffix = name[len("RCLUSTER_EVENT_"):].lower()
+            try:
+                names[getattr(lib, name)] = EventKind(suffix)
+            except ValueError:
+                names[getattr(lib, name)] = suffix
+    return names
+
+
+_KINDS = _kind_names()
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something that happened in the cluster.
+
+    Fields that do not apply to ``kind`` are zero, ``None`` or empty.
+    """
+
+    #: What happened (an :class:`EventKind`, or a plain string for a kind
+    #: newer than this package).
+    kind: str
+    #: The worker concerned (primary side), or this worker's id (worker side).
+    worker_id: int = 0
+    #: The worker's pid.
+    pid: int = 0
+    #: Exit events: the exit code, or ``None`` if a signal ended the worker
+    #: (or its status was lost).
+    exit_code: Optional[int] = None
+    #: Exit events: the signal that ended the worker, or 0.
+    signal: int = 0
+    #: Exit events: the worker had been asked to leave, or left on purpose
+    #: (Node's ``exitedAfterDisconnect``).
+    after_disconnect: bool = False
+    #: Listening events: ``(host, port)`` actually bound.
+    address: Optional[tuple[str, int]] = None
+    #: Message events: the bytes; worker errors: the reason, UTF-8.
+    data: bytes = b""
+    #: The raw ``flags`` field, for flags newer than this package.
+    flags: int = 0
+    #: Fork and crash-loop events: the worker's slot (``None``: not one of
+    #: the supervised slots, or another kind of event).
+    slot: Optional[int] = None
+    #: Fork events: the worker's reload generation; reload events: the reload's.
+    generation: int = 0
+
+    def text(self, encoding: str = "utf-8") -> str:
+        """``data`` decoded as text."""
+        return self.data.decode(encoding)
+
+    def json(self) -> Any:
+        """``data`` parsed as JSON (what ``send_json`` sent)."""
+        return json.loads(self.data)
+
+    @property
+    def port(self) -> Optional[int]:
+        """Listening events: the bound port."""
+        return None if self.address is None else self.address[1]
+
+
+def from_c(raw: Any) -> Event:
+    """Copies an ``rcluster_event`` into an :class:`Event`. The caller still
+    releases ``raw`` with ``rcluster_event_release``."""
+    kind = _KINDS.get(raw.kind, f"unknown({raw.kind})")
+    data = bytes(ffi.buffer(raw.data, raw.len)) if raw.len else b""
+    address = None
+    if kind == EventKind.LISTENING:
+        address = (ffi.string(raw.address).decode("ascii", "replace"), int(raw.port))
+    exit_code: Optional[int] = None
+    if kind == EventKind.EXIT:
+        exit_code = None if raw.exit_code < 0 else int(raw.exit_code)
+    return Event(
+        kind=kind,
+        worker_id=int(raw.worker_id),
+        pid=int(raw.pid),
+        exit_code=exit_code,
+        signal=int(raw.signal),
+        after_disconnect=bool(raw.flags & lib.RCLUSTER_EXIT_AFTER_DISCONNECT),
+        address=address,
+        data=data,
+        flags=int(raw.flags),
+        slot=_field(raw, "slot", None, int) if kind in _SLOT_KINDS and raw.slot >= 0 else None,
+        generation=_field(raw, "generation", 0, int),
+    )
+
+
+def _field(raw: Any, name: str, default: Any, convert: Any) -> Any:
+    """An event field that older builds of the C library may lack."""
+    return convert(getattr(raw, name)) if name in _EVENT_FIELDS else default
+
+
+_SLOT_KINDS = (EventKind.FORK, EventKind.CRASH_LOOP)
+_EVENT_FIELDS = {name for name, _ in ffi.typeof("rcluster_event").fields}

@@ -1,0 +1,442 @@
+"""The worker side: listen through the primary, accept the connections it
+hands over, exchange messages with it.
+
+A :class:`Listener` quacks like a listening :class:`socket.socket` where the
+standard library looks (``fileno``, ``accept``, ``close``, ``getsockname``,
+timeouts, and no-op ``bind``/``listen``/``setsockopt``), so
+``socketserver``, ``http.server`` and ``wsgiref`` servers serve from it
+unchanged: see :meth:`Listener.attach` and :func:`make_server`.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import ipaddress
+import json
+import socket
+import threading
+import weakref
+from typing import Any, Callable, Optional, TypeVar, Union
+
+from ._errors import BadHandle, Closed, InvalidArgument, StateError, Timeout, WouldBlock, check, last_error
+from ._events import EventKind
+from ._ffi import Deadline, cstr, ffi, lib, wait_readable
+from ._source import EventSource
+
+__all__ = [
+    "Worker",
+    "Listener",
+    "is_worker",
+    "worker_id",
+    "worker",
+    "listen",
+    "send",
+    "send_json",
+    "make_server",
+    "split_address",
+]
+
+Address = Union[tuple[str, int], tuple[str, int, int, int], int]
+
+
+def is_worker() -> bool:
+    """Whether this process was started as a worker (its environment names one)."""
+    return bool(lib.rcluster_is_worker())
+
+
+def worker_id() -> Optional[int]:
+    """This worker's id (>= 1), or ``None`` in a primary or a plain process."""
+    out = ffi.new("uint32_t *")
+    return int(out[0]) if lib.rcluster_worker_id(out) == 0 else None
+
+
+def split_address(address: Address) -> tuple[str, int]:
+    """``(host, port)`` or a bare port -> the host string the C library
+    takes (an IP literal, ``""`` for all IPv4 interfaces) and the port.
+    Host names are resolved here, in the worker: the primary never resolves
+    names, so a DNS lookup cannot stall its dispatch loop."""
+    if isinstance(address, int):
+        host, port = "", address
+    elif isinstance(address, tuple) and len(address) >= 2:
+        host, port = address[0], address[1]
+    else:
+        raise InvalidArgument(lib.RCLUSTER_E_INVAL, f"address must be (host, port) or a port, not {address!r}")
+    if host is None:
+        host = ""
+    if not isinstance(host, str) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise InvalidArgument(lib.RCLUSTER_E_INVAL, f"bad address {address!r}")
+    if host not in ("", "localhost"):
+        try:
+            ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            try:
+                infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            except socket.gaierror as e:
+                raise InvalidArgument(lib.RCLUSTER_E_INVAL, f"cannot resolve {host!r}: {e}") from None
+            host = str(infos[0][4][0])
+    return host, port
+
+
+def _bound_host(host: str) -> str:
+    if host == "":
+        return "0.0.0.0"
+    if host == "localhost":
+        return "127.0.0.1"
+    return host.strip("[]")
+
+
+class Worker(EventSource):
+    """This process's side of the cluster (get it with :func:`rcluster.worker`).
+
+    Events (``"message"``, ``"disconnect"``, ``"primary_gone"``) come from
+    ``next_event``, iteration, callbacks (:meth:`on`) or :mod:`rcluster.aio`;
+    the last one is ``"primary_gone"``. A ``"disconnect"`` event means the
+    primary asks this worker to leave: its listeners return the connections
+    already queued, then raise :class:`~rcluster.Closed`.
+    """
+
+    _last_kind = EventKind.PRIMARY_GONE
+
+    def __init__(self) -> None:
+        super().__init__()
+        out = ffi.new("rcluster_worker **")
+        check(lib.rcluster_worker_open(out))
+        self._handle: Any = out[0]
+        fd = ffi.new("int *")
+        check(lib.rcluster_worker_fd(self._handle, fd))
+        self._fd = fd[0]
+        self.id: int = worker_id() or 0
+        self._listeners: "weakref.WeakSet[Listener]" = weakref.WeakSet()
+        self._disconnecting = False
+        # Leave gracefully at exit (queued connections go to other workers).
+        self._finalizer = weakref.finalize(self, lib.rcluster_worker_close, self._handle)
+
+    def _h(self) -> Any:
+        if self._handle == ffi.NULL:
+            raise BadHandle(lib.RCLUSTER_E_HANDLE, "this Worker is closed")
+        return self._handle
+
+    def fileno(self) -> int:
+        """An fd readable when an event may be waiting. Owned by the worker."""
+        self._h()
+        return int(self._fd)
+
+    def _next_raw(self, raw: Any) -> int:
+        return int(lib.rcluster_worker_next_event(self._h(), raw))
+
+    def _observe(self, event: Any) -> None:
+        if event.kind == EventKind.DISCONNECT:
+            self._disconnecting = True
+
+    @property
+    def disconnecting(self) -> bool:
+        """Whether a ``"disconnect"`` event was taken: the primary wants this worker to leave."""
+        return self._disconnecting
+
+    @property
+    def closed(self) -> bool:
+        return bool(self._handle == ffi.NULL)
+
+    def listen(self, address: Address, *, timeout: Optional[float] = None) -> "Listener":
+        """Asks the primary to listen on ``(host, port)`` (or a bare port: all
+        IPv4 interfaces) and serve this worker its connections; waits up to
+        ``timeout`` seconds for the answer. Port 0 gives one OS-picked port
+        shared by every worker asking for 0 on that host. A bind failure is
+        an :class:`~rcluster.AddressError` whose ``errno`` says why."""
+        host, port = split_address(address)
+        out = ffi.new("rcluster_listener **")
+        ms = -1 if timeout is None else max(0, int(timeout * 1000))
+        check(lib.rcluster_worker_listen(self._h(), cstr(host), port, ms, out))
+        listener = Listener(self, out[0], _bound_host(host))
+        self._listeners.add(listener)
+        return listener
+
+    def ready(self) -> None:
+        """Tells the primary this worker is ready to serve. Needed only when
+        the primary was created with ``wait_ready=True``: then a replacement
+        (reload, restart) counts as started, and the worker it replaces is
+        stopped, only after this call."""
+        check(lib.rcluster_worker_ready(self._h()))
+
+    def send(self, data: Union[bytes, bytearray, memoryview]) -> None:
+        """Sends ``data`` to the primary (a ``"message"`` event there); blocks
+        while the channel is full."""
+        if isinstance(data, str):
+            raise TypeError("send() takes bytes; use send_json() for objects, or encode the text")
+        buf = ffi.from_buffer(data)
+        check(lib.rcluster_worker_send(self._h(), buf, len(buf)))
+
+    def send_json(self, obj: Any) -> None:
+        """Sends ``obj`` as JSON (the primary reads it with ``event.json()``)."""
+        self.send(json.dumps(obj, separators=(",", ":")).encode())
+
+    def close(self) -> None:
+        """Leaves the cluster gracefully: closes this worker's listeners
+        (their queued connections go to other workers), says goodbye to the
+        primary and closes the channel. Idempotent."""
+        for listener in list(self._listeners):
+            listener.close()
+        handle, self._handle = self._handle, ffi.NULL
+        if handle != ffi.NULL:
+            self._finalizer.detach()
+            check(lib.rcluster_worker_close(handle))
+
+    def __enter__(self) -> "Worker":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<rcluster.Worker id={self.id}{' closed' if self.closed else ''}>"
+
+
+_current: Optional[Worker] = None
+_current_lock = threading.Lock()
+
+
+def worker() -> Worker:
+    """This process's :class:`Worker`, opened on first use (once per
+    process). :class:`~rcluster.StateError` in a process that is not a worker."""
+    global _current
+    with _current_lock:
+        if _current is None:
+            if not is_worker():
+                raise StateError(
+                    lib.RCLUSTER_E_STATE, "this process is not an rcluster worker (RCLUSTER_WORKER_ID is not set)"
+                )
+            _current = Worker()
+        return _current
+
+
+def listen(address: Address, *, timeout: Optional[float] = None) -> "Listener":
+    """``rcluster.worker().listen(address)``: a :class:`Listener` served by the primary."""
+    return worker().listen(address, timeout=timeout)
+
+
+def send(data: Union[bytes, bytearray, memoryview]) -> None:
+    """``rcluster.worker().send(data)``: sends bytes to the primary."""
+    worker().send(data)
+
+
+def send_json(obj: Any) -> None:
+    """``rcluster.worker().send_json(obj)``: sends an object as JSON to the primary."""
+    worker().send_json(obj)
+
+
+class Listener:
+    """A listening address served through the primary.
+
+    ``accept()`` returns ``(socket.socket, address)`` like a listening
+    socket's, and honours ``settimeout``/``setblocking`` the same way
+    (non-blocking: :class:`BlockingIOError`; timeout: :class:`TimeoutError`).
+    ``fileno()`` is readable when ``accept`` may have a connection (a
+    wakeup can be spurious: a non-blocking accept then raises
+    :class:`BlockingIOError`, which servers tolerate). After the primary
+    asked this worker to leave, ``accept`` returns the connections already
+    queued, then raises :class:`~rcluster.Closed`.
+    """
+
+    type = socket.SOCK_STREAM
+    proto = socket.IPPROTO_TCP
+
+    def __init__(self, worker: Worker, handle: Any, host: str) -> None:
+        self._worker = worker
+        self._handle = handle
+        port = ffi.new("uint16_t *")
+        check(lib.rcluster_listener_port(handle, port))
+        fd = ffi.new("int *")
+        check(lib.rcluster_listener_fd(handle, fd))
+        self._fd = fd[0]
+        self.address: tuple[str, int] = (host, int(port[0]))
+        self.family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._timeout: Optional[float] = None
+        self._done = False
+        self._on_done: list[Callable[[], Any]] = []
+        self._lock = threading.Lock()
+        self._finalizer = weakref.finalize(self, lib.rcluster_listener_close, handle)
+
+    @property
+    def port(self) -> int:
+        """The bound port (the OS-picked one when 0 was asked for)."""
+        return self.address[1]
+
+    @property
+    def closed(self) -> bool:
+        return bool(self._handle == ffi.NULL)
+
+    @property
+    def done(self) -> bool:
+        """Whether ``accept`` reported the end (worker asked to leave and
+        queue drained, primary gone, or listener closed)."""
+        return self._done
+
+    def fileno(self) -> int:
+        """An fd readable when ``accept`` may have a connection; -1 once closed."""
+        return -1 if self.closed else self._fd
+
+    def getsockname(self) -> tuple[str, int]:
+        """``(host, port)`` bound by the primary."""
+        return self.address
+
+    # socket-like timeout handling ---------------------------------------
+
+    def settimeout(self, timeout: Optional[float]) -> None:
+        if timeout is not None and timeout < 0:
+            raise ValueError("Timeout value out of range")
+        self._timeout = timeout
+
+    def gettimeout(self) -> Optional[float]:
+        return self._timeout
+
+    def setblocking(self, flag: bool) -> None:
+        self._timeout = None if flag else 0.0
+
+    def getblocking(self) -> bool:
+        return self._timeout != 0.0
+
+    # what socketserver calls on its socket; the primary already did it ---
+
+    def bind(self, address: Any) -> None:
+        """No-op: the primary bound the address when the worker listened."""
+
+    def listen(self, backlog: int = 0) -> None:
+        """No-op: the primary listens (its ``backlog`` option sets the queue)."""
+
+    def setsockopt(self, *args: Any) -> None:
+        """No-op: options belong to the primary's socket."""
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        """The next connection handed over by the primary, as
+        ``(socket.socket, peer address)``. The socket is connected, blocking
+        and yours to close."""
+        deadline = Deadline(self._timeout)
+        fd = ffi.new("int *")
+        while True:
+            handle = self._handle
+            if handle == ffi.NULL:
+                raise Closed(lib.RCLUSTER_E_CLOSED, "the listener is closed")
+            rc = lib.rcluster_listener_accept(handle, 0, fd)
+            if rc == 0:
+                try:
+                    sock = socket.socket(fileno=fd[0])
+                except OSError:
+                    _close_fd(fd[0])
+                    raise
+                try:
+                    return sock, sock.getpeername()
+                except OSError:
+                    sock.close()  # reset before we saw it: take the next one
+                    continue
+            if rc != lib.RCLUSTER_E_AGAIN:
+                error = last_error(rc)
+                self._finish()
+                raise error
+            if self._timeout == 0.0:
+                raise WouldBlock(lib.RCLUSTER_E_AGAIN, "no connection is waiting", _errno.EAGAIN)
+            if not wait_readable(self._fd, deadline.left()) and deadline.expired():
+                raise Timeout(lib.RCLUSTER_E_TIMEOUT, "timed out")
+
+    def on_done(self, callback: Callable[[], Any]) -> None:
+        """Calls ``callback()`` once, when ``accept`` reports the end (the
+        worker was asked to leave and its queue is drained, or the primary is
+        gone). At once if that already happened."""
+        with self._lock:
+            if not self._done:
+                self._on_done.append(callback)
+                return
+        callback()
+
+    def _finish(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self._done = True
+            callbacks, self._on_done = self._on_done, []
+        for callback in callbacks:
+            callback()
+
+    def close(self) -> None:
+        """Stops taking this address's connections (those queued here go to
+        other workers). Idempotent."""
+        with self._lock:
+            handle, self._handle = self._handle, ffi.NULL
+        if handle != ffi.NULL:
+            self._finalizer.detach()
+            check(lib.rcluster_listener_close(handle))
+
+    def __enter__(self) -> "Listener":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def attach(self, server: Any) -> Any:
+        """Makes a ``socketserver`` server (``http.server``, ``wsgiref``...)
+        serve from this listener: replaces its socket, runs its
+        ``server_bind``/``server_activate`` (which set ``server_address`` and
+        the like; the socket calls are no-ops here), switches to non-blocking
+        accept (a wakeup of ``fileno()`` may be spurious), and arranges that
+        ``serve_forever()`` returns once the primary asks this worker to
+        leave and the connections already queued are accepted. Returns the
+        server.
+
+        Create the server with ``bind_and_activate=False``."""
+        old = getattr(server, "socket", None)
+        if old is not None and old is not self:
+            old.close()
+        server.socket = self
+        self.setblocking(False)
+        server.server_address = self.address
+        server.server_bind()
+        server.server_activate()
+
+        def stop_serving() -> None:
+            # shutdown() waits for serve_forever to return, so it must not run
+            # on the thread that calls accept (serve_forever's own).
+            threading.Thread(target=server.shutdown, name="rcluster-drain", daemon=True).start()
+
+        self.on_done(stop_serving)
+        return server
+
+    def __repr__(self) -> str:
+        host, port = self.address
+        return f"<rcluster.Listener {host}:{port}{' closed' if self.closed else ''}>"
+
+
+def _close_fd(fd: int) -> None:
+    import os
+
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+S = TypeVar("S")
+
+
+def make_server(
+    server_class: Callable[..., S],
+    address: Address,
+    handler_class: Any,
+    *,
+    timeout: Optional[float] = None,
+    **kwargs: Any,
+) -> S:
+    """Builds a ``socketserver``-style server that serves from
+    ``rcluster.listen(address)``::
+
+        server = rcluster.make_server(http.server.ThreadingHTTPServer, ("127.0.0.1", 8080), Handler)
+        server.serve_forever()   # returns when the primary asks this worker to leave
+        server.server_close()
+
+    ``kwargs`` go to ``server_class``; ``timeout`` bounds the listen request."""
+    listener = listen(address, timeout=timeout)
+    try:
+        server = server_class(listener.address, handler_class, bind_and_activate=False, **kwargs)
+        attached: S = listener.attach(server)
+        return attached
+    except BaseException:
+        listener.close()
+        raise

@@ -1,0 +1,79 @@
+//! The primary under pressure, in its own process so its fds and CPU can be
+//! watched: a full pending queue stops accepting (the kernel backlog holds
+//! the rest), and running out of fds (EMFILE) pauses accepting instead of
+//! spinning the loop.
+
+mod common;
+use common::*;
+
+use std::io::BufRead;
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+struct PrimaryProcess {
+    child: Child,
+    port: u16,
+}
+
+impl PrimaryProcess {
+    fn start(workers: u32, mode: &str, env: &[(&str, &str)]) -> PrimaryProcess {
+        let mut child = Command::new(TESTWORKER)
+            .args(["primary", &workers.to_string(), mode])
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let port = line.trim().strip_prefix("ready ").and_then(|p| p.parse().ok()).expect("ready line");
+        PrimaryProcess { child, port }
+    }
+
+    fn fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id())).unwrap().count()
+    }
+
+    /// User + system CPU time of the primary, in clock ticks.
+    fn cpu_ticks(&self) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    }
+}
+
+impl Drop for PrimaryProcess {
+    fn drop(&mut self) {
+        // SIGKILL: the workers follow through the channel hang-up and PDEATHSIG.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_full_pending_queue_stops_accepting() {
+    let _serial = serial();
+    // Workers that never take a connection: each holds max_unacked = 1
+    // handed over, the primary queues max_pending = 4, the kernel the rest.
+    let primary = PrimaryProcess::start(2, "hang", &[("TEST_MAX_PENDING", "4"), ("TEST_MAX_UNACKED", "1")]);
+    let before = primary.fds();
+    let clients: Vec<TcpStream> = (0..50).map(|_| TcpStream::connect(("127.0.0.1", primary.port)).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let held = primary.fds() - before;
+    assert_eq!(held, 2 + 4, "the primary holds 2 handed over + 4 queued, not all 50 ({held})");
+    drop(clients);
+}
+
+#[test]
+fn running_out_of_fds_pauses_accepting_instead_of_spinning() {
+    let _serial = serial();
+    let primary = PrimaryProcess::start(2, "hang", &[("TEST_NOFILE", "3"), ("TEST_MAX_UNACKED", "100")]);
+    let clients: Vec<TcpStream> = (0..40).map(|_| TcpStream::connect(("127.0.0.1", primary.port)).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let ticks_before = primary.cpu_ticks();
+    std::thread::sleep(Duration::from_secs(1));
+    let used = primary.cpu_ticks() - ticks_before;
+    // A spinning accept loop burns ~100 ticks a second; pausing 100 ms between tries, almost none.
+    assert!(used < 20, "the primary used {used} ticks in 1 s while out of fds");
+    drop(clients);
+}
