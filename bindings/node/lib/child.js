@@ -112,6 +112,10 @@ function setupChild(cluster, native) {
     }
     return this;
   };
+  /** rcluster: tells the primary this worker is ready (primaries with `waitReady` wait for it). */
+  worker.ready = function ready() {
+    channel.ready();
+  };
   worker.destroy = function destroy() {
     if (this.state === 'destroying') return;
     this.exitedAfterDisconnect = true;
@@ -210,6 +214,11 @@ function setupChild(cluster, native) {
       this.active++;
       socket.once('close', () => {
         this.active--;
+        try {
+          channel.done(1); // the `least` policy counts finished connections
+        } catch (e) {
+          // the channel is closed: nobody is counting any more
+        }
         this.refill();
         if (this.closed && this.active === 0 && !this.usesHandle) this.emitClose();
       });

@@ -13,6 +13,16 @@ const { sendArgs, decode, channelClosed } = require('./messages');
 
 const SCHED_NONE = 1;
 const SCHED_RR = 2;
+// rcluster's extra policies (Node has only the two above).
+const SCHED_REUSEPORT = 3;
+const SCHED_LEAST = 4;
+
+const POLICY_NAMES = new Map([
+  [SCHED_NONE, 'shared'],
+  [SCHED_RR, 'rr'],
+  [SCHED_REUSEPORT, 'reuseport'],
+  [SCHED_LEAST, 'least'],
+]);
 
 const signalNames = new Map(Object.entries(os.constants.signals).map(([k, v]) => [v, k]));
 
@@ -28,11 +38,42 @@ function signalNumber(signal) {
   return n;
 }
 
-/** The policy chosen by NODE_CLUSTER_SCHED_POLICY (or RCLUSTER_SCHED_POLICY). */
+/**
+ * The policy chosen by RCLUSTER_SCHED_POLICY or NODE_CLUSTER_SCHED_POLICY:
+ * `rr`, `none` (or `shared`), and rcluster's `reuseport` and `least`.
+ */
 function policyFromEnv() {
   const raw = process.env.RCLUSTER_SCHED_POLICY || process.env.NODE_CLUSTER_SCHED_POLICY;
   if (raw === 'none' || raw === 'shared') return SCHED_NONE;
+  if (raw === 'reuseport') return SCHED_REUSEPORT;
+  if (raw === 'least') return SCHED_LEAST;
   return SCHED_RR;
+}
+
+/** Supervision and dispatch settings (rcluster extras) as the addon takes them. */
+function nativeTuning(settings) {
+  const ms = (v) => (v === undefined || v === null ? undefined : Math.max(0, Math.round(Number(v))));
+  return {
+    stopTimeoutMs: ms(settings.stopTimeout),
+    maxUnacked: settings.maxUnacked,
+    maxPending: settings.maxPending,
+    backlog: settings.backlog,
+    // Node's cluster never restarts a worker: off unless the app asks.
+    restart: Boolean(settings.restart),
+    restartDelayMs: ms(settings.restartDelay),
+    restartDelayMaxMs: ms(settings.restartDelayMax),
+    restartBackoff: settings.restartBackoff,
+    stableAfterMs: ms(settings.stableAfter),
+    crashLoopCount: settings.crashLoopCount,
+    crashLoopWindowMs: ms(settings.crashLoopWindow),
+    readyTimeoutMs: ms(settings.readyTimeout),
+    waitReady: settings.waitReady,
+    reloadConcurrency: settings.reloadConcurrency,
+    heartbeatIntervalMs: ms(settings.heartbeatInterval),
+    heartbeatTimeoutMs: ms(settings.heartbeatTimeout),
+    recycleAfter: settings.recycleAfter,
+    recycleJitter: settings.recycleJitter,
+  };
 }
 
 const UNSUPPORTED_SETTINGS = ['uid', 'gid', 'stdio', 'inspectPort', 'serialization'];
@@ -55,6 +96,8 @@ function setupPrimary(cluster, native) {
   cluster.settings = {};
   cluster.SCHED_NONE = SCHED_NONE;
   cluster.SCHED_RR = SCHED_RR;
+  cluster.SCHED_REUSEPORT = SCHED_REUSEPORT;
+  cluster.SCHED_LEAST = SCHED_LEAST;
   cluster.schedulingPolicy = policyFromEnv();
 
   function warnOnce(key, text) {
@@ -87,7 +130,7 @@ function setupPrimary(cluster, native) {
     if (!initialized) {
       initialized = true;
       const policy = cluster.schedulingPolicy;
-      if (policy !== SCHED_NONE && policy !== SCHED_RR) {
+      if (!POLICY_NAMES.has(policy)) {
         throw new Error(`Bad cluster.schedulingPolicy: ${policy}`);
       }
       cluster.schedulingPolicy = policy; // frozen from here on, as in Node
@@ -112,10 +155,8 @@ function setupPrimary(cluster, native) {
     primary = new native.NativePrimary({
       argv,
       cwd: settings.cwd,
-      policy: cluster.schedulingPolicy === SCHED_NONE ? 'shared' : 'rr',
-      stopTimeoutMs: settings.stopTimeout,
-      maxUnacked: settings.maxUnacked,
-      maxPending: settings.maxPending,
+      policy: POLICY_NAMES.get(cluster.schedulingPolicy),
+      ...nativeTuning(settings),
     });
     spawnKey = key;
     primary.start(onEvent);
@@ -130,7 +171,14 @@ function setupPrimary(cluster, native) {
       if (v !== undefined) merged[k] = String(v);
     }
     const { id, pid } = p.fork(merged);
-    const proc = new WorkerProcess(p, id, pid);
+    return adopt(id, pid);
+  };
+
+  /** The Worker object for a started process (forked here, or by the core's supervision). */
+  function adopt(id, pid) {
+    const existing = everyWorker.get(id);
+    if (existing) return existing;
+    const proc = new WorkerProcess(primary, id, pid);
     const worker = new Worker({ id, process: proc });
     worker.disconnect = disconnectWorker;
     worker.destroy = destroyWorker;
@@ -142,7 +190,7 @@ function setupPrimary(cluster, native) {
     cluster.workers[id] = worker;
     keepAlive.ref();
     return worker;
-  };
+  }
 
   function removeWorker(worker) {
     if (cluster.workers[worker.id] === undefined) return;
@@ -210,32 +258,65 @@ function setupPrimary(cluster, native) {
     return shutdownPromise;
   };
 
-  function coreMissing(what, needed) {
-    return new Error(
-      `rcluster: cluster.${what} needs ${needed} in the rcluster core, which this build does not have yet`,
-    );
-  }
+  const reloads = []; // { generation, resolve, reject }
+
+  /**
+   * rcluster: rolling reload. Worker by worker (`reloadConcurrency` at a
+   * time) a replacement starts, and the old one is asked to leave once the
+   * new one listens (or calls `cluster.worker.ready()` with `waitReady`).
+   * The listeners stay open, so no connection is refused. Resolves with the
+   * new generation once every worker is replaced; rejects if a replacement
+   * did not become ready in time (the old workers keep serving).
+   */
   cluster.reload = function reload() {
-    if (primary && typeof primary.reload === 'function') return primary.reload();
-    return Promise.reject(coreMissing('reload()', 'supervision (Primary::reload)'));
+    if (primary === null) return Promise.reject(new Error('rcluster: reload() before any fork'));
+    let generation;
+    try {
+      generation = primary.reload();
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    keepAlive.ref();
+    return new Promise((resolve, reject) => reloads.push({ generation, resolve, reject })).finally(() =>
+      keepAlive.unref(),
+    );
   };
+
+  /** rcluster: sets the number of workers: starts new ones, or asks the newest to leave. */
   cluster.scale = function scale(n) {
-    if (primary && typeof primary.scale === 'function') return primary.scale(n);
-    throw coreMissing('scale()', 'supervision (Primary::scale)');
+    if (!Number.isInteger(n) || n < 0) throw new RangeError(`rcluster: scale(n) needs a whole number >= 0, got ${n}`);
+    cluster.setupPrimary();
+    nativePrimary().scale(n);
   };
+
+  /** rcluster: a snapshot of every worker: id, pid, slot, state, generation, dispatched, inFlight, active, restarts, uptimeMs. */
   cluster.stats = function stats() {
-    if (primary && typeof primary.stats === 'function') return primary.stats();
-    throw coreMissing('stats()', 'per-worker stats (Primary::stats)');
+    return primary === null ? [] : primary.stats();
   };
+
+  function settleReloads(generation, error) {
+    for (let i = reloads.length - 1; i >= 0; i--) {
+      const pending = reloads[i];
+      if (pending.generation > generation) continue;
+      reloads.splice(i, 1);
+      if (error) pending.reject(error);
+      else pending.resolve(generation);
+    }
+  }
 
   // ----- events from the primary's thread ---------------------------------
 
   function onEvent(event) {
     const worker = event.worker !== null && event.worker !== undefined ? everyWorker.get(event.worker) : undefined;
     switch (event.kind) {
-      case 'fork':
-        if (worker) cluster.emit('fork', worker);
+      case 'fork': {
+        // Workers the core starts itself (restarts, reload, scale) arrive here first.
+        const forked = worker || adopt(event.worker, event.pid);
+        forked.slot = event.slot === null ? undefined : event.slot;
+        forked.generation = event.generation;
+        cluster.emit('fork', forked);
         break;
+      }
       case 'online':
         if (!worker) break;
         worker.state = 'online';
@@ -300,6 +381,24 @@ function setupPrimary(cluster, native) {
         else process.emitWarning(error.message, { code: 'RCLUSTER_WORKER_ERROR' });
         break;
       }
+      case 'crashloop':
+        // rcluster: the slot's worker kept dying; the core stopped restarting it.
+        cluster.emit('crashloop', worker, event.slot);
+        break;
+      case 'unresponsive':
+        // rcluster: no heartbeat answer; the core kills and replaces it.
+        cluster.emit('unresponsive', worker);
+        break;
+      case 'reload':
+        settleReloads(event.generation, null);
+        cluster.emit('reload', event.generation);
+        break;
+      case 'reloadfailed': {
+        const error = new Error(`rcluster: reload to generation ${event.generation} failed: ${event.message}`);
+        settleReloads(event.generation, error);
+        cluster.emit('reloadfailed', error);
+        break;
+      }
       case 'shutdown':
         intercom.emit('shutdown');
         if (shutdownPromise) keepAlive.unref();
@@ -361,4 +460,4 @@ function setupPrimary(cluster, native) {
   }
 }
 
-module.exports = { setupPrimary, SCHED_NONE, SCHED_RR };
+module.exports = { setupPrimary, SCHED_NONE, SCHED_RR, SCHED_REUSEPORT, SCHED_LEAST };

@@ -9,7 +9,7 @@ use std::time::Duration;
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::ThreadsafeFunctionCallMode;
 use napi_derive::napi;
-use rcluster::{Config, Event, Exit, PolicyKind, Primary, SpawnSpec};
+use rcluster::{Config, Event, Exit, PolicyKind, Primary, SpawnSpec, Supervision, WorkerState, WorkerStats};
 
 use crate::to_js_error;
 
@@ -30,6 +30,64 @@ pub struct PrimaryOptions {
     pub backlog: Option<i32>,
     /// How long a worker asked to leave may take before SIGTERM, then SIGKILL (default 10 s).
     pub stop_timeout_ms: Option<u32>,
+    /// Replace a worker that exits without being asked to. The core's
+    /// default is on; index.js passes false unless the app opts in, since
+    /// Node's cluster never restarts workers.
+    pub restart: Option<bool>,
+    /// First restart delay (default 100 ms).
+    pub restart_delay_ms: Option<u32>,
+    /// Longest restart delay (default 10 s).
+    pub restart_delay_max_ms: Option<u32>,
+    /// Each unexpected exit multiplies the delay by this (default 2).
+    pub restart_backoff: Option<f64>,
+    /// A worker that ran this long resets the delay (default 5 s).
+    pub stable_after_ms: Option<u32>,
+    /// This many unexpected exits within the window stop restarts of a slot (default 5).
+    pub crash_loop_count: Option<u32>,
+    /// See crashLoopCount (default 30 s).
+    pub crash_loop_window_ms: Option<u32>,
+    /// How long a replacement (reload, recycling) has to become ready (default 30 s).
+    pub ready_timeout_ms: Option<u32>,
+    /// Ready means an explicit ready() from the worker, not its first listen.
+    pub wait_ready: Option<bool>,
+    /// Workers replaced at once during a rolling reload (default 1).
+    pub reload_concurrency: Option<u32>,
+    /// Ping workers this often (default: no heartbeat).
+    pub heartbeat_interval_ms: Option<u32>,
+    /// A worker silent this long is killed and replaced (default 30 s).
+    pub heartbeat_timeout_ms: Option<u32>,
+    /// Replace a worker after it was handed this many connections (default 0: never).
+    pub recycle_after: Option<i64>,
+    /// Up to this many connections added at random to recycleAfter (default 0).
+    pub recycle_jitter: Option<i64>,
+}
+
+fn millis(ms: Option<u32>, default: Duration) -> Duration {
+    ms.map_or(default, |ms| Duration::from_millis(ms as u64))
+}
+
+fn supervision(options: &PrimaryOptions) -> Supervision {
+    let d = Supervision::default();
+    Supervision {
+        restart: options.restart.unwrap_or(d.restart),
+        restart_delay: millis(options.restart_delay_ms, d.restart_delay),
+        restart_delay_max: millis(options.restart_delay_max_ms, d.restart_delay_max),
+        restart_backoff: options.restart_backoff.unwrap_or(d.restart_backoff),
+        stable_after: millis(options.stable_after_ms, d.stable_after),
+        crash_loop_count: options.crash_loop_count.unwrap_or(d.crash_loop_count),
+        crash_loop_window: millis(options.crash_loop_window_ms, d.crash_loop_window),
+        ready_timeout: millis(options.ready_timeout_ms, d.ready_timeout),
+        wait_ready: options.wait_ready.unwrap_or(d.wait_ready),
+        reload_concurrency: options.reload_concurrency.unwrap_or(d.reload_concurrency),
+        heartbeat_interval: options
+            .heartbeat_interval_ms
+            .filter(|&ms| ms > 0)
+            .map(|ms| Duration::from_millis(ms as u64))
+            .or(d.heartbeat_interval),
+        heartbeat_timeout: millis(options.heartbeat_timeout_ms, d.heartbeat_timeout),
+        recycle_after: options.recycle_after.map_or(d.recycle_after, |n| n.max(0) as u64),
+        recycle_jitter: options.recycle_jitter.map_or(d.recycle_jitter, |n| n.max(0) as u64),
+    }
 }
 
 /// One event from the primary, flattened for JS: `kind` says which fields are set.
@@ -53,8 +111,12 @@ pub struct ClusterEvent {
     pub signal: Option<i32>,
     /// exit: it had been asked to leave, or left on purpose.
     pub after_disconnect: Option<bool>,
-    /// error: what the worker did wrong, or why the event stream ended.
+    /// error, reloadfailed: what went wrong.
     pub message: Option<String>,
+    /// fork, crashloop: the worker's slot (none for a raw fork).
+    pub slot: Option<u32>,
+    /// fork, reload, reloadfailed: the reload generation.
+    pub generation: Option<u32>,
 }
 
 impl ClusterEvent {
@@ -71,12 +133,23 @@ impl ClusterEvent {
             signal: None,
             after_disconnect: None,
             message: None,
+            slot: None,
+            generation: None,
         }
     }
 
     fn from_event(event: Event) -> ClusterEvent {
         match event {
-            Event::Fork { worker, pid } => ClusterEvent::new("fork", Some(worker), Some(pid)),
+            Event::Fork {
+                worker,
+                pid,
+                slot,
+                generation,
+            } => ClusterEvent {
+                slot,
+                generation: Some(generation),
+                ..ClusterEvent::new("fork", Some(worker), Some(pid))
+            },
             Event::Online { worker, pid } => ClusterEvent::new("online", Some(worker), Some(pid)),
             Event::Listening {
                 worker,
@@ -121,6 +194,25 @@ impl ClusterEvent {
                 message: Some(message),
                 ..ClusterEvent::new("error", Some(worker), Some(pid))
             },
+            Event::CrashLoop { slot, worker, pid } => ClusterEvent {
+                slot: Some(slot),
+                ..ClusterEvent::new("crashloop", Some(worker), Some(pid))
+            },
+            Event::Unresponsive { worker, pid } => {
+                ClusterEvent::new("unresponsive", Some(worker), Some(pid))
+            }
+            Event::ReloadDone { generation } => ClusterEvent {
+                generation: Some(generation),
+                ..ClusterEvent::new("reload", None, None)
+            },
+            Event::ReloadFailed {
+                generation,
+                message,
+            } => ClusterEvent {
+                generation: Some(generation),
+                message: Some(message),
+                ..ClusterEvent::new("reloadfailed", None, None)
+            },
             Event::Shutdown => ClusterEvent::new("shutdown", None, None),
         }
     }
@@ -155,6 +247,50 @@ pub struct ForkedWorker {
     pub pid: i32,
 }
 
+/// One worker's numbers (`cluster.stats()`).
+#[napi(object)]
+pub struct WorkerStatsJs {
+    pub id: u32,
+    pub pid: i32,
+    pub slot: Option<u32>,
+    /// starting, online, listening, leaving, disconnected.
+    pub state: String,
+    pub generation: u32,
+    /// Connections handed to it so far.
+    pub dispatched: i64,
+    /// Handed over, not yet acknowledged.
+    pub in_flight: u32,
+    /// Taken and not yet reported finished (counted under `least` only).
+    pub active: u32,
+    /// How many workers its slot had to restart.
+    pub restarts: u32,
+    pub uptime_ms: f64,
+}
+
+impl From<WorkerStats> for WorkerStatsJs {
+    fn from(s: WorkerStats) -> WorkerStatsJs {
+        WorkerStatsJs {
+            id: s.id,
+            pid: s.pid,
+            slot: s.slot,
+            state: match s.state {
+                WorkerState::Starting => "starting",
+                WorkerState::Online => "online",
+                WorkerState::Listening => "listening",
+                WorkerState::Leaving => "leaving",
+                WorkerState::Disconnected => "disconnected",
+            }
+            .to_owned(),
+            generation: s.generation,
+            dispatched: s.dispatched.min(i64::MAX as u64) as i64,
+            in_flight: s.in_flight,
+            active: s.active,
+            restarts: s.restarts,
+            uptime_ms: s.uptime.as_secs_f64() * 1000.0,
+        }
+    }
+}
+
 /// A bound address.
 #[napi(object)]
 pub struct BoundAddress {
@@ -182,6 +318,7 @@ impl NativePrimary {
             ));
         }
         let defaults = Config::default();
+        let supervision = supervision(&options);
         let policy = match options.policy.as_deref() {
             None => PolicyKind::RoundRobin,
             Some(name) => PolicyKind::from_name(name).map_err(to_js_error)?,
@@ -202,6 +339,7 @@ impl NativePrimary {
             // Signals are the host's: index.js handles them with process.on,
             // which works the same in Node, Bun and Deno.
             handle_signals: false,
+            supervision,
         };
         inherit_stdio();
         Ok(NativePrimary {
@@ -306,6 +444,31 @@ impl NativePrimary {
         self.inner
             .shutdown(Duration::from_millis(grace_ms as u64))
             .map_err(to_js_error)
+    }
+
+    /// Starts a rolling reload; returns the generation the new workers carry.
+    /// A `reload` (or `reloadfailed`) event with that generation follows.
+    #[napi]
+    pub fn reload(&self) -> Result<u32> {
+        self.inner.reload().map_err(to_js_error)
+    }
+
+    /// Sets the number of worker slots: starts workers, or stops the newest gracefully.
+    #[napi]
+    pub fn scale(&self, workers: u32) -> Result<()> {
+        self.inner.scale(workers).map_err(to_js_error)
+    }
+
+    /// A snapshot of every worker the primary knows.
+    #[napi]
+    pub fn stats(&self) -> Result<Vec<WorkerStatsJs>> {
+        Ok(self
+            .inner
+            .stats()
+            .map_err(to_js_error)?
+            .into_iter()
+            .map(WorkerStatsJs::from)
+            .collect())
     }
 
     /// Whether the shutdown is complete.

@@ -115,6 +115,19 @@ impl NativeWorker {
         NativeListener::new(listener)
     }
 
+    /// Tells the primary this worker is ready (for primaries with `waitReady`).
+    #[napi]
+    pub fn ready(&self) -> Result<()> {
+        self.inner.ready().map_err(to_js_error)
+    }
+
+    /// Tells the primary `count` accepted connections are finished (the
+    /// `least` policy counts on it; a no-op under other policies).
+    #[napi]
+    pub fn done(&self, count: u32) -> Result<()> {
+        self.inner.done(count).map_err(to_js_error)
+    }
+
     /// Leaves the cluster: refuses queued connections, says goodbye, closes the channel.
     #[napi]
     pub fn close(&self) {
