@@ -10,8 +10,16 @@ const cluster = require('rcluster');
 const http = require('http');
 const os = require('os');
 
+const POLICIES = {
+  rr: cluster.SCHED_RR,
+  shared: cluster.SCHED_NONE,
+  // rcluster's extra policies (plain Node cluster has only the two above).
+  reuseport: cluster.SCHED_REUSEPORT,
+  least: cluster.SCHED_LEAST,
+};
+
 function usage(message) {
-  process.stderr.write(`hello_server: ${message} (usage: --workers N --port P --host H --policy rr|shared)\n`);
+  process.stderr.write(`hello_server: ${message} (usage: --workers N --port P --host H --policy rr|shared|reuseport|least)\n`);
   process.exit(2);
 }
 
@@ -36,8 +44,8 @@ function parseArgs(argv) {
       options.port = Number(value);
     } else if (flag === '--host') {
       options.host = value;
-    } else if (!['rr', 'shared'].includes(value)) {
-      usage(`--policy must be rr or shared, not ${JSON.stringify(value)}`);
+    } else if (POLICIES[value] === undefined) {
+      usage(`--policy must be one of ${Object.keys(POLICIES).filter((p) => POLICIES[p] !== undefined).join(', ')}, not ${JSON.stringify(value)}`);
     } else {
       options.policy = value;
     }
@@ -48,7 +56,7 @@ function parseArgs(argv) {
 const options = parseArgs(process.argv.slice(2));
 
 if (cluster.isPrimary) {
-  cluster.schedulingPolicy = options.policy === 'shared' ? cluster.SCHED_NONE : cluster.SCHED_RR;
+  cluster.schedulingPolicy = POLICIES[options.policy];
   let stopping = false;
   let ready = false;
   const listening = new Set();
@@ -75,18 +83,28 @@ if (cluster.isPrimary) {
 
   // SIGHUP: rolling reload, one worker at a time: start the new one, wait
   // until it listens, then let the old one finish its requests and leave.
+  // rcluster does it in the primary (cluster.reload()); with Node's own
+  // cluster the app does it by hand.
   let reloading = false;
   process.on('SIGHUP', async () => {
     if (reloading || stopping) return;
     reloading = true;
-    for (const old of Object.values(cluster.workers)) {
-      if (stopping) break;
-      const fresh = cluster.fork();
-      await new Promise((resolve) => fresh.once('listening', resolve));
-      await new Promise((resolve) => {
-        old.once('exit', resolve);
-        old.disconnect();
-      });
+    try {
+      if (typeof cluster.reload === 'function') {
+        await cluster.reload();
+      } else {
+        for (const old of Object.values(cluster.workers)) {
+          if (stopping) break;
+          const fresh = cluster.fork();
+          await new Promise((resolve) => fresh.once('listening', resolve));
+          await new Promise((resolve) => {
+            old.once('exit', resolve);
+            old.disconnect();
+          });
+        }
+      }
+    } catch (e) {
+      console.error(`reload failed: ${e.message}`);
     }
     reloading = false;
   });
@@ -96,7 +114,12 @@ if (cluster.isPrimary) {
   const stop = () => {
     if (stopping) return;
     stopping = true;
-    cluster.shutdown(10000).then(() => process.exit(0));
+    if (typeof cluster.shutdown === 'function') {
+      // rcluster: stop accepting first, drain, then let every worker leave.
+      cluster.shutdown(10000).then(() => process.exit(0));
+    } else {
+      cluster.disconnect(() => process.exit(0));
+    }
   };
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);
