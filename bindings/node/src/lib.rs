@@ -23,15 +23,8 @@ use napi::{Error, Status};
 /// `code` is `RCLUSTER_E_<NAME>` so JS can tell kinds apart.
 pub(crate) fn to_js_error(e: rcluster::Error) -> Error {
     let name = format!("{:?}", e.code());
-    let errno = if e.errno() != 0 {
-        format!(" (errno {})", e.errno())
-    } else {
-        String::new()
-    };
-    Error::new(
-        Status::GenericFailure,
-        format!("[RCLUSTER_E_{}] {}{}", upper_snake(&name), e.message(), errno),
-    )
+    let errno = if e.errno() != 0 { format!(" (errno {})", e.errno()) } else { String::new() };
+    Error::new(Status::GenericFailure, format!("[RCLUSTER_E_{}] {}{}", upper_snake(&name), e.message(), errno))
 }
 
 fn upper_snake(camel: &str) -> String {

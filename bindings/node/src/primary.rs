@@ -140,22 +140,13 @@ impl ClusterEvent {
 
     fn from_event(event: Event) -> ClusterEvent {
         match event {
-            Event::Fork {
-                worker,
-                pid,
-                slot,
-                generation,
-            } => ClusterEvent {
+            Event::Fork { worker, pid, slot, generation } => ClusterEvent {
                 slot,
                 generation: Some(generation),
                 ..ClusterEvent::new("fork", Some(worker), Some(pid))
             },
             Event::Online { worker, pid } => ClusterEvent::new("online", Some(worker), Some(pid)),
-            Event::Listening {
-                worker,
-                pid,
-                address,
-            } => ClusterEvent {
+            Event::Listening { worker, pid, address } => ClusterEvent {
                 address: Some(address.ip().to_string()),
                 port: Some(address.port() as u32),
                 family: Some(if address.is_ipv6() { 6 } else { 4 }),
@@ -165,15 +156,8 @@ impl ClusterEvent {
                 data: Some(String::from_utf8_lossy(&data).into_owned()),
                 ..ClusterEvent::new("message", Some(worker), Some(pid))
             },
-            Event::Disconnect { worker, pid } => {
-                ClusterEvent::new("disconnect", Some(worker), Some(pid))
-            }
-            Event::Exit {
-                worker,
-                pid,
-                exit,
-                after_disconnect,
-            } => {
+            Event::Disconnect { worker, pid } => ClusterEvent::new("disconnect", Some(worker), Some(pid)),
+            Event::Exit { worker, pid, exit, after_disconnect } => {
                 let (code, signal) = match exit {
                     Exit::Code(code) => (Some(code), None),
                     Exit::Signal(signal) => (None, Some(signal)),
@@ -186,29 +170,17 @@ impl ClusterEvent {
                     ..ClusterEvent::new("exit", Some(worker), Some(pid))
                 }
             }
-            Event::WorkerError {
-                worker,
-                pid,
-                message,
-            } => ClusterEvent {
-                message: Some(message),
-                ..ClusterEvent::new("error", Some(worker), Some(pid))
-            },
-            Event::CrashLoop { slot, worker, pid } => ClusterEvent {
-                slot: Some(slot),
-                ..ClusterEvent::new("crashloop", Some(worker), Some(pid))
-            },
-            Event::Unresponsive { worker, pid } => {
-                ClusterEvent::new("unresponsive", Some(worker), Some(pid))
+            Event::WorkerError { worker, pid, message } => {
+                ClusterEvent { message: Some(message), ..ClusterEvent::new("error", Some(worker), Some(pid)) }
             }
-            Event::ReloadDone { generation } => ClusterEvent {
-                generation: Some(generation),
-                ..ClusterEvent::new("reload", None, None)
-            },
-            Event::ReloadFailed {
-                generation,
-                message,
-            } => ClusterEvent {
+            Event::CrashLoop { slot, worker, pid } => {
+                ClusterEvent { slot: Some(slot), ..ClusterEvent::new("crashloop", Some(worker), Some(pid)) }
+            }
+            Event::Unresponsive { worker, pid } => ClusterEvent::new("unresponsive", Some(worker), Some(pid)),
+            Event::ReloadDone { generation } => {
+                ClusterEvent { generation: Some(generation), ..ClusterEvent::new("reload", None, None) }
+            }
+            Event::ReloadFailed { generation, message } => ClusterEvent {
                 generation: Some(generation),
                 message: Some(message),
                 ..ClusterEvent::new("reloadfailed", None, None)
@@ -312,10 +284,7 @@ impl NativePrimary {
     #[napi(constructor)]
     pub fn new(options: PrimaryOptions) -> Result<NativePrimary> {
         if options.argv.is_empty() {
-            return Err(Error::new(
-                Status::InvalidArg,
-                "argv must name the worker program",
-            ));
+            return Err(Error::new(Status::InvalidArg, "argv must name the worker program"));
         }
         let defaults = Config::default();
         let supervision = supervision(&options);
@@ -333,19 +302,14 @@ impl NativePrimary {
             max_unacked: options.max_unacked.unwrap_or(defaults.max_unacked),
             max_pending: options.max_pending.unwrap_or(defaults.max_pending),
             backlog: options.backlog.unwrap_or(defaults.backlog),
-            stop_timeout: options
-                .stop_timeout_ms
-                .map_or(defaults.stop_timeout, |ms| Duration::from_millis(ms as u64)),
+            stop_timeout: options.stop_timeout_ms.map_or(defaults.stop_timeout, |ms| Duration::from_millis(ms as u64)),
             // Signals are the host's: index.js handles them with process.on,
             // which works the same in Node, Bun and Deno.
             handle_signals: false,
             supervision,
         };
         inherit_stdio();
-        Ok(NativePrimary {
-            inner: Arc::new(Primary::new(config).map_err(to_js_error)?),
-            started: false,
-        })
+        Ok(NativePrimary { inner: Arc::new(Primary::new(config).map_err(to_js_error)?), started: false })
     }
 
     /// Starts forwarding events to `onEvent` (once). The forwarding thread
@@ -367,10 +331,7 @@ impl NativePrimary {
                 match primary.next_event(None) {
                     Ok(Some(event)) => {
                         let last = matches!(event, Event::Shutdown);
-                        tsfn.call(
-                            ClusterEvent::from_event(event),
-                            ThreadsafeFunctionCallMode::NonBlocking,
-                        );
+                        tsfn.call(ClusterEvent::from_event(event), ThreadsafeFunctionCallMode::NonBlocking);
                         if last {
                             return;
                         }
@@ -396,22 +357,15 @@ impl NativePrimary {
     /// Starts a worker with `env` added to its environment.
     #[napi]
     pub fn fork(&self, env: HashMap<String, String>) -> Result<ForkedWorker> {
-        let env = env
-            .into_iter()
-            .map(|(k, v)| (OsString::from(k), OsString::from(v)))
-            .collect();
+        let env = env.into_iter().map(|(k, v)| (OsString::from(k), OsString::from(v))).collect();
         let info = self.inner.fork(env).map_err(to_js_error)?;
-        Ok(ForkedWorker {
-            id: info.id,
-            pid: info.pid,
-        })
+        Ok(ForkedWorker { id: info.id, pid: info.pid })
     }
 
     /// Binds a listener up front; workers asking for the same address share it.
     #[napi]
     pub fn listen(&self, host: String, port: u32) -> Result<BoundAddress> {
-        let port = u16::try_from(port)
-            .map_err(|_| Error::new(Status::InvalidArg, format!("bad port {port}")))?;
+        let port = u16::try_from(port).map_err(|_| Error::new(Status::InvalidArg, format!("bad port {port}")))?;
         let address = self.inner.listen(&host, port).map_err(to_js_error)?;
         Ok(BoundAddress {
             address: address.ip().to_string(),
@@ -441,9 +395,7 @@ impl NativePrimary {
     /// Graceful shutdown of the whole cluster; ends with a `shutdown` event.
     #[napi]
     pub fn shutdown(&self, grace_ms: u32) -> Result<()> {
-        self.inner
-            .shutdown(Duration::from_millis(grace_ms as u64))
-            .map_err(to_js_error)
+        self.inner.shutdown(Duration::from_millis(grace_ms as u64)).map_err(to_js_error)
     }
 
     /// Starts a rolling reload; returns the generation the new workers carry.
@@ -462,13 +414,7 @@ impl NativePrimary {
     /// A snapshot of every worker the primary knows.
     #[napi]
     pub fn stats(&self) -> Result<Vec<WorkerStatsJs>> {
-        Ok(self
-            .inner
-            .stats()
-            .map_err(to_js_error)?
-            .into_iter()
-            .map(WorkerStatsJs::from)
-            .collect())
+        Ok(self.inner.stats().map_err(to_js_error)?.into_iter().map(WorkerStatsJs::from).collect())
     }
 
     /// Whether the shutdown is complete.

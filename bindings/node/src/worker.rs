@@ -36,10 +36,7 @@ impl NativeWorker {
     /// Opens the channel the primary left us (once per process).
     #[napi(factory)]
     pub fn open() -> Result<NativeWorker> {
-        Ok(NativeWorker {
-            inner: Worker::open().map_err(to_js_error)?,
-            started: false,
-        })
+        Ok(NativeWorker { inner: Worker::open().map_err(to_js_error)?, started: false })
     }
 
     #[napi(getter)]
@@ -65,24 +62,16 @@ impl NativeWorker {
             .spawn(move || loop {
                 let (kind, data, reason) = match worker.next_event(None) {
                     Ok(None) => continue,
-                    Ok(Some(WorkerEvent::Message(data))) => (
-                        "message",
-                        Some(String::from_utf8_lossy(&data).into_owned()),
-                        None,
-                    ),
-                    Ok(Some(WorkerEvent::Disconnect)) => ("disconnect", None, None),
-                    Ok(Some(WorkerEvent::PrimaryGone)) => {
-                        ("gone", None, Some("the primary is gone".to_owned()))
+                    Ok(Some(WorkerEvent::Message(data))) => {
+                        ("message", Some(String::from_utf8_lossy(&data).into_owned()), None)
                     }
+                    Ok(Some(WorkerEvent::Disconnect)) => ("disconnect", None, None),
+                    Ok(Some(WorkerEvent::PrimaryGone)) => ("gone", None, Some("the primary is gone".to_owned())),
                     Err(e) => ("gone", None, Some(e.message().to_owned())),
                 };
                 let last = kind == "gone";
                 tsfn.call(
-                    WorkerEventJs {
-                        kind: kind.to_owned(),
-                        data,
-                        reason,
-                    },
+                    WorkerEventJs { kind: kind.to_owned(), data, reason },
                     ThreadsafeFunctionCallMode::NonBlocking,
                 );
                 if last {
@@ -105,13 +94,9 @@ impl NativeWorker {
     /// Blocks until the primary answers (its own thread answers at once).
     #[napi]
     pub fn listen(&self, host: String, port: u32, timeout_ms: Option<u32>) -> Result<NativeListener> {
-        let port = u16::try_from(port)
-            .map_err(|_| Error::new(Status::InvalidArg, format!("bad port {port}")))?;
+        let port = u16::try_from(port).map_err(|_| Error::new(Status::InvalidArg, format!("bad port {port}")))?;
         let timeout = Duration::from_millis(timeout_ms.unwrap_or(30_000) as u64);
-        let listener = self
-            .inner
-            .listen(&host, port, Some(timeout))
-            .map_err(to_js_error)?;
+        let listener = self.inner.listen(&host, port, Some(timeout)).map_err(to_js_error)?;
         NativeListener::new(listener)
     }
 
@@ -167,13 +152,7 @@ impl ListenerState {
         self.stopping.store(true, Ordering::SeqCst);
         let one: u64 = 1;
         // SAFETY: an 8-byte write of a local into an eventfd we own.
-        unsafe {
-            libc::write(
-                self.stop_fd.as_raw_fd(),
-                &one as *const u64 as *const libc::c_void,
-                8,
-            )
-        };
+        unsafe { libc::write(self.stop_fd.as_raw_fd(), &one as *const u64 as *const libc::c_void, 8) };
         let _guard = self.permits.lock().unwrap_or_else(|p| p.into_inner());
         self.permits_changed.notify_all();
     }
@@ -186,10 +165,7 @@ impl ListenerState {
     fn wait_for_permit(&self) -> bool {
         let mut permits = self.permits.lock().unwrap_or_else(|p| p.into_inner());
         while *permits == 0 && !self.stopping() {
-            permits = self
-                .permits_changed
-                .wait(permits)
-                .unwrap_or_else(|p| p.into_inner());
+            permits = self.permits_changed.wait(permits).unwrap_or_else(|p| p.into_inner());
         }
         !self.stopping()
     }
@@ -197,16 +173,8 @@ impl ListenerState {
     /// Waits until the listener may have a connection; false when stopping.
     fn wait_readable(&self) -> bool {
         let mut fds = [
-            libc::pollfd {
-                fd: self.listener.fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: self.stop_fd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
+            libc::pollfd { fd: self.listener.fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: self.stop_fd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
         ];
         while !self.stopping() {
             // SAFETY: poll on a local array of two pollfds.
@@ -256,10 +224,7 @@ impl NativeListener {
         // SAFETY: eventfd with flags only; the fd is wrapped at once.
         let raw: RawFd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
         if raw < 0 {
-            return Err(Error::from_reason(format!(
-                "eventfd: {}",
-                std::io::Error::last_os_error()
-            )));
+            return Err(Error::from_reason(format!("eventfd: {}", std::io::Error::last_os_error())));
         }
         // SAFETY: a fresh fd owned by nothing else.
         let stop_fd = unsafe { OwnedFd::from_raw_fd(raw) };
@@ -313,30 +278,17 @@ impl NativeListener {
         if self.state.started.swap(true, Ordering::SeqCst) {
             return Err(Error::new(Status::GenericFailure, "already started"));
         }
-        let tsfn = on_conn
-            .build_threadsafe_function::<Accepted>()
-            .weak::<true>()
-            .callee_handled::<false>()
-            .build_callback(|ctx| {
-                // Runs on the JS thread: from here the fd is JS's to close.
-                Ok(match ctx.value {
-                    Accepted::Conn(fd) => ConnEvent {
-                        fd: Some(fd.into_raw_fd()),
-                        closed: false,
-                        error: None,
-                    },
-                    Accepted::Closed(reason) => ConnEvent {
-                        fd: None,
-                        closed: true,
-                        error: Some(reason),
-                    },
-                    Accepted::Failed(reason) => ConnEvent {
-                        fd: None,
-                        closed: true,
-                        error: Some(reason),
-                    },
-                })
-            })?;
+        let tsfn =
+            on_conn.build_threadsafe_function::<Accepted>().weak::<true>().callee_handled::<false>().build_callback(
+                |ctx| {
+                    // Runs on the JS thread: from here the fd is JS's to close.
+                    Ok(match ctx.value {
+                        Accepted::Conn(fd) => ConnEvent { fd: Some(fd.into_raw_fd()), closed: false, error: None },
+                        Accepted::Closed(reason) => ConnEvent { fd: None, closed: true, error: Some(reason) },
+                        Accepted::Failed(reason) => ConnEvent { fd: None, closed: true, error: Some(reason) },
+                    })
+                },
+            )?;
         let state = self.state.clone();
         let handle = std::thread::Builder::new()
             .name("rcluster-node-accept".into())
