@@ -50,8 +50,9 @@ pub enum Frame {
     ListenOk { request: u32, listener: u32, shared: bool, report_done: bool, port: u16, address: String },
     /// Primary → worker: the listen request failed with `errno`.
     ListenErr { request: u32, errno: i32, message: String },
-    /// Primary → worker: a connection of `listener`, its fd attached.
-    Conn { listener: u32, conn: u64 },
+    /// Primary → worker: connections of `listener`, their fds attached in
+    /// the same order (at most `channel::MAX_FDS` per frame).
+    Conns { listener: u32, conns: Vec<u64> },
     /// Primary → worker: finish what you hold and leave.
     Disconnect,
     /// Primary → worker: heartbeat; answer with `Pong`.
@@ -113,10 +114,13 @@ impl Frame {
                 out.extend_from_slice(&errno.to_le_bytes());
                 put_str(&mut out, message);
             }
-            Frame::Conn { listener, conn } => {
+            Frame::Conns { listener, conns } => {
                 out.push(CONN);
                 out.extend_from_slice(&listener.to_le_bytes());
-                out.extend_from_slice(&conn.to_le_bytes());
+                out.extend_from_slice(&(conns.len() as u16).to_le_bytes());
+                for conn in conns {
+                    out.extend_from_slice(&conn.to_le_bytes());
+                }
             }
             Frame::Disconnect => out.push(DISCONNECT),
             Frame::User(data) => return Frame::encode_user(data),
@@ -162,7 +166,12 @@ impl Frame {
                 address: r.string()?,
             },
             LISTEN_ERR => Frame::ListenErr { request: r.u32()?, errno: r.i32()?, message: r.string()? },
-            CONN => Frame::Conn { listener: r.u32()?, conn: r.u64()? },
+            CONN => {
+                let listener = r.u32()?;
+                let count = r.u16()? as usize;
+                let conns = (0..count).map(|_| r.u64()).collect::<Result<Vec<u64>>>()?;
+                Frame::Conns { listener, conns }
+            }
             DISCONNECT => Frame::Disconnect,
             other => return Err(protocol(&format!("unknown frame type {other}"))),
         };
@@ -171,15 +180,6 @@ impl Frame {
         }
         Ok(frame)
     }
-}
-
-/// Builds the fixed 13-byte `Conn` frame without allocating (the dispatch hot path).
-pub fn encode_conn(listener: u32, conn: u64) -> [u8; 13] {
-    let mut out = [0u8; 13];
-    out[0] = CONN;
-    out[1..5].copy_from_slice(&listener.to_le_bytes());
-    out[5..13].copy_from_slice(&conn.to_le_bytes());
-    out
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -252,7 +252,8 @@ mod tests {
                 address: "::1".into(),
             },
             Frame::ListenErr { request: 7, errno: 98, message: "in use".into() },
-            Frame::Conn { listener: 2, conn: 99 },
+            Frame::Conns { listener: 2, conns: vec![99] },
+            Frame::Conns { listener: 2, conns: vec![1, 2, 3] },
             Frame::Disconnect,
             Frame::Ping { seq: 5 },
             Frame::Pong { seq: 5 },
@@ -264,7 +265,6 @@ mod tests {
         for frame in frames {
             assert_eq!(Frame::decode(frame.encode()).unwrap(), frame);
         }
-        assert_eq!(Frame::decode(encode_conn(2, 99).to_vec()).unwrap(), Frame::Conn { listener: 2, conn: 99 });
     }
 
     #[test]

@@ -367,19 +367,20 @@ impl Inner {
                 }
             };
             match frame {
-                Frame::Conn { listener, conn } => {
-                    let (Some(fd), true) = (fds.pop(), fds.is_empty()) else {
-                        self.mark_gone(state, Error::new(Code::Protocol, "connection frame without exactly one fd"));
+                Frame::Conns { listener, conns } => {
+                    if fds.len() != conns.len() {
+                        let what = format!("{} connections came with {} fds", conns.len(), fds.len());
+                        self.mark_gone(state, Error::new(Code::Protocol, what));
                         break;
-                    };
+                    }
                     match state.listeners.get_mut(&listener) {
                         Some(queue) if !state.draining => {
                             if queue.conns.is_empty() {
                                 queue.flag.set();
                             }
-                            queue.conns.push_back((conn, fd));
+                            queue.conns.extend(conns.into_iter().zip(fds.drain(..)));
                         }
-                        _ => refusals.push(Frame::Ack { conn, accepted: false }),
+                        _ => refusals.extend(conns.into_iter().map(|conn| Frame::Ack { conn, accepted: false })),
                     }
                 }
                 Frame::ListenOk { request, listener, shared, report_done, port, address } => {

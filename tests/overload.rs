@@ -6,49 +6,8 @@
 mod common;
 use common::*;
 
-use std::io::BufRead;
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-
-struct PrimaryProcess {
-    child: Child,
-    port: u16,
-}
-
-impl PrimaryProcess {
-    fn start(workers: u32, mode: &str, env: &[(&str, &str)]) -> PrimaryProcess {
-        let mut child = Command::new(TESTWORKER)
-            .args(["primary", &workers.to_string(), mode])
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let port = line.trim().strip_prefix("ready ").and_then(|p| p.parse().ok()).expect("ready line");
-        PrimaryProcess { child, port }
-    }
-
-    fn fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.child.id())).unwrap().count()
-    }
-
-    /// User + system CPU time of the primary, in clock ticks.
-    fn cpu_ticks(&self) -> u64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
-        let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
-        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
-    }
-}
-
-impl Drop for PrimaryProcess {
-    fn drop(&mut self) {
-        // SIGKILL: the workers follow through the channel hang-up and PDEATHSIG.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[test]
 fn a_full_pending_queue_stops_accepting() {

@@ -5,58 +5,9 @@
 mod common;
 use common::*;
 
-use std::collections::HashSet;
-use std::io::{BufRead, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-struct PrimaryProcess {
-    child: Child,
-    port: u16,
-}
-
-impl PrimaryProcess {
-    fn start(workers: u32) -> PrimaryProcess {
-        let mut child = Command::new(TESTWORKER)
-            .args(["primary", &workers.to_string()])
-            .env("TEST_SIGNALS", "1")
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let port = line.trim().strip_prefix("ready ").and_then(|p| p.parse().ok()).expect("ready line");
-        PrimaryProcess { child, port }
-    }
-
-    fn signal(&self, signal: i32) {
-        unsafe { libc::kill(self.child.id() as i32, signal) };
-    }
-
-    /// Pids answering over `n` requests.
-    fn pids(&self, n: usize) -> HashSet<i32> {
-        (0..n).map(|_| http_get(self.port).unwrap().split_whitespace().nth(3).unwrap().parse().unwrap()).collect()
-    }
-
-    fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(start.elapsed() < within, "primary still running after {within:?}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for PrimaryProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -69,7 +20,7 @@ fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
 #[test]
 fn sigterm_serves_what_the_kernel_accepted_then_exits_cleanly() {
     let _serial = serial();
-    let mut primary = PrimaryProcess::start(2);
+    let mut primary = PrimaryProcess::start(2, "http", &[("TEST_SIGNALS", "1")]);
     let pids = primary.pids(10);
     // 40 connections with their request sent, then SIGTERM at once.
     let mut conns: Vec<TcpStream> = (0..40)
@@ -97,7 +48,7 @@ fn sigterm_serves_what_the_kernel_accepted_then_exits_cleanly() {
 #[test]
 fn sighup_reloads_and_sigttin_sigttou_scale() {
     let _serial = serial();
-    let primary = PrimaryProcess::start(2);
+    let primary = PrimaryProcess::start(2, "http", &[("TEST_SIGNALS", "1")]);
     let before = primary.pids(10);
     assert_eq!(before.len(), 2);
     primary.signal(libc::SIGHUP);

@@ -95,6 +95,14 @@ fn non_null<'a, T>(ptr: *mut T, name: &str) -> Result<&'a mut T> {
     unsafe { ptr.as_mut() }.ok_or_else(|| Error::new(Code::InvalidArgument, format!("{name} is NULL")))
 }
 
+/// Stores `value` through an optional out-pointer (NULL: the caller does not want it).
+fn write_optional<T>(ptr: *mut T, value: T) {
+    // SAFETY: a non-NULL out-pointer is valid for a write (the header's contract).
+    if let Some(out) = unsafe { ptr.as_mut() } {
+        *out = value;
+    }
+}
+
 /// A required C string argument, as UTF-8.
 fn c_str<'a>(ptr: *const c_char, name: &str) -> Result<&'a str> {
     if ptr.is_null() {

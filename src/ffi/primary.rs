@@ -6,7 +6,7 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use super::handles::Registry;
-use super::{bytes, c_str, guard, non_null};
+use super::{bytes, c_str, guard, non_null, write_optional};
 use crate::error::{Code, Error, Result};
 use crate::event::{Event, Exit, WorkerEvent};
 use crate::primary::{Config, PolicyKind, Primary, RawFork};
@@ -354,15 +354,8 @@ pub extern "C" fn rcluster_primary_fork(
     guard(|| {
         let primary = PRIMARIES.get(primary)?;
         let info = primary.fork(env_pairs(env)?)?;
-        // SAFETY: optional out-pointers; the caller promises they are valid if non-NULL.
-        unsafe {
-            if let Some(id) = worker_id.as_mut() {
-                *id = info.id;
-            }
-            if let Some(p) = pid.as_mut() {
-                *p = info.pid;
-            }
-        }
+        write_optional(worker_id, info.id);
+        write_optional(pid, info.pid);
         Ok(())
     })
 }
@@ -388,15 +381,8 @@ pub extern "C" fn rcluster_primary_fork_raw(
             RawFork::Parent(info) => (info.id, info.pid),
             RawFork::Child => (crate::worker::worker_id().unwrap_or(0), 0),
         };
-        // SAFETY: optional out-pointers, valid if non-NULL.
-        unsafe {
-            if let Some(out) = worker_id.as_mut() {
-                *out = id;
-            }
-            if let Some(out) = pid.as_mut() {
-                *out = child_pid;
-            }
-        }
+        write_optional(worker_id, id);
+        write_optional(pid, child_pid);
         Ok(())
     })
 }
@@ -415,10 +401,7 @@ pub extern "C" fn rcluster_primary_listen(
     guard(|| {
         let primary = PRIMARIES.get(primary)?;
         let address = primary.listen(c_str(host, "host")?, port)?;
-        // SAFETY: optional out-pointer, valid if non-NULL.
-        if let Some(out) = unsafe { bound_port.as_mut() } {
-            *out = address.port();
-        }
+        write_optional(bound_port, address.port());
         Ok(())
     })
 }
@@ -513,10 +496,7 @@ pub extern "C" fn rcluster_primary_shutdown(primary: *mut rcluster_primary, grac
 pub extern "C" fn rcluster_primary_reload(primary: *mut rcluster_primary, generation: *mut u32) -> c_int {
     guard(|| {
         let new = PRIMARIES.get(primary)?.reload()?;
-        // SAFETY: optional out-pointer, valid if non-NULL.
-        if let Some(out) = unsafe { generation.as_mut() } {
-            *out = new;
-        }
+        write_optional(generation, new);
         Ok(())
     })
 }

@@ -6,7 +6,7 @@ use std::sync::LazyLock;
 
 use super::handles::Registry;
 use super::primary::{empty_event, rcluster_event, worker_event};
-use super::{bytes, c_str, guard, non_null};
+use super::{bytes, c_str, guard, non_null, write_optional};
 use crate::error::{Code, Error};
 use crate::sys::timeout_from_ms;
 use crate::worker::{Listener, Worker};
@@ -127,10 +127,7 @@ pub extern "C" fn rcluster_listener_address(
             std::ptr::copy_nonoverlapping(ip.as_ptr(), buf as *mut u8, ip.len());
             *buf.add(ip.len()) = 0;
         }
-        // SAFETY: optional out-pointer, valid if non-NULL.
-        if let Some(out) = unsafe { port.as_mut() } {
-            *out = address.port();
-        }
+        write_optional(port, address.port());
         Ok(())
     })
 }

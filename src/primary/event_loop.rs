@@ -45,7 +45,7 @@ use crate::error::{Code, Error, Result};
 use crate::event::{Event, Exit, WorkerState, WorkerStats};
 use crate::spawn::{self, Spawned};
 use crate::sys::{self, ExitStatus};
-use crate::wire::{self, Frame};
+use crate::wire::Frame;
 
 /// Without a pidfd, how often exits are checked with waitpid(pid, WNOHANG).
 const REAP_POLL_INTERVAL: Duration = Duration::from_millis(100);
@@ -115,6 +115,9 @@ struct WorkerEntry {
     /// The primary asked it to go: its exit is not a crash.
     stop_requested: bool,
     unacked: HashMap<u64, Handoff>,
+    /// Connections handed to it this loop turn, sent together at its end
+    /// (several fds per record): (listener, connection, fd).
+    handing: Vec<(u32, u64, Arc<OwnedFd>)>,
     /// Connections it acknowledged and has not reported finished.
     active: u32,
     listening_on: Vec<u32>,
@@ -175,6 +178,8 @@ pub(crate) struct EventLoop {
     reload_again: bool,
     /// Slots whose worker reached its connection budget.
     recycle_due: Vec<u32>,
+    /// Workers with connections in `handing`, to send at the end of the turn.
+    handing_to: Vec<u32>,
     jitter: Jitter,
     signals: Option<SignalPipe>,
     shutdown: Option<ShutdownState>,
@@ -213,6 +218,7 @@ impl EventLoop {
             reload: None,
             reload_again: false,
             recycle_due: Vec::new(),
+            handing_to: Vec::new(),
             jitter: Jitter::new(),
             signals,
             shutdown: None,
@@ -250,6 +256,7 @@ impl EventLoop {
             }
             self.dispatch_pending();
             self.accept_ready();
+            self.send_handed_connections();
             self.start_due_recycles();
             self.on_timers();
             if self.advance_shutdown() {
@@ -372,6 +379,7 @@ impl EventLoop {
                 after_disconnect: false,
                 stop_requested: false,
                 unacked: HashMap::new(),
+                handing: Vec::new(),
                 active: 0,
                 listening_on: Vec::new(),
                 escalation: None,
@@ -717,14 +725,18 @@ impl EventLoop {
         })
     }
 
+    /// Gives a connection to a worker. It is sent with the others handed to
+    /// that worker this turn, in one record, at the end of the turn.
     fn hand_to(&mut self, worker: u32, handoff: Handoff) {
-        let frame = wire::encode_conn(handoff.listener, handoff.conn);
-        let fd = handoff.fd.clone();
         let Some(entry) = self.workers.get_mut(&worker) else {
             self.pending.push_back(handoff);
             return;
         };
-        // Into the table first: if the send fails, the hang-up path re-queues it.
+        if entry.handing.is_empty() {
+            self.handing_to.push(worker);
+        }
+        entry.handing.push((handoff.listener, handoff.conn, handoff.fd.clone()));
+        // Into the table at once: if the send fails, the hang-up path re-queues it.
         entry.unacked.insert(handoff.conn, handoff);
         entry.dispatched += 1;
         if entry.recycle_at.is_some_and(|limit| entry.dispatched >= limit) {
@@ -733,7 +745,28 @@ impl EventLoop {
                 self.recycle_due.push(slot);
             }
         }
-        self.send_frame(worker, &frame, &[fd]);
+    }
+
+    fn send_handed_connections(&mut self) {
+        for worker in std::mem::take(&mut self.handing_to) {
+            self.flush_handing(worker);
+        }
+    }
+
+    /// Sends the connections handed to `worker` and not yet sent, as few
+    /// records as the fd limit allows (one per listener run).
+    fn flush_handing(&mut self, worker: u32) {
+        let Some(entry) = self.workers.get_mut(&worker) else { return };
+        let handing = std::mem::take(&mut entry.handing);
+        let mut rest = &handing[..];
+        while let Some(&(listener, _, _)) = rest.first() {
+            let run = rest.iter().take(channel::MAX_FDS).take_while(|(l, _, _)| *l == listener).count();
+            let (batch, tail) = rest.split_at(run);
+            rest = tail;
+            let conns = batch.iter().map(|(_, conn, _)| *conn).collect();
+            let fds: Vec<Arc<OwnedFd>> = batch.iter().map(|(_, _, fd)| fd.clone()).collect();
+            self.send_bytes(worker, &Frame::Conns { listener, conns }.encode(), &fds);
+        }
     }
 
     /// Hands out queued connections wherever a worker can take them,
@@ -756,9 +789,18 @@ impl EventLoop {
 
     // ----- worker channels -----------------------------------------------
 
+    /// Sends one message to a worker, after the connections handed to it
+    /// this turn (so nothing, a `Disconnect` least of all, overtakes them).
+    fn send_frame(&mut self, worker: u32, bytes: &[u8], fds: &[Arc<OwnedFd>]) {
+        if self.workers.get(&worker).is_some_and(|w| !w.handing.is_empty()) {
+            self.flush_handing(worker);
+        }
+        self.send_bytes(worker, bytes, fds);
+    }
+
     /// Sends one message (as records) to a worker, queueing what the socket
     /// cannot take now. A broken channel is treated as a hang-up.
-    fn send_frame(&mut self, worker: u32, bytes: &[u8], fds: &[Arc<OwnedFd>]) {
+    fn send_bytes(&mut self, worker: u32, bytes: &[u8], fds: &[Arc<OwnedFd>]) {
         let Some(link) = self.workers.get_mut(&worker).and_then(|w| w.link.as_mut()) else { return };
         let mut broken = false;
         for (index, (header, payload)) in channel::records(bytes).enumerate() {
@@ -957,6 +999,7 @@ impl EventLoop {
         let Some(link) = entry.link.take() else { return };
         let _ = self.poll.registry().deregister(&mut SourceFd(&link.fd.as_raw_fd()));
         drop(link);
+        entry.handing.clear(); // they are in `unacked` too, re-queued below
         let mut orphans: Vec<Handoff> = entry.unacked.drain().map(|(_, h)| h).collect();
         orphans.sort_by_key(|h| std::cmp::Reverse(h.conn));
         for handoff in orphans {

@@ -328,3 +328,65 @@ pub fn pid_exited(pid: i32) -> bool {
         Ok(stat) => stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
     }
 }
+
+/// A primary in a process of its own (`rcluster-testworker primary N MODE`),
+/// for tests that watch its fds and CPU, signal it, or kill it. Killed on drop.
+pub struct PrimaryProcess {
+    pub child: std::process::Child,
+    pub port: u16,
+}
+
+impl PrimaryProcess {
+    pub fn start(workers: u32, mode: &str, env: &[(&str, &str)]) -> PrimaryProcess {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(TESTWORKER)
+            .args(["primary", &workers.to_string(), mode])
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let port = line.trim().strip_prefix("ready ").and_then(|p| p.parse().ok()).expect("ready line");
+        PrimaryProcess { child, port }
+    }
+
+    pub fn signal(&self, signal: i32) {
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    pub fn fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id())).unwrap().count()
+    }
+
+    /// User + system CPU time of the primary, in clock ticks.
+    pub fn cpu_ticks(&self) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    }
+
+    /// Worker pids answering over `n` requests.
+    pub fn pids(&self, n: usize) -> std::collections::HashSet<i32> {
+        (0..n).map(|_| http_get(self.port).unwrap().split_whitespace().nth(3).unwrap().parse().unwrap()).collect()
+    }
+
+    pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(start.elapsed() < within, "primary still running after {within:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for PrimaryProcess {
+    fn drop(&mut self) {
+        // SIGKILL: the workers follow through the channel hang-up and PDEATHSIG.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -234,3 +234,15 @@ def test_package_is_typed():
     import importlib.resources
 
     assert importlib.resources.files("rcluster").joinpath("py.typed").is_file()
+
+
+def test_closed_connections_are_reported_to_the_least_loaded_policy():
+    with primary("hold", workers=1, policy="least") as p:
+        port = take(p, "message")[0].json()["port"]
+        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+        wait_until(lambda: p.stats()[0].active == 3, 15, "three connections held by the worker")
+        p.send(1, b"close")
+        assert take(p, "message")[0].data == b"closed"
+        wait_until(lambda: p.stats()[0].active == 0, 15, "each close reported to the primary")
+        for c in clients:
+            c.close()

@@ -107,6 +107,9 @@ class WorkerStats:
     dispatched: int
     #: Connections handed to it and not yet acknowledged.
     in_flight: int
+    #: Connections it accepted and has not closed yet; counted under the
+    #: ``"least"`` policy only (else 0).
+    active: int
     #: Seconds since it was started.
     uptime: float
 
@@ -121,6 +124,7 @@ class WorkerStats:
             restarts=int(raw.restarts),
             dispatched=int(raw.dispatched),
             in_flight=int(raw.in_flight),
+            active=int(raw.active),
             uptime=raw.uptime_ms / 1000.0,
         )
 

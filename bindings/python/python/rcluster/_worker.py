@@ -151,6 +151,12 @@ class Worker(EventSource):
         self._listeners.add(listener)
         return listener
 
+    def _connection_done(self) -> None:
+        """A connection taken from one of our listeners was closed."""
+        handle = self._handle
+        if handle != ffi.NULL:
+            lib.rcluster_worker_done(handle, 1)  # best effort: the worker may be closing
+
     def ready(self) -> None:
         """Tells the primary this worker is ready to serve. Needed only when
         the primary was created with ``wait_ready=True``: then a replacement
@@ -222,6 +228,22 @@ def send(data: Union[bytes, bytearray, memoryview]) -> None:
 def send_json(obj: Any) -> None:
     """``rcluster.worker().send_json(obj)``: sends an object as JSON to the primary."""
     worker().send_json(obj)
+
+
+class _Connection(socket.socket):
+    """A connection taken from a :class:`Listener`: a plain ``socket.socket``
+    that, when it is really closed, tells the primary the connection is
+    finished (the load-aware ``least`` policy counts on it; other policies
+    send nothing). It hooks ``_real_close``, which both ``close()`` and the
+    last ``makefile()`` reference go through."""
+
+    _worker: Optional["Worker"] = None
+
+    def _real_close(self, *args: Any, **kwargs: Any) -> None:
+        super()._real_close(*args, **kwargs)  # type: ignore[misc]
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            worker._connection_done()
 
 
 class Listener:
@@ -319,10 +341,11 @@ class Listener:
             rc = lib.rcluster_listener_accept(handle, 0, fd)
             if rc == 0:
                 try:
-                    sock = socket.socket(fileno=fd[0])
+                    sock = _Connection(fileno=fd[0])
                 except OSError:
                     _close_fd(fd[0])
                     raise
+                sock._worker = self._worker
                 try:
                     return sock, sock.getpeername()
                 except OSError:

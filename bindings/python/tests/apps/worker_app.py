@@ -3,6 +3,8 @@
 - echo: listen on 127.0.0.1:0, say hello (JSON), answer every message
   (bytes: "echo:" + data; JSON {"add": [a, b]}: {"sum": a + b}), leave when asked;
 - bind: try to listen on 127.0.0.1:$TEST_PORT, report the error as JSON;
+- hold: accept connections and keep them open until the message "close",
+  then close them all (each close reports the connection finished);
 - misuse: call the API wrongly and report what was raised, as JSON;
 - aio: asyncio: a protocol server (upper-cases lines) from
   rcluster.aio.create_server, and messages from rcluster.aio.events
@@ -31,6 +33,29 @@ def echo() -> None:
             else:
                 me.send(b"echo:" + event.data)
         elif event.kind == "disconnect":
+            break
+    me.close()
+
+
+def hold() -> None:
+    me = rcluster.worker()
+    listener = rcluster.listen(("127.0.0.1", 0))
+    listener.settimeout(0)
+    me.send_json({"port": listener.port})
+    held = []
+    while True:
+        try:
+            sock, _ = listener.accept()
+            held.append(sock)
+        except BlockingIOError:
+            pass
+        event = me.next_event(0.02)
+        if event is not None and event.kind == "message" and event.data == b"close":
+            for sock in held:
+                sock.close()
+            held.clear()
+            me.send(b"closed")
+        elif event is not None and event.kind == "disconnect":
             break
     me.close()
 
@@ -112,4 +137,4 @@ if __name__ == "__main__":
     if mode == "aio":
         asyncio.run(aio())
     else:
-        {"echo": echo, "bind": bind, "misuse": misuse}[mode]()
+        {"echo": echo, "bind": bind, "misuse": misuse, "hold": hold}[mode]()
