@@ -90,7 +90,8 @@ pub fn spawn(spec: &SpawnSpec, id: u32) -> Result<Spawned> {
     let own_group = spec.own_process_group;
     // SAFETY: the closure runs in the forked child before exec and calls only
     // async-signal-safe functions (close, dup2, fcntl, prctl, getppid, setpgid,
-    // _exit) on fds and values captured by copy.
+    // _exit) on fds and values captured by copy; fcntl on fds 0-2 that may be
+    // closed just fails.
     unsafe {
         command.pre_exec(move || {
             libc::close(primary_fd);
@@ -102,6 +103,15 @@ pub fn spawn(spec: &SpawnSpec, id: u32) -> Result<Spawned> {
                 }
             } else if libc::dup2(child_fd, CHILD_CHANNEL_FD) == -1 {
                 return Err(std::io::Error::last_os_error());
+            }
+            // The worker inherits stdin, stdout and stderr even where the host
+            // marked them close-on-exec (Node does): without this its output
+            // would vanish.
+            for stdio in 0..3 {
+                let flags = libc::fcntl(stdio, libc::F_GETFD);
+                if flags != -1 && flags & libc::FD_CLOEXEC != 0 {
+                    libc::fcntl(stdio, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+                }
             }
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong, 0, 0, 0);
             if libc::getppid() != parent_pid {

@@ -36,3 +36,24 @@ fn running_out_of_fds_pauses_accepting_instead_of_spinning() {
     assert!(used < 20, "the primary used {used} ticks in 1 s while out of fds");
     drop(clients);
 }
+
+#[test]
+fn a_listener_without_workers_leaves_connections_in_the_backlog() {
+    let _serial = serial();
+    // A primary that bound its port but has no worker: it must not accept
+    // (and hold) connections nobody can serve.
+    let primary = PrimaryProcess::start(0, "http", &[]);
+    let before = primary.fds();
+    let clients: Vec<TcpStream> = (0..20).map(|_| TcpStream::connect(("127.0.0.1", primary.port)).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(primary.fds(), before, "no connection accepted without a worker to serve it");
+    drop(clients);
+}
+
+#[test]
+fn workers_inherit_stdio_even_when_the_host_marked_it_close_on_exec() {
+    let _serial = serial();
+    let mut primary = PrimaryProcess::start(1, "http", &[("TEST_CLOEXEC_STDIO", "1"), ("TEST_ANNOUNCE", "1")]);
+    let line = primary.read_line(Duration::from_secs(10)).expect("the worker's stdout reaches us");
+    assert!(line.starts_with("worker 1 listening"), "{line:?}");
+}

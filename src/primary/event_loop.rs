@@ -670,6 +670,11 @@ impl EventLoop {
             {
                 return;
             }
+            if listener.members.is_empty() {
+                // Nobody to hand it to: leave connections in the kernel's
+                // backlog until a worker (a restart, a replacement) joins.
+                return;
+            }
             let raw = socket.as_raw_fd();
             // SAFETY: accept4 on a listening socket we own, no address out-params.
             let ret = unsafe { libc::accept4(raw, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC) };

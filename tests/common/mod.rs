@@ -334,6 +334,8 @@ pub fn pid_exited(pid: i32) -> bool {
 pub struct PrimaryProcess {
     pub child: std::process::Child,
     pub port: u16,
+    lines: std::sync::mpsc::Receiver<String>,
+    output: Vec<String>,
 }
 
 impl PrimaryProcess {
@@ -345,10 +347,37 @@ impl PrimaryProcess {
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let port = line.trim().strip_prefix("ready ").and_then(|p| p.parse().ok()).expect("ready line");
-        PrimaryProcess { child, port }
+        // A thread reads stdout, so no read here can block forever.
+        let (lines, received) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                if line.is_err() || lines.send(line.unwrap()).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut output = Vec::new();
+        let port = loop {
+            let line = received.recv_timeout(Duration::from_secs(15)).unwrap_or_else(|_| {
+                let _ = child.kill();
+                panic!("no ready line within 15 s; output: {output:?}")
+            });
+            if let Some(port) = line.trim().strip_prefix("ready ") {
+                break port.parse().expect("ready line");
+            }
+            output.push(line);
+        };
+        PrimaryProcess { child, port, lines: received, output }
+    }
+
+    /// The next line on the primary's stdout (its workers share it) other
+    /// than the ready line, waiting up to `timeout`.
+    pub fn read_line(&mut self, timeout: Duration) -> Option<String> {
+        if !self.output.is_empty() {
+            return Some(self.output.remove(0));
+        }
+        self.lines.recv_timeout(timeout).ok()
     }
 
     pub fn signal(&self, signal: i32) {

@@ -14,7 +14,9 @@
 //!   print `ready PORT` and serve until killed (tests that kill the primary or
 //!   watch its fds and CPU). `TEST_MAX_PENDING` / `TEST_MAX_UNACKED` set those
 //!   options; `TEST_NOFILE` lowers its fd limit once the workers listen;
-//!   `TEST_SIGNALS=1` opts into signal handling. Exits 0 after shutdown.
+//!   `TEST_SIGNALS=1` opts into signal handling; `TEST_CLOEXEC_STDIO=1` marks
+//!   its stdio close-on-exec first (as Node does). Exits 0 after shutdown.
+//!   With `TEST_ANNOUNCE=1`, `http` workers print `worker ID listening`.
 //!
 //! `http` serves each connection on its own thread (`TEST_DELAY_MS` makes
 //! every answer that much slower) and reports each finished connection. Asked to leave, it takes
@@ -153,6 +155,13 @@ fn run_primary(n: u32, mode: &str) {
         options.max_unacked = v;
     }
     options.handle_signals = knob("TEST_SIGNALS").unwrap_or(0) as i32;
+    if std::env::var_os("TEST_CLOEXEC_STDIO").is_some() {
+        // As Node does: the workers must still inherit them.
+        for fd in 0..3 {
+            // SAFETY: fcntl on the standard fds.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        }
+    }
     let mut p = ptr::null_mut();
     check(rcluster_primary_new(&options, &mut p), "primary_new");
     let mut port = 0u16;
@@ -202,6 +211,9 @@ fn main() {
         "http" | "never-ready" => {
             let (rc, listener) = listen(worker);
             check(rc, "rcluster_worker_listen");
+            if std::env::var_os("TEST_ANNOUNCE").is_some() {
+                println!("worker {id} listening");
+            }
             // The listener knows where it is bound (the primary picked the port).
             let mut host = [0 as std::ffi::c_char; 64];
             let (mut port, mut port_again) = (0u16, 0u16);
