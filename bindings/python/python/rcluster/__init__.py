@@ -37,7 +37,6 @@ from ._errors import (
     InvalidArgument,
     StateError,
     Timeout,
-    Unsupported,
     WouldBlock,
 )
 from ._events import Event, EventKind
@@ -78,7 +77,6 @@ __all__ = [
     "Primary",
     "StateError",
     "Timeout",
-    "Unsupported",
     "Worker",
     "WorkerInfo",
     "WorkerStats",

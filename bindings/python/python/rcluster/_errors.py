@@ -25,7 +25,6 @@ __all__ = [
     "Closed",
     "AddressError",
     "StateError",
-    "Unsupported",
     "check",
     "raise_error",
 ]
@@ -112,10 +111,6 @@ class AddressError(Error):
 
 class StateError(Error):
     """``E_STATE``: not valid now (not a worker, shut down, ...)."""
-
-
-class Unsupported(Error, NotImplementedError):
-    """The bundled C library lacks the function this call needs."""
 
 
 _SUBCLASSES: dict[int, type[Error]] = {

@@ -26,11 +26,6 @@ __all__ = ["ffi", "lib", "NULL", "has", "cstr", "cstr_array", "Deadline", "wait_
 NULL: Any = ffi.NULL
 
 
-def has(name: str) -> bool:
-    """Whether the bundled library exports ``name`` (a function or a constant)."""
-    return hasattr(lib, name)
-
-
 def cstr(text: str | bytes | None) -> Any:
     """A NUL-terminated ``char[]`` for ``text`` (``NULL`` for ``None``).
 

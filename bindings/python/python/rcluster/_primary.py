@@ -17,9 +17,9 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional, Union
 
-from ._errors import BadHandle, Closed, InvalidArgument, StateError, Timeout, Unsupported, check
+from ._errors import BadHandle, Closed, InvalidArgument, StateError, Timeout, check
 from ._events import Event, EventKind
-from ._ffi import CStrArray, Deadline, cstr, cstr_array, ffi, has, lib
+from ._ffi import CStrArray, Deadline, cstr, cstr_array, ffi, lib
 from ._source import EventSource
 
 __all__ = ["Primary", "WorkerInfo", "WorkerStats", "POLICIES", "default_argv"]
@@ -361,7 +361,6 @@ class Primary(EventSource):
         it is ready the old worker is asked to leave gracefully; listeners
         stay open throughout. Returns the generation the new workers carry.
         Ends with a ``"reload_done"`` or ``"reload_failed"`` event."""
-        _require("rcluster_primary_reload")
         generation = ffi.new("uint32_t *")
         check(lib.rcluster_primary_reload(self._h(), generation))
         return int(generation[0])
@@ -369,7 +368,6 @@ class Primary(EventSource):
     def scale(self, workers: int) -> None:
         """Sets the number of workers: starts new ones, or asks the newest
         to leave gracefully."""
-        _require("rcluster_primary_scale")
         if not isinstance(workers, int) or workers < 0:
             raise InvalidArgument(lib.RCLUSTER_E_INVAL, f"workers must be an int >= 0, not {workers!r}")
         check(lib.rcluster_primary_scale(self._h(), workers))
@@ -378,7 +376,6 @@ class Primary(EventSource):
     def stats(self) -> list[WorkerStats]:
         """The primary's numbers for each of its workers, as of now (read
         from the dispatch loop, not from the events taken)."""
-        _require("rcluster_primary_stats")
         count = ffi.new("size_t *")
         capacity = 0
         while True:
@@ -453,14 +450,6 @@ class Primary(EventSource):
     def __repr__(self) -> str:
         state = "closed" if self.closed else ("ended" if self.ended else "running")
         return f"<rcluster.Primary {state} policy={self.policy} workers={len(self.workers)}>"
-
-
-def _require(function: str) -> None:
-    if not has(function):
-        raise Unsupported(
-            lib.RCLUSTER_E_STATE,
-            f"this build of the rcluster C library has no {function}(); update the core",
-        )
 
 
 def _set_option(raw: Any, name: str, value: Any) -> None:

@@ -3,6 +3,8 @@ pollable fd, read as an iterator, by callbacks, or from an event loop."""
 
 from __future__ import annotations
 
+import abc
+
 from typing import Any, Callable, Iterator, Optional, Union
 
 from ._errors import Closed, last_error
@@ -15,7 +17,7 @@ __all__ = ["EventSource", "Callback"]
 Callback = Callable[[Event], Any]
 
 
-class EventSource:
+class EventSource(abc.ABC):
     """Base of :class:`~rcluster.Primary` and :class:`~rcluster.Worker`.
 
     Events are taken in one of three ways, freely mixed:
@@ -36,13 +38,13 @@ class EventSource:
 
     # ----- to be provided by subclasses ---------------------------------
 
+    @abc.abstractmethod
     def fileno(self) -> int:
         """An fd that is readable while events wait (do not close or read it)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _next_raw(self, raw: Any) -> int:
         """The non-blocking C call that fills ``raw``; returns its status."""
-        raise NotImplementedError
 
     def _observe(self, event: Event) -> None:
         """Updates the object's own state from an event (before callbacks)."""
