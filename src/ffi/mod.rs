@@ -3,7 +3,7 @@
 //! Rules every entry point follows (see `include/rcluster.h`):
 //! - it returns 0 or a negative `RCLUSTER_E_*` code, and on failure sets a
 //!   thread-local message readable with `rcluster_last_error()`;
-//! - it runs inside [`guard`], so no panic crosses the boundary;
+//! - it runs inside `guard`, so no panic crosses the boundary;
 //! - handles are opaque numbers looked up in a registry, never dereferenced,
 //!   so NULL, stale, freed or forged handles are an error, never a crash;
 //! - every pointer argument is checked for NULL before use.

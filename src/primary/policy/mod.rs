@@ -1,6 +1,6 @@
 //! Scheduling policies: which worker gets the next connection.
 //!
-//! A policy is one small object per listener behind the [`Policy`] trait, as
+//! A policy is one small object per listener behind the `Policy` trait, as
 //! in Node's `round_robin_handle.js` / `shared_handle.js`; adding a policy
 //! means adding one file here and one arm to [`PolicyKind`].
 
