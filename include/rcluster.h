@@ -388,7 +388,9 @@ int rcluster_primary_next_event(rcluster_primary *primary, rcluster_event *event
 int rcluster_primary_wait_event(rcluster_primary *primary, rcluster_event *event, int timeout_ms);
 
 // Sends `len` bytes to worker `worker_id` (copied; queued, never blocks).
-// `RCLUSTER_E_CLOSED` if that worker is not connected.
+// Messages queued for a worker before the primary's thread gets to them
+// travel together in shared records. `RCLUSTER_E_CLOSED` if that worker is
+// not connected.
 int rcluster_primary_send(rcluster_primary *primary,
                           uint32_t worker_id,
                           const void *data,
@@ -515,6 +517,15 @@ int rcluster_worker_done(rcluster_worker *worker, uint32_t count);
 
 // Sends `len` bytes (copied) to the primary; blocks while the channel is full.
 int rcluster_worker_send(rcluster_worker *worker, const void *data, size_t len);
+
+// Sends `count` messages, in order: message `i` is `lens[i]` bytes at
+// `data[i]` (copied). Small messages share records, so a batch costs a few
+// system calls instead of one per message; the primary still reports each
+// as its own `RCLUSTER_EVENT_MESSAGE`. Blocks while the channel is full.
+int rcluster_worker_send_many(rcluster_worker *worker,
+                              const void *const *data,
+                              const size_t *lens,
+                              size_t count);
 
 // Leaves the cluster gracefully (connections still queued here go to other
 // workers, the primary hears a goodbye, the channel closes) and frees the

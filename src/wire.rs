@@ -22,6 +22,7 @@ const CONN: u8 = 18;
 const DISCONNECT: u8 = 19;
 const PING: u8 = 20;
 const USER: u8 = 32;
+const USERS: u8 = 33;
 
 /// One frame. Worker-to-primary, primary-to-worker, or both ways (`User`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +60,9 @@ pub enum Frame {
     Ping { seq: u64 },
     /// Either way: application bytes.
     User(Vec<u8>),
+    /// Either way: several application messages in one record, in order
+    /// (small messages sent together cost one system call, not one each).
+    Users(Vec<Vec<u8>>),
 }
 
 impl Frame {
@@ -124,6 +128,7 @@ impl Frame {
             }
             Frame::Disconnect => out.push(DISCONNECT),
             Frame::User(data) => return Frame::encode_user(data),
+            Frame::Users(messages) => return Frame::encode_users(messages.iter().map(|m| &m[..])),
         }
         out
     }
@@ -133,6 +138,44 @@ impl Frame {
         let mut out = Vec::with_capacity(1 + data.len());
         out.push(USER);
         out.extend_from_slice(data);
+        out
+    }
+
+    /// Encodes messages, in order, as few frames as fit one record each: a
+    /// run of small messages becomes one `Users` frame, a message alone (or
+    /// too big to share a record) a `User` frame.
+    pub fn pack_users(messages: &[&[u8]]) -> Vec<Vec<u8>> {
+        const ROOM: usize = crate::channel::RECORD_PAYLOAD - 5;
+        let mut frames = Vec::new();
+        let mut start = 0;
+        while start < messages.len() {
+            let mut end = start;
+            let mut size = 0;
+            while end < messages.len() && size + 4 + messages[end].len() <= ROOM {
+                size += 4 + messages[end].len();
+                end += 1;
+            }
+            if end - start <= 1 {
+                frames.push(Frame::encode_user(messages[start]));
+                start += 1;
+            } else {
+                frames.push(Frame::encode_users(messages[start..end].iter().copied()));
+                start = end;
+            }
+        }
+        frames
+    }
+
+    /// Encodes several messages as one `Users` frame.
+    pub fn encode_users<'a>(messages: impl Iterator<Item = &'a [u8]> + Clone) -> Vec<u8> {
+        let total: usize = messages.clone().map(|m| 4 + m.len()).sum();
+        let mut out = Vec::with_capacity(5 + total);
+        out.push(USERS);
+        out.extend_from_slice(&(messages.clone().count() as u32).to_le_bytes());
+        for message in messages {
+            out.extend_from_slice(&(message.len() as u32).to_le_bytes());
+            out.extend_from_slice(message);
+        }
         out
     }
 
@@ -166,6 +209,15 @@ impl Frame {
                 address: r.string()?,
             },
             LISTEN_ERR => Frame::ListenErr { request: r.u32()?, errno: r.i32()?, message: r.string()? },
+            USERS => {
+                let count = r.u32()? as usize;
+                let mut messages = Vec::with_capacity(count.min(r.bytes.len() / 4));
+                for _ in 0..count {
+                    let len = r.u32()? as usize;
+                    messages.push(r.take(len)?.to_vec());
+                }
+                Frame::Users(messages)
+            }
             CONN => {
                 let listener = r.u32()?;
                 let count = r.u16()? as usize;
@@ -261,6 +313,8 @@ mod tests {
             Frame::Done { count: 3 },
             Frame::User(vec![1, 2, 3]),
             Frame::User(vec![]),
+            Frame::Users(vec![b"a".to_vec(), vec![], vec![7; 300]]),
+            Frame::Users(vec![]),
         ];
         for frame in frames {
             assert_eq!(Frame::decode(frame.encode()).unwrap(), frame);
@@ -268,8 +322,35 @@ mod tests {
     }
 
     #[test]
+    fn packing_keeps_order_and_fits_records() {
+        let big = vec![1u8; 100_000];
+        let small: Vec<Vec<u8>> = (0..3000u32).map(|i| i.to_le_bytes().to_vec()).collect();
+        let mut messages: Vec<&[u8]> = small.iter().map(|m| &m[..]).collect();
+        messages.insert(1500, &big);
+        let frames = Frame::pack_users(&messages);
+        assert!(frames.len() < 10, "3000 small messages share records ({} frames)", frames.len());
+        let mut unpacked = Vec::new();
+        for frame in frames {
+            match Frame::decode(frame).unwrap() {
+                Frame::User(m) => unpacked.push(m),
+                Frame::Users(ms) => unpacked.extend(ms),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(unpacked.iter().map(|m| &m[..]).eq(messages.iter().copied()));
+    }
+
+    #[test]
     fn malformed_frames_are_protocol_errors() {
-        for bad in [vec![], vec![200], vec![ACK, 1, 2], vec![ACK, 0, 0, 0, 0, 0, 0, 0, 0, 5], vec![GOODBYE, 0]] {
+        for bad in [
+            vec![],
+            vec![200],
+            vec![ACK, 1, 2],
+            vec![ACK, 0, 0, 0, 0, 0, 0, 0, 0, 5],
+            vec![GOODBYE, 0],
+            vec![USERS, 2, 0, 0, 0, 1, 0, 0, 0, b'x'],
+            vec![USERS, 1, 0, 0, 0, 9, 0, 0, 0, b'x'],
+        ] {
             assert_eq!(Frame::decode(bad).unwrap_err().code(), Code::Protocol);
         }
         let mut listen = Frame::Listen { request: 1, port: 1, host: "abc".into() }.encode();

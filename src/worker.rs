@@ -275,6 +275,22 @@ impl Worker {
         self.send_frame(&Frame::User(data.to_vec()))
     }
 
+    /// Sends several messages, in order, packing small ones into shared
+    /// records: one system call for many messages instead of one each.
+    /// The primary reports each as its own message event.
+    pub fn send_many(&self, messages: &[&[u8]]) -> Result<()> {
+        self.check_open()?;
+        for message in messages {
+            channel::check_limits(message.len() + 1, 0)?;
+        }
+        let frames = Frame::pack_users(messages);
+        let _guard = self.inner.send_lock.lock().unwrap_or_else(|p| p.into_inner());
+        for frame in frames {
+            self.inner.send_bytes_locked(&frame)?;
+        }
+        Ok(())
+    }
+
     /// Leaves the cluster gracefully: refuses every connection still queued
     /// (the primary gives them to other workers), says goodbye and closes the
     /// channel. Listeners of this worker stop working. Idempotent.
@@ -319,7 +335,12 @@ impl Inner {
     fn send_frame(&self, frame: &Frame) -> Result<()> {
         let bytes = frame.encode();
         let _guard = self.send_lock.lock().unwrap_or_else(|p| p.into_inner());
-        channel::send_message(self.channel.as_fd(), &bytes, &[], None).map_err(|e| match e.code() {
+        self.send_bytes_locked(&bytes)
+    }
+
+    /// Sends one encoded frame; the caller holds `send_lock`.
+    fn send_bytes_locked(&self, bytes: &[u8]) -> Result<()> {
+        channel::send_message(self.channel.as_fd(), bytes, &[], None).map_err(|e| match e.code() {
             Code::Closed | Code::Os => {
                 Error::new(Code::Closed, format!("the primary is gone: {e}")).with_errno(e.errno())
             }
@@ -432,6 +453,11 @@ impl Inner {
                     self.events.push(WorkerEvent::Disconnect);
                 }
                 Frame::User(data) => self.events.push(WorkerEvent::Message(data)),
+                Frame::Users(messages) => {
+                    for data in messages {
+                        self.events.push(WorkerEvent::Message(data));
+                    }
+                }
                 Frame::Ping { seq } => refusals.push(Frame::Pong { seq }),
                 other => {
                     self.mark_gone(

@@ -292,3 +292,32 @@ fn least_loaded_steers_connections_away_from_a_slow_worker() {
         p.shutdown();
     }
 }
+
+#[test]
+fn many_small_messages_travel_batched_and_in_order_both_ways() {
+    let _serial = serial();
+    let mut p = TestPrimary::new("echo-many", &[], RCLUSTER_POLICY_RR);
+    let (id, _) = p.fork();
+    p.wait_for(SECS, "online", |e| e.kind == RCLUSTER_EVENT_ONLINE);
+    // Queued faster than the primary's thread sends them: they share records.
+    let sent: Vec<Vec<u8>> = (0..3000u32).map(|i| format!("message {i}").into_bytes()).collect();
+    for message in &sent {
+        ok(rcluster_primary_send(p.handle, id, message.as_ptr() as *const _, message.len()), "send");
+    }
+    let mut received = Vec::new();
+    while received.len() < sent.len() {
+        let e = p.wait_for(SECS, "echo", |e| e.kind == RCLUSTER_EVENT_MESSAGE);
+        received.push(e.data);
+    }
+    assert!(received == sent, "every message once, in order");
+    let big = vec![9u8; 200_000];
+    let (a, b) = (b"before".to_vec(), b"after".to_vec());
+    for message in [&a, &big, &b] {
+        ok(rcluster_primary_send(p.handle, id, message.as_ptr() as *const _, message.len()), "send");
+    }
+    for expected in [&a, &big, &b] {
+        let e = p.wait_for(SECS, "echo", |e| e.kind == RCLUSTER_EVENT_MESSAGE);
+        assert!(&e.data == expected, "a big message between small ones keeps its place");
+    }
+    p.shutdown();
+}

@@ -50,6 +50,7 @@ const COVERED: &[&str] = &[
     "rcluster_worker_ready",
     "rcluster_worker_done",
     "rcluster_worker_send",
+    "rcluster_worker_send_many",
     "rcluster_worker_close",
 ];
 
@@ -169,6 +170,7 @@ fn worker_functions_refuse_null_and_bogus_handles_and_non_workers() {
         expect(rcluster_worker_wait_event(h, &mut ev, 10), RCLUSTER_E_HANDLE, "worker_wait_event");
         expect(rcluster_worker_send(h, b"x".as_ptr() as *const c_void, 1), RCLUSTER_E_HANDLE, "worker_send");
         expect(rcluster_worker_ready(h), RCLUSTER_E_HANDLE, "worker_ready");
+        expect(rcluster_worker_send_many(h, null(), null(), 2), RCLUSTER_E_HANDLE, "worker_send_many");
         expect(rcluster_worker_done(h, 1), RCLUSTER_E_HANDLE, "worker_done");
         expect(rcluster_worker_close(h), RCLUSTER_E_HANDLE, "worker_close");
     }

@@ -449,7 +449,9 @@ pub extern "C" fn rcluster_primary_wait_event(
 }
 
 /// Sends `len` bytes to worker `worker_id` (copied; queued, never blocks).
-/// `RCLUSTER_E_CLOSED` if that worker is not connected.
+/// Messages queued for a worker before the primary's thread gets to them
+/// travel together in shared records. `RCLUSTER_E_CLOSED` if that worker is
+/// not connected.
 #[no_mangle]
 pub extern "C" fn rcluster_primary_send(
     primary: *mut rcluster_primary,

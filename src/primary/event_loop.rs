@@ -274,7 +274,18 @@ impl EventLoop {
             self.shared.wake.clear();
             queue.drain(..).collect()
         };
+        // Messages to the same worker queued together travel together.
+        let mut messages: Vec<(u32, Vec<Vec<u8>>)> = Vec::new();
         for command in commands {
+            if let Command::Send { worker, data } = command {
+                match messages.iter_mut().find(|(w, _)| *w == worker) {
+                    Some((_, queued)) => queued.push(data),
+                    None => messages.push((worker, vec![data])),
+                }
+                continue;
+            }
+            // Anything else (a disconnect, say) must not overtake them.
+            self.send_user_messages(&mut messages);
             match command {
                 Command::Fork { env, reply } => {
                     let _ = reply.send(self.fork(env));
@@ -282,7 +293,7 @@ impl EventLoop {
                 Command::Listen { host, port, reply } => {
                     let _ = reply.send(self.listen(&host, port));
                 }
-                Command::Send { worker, data } => self.send_frame(worker, &Frame::encode_user(&data), &[]),
+                Command::Send { .. } => unreachable!("sends are batched above"),
                 Command::Disconnect { worker } => self.disconnect(worker),
                 Command::Kill { worker, signal } => self.kill(worker, signal),
                 Command::Shutdown { grace } => self.begin_shutdown(grace),
@@ -295,6 +306,16 @@ impl EventLoop {
                 Command::Stats { reply } => {
                     let _ = reply.send(self.stats());
                 }
+            }
+        }
+        self.send_user_messages(&mut messages);
+    }
+
+    fn send_user_messages(&mut self, messages: &mut Vec<(u32, Vec<Vec<u8>>)>) {
+        for (worker, queued) in messages.drain(..) {
+            let slices: Vec<&[u8]> = queued.iter().map(|m| &m[..]).collect();
+            for frame in Frame::pack_users(&slices) {
+                self.send_frame(worker, &frame, &[]);
             }
         }
     }
@@ -918,6 +939,11 @@ impl EventLoop {
                 }
             }
             Frame::User(data) => self.shared.emit(Event::Message { worker, pid, data }),
+            Frame::Users(messages) => {
+                for data in messages {
+                    self.shared.emit(Event::Message { worker, pid, data });
+                }
+            }
             other => self.worker_error(
                 worker,
                 Error::new(Code::Protocol, format!("worker sent a primary-only frame {other:?}")),

@@ -3,6 +3,7 @@
 //! `rcluster-testworker MODE` (or `TEST_MODE=MODE`), with the address in `TEST_HOST`/`TEST_PORT`:
 //! - `http`: serve HTTP (`worker <id> pid <pid>`), leave when asked;
 //! - `echo`: send every message back to the primary, prefixed with "echo:";
+//! - `echo-many`: send back every message waiting, all in one `send_many`;
 //! - `die-before-ack`: listen, wait until a connection is queued, exit without taking it;
 //! - `listen-report`: try to listen and report the result as a message "rc=<code> errno=<errno>";
 //! - `bad-frame`: send a malformed frame straight onto the channel fd;
@@ -274,6 +275,30 @@ fn main() {
             // SAFETY: _exit ends the process at once, as a crash would.
             unsafe { libc::_exit(7) };
         }
+        "echo-many" => loop {
+            // Take every message waiting, answer them all with one send_many.
+            let mut replies: Vec<Vec<u8>> = Vec::new();
+            let mut timeout = -1;
+            loop {
+                let mut ev = empty();
+                let rc = rcluster_worker_wait_event(worker, &mut ev, timeout);
+                if rc != 0 || ev.kind != RCLUSTER_EVENT_MESSAGE {
+                    rcluster_event_release(&mut ev);
+                    if rc == RCLUSTER_E_AGAIN {
+                        break;
+                    }
+                    std::process::exit(0);
+                }
+                // SAFETY: data/len describe the event's owned bytes.
+                let data = if ev.len == 0 { &[][..] } else { unsafe { std::slice::from_raw_parts(ev.data, ev.len) } };
+                replies.push(data.to_vec());
+                rcluster_event_release(&mut ev);
+                timeout = 0;
+            }
+            let ptrs: Vec<*const std::ffi::c_void> = replies.iter().map(|r| r.as_ptr() as *const _).collect();
+            let lens: Vec<usize> = replies.iter().map(|r| r.len()).collect();
+            check(rcluster_worker_send_many(worker, ptrs.as_ptr(), lens.as_ptr(), replies.len()), "send_many");
+        },
         "listen-report" => {
             let (rc, _listener) = listen(worker);
             send(worker, &format!("rc={rc} errno={}", rcluster_last_errno()));
