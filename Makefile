@@ -10,7 +10,7 @@ LIB     := $(RELEASE)/librcluster.so
 # C programs find librcluster.so next to them (or one level up) without LD_LIBRARY_PATH.
 C_LINK  := -Iinclude -L$(RELEASE) -lrcluster
 
-.PHONY: all lib header examples demo test test-rust test-c python test-python node test-node clean
+.PHONY: all lib header examples demo test test-rust test-c python test-python node test-node bench bench-quick clean
 
 all: lib examples
 
@@ -80,6 +80,55 @@ $(NODE_RUNTIMES):
 
 test-node: node $(NODE_RUNTIMES)
 	$(NODE) --test bindings/node/test/
+
+# Benchmarks (bench/, see bench/README.md). `make bench`: the full side-by-side
+# run, about 9 minutes on 2 CPUs, writes bench/results/latest.{md,png,json};
+# `make bench-quick`: fewer contenders, shorter runs, bench/tmp/quick/. Needs
+# wrk (installed with apt-get when missing). Run it on a quiet machine: every
+# ratio compares runs of the same moment, but other work widens the spread.
+BENCH_TMP    := bench/tmp
+BENCH_VENV   := $(BENCH_TMP)/venv
+BENCH_CFLAGS := -std=c11 -Wall -Wextra -Werror -O2
+# bench/tmp/* find target/release/librcluster.so without LD_LIBRARY_PATH.
+BENCH_RPATH  := -Wl,-rpath,'$$ORIGIN/../../$(RELEASE)'
+BENCH_BINS   := $(BENCH_TMP)/bench_rcluster $(BENCH_TMP)/prefork $(BENCH_TMP)/ipc_bench $(BENCH_TMP)/openloop
+
+.PHONY: bench bench-quick bench-build bench-tools
+
+bench: bench-build
+	python3 bench/run.py
+
+bench-quick: bench-build
+	python3 bench/run.py --quick
+
+# The library, the Python venv and the Node addon (the contenders), the
+# bench's own C programs, and the chart's matplotlib.
+bench-build: lib python node bench-tools $(BENCH_BINS) $(BENCH_VENV)/.matplotlib
+
+bench-tools:
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && (apt-get install -y wrk || (apt-get update && apt-get install -y wrk)); } \
+		|| { echo "bench: wrk is missing: apt-get install wrk" >&2; exit 1; }
+
+$(BENCH_TMP)/bench_rcluster: bench/c/bench_server.c examples/c/hello_server.c include/rcluster.h | lib
+	@mkdir -p $(BENCH_TMP)
+	$(CC) $(BENCH_CFLAGS) -DBENCH_RCLUSTER bench/c/bench_server.c $(C_LINK) $(BENCH_RPATH) -o $@
+
+$(BENCH_TMP)/prefork: bench/c/bench_server.c examples/c/hello_server.c include/rcluster.h
+	@mkdir -p $(BENCH_TMP)
+	$(CC) $(BENCH_CFLAGS) -DBENCH_PREFORK bench/c/bench_server.c -Iinclude -o $@
+
+$(BENCH_TMP)/ipc_bench: bench/c/ipc_bench.c include/rcluster.h | lib
+	@mkdir -p $(BENCH_TMP)
+	$(CC) $(BENCH_CFLAGS) bench/c/ipc_bench.c $(C_LINK) $(BENCH_RPATH) -o $@
+
+$(BENCH_TMP)/openloop: bench/c/openloop.c
+	@mkdir -p $(BENCH_TMP)
+	$(CC) $(BENCH_CFLAGS) bench/c/openloop.c -o $@
+
+$(BENCH_VENV)/.matplotlib:
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --quiet matplotlib
+	touch $@
 
 clean:
 	$(CARGO) clean

@@ -46,6 +46,9 @@ def parse_args(prog: str = "hello_server") -> argparse.Namespace:
 
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive unless the client says close
+    # Headers and body go out in separate writes: without TCP_NODELAY, Nagle's
+    # algorithm holds the body for the client's delayed ACK (40 ms a request).
+    disable_nagle_algorithm = True
     timeout = 5  # an idle keep-alive connection is closed after 5 s
     body = b""
 
