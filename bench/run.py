@@ -644,7 +644,7 @@ def main() -> int:
     results["elapsed_s"] = round(time.monotonic() - started, 1)
     path = out / "latest.json"
     path.write_text(json.dumps(results, indent=1) + "\n")
-    log(f"done in {results['elapsed_s']:.0f} s, load average {results['load_end']}; wrote {path.relative_to(ROOT)}")
+    log(f"done in {results['elapsed_s']:.0f} s, load average {results['load_end']}; wrote {path}")
 
     if not args.no_report:
         report = [sys.executable, str(BENCH / "report.py"), str(path)]

@@ -491,6 +491,19 @@ int rcluster_listener_fd(rcluster_listener *listener, int *fd);
 // when the primary is gone.
 int rcluster_listener_accept(rcluster_listener *listener, int timeout_ms, int *fd);
 
+// Takes up to `capacity` connections at once (at least one), waiting up to
+// `timeout_ms` for the first as `rcluster_listener_accept` does; only
+// connections already queued join the batch. Stores them in `fds[0..*count]`
+// (each the caller's to close, as from `rcluster_listener_accept`). The
+// batch costs one acknowledgement to the primary, not one per connection:
+// a busy worker that takes what is queued saves the primary wake-ups.
+// On error `*count` is 0 and no fd is returned.
+int rcluster_listener_accept_many(rcluster_listener *listener,
+                                  int timeout_ms,
+                                  int *fds,
+                                  size_t capacity,
+                                  size_t *count);
+
 // Stops taking this address's connections (those queued here go to other
 // workers) and frees the listener handle.
 int rcluster_listener_close(rcluster_listener *listener);

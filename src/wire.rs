@@ -16,6 +16,7 @@ const GOODBYE: u8 = 5;
 const PONG: u8 = 6;
 const READY: u8 = 7;
 const DONE: u8 = 8;
+const ACKS: u8 = 9;
 const LISTEN_OK: u8 = 16;
 const LISTEN_ERR: u8 = 17;
 const CONN: u8 = 18;
@@ -36,6 +37,9 @@ pub enum Frame {
     /// Worker → primary: the connection was taken (`accepted`) or refused, so
     /// the primary closes its copy or hands it to another worker.
     Ack { conn: u64, accepted: bool },
+    /// Worker → primary: these connections were taken (one frame for a batch
+    /// a worker took at once, so the primary wakes once for all of them).
+    Acks { conns: Vec<u64> },
     /// Worker → primary: the worker is leaving on purpose (graceful disconnect).
     Goodbye,
     /// Worker → primary: answer to `Ping`, sent by whichever host call
@@ -88,6 +92,13 @@ impl Frame {
                 out.push(ACK);
                 out.extend_from_slice(&conn.to_le_bytes());
                 out.push(*accepted as u8);
+            }
+            Frame::Acks { conns } => {
+                out.push(ACKS);
+                out.extend_from_slice(&(conns.len() as u32).to_le_bytes());
+                for conn in conns {
+                    out.extend_from_slice(&conn.to_le_bytes());
+                }
             }
             Frame::Goodbye => out.push(GOODBYE),
             Frame::Pong { seq } => {
@@ -195,6 +206,13 @@ impl Frame {
             LISTEN => Frame::Listen { request: r.u32()?, port: r.u16()?, host: r.string()? },
             UNLISTEN => Frame::Unlisten { listener: r.u32()? },
             ACK => Frame::Ack { conn: r.u64()?, accepted: r.bool()? },
+            ACKS => {
+                let count = r.u32()? as usize;
+                if count > r.bytes.len() / 8 {
+                    return Err(protocol("acks frame shorter than its count"));
+                }
+                Frame::Acks { conns: (0..count).map(|_| r.u64()).collect::<Result<Vec<u64>>>()? }
+            }
             GOODBYE => Frame::Goodbye,
             PONG => Frame::Pong { seq: r.u64()? },
             READY => Frame::Ready,
@@ -294,6 +312,8 @@ mod tests {
             Frame::Listen { request: 7, port: 8080, host: "127.0.0.1".into() },
             Frame::Unlisten { listener: 3 },
             Frame::Ack { conn: u64::MAX, accepted: true },
+            Frame::Acks { conns: vec![1, u64::MAX, 3] },
+            Frame::Acks { conns: vec![] },
             Frame::Goodbye,
             Frame::ListenOk {
                 request: 7,
@@ -346,6 +366,8 @@ mod tests {
             vec![],
             vec![200],
             vec![ACK, 1, 2],
+            vec![ACKS, 2, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0],
+            vec![ACKS, 255, 255, 255, 255],
             vec![ACK, 0, 0, 0, 0, 0, 0, 0, 0, 5],
             vec![GOODBYE, 0],
             vec![USERS, 2, 0, 0, 0, 1, 0, 0, 0, b'x'],

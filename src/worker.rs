@@ -534,6 +534,19 @@ impl Listener {
     /// close-on-exec. Once the primary asked this worker to disconnect, the
     /// connections already queued are still returned, then `Closed`.
     pub fn accept(&self, timeout: Option<Duration>) -> Result<OwnedFd> {
+        let mut taken = self.accept_many(1, timeout)?;
+        Ok(taken.pop().expect("accept_many returns at least one connection"))
+    }
+
+    /// Up to `max` connections at once (at least one), waiting up to
+    /// `timeout` for the first, as [`Listener::accept`] does. The batch is
+    /// acknowledged to the primary with one frame, so a worker that takes
+    /// connections in batches costs the primary one wake-up per batch.
+    /// Only what is already queued is taken: a batch never waits to fill.
+    pub fn accept_many(&self, max: usize, timeout: Option<Duration>) -> Result<Vec<OwnedFd>> {
+        if max == 0 {
+            return Err(Error::new(Code::InvalidArgument, "accept_many: max must be at least 1"));
+        }
         if self.closed.load(Ordering::SeqCst) {
             return Err(Error::new(Code::Closed, "the listener is closed"));
         }
@@ -544,16 +557,14 @@ impl Listener {
             let mut state = inner.lock();
             let refusals = inner.pump(&mut state);
             let keep_awake = state.gone.is_some() || state.draining;
-            let taken = match &self.mode {
-                Mode::Dispatched { .. } => state.listeners.get_mut(&self.id).and_then(|queue| {
-                    let taken = queue.conns.pop_front();
-                    if queue.conns.is_empty() && !keep_awake {
-                        queue.flag.clear();
-                    }
-                    taken
-                }),
-                Mode::Shared { .. } => None,
-            };
+            let mut taken = Vec::new();
+            if let (Mode::Dispatched { .. }, Some(queue)) = (&self.mode, state.listeners.get_mut(&self.id)) {
+                let n = queue.conns.len().min(max);
+                taken.extend(queue.conns.drain(..n));
+                if queue.conns.is_empty() && !keep_awake {
+                    queue.flag.clear();
+                }
+            }
             let stop = match (&state.gone, state.draining) {
                 (Some(gone), _) => Some(gone.clone()),
                 (None, true) => Some(
@@ -563,11 +574,16 @@ impl Listener {
             };
             drop(state);
             inner.refuse(refusals);
-            if let Some((conn, fd)) = taken {
+            if !taken.is_empty() {
                 // Ack before the caller sees a byte (see the module doc). If the
-                // primary is gone the connection is ours anyway.
-                let _ = inner.send_frame(&Frame::Ack { conn, accepted: true });
-                return Ok(fd);
+                // primary is gone the connections are ours anyway.
+                let (conns, fds): (Vec<u64>, Vec<OwnedFd>) = taken.into_iter().unzip();
+                let ack = match conns[..] {
+                    [conn] => Frame::Ack { conn, accepted: true },
+                    _ => Frame::Acks { conns },
+                };
+                let _ = inner.send_frame(&ack);
+                return Ok(fds);
             }
             // Asked to leave, a worker that accepts itself still takes what is
             // already queued on its socket (a reuseport socket's queue would be
@@ -578,21 +594,44 @@ impl Listener {
                 return Err(stop);
             }
             if let Mode::Shared { socket, .. } = &self.mode {
-                // SAFETY: accept4 on a listening socket we own, no address out-params.
-                let ret = unsafe {
-                    libc::accept4(socket.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC)
-                };
-                if ret >= 0 {
-                    // SAFETY: a fresh fd from accept4, owned by nothing else.
-                    return Ok(unsafe { OwnedFd::from_raw_fd(ret) });
-                }
-                let err = std::io::Error::last_os_error();
-                match err.raw_os_error() {
-                    Some(libc::EAGAIN) if draining_own_socket => {
-                        return Err(Error::new(Code::Closed, "the worker is disconnecting: no more connections"));
+                let mut fds = Vec::new();
+                let mut empty = false;
+                while fds.len() < max {
+                    // SAFETY: accept4 on a listening socket we own, no address out-params.
+                    let ret = unsafe {
+                        libc::accept4(
+                            socket.as_raw_fd(),
+                            std::ptr::null_mut(),
+                            std::ptr::null_mut(),
+                            libc::SOCK_CLOEXEC,
+                        )
+                    };
+                    if ret >= 0 {
+                        // SAFETY: a fresh fd from accept4, owned by nothing else.
+                        fds.push(unsafe { OwnedFd::from_raw_fd(ret) });
+                        continue;
                     }
-                    Some(libc::EAGAIN) | Some(libc::EINTR) | Some(libc::ECONNABORTED) => {}
-                    _ => return Err(Error::os("accept on the shared listener", err)),
+                    let err = std::io::Error::last_os_error();
+                    match err.raw_os_error() {
+                        Some(libc::EAGAIN) => {
+                            empty = true;
+                            break;
+                        }
+                        Some(libc::EINTR) | Some(libc::ECONNABORTED) => break,
+                        // An error after some connections: they are returned, and
+                        // the next call meets the error again.
+                        _ if !fds.is_empty() => break,
+                        _ => return Err(Error::os("accept on the shared listener", err)),
+                    }
+                }
+                if !fds.is_empty() {
+                    return Ok(fds);
+                }
+                if draining_own_socket && empty {
+                    return Err(Error::new(Code::Closed, "the worker is disconnecting: no more connections"));
+                }
+                if !empty {
+                    continue; // interrupted or an aborted connection: try again
                 }
             }
             let wake = match &self.mode {

@@ -321,3 +321,29 @@ fn many_small_messages_travel_batched_and_in_order_both_ways() {
     }
     p.shutdown();
 }
+
+#[test]
+fn accept_many_takes_queued_connections_in_one_batch_and_acknowledges_them() {
+    let _serial = serial();
+    for policy in [RCLUSTER_POLICY_RR, RCLUSTER_POLICY_SHARED] {
+        // One worker that lets 10 connections queue up before it accepts.
+        let env = [("TEST_ACCEPT_BATCH", "16"), ("TEST_ACCEPT_AFTER_MS", "500")];
+        let mut p = TestPrimary::new("http", &env, policy);
+        let port = p.start(1);
+        let before = open_fds();
+        let clients: Vec<_> = (0..10).map(|_| std::thread::spawn(move || http_get(port))).collect();
+        for client in clients {
+            client.join().unwrap().expect("every queued connection is served");
+        }
+        let batch = p.wait_for(SECS, "a batch report", |e| e.kind == RCLUSTER_EVENT_MESSAGE);
+        let size: usize = String::from_utf8_lossy(&batch.data).strip_prefix("batch ").unwrap().parse().unwrap();
+        assert!((2..=16).contains(&size), "policy {policy}: batch of {size}");
+        // One Acks frame released every copy the primary held.
+        let deadline = Instant::now() + SECS;
+        while open_fds() != before && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(open_fds(), before, "policy {policy}: the primary closed its copies of the batch");
+        p.shutdown();
+    }
+}

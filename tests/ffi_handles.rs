@@ -44,6 +44,7 @@ const COVERED: &[&str] = &[
     "rcluster_listener_address",
     "rcluster_listener_fd",
     "rcluster_listener_accept",
+    "rcluster_listener_accept_many",
     "rcluster_listener_close",
     "rcluster_worker_next_event",
     "rcluster_worker_wait_event",
@@ -186,6 +187,28 @@ fn worker_functions_refuse_null_and_bogus_handles_and_non_workers() {
         expect(rcluster_listener_fd(h, &mut fd), RCLUSTER_E_HANDLE, "listener_fd");
         expect(rcluster_listener_accept(h, 0, &mut fd), RCLUSTER_E_HANDLE, "listener_accept");
         assert_eq!(fd, -1, "accept stores -1 on failure");
+        let (mut batch, mut count) = ([-1; 4], 7usize);
+        expect(
+            rcluster_listener_accept_many(h, 0, batch.as_mut_ptr(), batch.len(), &mut count),
+            RCLUSTER_E_HANDLE,
+            "listener_accept_many",
+        );
+        assert_eq!(count, 0, "accept_many stores 0 on failure");
+        expect(
+            rcluster_listener_accept_many(h, 0, null_mut(), 4, &mut count),
+            RCLUSTER_E_INVAL,
+            "accept_many(NULL fds)",
+        );
+        expect(
+            rcluster_listener_accept_many(h, 0, batch.as_mut_ptr(), 0, &mut count),
+            RCLUSTER_E_INVAL,
+            "accept_many(0)",
+        );
+        expect(
+            rcluster_listener_accept_many(h, 0, batch.as_mut_ptr(), 4, null_mut()),
+            RCLUSTER_E_INVAL,
+            "accept_many(NULL count)",
+        );
         expect(rcluster_listener_close(h), RCLUSTER_E_HANDLE, "listener_close");
     }
 }

@@ -135,6 +135,7 @@ static uint32_t bench_worker_id(void)
 #define rcluster_last_error pf_last_error
 #define rcluster_strerror pf_strerror
 #define rcluster_listener_accept pf_listener_accept
+#define rcluster_listener_accept_many pf_listener_accept_many
 #define rcluster_listener_close pf_listener_close
 #define rcluster_listener_fd pf_listener_fd
 #define rcluster_worker_close pf_worker_close
@@ -198,6 +199,19 @@ int pf_listener_accept(rcluster_listener *l, int timeout_ms, int *fd)
             continue;
         return errno == EAGAIN || errno == EWOULDBLOCK ? RCLUSTER_E_AGAIN : RCLUSTER_E_OS;
     }
+}
+
+/* Up to `capacity` accept4s: the example takes batches the same way from both. */
+int pf_listener_accept_many(rcluster_listener *l, int timeout_ms, int *fds, size_t capacity, size_t *count)
+{
+    *count = 0;
+    while (*count < capacity) {
+        int rc = pf_listener_accept(l, timeout_ms, &fds[*count]);
+        if (rc != RCLUSTER_OK)
+            return *count > 0 ? RCLUSTER_OK : rc;
+        (*count)++;
+    }
+    return RCLUSTER_OK;
 }
 
 /* Primary side: never used (main below is the primary), refused if it were. */

@@ -812,18 +812,23 @@ static int run_worker(const struct options *opts)
             }
         }
 
-        /* Once draining, accept until CLOSED: what was queued here is ours to serve. */
+        /* Once draining, accept until CLOSED: what was queued here is ours to serve.
+         * accept_many takes every connection already queued (up to 16) and
+         * acknowledges them to the primary together: one wake-up of the
+         * primary per batch instead of one per connection. */
         if (accepting && ((listener_at >= 0 && pfds[listener_at].revents) || w.draining)) {
             for (;;) {
-                int fd = -1;
-                rc = rcluster_listener_accept(listener, 0, &fd);
+                int fds[16];
+                size_t count = 0;
+                rc = rcluster_listener_accept_many(listener, 0, fds, 16, &count);
                 if (rc == RCLUSTER_OK) {
-                    add_conn(&w, fd);
+                    for (size_t i = 0; i < count; i++)
+                        add_conn(&w, fds[i]);
                     continue;
                 }
                 if (rc != RCLUSTER_E_AGAIN) {
                     if (rc != RCLUSTER_E_CLOSED)
-                        report("rcluster_listener_accept", rc);
+                        report("rcluster_listener_accept_many", rc);
                     accepting = false;
                     start_draining(&w, DRAIN_MS, IDLE_GRACE_MS);
                 }

@@ -164,6 +164,41 @@ pub extern "C" fn rcluster_listener_accept(
     })
 }
 
+/// Takes up to `capacity` connections at once (at least one), waiting up to
+/// `timeout_ms` for the first as `rcluster_listener_accept` does; only
+/// connections already queued join the batch. Stores them in `fds[0..*count]`
+/// (each the caller's to close, as from `rcluster_listener_accept`). The
+/// batch costs one acknowledgement to the primary, not one per connection:
+/// a busy worker that takes what is queued saves the primary wake-ups.
+/// On error `*count` is 0 and no fd is returned.
+#[no_mangle]
+pub extern "C" fn rcluster_listener_accept_many(
+    listener: *mut rcluster_listener,
+    timeout_ms: c_int,
+    fds: *mut c_int,
+    capacity: usize,
+    count: *mut usize,
+) -> c_int {
+    guard(|| {
+        let count = non_null(count, "count")?;
+        *count = 0;
+        let fds = non_null(fds, "fds")?;
+        if capacity == 0 {
+            return Err(Error::new(Code::InvalidArgument, "capacity must be at least 1"));
+        }
+        let listener = LISTENERS.get(listener)?;
+        let taken = listener.accept_many(capacity, timeout_from_ms(timeout_ms))?;
+        // SAFETY: the caller promises `fds` points to `capacity` ints, and
+        // accept_many returned at most `capacity` connections.
+        let out = unsafe { std::slice::from_raw_parts_mut(fds as *mut c_int, capacity) };
+        for (slot, fd) in out.iter_mut().zip(taken) {
+            *slot = fd.into_raw_fd();
+            *count += 1;
+        }
+        Ok(())
+    })
+}
+
 /// Stops taking this address's connections (those queued here go to other
 /// workers) and frees the listener handle.
 #[no_mangle]

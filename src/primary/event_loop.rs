@@ -922,7 +922,16 @@ impl EventLoop {
             }
             Frame::Listen { request, port, host } => self.on_listen_request(worker, request, &host, port),
             Frame::Unlisten { listener } => self.leave_listener(worker, listener),
-            Frame::Ack { conn, accepted } => self.on_ack(worker, conn, accepted),
+            Frame::Ack { conn, accepted } => {
+                self.on_ack(worker, conn, accepted);
+            }
+            Frame::Acks { conns } => {
+                for conn in conns {
+                    if !self.on_ack(worker, conn, true) {
+                        break; // the worker is being dropped for it: the rest do not matter
+                    }
+                }
+            }
             Frame::Done { count } => entry.active = entry.active.saturating_sub(count),
             Frame::Goodbye => {
                 entry.leaving = true;
@@ -1001,26 +1010,30 @@ impl EventLoop {
         }
     }
 
-    fn on_ack(&mut self, worker: u32, conn: u64, accepted: bool) {
-        let Some(entry) = self.workers.get_mut(&worker) else { return };
+    /// A worker took (or refused) a connection. False when the ack was a
+    /// protocol error (an unknown connection) and the worker is dropped.
+    fn on_ack(&mut self, worker: u32, conn: u64, accepted: bool) -> bool {
+        let Some(entry) = self.workers.get_mut(&worker) else { return false };
         let Some(mut handoff) = entry.unacked.remove(&conn) else {
             let message = format!("worker acknowledged unknown connection {conn}");
-            return self.worker_error(worker, Error::new(Code::Protocol, message));
+            self.worker_error(worker, Error::new(Code::Protocol, message));
+            return false;
         };
         if accepted {
             // Only policies that receive done reports can know when it ends.
             if self.listeners.get(&handoff.listener).is_some_and(|l| l.policy.wants_done_reports()) {
                 entry.active += 1;
             }
-            return; // dropping the handoff closes the primary's copy
+            return true; // dropping the handoff closes the primary's copy
         }
         handoff.refusals += 1;
         let members = self.listeners.get(&handoff.listener).map_or(0, |l| l.members.len());
         if handoff.refusals as usize > members.max(1) * 2 {
             // Every worker keeps refusing it: closing it is all that is left.
-            return;
+            return true;
         }
         self.pending.push_back(handoff);
+        true
     }
 
     /// The worker's channel closed (or broke): its connections go back to

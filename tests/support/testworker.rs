@@ -18,6 +18,9 @@
 //!   `TEST_SIGNALS=1` opts into signal handling; `TEST_CLOEXEC_STDIO=1` marks
 //!   its stdio close-on-exec first (as Node does). Exits 0 after shutdown.
 //!   With `TEST_ANNOUNCE=1`, `http` workers print `worker ID listening`.
+//!   `TEST_ACCEPT_BATCH=N` makes `http` take connections N at a time
+//!   (`rcluster_listener_accept_many`, reporting `batch K` for K > 1);
+//!   `TEST_ACCEPT_AFTER_MS` delays its first accept.
 //!
 //! `http` serves each connection on its own thread (`TEST_DELAY_MS` makes
 //! every answer that much slower) and reports each finished connection. Asked to leave, it takes
@@ -114,18 +117,38 @@ fn serve(fd: i32, id: u32, draining: &AtomicBool) {
 fn serve_http(worker: *mut rcluster_worker, listener: *mut rcluster_listener, id: u32) {
     let draining = Arc::new(AtomicBool::new(false));
     let active = Arc::new(AtomicUsize::new(0));
+    // TEST_ACCEPT_BATCH=N: take connections with accept_many, up to N at a
+    // time, and tell the primary each batch's size ("batch K") when K > 1.
+    // TEST_ACCEPT_AFTER_MS: let connections queue up before the first accept.
+    let batch: usize = std::env::var("TEST_ACCEPT_BATCH").ok().and_then(|n| n.parse().ok()).unwrap_or(0);
+    if let Some(ms) = std::env::var("TEST_ACCEPT_AFTER_MS").ok().and_then(|n| n.parse().ok()) {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
+    let mut fds = vec![-1; batch.max(1)];
     loop {
-        let mut fd = -1;
-        match rcluster_listener_accept(listener, -1, &mut fd) {
+        let (rc, taken) = if batch > 0 {
+            let mut count = 0usize;
+            let rc = rcluster_listener_accept_many(listener, -1, fds.as_mut_ptr(), batch, &mut count);
+            if count > 1 {
+                let report = format!("batch {count}");
+                check(rcluster_worker_send(worker, report.as_ptr() as *const _, report.len()), "send");
+            }
+            (rc, count)
+        } else {
+            (rcluster_listener_accept(listener, -1, &mut fds[0]), 1)
+        };
+        match rc {
             0 => {
-                let (draining, active) = (draining.clone(), active.clone());
-                active.fetch_add(1, Ordering::SeqCst);
-                let handle = worker as usize; // a handle is a number, usable from any thread
-                std::thread::spawn(move || {
-                    serve(fd, id, &draining);
-                    rcluster_worker_done(handle as *mut rcluster_worker, 1);
-                    active.fetch_sub(1, Ordering::SeqCst);
-                });
+                for &fd in &fds[..taken] {
+                    let (draining, active) = (draining.clone(), active.clone());
+                    active.fetch_add(1, Ordering::SeqCst);
+                    let handle = worker as usize; // a handle is a number, usable from any thread
+                    std::thread::spawn(move || {
+                        serve(fd, id, &draining);
+                        rcluster_worker_done(handle as *mut rcluster_worker, 1);
+                        active.fetch_sub(1, Ordering::SeqCst);
+                    });
+                }
             }
             RCLUSTER_E_CLOSED => break,
             rc => check(rc, "rcluster_listener_accept"),

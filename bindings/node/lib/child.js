@@ -14,6 +14,8 @@ const { sendArgs, decode, channelClosed } = require('./messages');
 
 /** How many connections may be accepted ahead of JS (without maxConnections). */
 const ACCEPT_WINDOW = 64;
+/** Most connections taken in one acceptMany (poll mode). */
+const ACCEPT_BATCH = 64;
 const UNLIMITED = 0xffffffff;
 
 const errnoNames = new Map(Object.entries(os.constants.errno).map(([k, v]) => [v, k]));
@@ -32,8 +34,20 @@ function listenError(e, host, port) {
   return error;
 }
 
+/**
+ * Poll mode (Node): libuv watches the worker's and listeners' fds on this
+ * thread and JS takes what is ready synchronously, with no helper thread.
+ * Thread mode (Bun, Deno, or RCLUSTER_NODE_ACCEPT=thread): Rust threads
+ * block on the library and hand results over through threadsafe functions.
+ */
+function usePollMode(native) {
+  if (process.env.RCLUSTER_NODE_ACCEPT === 'thread') return false;
+  return runtime.name === 'node' && typeof native.canPoll === 'function' && native.canPoll();
+}
+
 function setupChild(cluster, native) {
   const channel = native.NativeWorker.open();
+  const pollMode = usePollMode(native);
   const keepAlive = new runtime.KeepAlive();
   const servers = new Set(); // ClusterServer
   let connected = true;
@@ -124,7 +138,7 @@ function setupChild(cluster, native) {
     process.exit(0);
   };
 
-  channel.start((event) => {
+  function onEvent(event) {
     if (process.env.RCLUSTER_DEBUG) console.error('worker event', event);
     switch (event.kind) {
       case 'message': {
@@ -158,7 +172,19 @@ function setupChild(cluster, native) {
       default:
         break;
     }
-  });
+  }
+  if (pollMode) {
+    const events = new native.NativePoll(channel.fd, () => {
+      let event;
+      while ((event = channel.nextEvent()) != null) {
+        if (event.kind === 'gone') events.close(); // the channel stays readable (hung up)
+        onEvent(event);
+      }
+    });
+    events.start();
+  } else {
+    channel.start(onEvent);
+  }
 
   // ----- server.listen through the primary ----------------------------------
 
@@ -171,6 +197,7 @@ function setupChild(cluster, native) {
       this.port = listener.port;
       this.family = listener.family;
       this.listener = null;
+      this.poll = null;
       this.active = 0;
       this.granted = 0;
       this.delivered = 0;
@@ -182,7 +209,40 @@ function setupChild(cluster, native) {
 
     attach(listener) {
       this.listener = listener;
-      listener.start((event) => this.onAccepted(event));
+      if (pollMode) {
+        this.poll = new native.NativePoll(listener.fd, () => this.onReadable());
+      } else {
+        listener.start((event) => this.onAccepted(event));
+      }
+    }
+
+    /** Poll mode: the listener may have connections; take what this server can serve. */
+    onReadable() {
+      const listener = this.listener;
+      if (!listener) return;
+      const room = this.room();
+      if (room === 0) {
+        this.poll.stop(); // refill() starts it again when a connection closes
+        return;
+      }
+      const fds = listener.acceptMany(Math.min(room, ACCEPT_BATCH));
+      if (fds == null) {
+        // The listener ended: the worker is disconnecting, or the channel is gone.
+        this.detach();
+        if (!this.closed) this.server.close();
+        return;
+      }
+      for (let i = 0; i < fds.length; i++) this.deliver(fds[i]);
+      if (fds.length > 0) this.refill();
+    }
+
+    /** Poll mode: how many connections may be taken now. */
+    room() {
+      if (this.closed) return 0;
+      if (this.draining) return ACCEPT_BATCH;
+      const max = this.server.maxConnections;
+      if (typeof max === 'number' && max > 0) return Math.max(0, max - this.active);
+      return ACCEPT_BATCH;
     }
 
     onAccepted(event) {
@@ -246,12 +306,20 @@ function setupChild(cluster, native) {
       }
       if (this.paused) this.resume();
       if (!this.listener) return;
+      if (pollMode) {
+        this.poll.start(); // idempotent; onReadable takes what room() allows
+        return;
+      }
       const want = limited ? Math.min(ACCEPT_WINDOW, max - this.active) : ACCEPT_WINDOW;
       const inflight = this.granted - this.delivered;
       if (inflight < want) this.grant(want - inflight);
     }
 
     grant(n) {
+      if (pollMode) {
+        this.poll.start(); // taken in onReadable, as room() allows
+        return;
+      }
       this.listener.grant(n);
       this.granted += n;
     }
@@ -280,6 +348,10 @@ function setupChild(cluster, native) {
 
     detach() {
       if (!this.listener) return;
+      if (this.poll) {
+        this.poll.close();
+        this.poll = null;
+      }
       const unused = this.listener.close();
       this.granted -= Math.min(unused, this.granted - this.delivered);
       this.listener = null;

@@ -6,14 +6,18 @@
 //! what they report onto the JS thread. All `cluster` semantics live in
 //! `index.js`.
 //!
-//! Threads: the library never calls into JS. Each source of events (the
-//! primary's event queue, the worker's event queue, each listener's accepted
-//! connections) gets one Rust thread here that blocks on the library and
-//! forwards what it gets through a napi threadsafe function — the only way a
-//! non-JS thread may reach JS. Those threadsafe functions are *weak* (they
-//! never keep the event loop alive); `index.js` decides what keeps the
-//! process alive, as Node's handles would.
+//! Threads: the library never calls into JS. Under Node, a worker's
+//! listeners and events are watched by libuv poll handles on the JS
+//! thread's own loop (`poll.rs`), and JS takes what is ready with
+//! synchronous calls: no thread in between. Elsewhere (Bun, Deno, and the
+//! primary's event queue everywhere) each source of events gets one Rust
+//! thread that blocks on the library and forwards what it gets through a
+//! napi threadsafe function — the only way a non-JS thread may reach JS.
+//! Those threadsafe functions and poll handles are *weak* (they never keep
+//! the event loop alive); `index.js` decides what keeps the process alive,
+//! as Node's handles would.
 
+mod poll;
 mod primary;
 mod worker;
 

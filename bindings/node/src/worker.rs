@@ -29,6 +29,8 @@ pub struct WorkerEventJs {
 pub struct NativeWorker {
     inner: Worker,
     started: bool,
+    /// `nextEvent` returned `gone` (it is returned once).
+    gone_reported: AtomicBool,
 }
 
 #[napi]
@@ -36,7 +38,11 @@ impl NativeWorker {
     /// Opens the channel the primary left us (once per process).
     #[napi(factory)]
     pub fn open() -> Result<NativeWorker> {
-        Ok(NativeWorker { inner: Worker::open().map_err(to_js_error)?, started: false })
+        Ok(NativeWorker {
+            inner: Worker::open().map_err(to_js_error)?,
+            started: false,
+            gone_reported: AtomicBool::new(false),
+        })
     }
 
     #[napi(getter)]
@@ -81,6 +87,33 @@ impl NativeWorker {
             .map_err(|e| Error::from_reason(format!("spawning the event thread: {e}")))?;
         self.started = true;
         Ok(())
+    }
+
+    /// An fd readable when `nextEvent` may have something (for a `NativePoll`).
+    #[napi(getter)]
+    pub fn fd(&self) -> i32 {
+        self.inner.fd()
+    }
+
+    /// The next event without waiting, or null when none is waiting (the
+    /// polled alternative to `start`). After `gone`, null.
+    #[napi]
+    pub fn next_event(&self) -> Option<WorkerEventJs> {
+        let (kind, data, reason) = match self.inner.next_event(Some(Duration::ZERO)) {
+            Ok(None) => return None,
+            Ok(Some(WorkerEvent::Message(data))) => {
+                ("message", Some(String::from_utf8_lossy(&data).into_owned()), None)
+            }
+            Ok(Some(WorkerEvent::Disconnect)) => ("disconnect", None, None),
+            Ok(Some(WorkerEvent::PrimaryGone)) => ("gone", None, Some("the primary is gone".to_owned())),
+            Err(e) if e.code() == Code::WouldBlock => return None,
+            Err(_) if self.gone_reported.swap(true, Ordering::SeqCst) => return None,
+            Err(e) => ("gone", None, Some(e.message().to_owned())),
+        };
+        if kind == "gone" {
+            self.gone_reported.store(true, Ordering::SeqCst);
+        }
+        Some(WorkerEventJs { kind: kind.to_owned(), data, reason })
     }
 
     /// Sends a message (UTF-8 text) to the primary.
@@ -217,6 +250,7 @@ impl ListenerState {
 pub struct NativeListener {
     state: Arc<ListenerState>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    end_reason: Mutex<Option<String>>,
 }
 
 impl NativeListener {
@@ -238,6 +272,7 @@ impl NativeListener {
                 started: AtomicBool::new(false),
             }),
             thread: Mutex::new(None),
+            end_reason: Mutex::new(None),
         })
     }
 }
@@ -270,6 +305,38 @@ impl NativeListener {
     #[napi(getter)]
     pub fn shared(&self) -> bool {
         self.state.listener.is_shared()
+    }
+
+    /// An fd readable when `acceptMany` may have a connection (for a `NativePoll`).
+    #[napi(getter)]
+    pub fn fd(&self) -> i32 {
+        self.state.listener.fd()
+    }
+
+    /// Takes up to `max` connections already waiting, without waiting, on
+    /// the JS thread (the polled alternative to `start`): their fds, now
+    /// JS's to close, acknowledged to the primary together. An empty array
+    /// when none is waiting; null when the listener gives no more
+    /// (disconnecting, closed, primary gone: `endReason` says which).
+    #[napi]
+    pub fn accept_many(&self, max: u32) -> Result<Option<Vec<i32>>> {
+        if self.state.started.load(Ordering::SeqCst) {
+            return Err(Error::new(Status::GenericFailure, "the accept thread owns this listener"));
+        }
+        match self.state.listener.accept_many(max.max(1) as usize, Some(Duration::ZERO)) {
+            Ok(fds) => Ok(Some(fds.into_iter().map(IntoRawFd::into_raw_fd).collect())),
+            Err(e) if matches!(e.code(), Code::WouldBlock | Code::Timeout) => Ok(Some(Vec::new())),
+            Err(e) => {
+                *self.end_reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.message().to_owned());
+                Ok(None)
+            }
+        }
+    }
+
+    /// Why `acceptMany` returned null.
+    #[napi(getter)]
+    pub fn end_reason(&self) -> Option<String> {
+        self.end_reason.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Starts the accept thread; each connection (or the end) goes to `onConn`.

@@ -55,6 +55,21 @@ test('a worker at maxConnections refuses; the connection is served by another', 
   assert.ok(again.has('worker 1') && again.has('worker 2'), `both serve again: ${[...again]}`);
 });
 
+for (const mode of ['poll', 'thread']) {
+  test(`Node workers take connections ${mode === 'poll' ? 'on the JS thread' : 'through the accept thread (RCLUSTER_NODE_ACCEPT=thread)'}`, async (t) => {
+    const env = mode === 'thread' ? { RCLUSTER_NODE_ACCEPT: 'thread' } : {};
+    const run = fixture('threads.js', [], { env });
+    t.after(run.cleanup);
+    const { port } = await run.waitFor((l) => l.ev === 'ready', 15000, 'the worker to listen');
+    // A burst, so that connections queue up and are taken in batches.
+    const answers = await Promise.all(Array.from({ length: 40 }, () => get(port)));
+    const threads = JSON.parse(answers[answers.length - 1].body);
+    const helpers = threads.filter((name) => name.startsWith('rcluster-node'));
+    if (mode === 'poll') assert.deepStrictEqual(helpers, [], `no helper thread in ${threads}`);
+    else assert.ok(helpers.includes('rcluster-node-a'), `the accept thread runs: ${threads}`);
+  });
+}
+
 test('a primary killed -> its workers exit', async (t) => {
   const run = fixture('primary_death.js');
   t.after(run.cleanup);
