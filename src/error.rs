@@ -4,6 +4,7 @@
 //! caller sees), the OS `errno` where one was involved, and a message that
 //! says what failed in words a user can act on.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::io;
 
@@ -41,7 +42,9 @@ pub enum Code {
 pub struct Error {
     code: Code,
     errno: i32,
-    message: String,
+    /// Borrowed for fixed messages: the hot paths (would-block, timeout)
+    /// then cost no allocation and no formatting.
+    message: Cow<'static, str>,
 }
 
 /// The crate's result type.
@@ -49,7 +52,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     /// An error with a code and a message, no errno.
-    pub fn new(code: Code, message: impl Into<String>) -> Error {
+    pub fn new(code: Code, message: impl Into<Cow<'static, str>>) -> Error {
         Error { code, errno: 0, message: message.into() }
     }
 
@@ -63,7 +66,11 @@ impl Error {
             io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset | io::ErrorKind::NotConnected => Code::Closed,
             _ => Code::Os,
         };
-        Error { code, errno, message: format!("{context}: {err}") }
+        if code == Code::WouldBlock {
+            // Expected on every non-blocking read that finds nothing: no formatting.
+            return Error { code, errno, message: Cow::Borrowed("the operation would block (nothing ready yet)") };
+        }
+        Error { code, errno, message: Cow::Owned(format!("{context}: {err}")) }
     }
 
     /// The last OS error, with context.

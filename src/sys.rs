@@ -28,6 +28,11 @@ impl Deadline {
         Deadline(timeout.map(|t| Instant::now() + t))
     }
 
+    /// Whether the deadline has passed (never, without one).
+    pub fn expired(&self) -> bool {
+        self.0.is_some_and(|at| at <= Instant::now())
+    }
+
     /// Milliseconds left, for poll(2): -1 = forever, 0 = expired.
     pub fn poll_ms(&self) -> libc::c_int {
         match self.0 {

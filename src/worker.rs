@@ -55,6 +55,8 @@ pub struct Worker {
 
 struct Inner {
     id: u32,
+    /// This process's pid when the worker was opened (events carry it).
+    pid: i32,
     channel: OwnedFd,
     state: Mutex<State>,
     /// Serializes senders so the records of one message stay contiguous.
@@ -123,9 +125,12 @@ impl Worker {
         let events = EventQueue::new()?;
         let replies_flag = Flag::new().map_err(|e| Error::os("eventfd", e))?;
         let poll = PollSet::new(&[channel.as_raw_fd(), events.fd()]).map_err(|e| Error::os("epoll", e))?;
+        // SAFETY: getpid is always safe.
+        let pid = unsafe { libc::getpid() };
         let worker = Worker {
             inner: Arc::new(Inner {
                 id,
+                pid,
                 channel,
                 state: Mutex::new(State::default()),
                 send_lock: Mutex::new(()),
@@ -136,14 +141,18 @@ impl Worker {
                 report_done: AtomicBool::new(false),
             }),
         };
-        // SAFETY: getpid is always safe.
-        worker.send_frame(&Frame::Hello { pid: unsafe { libc::getpid() } })?;
+        worker.send_frame(&Frame::Hello { pid })?;
         Ok(worker)
     }
 
     /// This worker's id (≥ 1).
     pub fn id(&self) -> u32 {
         self.inner.id
+    }
+
+    /// This process's pid (as when the worker was opened).
+    pub fn pid(&self) -> i32 {
+        self.inner.pid
     }
 
     /// An fd that is readable when [`Worker::next_event`] may have something.
@@ -486,6 +495,11 @@ impl Inner {
 
     /// Waits until the channel or one of `extra` is readable. `Ok(false)`: deadline passed.
     fn wait(&self, extra: &[RawFd], deadline: Deadline) -> Result<bool> {
+        if deadline.expired() {
+            // The caller has just looked (pumped the channel, tried accept):
+            // a poll(0) would only say what the next call finds anyway.
+            return Ok(false);
+        }
         let mut pfds = Vec::with_capacity(1 + extra.len());
         pfds.push(sys::pollfd(self.channel.as_raw_fd(), libc::POLLIN));
         pfds.extend(extra.iter().map(|&fd| sys::pollfd(fd, libc::POLLIN)));

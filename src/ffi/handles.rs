@@ -5,6 +5,7 @@
 //! newer object, and the tag catches a handle of the wrong type.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -12,16 +13,36 @@ use crate::error::{Code, Error, Result};
 
 static SERIAL: AtomicUsize = AtomicUsize::new(1);
 
+/// Keys are serial numbers we made ourselves (never chosen by a caller), so
+/// a multiplicative hash is enough; SipHash would cost every call into the
+/// library more than the lookup itself.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ b as u64).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    fn write_usize(&mut self, key: usize) {
+        self.0 = (key as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
 /// A table of live objects of one type.
 pub struct Registry<T> {
-    objects: Mutex<HashMap<usize, Arc<T>>>,
+    objects: Mutex<HashMap<usize, Arc<T>, BuildHasherDefault<KeyHasher>>>,
     tag: usize,
     what: &'static str,
 }
 
 impl<T> Registry<T> {
     pub fn new(tag: usize, what: &'static str) -> Registry<T> {
-        Registry { objects: Mutex::new(HashMap::new()), tag, what }
+        Registry { objects: Mutex::new(HashMap::default()), tag, what }
     }
 
     /// Registers `object` and returns its handle.

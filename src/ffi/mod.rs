@@ -61,29 +61,37 @@ pub const RCLUSTER_MAX_MESSAGE: usize = 268435456;
 /// Most file descriptors one message carries.
 pub const RCLUSTER_MAX_FDS: usize = 16;
 
+/// This thread's last error. Its C string is made when first asked for:
+/// failing calls that are expected and frequent (`RCLUSTER_E_AGAIN` from a
+/// non-blocking call) cost no allocation unless the message is read.
+struct LastError {
+    error: Option<Error>,
+    text: Option<CString>,
+}
+
 thread_local! {
-    static LAST_ERROR: RefCell<(CString, c_int)> = RefCell::new((CString::default(), 0));
+    static LAST_ERROR: RefCell<LastError> = const { RefCell::new(LastError { error: None, text: None }) };
 }
 
 /// Records `error` as this thread's last error and returns its code.
-fn fail(error: &Error) -> c_int {
-    let text = CString::new(error.message().replace('\0', " ")).unwrap_or_default();
-    LAST_ERROR.with(|last| *last.borrow_mut() = (text, error.errno()));
-    error.code() as c_int
+fn fail(error: Error) -> c_int {
+    let code = error.code() as c_int;
+    LAST_ERROR.with(|last| *last.borrow_mut() = LastError { error: Some(error), text: None });
+    code
 }
 
 /// Runs an entry point's body: catches panics and turns errors into codes.
 fn guard(body: impl FnOnce() -> Result<()>) -> c_int {
     match catch_unwind(AssertUnwindSafe(body)) {
         Ok(Ok(())) => RCLUSTER_OK,
-        Ok(Err(error)) => fail(&error),
+        Ok(Err(error)) => fail(error),
         Err(panic) => {
             let what = panic
                 .downcast_ref::<&str>()
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
-            fail(&Error::new(Code::Panic, format!("internal panic (a bug in rcluster): {what}")))
+            fail(Error::new(Code::Panic, format!("internal panic (a bug in rcluster): {what}")))
         }
     }
 }
@@ -131,13 +139,21 @@ fn bytes<'a>(data: *const u8, len: usize, name: &str) -> Result<&'a [u8]> {
 /// Empty if no call has failed on this thread.
 #[no_mangle]
 pub extern "C" fn rcluster_last_error() -> *const c_char {
-    LAST_ERROR.with(|last| last.borrow().0.as_ptr())
+    LAST_ERROR.with(|last| {
+        let mut last = last.borrow_mut();
+        let LastError { error, text } = &mut *last;
+        text.get_or_insert_with(|| match error {
+            Some(e) => CString::new(e.message().replace('\0', " ")).unwrap_or_default(),
+            None => CString::default(),
+        })
+        .as_ptr()
+    })
 }
 
 /// The OS errno behind this thread's last failed call, or 0 if none was involved.
 #[no_mangle]
 pub extern "C" fn rcluster_last_errno() -> c_int {
-    LAST_ERROR.with(|last| last.borrow().1)
+    LAST_ERROR.with(|last| last.borrow().error.as_ref().map_or(0, Error::errno))
 }
 
 /// A static description of an `RCLUSTER_E_*` code (never NULL; not to be freed).

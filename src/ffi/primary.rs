@@ -642,9 +642,7 @@ fn primary_event(event: Event) -> rcluster_event {
     }
 }
 
-pub(super) fn worker_event(event: WorkerEvent, worker_id: u32) -> rcluster_event {
-    // SAFETY: getpid is always safe.
-    let pid = unsafe { libc::getpid() };
+pub(super) fn worker_event(event: WorkerEvent, worker_id: u32, pid: i32) -> rcluster_event {
     let base = |kind| rcluster_event { kind, worker_id, pid, ..empty_event() };
     match event {
         WorkerEvent::Message(data) => with_data(base(RCLUSTER_EVENT_MESSAGE), data),

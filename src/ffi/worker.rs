@@ -231,7 +231,7 @@ pub extern "C" fn rcluster_worker_wait_event(
         let worker = WORKERS.get(worker)?;
         match worker.next_event(timeout_from_ms(timeout_ms))? {
             Some(ev) => {
-                *out = worker_event(ev, worker.id());
+                *out = worker_event(ev, worker.id(), worker.pid());
                 Ok(())
             }
             None if timeout_ms == 0 => Err(Error::new(Code::WouldBlock, "no event is waiting")),

@@ -30,6 +30,21 @@ function socketFromFd(fd, server) {
     const { BunFdSocket } = require('./bun_socket');
     return new BunFdSocket(fd, { allowHalfOpen: Boolean(server && server.allowHalfOpen) });
   }
+  const TCP = tcpHandleClass();
+  if (TCP !== null) {
+    const handle = new TCP(TCP_SOCKET);
+    const err = handle.open(fd);
+    if (err === 0) {
+      return new net.Socket({
+        handle,
+        readable: true,
+        writable: true,
+        allowHalfOpen: Boolean(server && server.allowHalfOpen),
+        pauseOnCreate: Boolean(server && server.pauseOnConnect),
+      });
+    }
+    handle.close();
+  }
   return new net.Socket({
     fd,
     readable: true,
@@ -37,6 +52,36 @@ function socketFromFd(fd, server) {
     allowHalfOpen: Boolean(server && server.allowHalfOpen),
     pauseOnCreate: Boolean(server && server.pauseOnConnect),
   });
+}
+
+/**
+ * Node's own TCP handle class, the one its servers wrap accepted
+ * connections in. `new net.Socket({ fd })` would work too, but first asks
+ * the kernel what the fd is (fstat, getsockopt, getsockname: three system
+ * calls per connection, measured). Every fd here is a connected TCP socket,
+ * so the handle is made directly, as Node's server does. The class comes
+ * from process.binding('tcp_wrap') (deprecated in the docs only; a runtime
+ * warning only under --pending-deprecation, where we do not use it); when
+ * it is missing (Deno, a future Node), `{ fd }` it is.
+ */
+let tcpClass;
+let TCP_SOCKET = 0;
+function tcpHandleClass() {
+  if (tcpClass !== undefined) return tcpClass;
+  tcpClass = null;
+  const pending = process.execArgv.includes('--pending-deprecation') ||
+    /--pending-deprecation/.test(process.env.NODE_OPTIONS || '');
+  if (name !== 'node' || pending || typeof process.binding !== 'function') return tcpClass;
+  try {
+    const binding = process.binding('tcp_wrap');
+    if (typeof binding.TCP === 'function' && binding.constants && typeof binding.constants.SOCKET === 'number') {
+      tcpClass = binding.TCP;
+      TCP_SOCKET = binding.constants.SOCKET;
+    }
+  } catch (e) {
+    tcpClass = null;
+  }
+  return tcpClass;
 }
 
 /** A ref-counted keep-alive: the process stays up while anything holds a ref. */
