@@ -396,6 +396,18 @@ int rcluster_primary_send(rcluster_primary *primary,
                           const void *data,
                           size_t len);
 
+// Sends `count` messages to worker `worker_id`, in order: message `i` is
+// `lens[i]` bytes at `data[i]` (copied). They are packed into shared
+// records on the calling thread and handed to the primary's thread as one
+// command, so a batch costs about what one message costs; the worker still
+// sees each as its own message. Queued, never blocks. `RCLUSTER_E_CLOSED`
+// if that worker is not connected (then none is sent).
+int rcluster_primary_send_many(rcluster_primary *primary,
+                               uint32_t worker_id,
+                               const void *const *data,
+                               const size_t *lens,
+                               size_t count);
+
 // Asks worker `worker_id` to finish what it holds and leave: it gets no new
 // connections from now on; after the stop timeout it gets SIGTERM, then SIGKILL.
 int rcluster_primary_disconnect(rcluster_primary *primary, uint32_t worker_id);

@@ -123,6 +123,16 @@ impl<T> EventQueue<T> {
         items.push_back(item);
     }
 
+    /// Adds several items under one lock (one wake-up of a waiting reader).
+    pub fn push_many(&self, new: impl IntoIterator<Item = T>) {
+        let mut items = self.items.lock().unwrap_or_else(|p| p.into_inner());
+        let was_empty = items.is_empty();
+        items.extend(new);
+        if was_empty && !items.is_empty() {
+            self.flag.set();
+        }
+    }
+
     /// Takes the oldest item, if any.
     pub fn pop(&self) -> Option<T> {
         let mut items = self.items.lock().unwrap_or_else(|p| p.into_inner());

@@ -4,7 +4,7 @@
 mod common;
 use common::*;
 
-use std::ffi::CString;
+use std::ffi::{c_void, CString};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
@@ -318,6 +318,24 @@ fn many_small_messages_travel_batched_and_in_order_both_ways() {
     for expected in [&a, &big, &b] {
         let e = p.wait_for(SECS, "echo", |e| e.kind == RCLUSTER_EVENT_MESSAGE);
         assert!(&e.data == expected, "a big message between small ones keeps its place");
+    }
+    // The primary's send_many, between single sends: order kept, empty and
+    // big messages too, each echoed as its own message.
+    let batch: Vec<Vec<u8>> = (0..2000u32)
+        .map(|i| match i {
+            7 => Vec::new(),
+            1000 => vec![5u8; 150_000],
+            _ => format!("batched {i}").into_bytes(),
+        })
+        .collect();
+    let data: Vec<*const c_void> = batch.iter().map(|m| m.as_ptr() as *const c_void).collect();
+    let lens: Vec<usize> = batch.iter().map(|m| m.len()).collect();
+    ok(rcluster_primary_send(p.handle, id, a.as_ptr() as *const _, a.len()), "send");
+    ok(rcluster_primary_send_many(p.handle, id, data.as_ptr(), lens.as_ptr(), batch.len()), "send_many");
+    ok(rcluster_primary_send(p.handle, id, b.as_ptr() as *const _, b.len()), "send");
+    for expected in std::iter::once(&a).chain(&batch).chain(std::iter::once(&b)) {
+        let e = p.wait_for(SECS, "echo", |e| e.kind == RCLUSTER_EVENT_MESSAGE);
+        assert!(&e.data == expected, "send_many keeps order among single sends");
     }
     p.shutdown();
 }

@@ -27,6 +27,7 @@ const COVERED: &[&str] = &[
     "rcluster_primary_next_event",
     "rcluster_primary_wait_event",
     "rcluster_primary_send",
+    "rcluster_primary_send_many",
     "rcluster_primary_disconnect",
     "rcluster_primary_kill",
     "rcluster_primary_shutdown",
@@ -95,6 +96,7 @@ fn primary_functions_refuse_null_and_bogus_handles() {
         expect(rcluster_primary_next_event(h, &mut ev), RCLUSTER_E_HANDLE, "next_event");
         expect(rcluster_primary_wait_event(h, &mut ev, 10), RCLUSTER_E_HANDLE, "wait_event");
         expect(rcluster_primary_send(h, 1, b"x".as_ptr() as *const c_void, 1), RCLUSTER_E_HANDLE, "send");
+        expect(rcluster_primary_send_many(h, 1, null(), null(), 2), RCLUSTER_E_HANDLE, "send_many");
         expect(rcluster_primary_disconnect(h, 1), RCLUSTER_E_HANDLE, "disconnect");
         expect(rcluster_primary_kill(h, 1, 15), RCLUSTER_E_HANDLE, "kill");
         expect(rcluster_primary_shutdown(h, 10), RCLUSTER_E_HANDLE, "shutdown");
@@ -128,6 +130,19 @@ fn stale_and_wrong_type_handles_are_refused() {
     expect(rcluster_primary_listen(p, null(), 0, null_mut()), RCLUSTER_E_INVAL, "listen(host NULL)");
     expect(rcluster_primary_listen(p, c"nope".as_ptr(), 0, null_mut()), RCLUSTER_E_ADDR, "listen(bad host)");
     expect(rcluster_primary_send(p, 1, null(), 5), RCLUSTER_E_INVAL, "send(NULL data, len 5)");
+    expect(rcluster_primary_send_many(p, 1, null(), null(), 2), RCLUSTER_E_INVAL, "send_many(NULL arrays)");
+    let (one, lens) = ([null::<c_void>()], [3usize]);
+    expect(
+        rcluster_primary_send_many(p, 1, one.as_ptr(), lens.as_ptr(), 1),
+        RCLUSTER_E_INVAL,
+        "send_many(NULL data[0])",
+    );
+    let (one, lens) = ([b"x".as_ptr() as *const c_void], [1usize]);
+    expect(
+        rcluster_primary_send_many(p, 99, one.as_ptr(), lens.as_ptr(), 1),
+        RCLUSTER_E_CLOSED,
+        "send_many(no such worker)",
+    );
     expect(rcluster_primary_kill(p, 1, 0), RCLUSTER_E_INVAL, "kill(signal 0)");
     let mut count = 0usize;
     expect(rcluster_primary_stats(p, null_mut(), 3, &mut count), RCLUSTER_E_INVAL, "stats(NULL, capacity 3)");

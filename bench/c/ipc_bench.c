@@ -13,6 +13,12 @@
  *  2. Pipelined: keep W messages in flight (send W, then one more per echo)
  *     for S seconds; echoes received per second. Once per window W.
  *
+ * --batched: the primary uses the batch calls, as the worker always does:
+ * it takes every echo already waiting (rcluster_primary_wait_event with
+ * timeout 0 after the first) and sends as many new messages with one
+ * rcluster_primary_send_many. Same messages, same window; reported as
+ * impl "rcluster-batched".
+ *
  * Prints one line: BENCH_JSON {...}.
  */
 
@@ -81,23 +87,50 @@ static int run_worker(void)
     return 0;
 }
 
-/* Waits for the next MESSAGE event (skipping others). */
-static void wait_message(rcluster_primary *p)
+/* Waits up to `timeout_ms` for the next MESSAGE event (skipping others):
+ * 1 when one came, 0 when none did (timeout 0: none was waiting). */
+static int next_message(rcluster_primary *p, int timeout_ms)
 {
     for (;;) {
         rcluster_event ev;
         memset(&ev, 0, sizeof ev);
-        int rc = rcluster_primary_wait_event(p, &ev, 10000);
+        int rc = rcluster_primary_wait_event(p, &ev, timeout_ms);
+        if (rc == RCLUSTER_E_AGAIN && timeout_ms == 0)
+            return 0;
         if (rc != RCLUSTER_OK)
             die("rcluster_primary_wait_event", rc);
         int kind = ev.kind;
         rcluster_event_release(&ev);
         if (kind == RCLUSTER_EVENT_MESSAGE)
-            return;
+            return 1;
         if (kind == RCLUSTER_EVENT_EXIT || kind == RCLUSTER_EVENT_DISCONNECT) {
             fprintf(stderr, "ipc_bench: the worker went away\n");
             exit(1);
         }
+    }
+}
+
+/* Waits for the next MESSAGE event (skipping others). */
+static void wait_message(rcluster_primary *p)
+{
+    next_message(p, 10000);
+}
+
+/* `n` copies of the message with one rcluster_primary_send_many. */
+static void send_batch(rcluster_primary *p, uint32_t id, const char *msg, size_t size, size_t n)
+{
+    static const void *data[MAX_BATCH];
+    static size_t lens[MAX_BATCH];
+    while (n > 0) {
+        size_t k = n < MAX_BATCH ? n : MAX_BATCH;
+        for (size_t i = 0; i < k; i++) {
+            data[i] = msg;
+            lens[i] = size;
+        }
+        int rc = rcluster_primary_send_many(p, id, data, lens, k);
+        if (rc != RCLUSTER_OK)
+            die("rcluster_primary_send_many", rc);
+        n -= k;
     }
 }
 
@@ -114,20 +147,30 @@ int main(int argc, char **argv)
 
     double seconds = 2.0;
     size_t size = 64;
+    int batched = 0;
     unsigned windows[16] = {256};
     int nwindows = 1;
-    for (int i = 1; i + 1 < argc; i += 2) {
-        if (strcmp(argv[i], "--seconds") == 0) {
-            seconds = atof(argv[i + 1]);
-        } else if (strcmp(argv[i], "--size") == 0) {
-            size = (size_t)atol(argv[i + 1]);
-        } else if (strcmp(argv[i], "--windows") == 0) {
+    for (int i = 1; i < argc; i++) {
+        const char *value = i + 1 < argc ? argv[i + 1] : NULL;
+        if (strcmp(argv[i], "--batched") == 0) {
+            batched = 1;
+        } else if (value && strcmp(argv[i], "--seconds") == 0) {
+            seconds = atof(value);
+            i++;
+        } else if (value && strcmp(argv[i], "--size") == 0) {
+            size = (size_t)atol(value);
+            i++;
+        } else if (value && strcmp(argv[i], "--windows") == 0) {
             nwindows = 0;
             for (char *w = argv[i + 1]; *w && nwindows < 16; w++) {
                 windows[nwindows++] = (unsigned)strtoul(w, &w, 10);
                 if (*w != ',')
                     break;
             }
+            i++;
+        } else {
+            fprintf(stderr, "usage: ipc_bench [--seconds S] [--size BYTES] [--windows W1,W2,...] [--batched]\n");
+            return 2;
         }
     }
 
@@ -181,9 +224,9 @@ int main(int argc, char **argv)
     qsort(lat, n, sizeof *lat, cmp_double);
     double p50 = lat[n / 2], p99 = lat[(size_t)((double)n * 0.99)];
 
-    printf("BENCH_JSON {\"impl\": \"rcluster\", \"size\": %zu, \"rt_count\": %zu, \"rt_per_s\": %.1f, "
+    printf("BENCH_JSON {\"impl\": \"%s\", \"size\": %zu, \"rt_count\": %zu, \"rt_per_s\": %.1f, "
            "\"rt_p50_us\": %.2f, \"rt_p99_us\": %.2f, \"pipelined\": [",
-           size, n, (double)n / rt_elapsed, p50, p99);
+           batched ? "rcluster-batched" : "rcluster", size, n, (double)n / rt_elapsed, p50, p99);
 
     /* 2. Pipelined: W in flight (send W, then one more per echo), for each W. */
     for (int k = 0; k < nwindows; k++) {
@@ -191,17 +234,34 @@ int main(int argc, char **argv)
         unsigned long sent = 0, received = 0;
         start = now_s();
         end = start + seconds;
-        for (; sent < window; sent++)
-            if ((rc = rcluster_primary_send(p, id, msg, size)) != RCLUSTER_OK)
-                die("rcluster_primary_send", rc);
-        for (;;) {
-            wait_message(p);
-            received++;
-            if ((received & 63) == 0 && now_s() >= end)
-                break;
-            if ((rc = rcluster_primary_send(p, id, msg, size)) != RCLUSTER_OK)
-                die("rcluster_primary_send", rc);
-            sent++;
+        if (batched) {
+            send_batch(p, id, msg, size, window);
+            sent = window;
+            for (;;) {
+                /* Every echo already waiting, then as many new messages at once. */
+                wait_message(p);
+                unsigned long got = 1;
+                while (got < MAX_BATCH && next_message(p, 0))
+                    got++;
+                received += got;
+                if (now_s() >= end)
+                    break;
+                send_batch(p, id, msg, size, got);
+                sent += got;
+            }
+        } else {
+            for (; sent < window; sent++)
+                if ((rc = rcluster_primary_send(p, id, msg, size)) != RCLUSTER_OK)
+                    die("rcluster_primary_send", rc);
+            for (;;) {
+                wait_message(p);
+                received++;
+                if ((received & 63) == 0 && now_s() >= end)
+                    break;
+                if ((rc = rcluster_primary_send(p, id, msg, size)) != RCLUSTER_OK)
+                    die("rcluster_primary_send", rc);
+                sent++;
+            }
         }
         double elapsed = now_s() - start;
         unsigned long measured = received;

@@ -24,7 +24,7 @@ pub use primary::*;
 pub use worker::*;
 
 use std::cell::RefCell;
-use std::ffi::{c_char, c_int, CStr, CString};
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crate::error::{Code, Error, Result};
@@ -132,6 +132,31 @@ fn bytes<'a>(data: *const u8, len: usize, name: &str) -> Result<&'a [u8]> {
     }
     // SAFETY: non-NULL; the caller promises `len` readable bytes (header).
     Ok(unsafe { std::slice::from_raw_parts(data, len) })
+}
+
+/// The messages of a `*_send_many` call: `count` buffers, `data[i]` of
+/// `lens[i]` bytes ((NULL, 0) is an empty one).
+fn message_list<'a>(data: *const *const c_void, lens: *const usize, count: usize) -> Result<Vec<&'a [u8]>> {
+    if count == 0 {
+        return Ok(Vec::new());
+    }
+    if data.is_null() || lens.is_null() {
+        return Err(Error::new(Code::InvalidArgument, format!("data or lens is NULL but count is {count}")));
+    }
+    // SAFETY: non-NULL; the caller promises `count` entries in each array (header).
+    let (data, lens) = unsafe { (std::slice::from_raw_parts(data, count), std::slice::from_raw_parts(lens, count)) };
+    let mut messages = Vec::with_capacity(count);
+    for (i, (&d, &len)) in data.iter().zip(lens).enumerate() {
+        if len == 0 {
+            messages.push(&[][..]);
+        } else if d.is_null() {
+            return Err(Error::new(Code::InvalidArgument, format!("data[{i}] is NULL but its length is {len}")));
+        } else {
+            // SAFETY: non-NULL; the caller promises `len` readable bytes (header).
+            messages.push(unsafe { std::slice::from_raw_parts(d as *const u8, len) });
+        }
+    }
+    Ok(messages)
 }
 
 /// The message of this thread's last failed call: a NUL-terminated string

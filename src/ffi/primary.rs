@@ -6,7 +6,7 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use super::handles::Registry;
-use super::{bytes, c_str, guard, non_null, write_optional};
+use super::{bytes, c_str, guard, message_list, non_null, write_optional};
 use crate::error::{Code, Error, Result};
 use crate::event::{Event, Exit, WorkerEvent};
 use crate::primary::{Config, PolicyKind, Primary, RawFork};
@@ -462,6 +462,26 @@ pub extern "C" fn rcluster_primary_send(
     guard(|| {
         let primary = PRIMARIES.get(primary)?;
         primary.send(worker_id, bytes(data as *const u8, len, "data")?)
+    })
+}
+
+/// Sends `count` messages to worker `worker_id`, in order: message `i` is
+/// `lens[i]` bytes at `data[i]` (copied). They are packed into shared
+/// records on the calling thread and handed to the primary's thread as one
+/// command, so a batch costs about what one message costs; the worker still
+/// sees each as its own message. Queued, never blocks. `RCLUSTER_E_CLOSED`
+/// if that worker is not connected (then none is sent).
+#[no_mangle]
+pub extern "C" fn rcluster_primary_send_many(
+    primary: *mut rcluster_primary,
+    worker_id: u32,
+    data: *const *const c_void,
+    lens: *const usize,
+    count: usize,
+) -> c_int {
+    guard(|| {
+        let primary = PRIMARIES.get(primary)?;
+        primary.send_many(worker_id, &message_list(data, lens, count)?)
     })
 }
 

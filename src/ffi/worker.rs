@@ -6,7 +6,7 @@ use std::sync::LazyLock;
 
 use super::handles::Registry;
 use super::primary::{empty_event, rcluster_event, worker_event};
-use super::{bytes, c_str, guard, non_null, write_optional};
+use super::{bytes, c_str, guard, message_list, non_null, write_optional};
 use crate::error::{Code, Error};
 use crate::sys::timeout_from_ms;
 use crate::worker::{Listener, Worker};
@@ -279,21 +279,10 @@ pub extern "C" fn rcluster_worker_send_many(
 ) -> c_int {
     guard(|| {
         let worker = WORKERS.get(worker)?;
-        if count == 0 {
+        let messages = message_list(data, lens, count)?;
+        if messages.is_empty() {
             return Ok(());
         }
-        if data.is_null() || lens.is_null() {
-            return Err(Error::new(Code::InvalidArgument, format!("data or lens is NULL but count is {count}")));
-        }
-        // SAFETY: non-NULL; the caller promises `count` entries in each array.
-        let (data, lens) =
-            unsafe { (std::slice::from_raw_parts(data, count), std::slice::from_raw_parts(lens, count)) };
-        let messages = data
-            .iter()
-            .zip(lens)
-            .enumerate()
-            .map(|(i, (&d, &len))| bytes(d as *const u8, len, &format!("data[{i}]")))
-            .collect::<crate::error::Result<Vec<&[u8]>>>()?;
         worker.send_many(&messages)
     })
 }

@@ -294,6 +294,11 @@ impl EventLoop {
                     let _ = reply.send(self.listen(&host, port));
                 }
                 Command::Send { .. } => unreachable!("sends are batched above"),
+                Command::SendFrames { worker, frames } => {
+                    for frame in frames {
+                        self.send_frame(worker, &frame, &[]);
+                    }
+                }
                 Command::Disconnect { worker } => self.disconnect(worker),
                 Command::Kill { worker, signal } => self.kill(worker, signal),
                 Command::Shutdown { grace } => self.begin_shutdown(grace),
@@ -949,9 +954,7 @@ impl EventLoop {
             }
             Frame::User(data) => self.shared.emit(Event::Message { worker, pid, data }),
             Frame::Users(messages) => {
-                for data in messages {
-                    self.shared.emit(Event::Message { worker, pid, data });
-                }
+                self.shared.emit_many(messages.into_iter().map(|data| Event::Message { worker, pid, data }));
             }
             other => self.worker_error(
                 worker,

@@ -30,6 +30,7 @@ use crate::error::{Code, Error, Result};
 use crate::event::{Event, EventQueue, WorkerStats};
 use crate::spawn::{self, SpawnSpec};
 use crate::sys::Flag;
+use crate::wire::Frame;
 use event_loop::EventLoop;
 pub use listener::parse_address;
 pub use policy::PolicyKind;
@@ -97,15 +98,44 @@ pub enum RawFork {
 }
 
 pub(crate) enum Command {
-    Fork { env: Vec<(OsString, OsString)>, reply: mpsc::SyncSender<Result<WorkerInfo>> },
-    Listen { host: String, port: u16, reply: mpsc::SyncSender<Result<SocketAddr>> },
-    Send { worker: u32, data: Vec<u8> },
-    Disconnect { worker: u32 },
-    Kill { worker: u32, signal: i32 },
-    Shutdown { grace: Duration },
-    Reload { reply: mpsc::SyncSender<Result<u32>> },
-    Scale { workers: u32, reply: mpsc::SyncSender<Result<()>> },
-    Stats { reply: mpsc::SyncSender<Vec<WorkerStats>> },
+    Fork {
+        env: Vec<(OsString, OsString)>,
+        reply: mpsc::SyncSender<Result<WorkerInfo>>,
+    },
+    Listen {
+        host: String,
+        port: u16,
+        reply: mpsc::SyncSender<Result<SocketAddr>>,
+    },
+    Send {
+        worker: u32,
+        data: Vec<u8>,
+    },
+    /// Messages `send_many` packed into frames on the host thread.
+    SendFrames {
+        worker: u32,
+        frames: Vec<Vec<u8>>,
+    },
+    Disconnect {
+        worker: u32,
+    },
+    Kill {
+        worker: u32,
+        signal: i32,
+    },
+    Shutdown {
+        grace: Duration,
+    },
+    Reload {
+        reply: mpsc::SyncSender<Result<u32>>,
+    },
+    Scale {
+        workers: u32,
+        reply: mpsc::SyncSender<Result<()>>,
+    },
+    Stats {
+        reply: mpsc::SyncSender<Vec<WorkerStats>>,
+    },
 }
 
 /// What the host thread and the loop thread share.
@@ -140,6 +170,10 @@ impl Shared {
         self.events.push(event);
     }
 
+    pub(crate) fn emit_many(&self, events: impl IntoIterator<Item = Event>) {
+        self.events.push_many(events);
+    }
+
     fn lock_connected(&self) -> MutexGuard<'_, HashSet<u32>> {
         self.connected.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -150,6 +184,9 @@ pub struct Primary {
     shared: Arc<Shared>,
     /// The loop before its thread starts.
     unstarted: Mutex<Option<EventLoop>>,
+    /// The loop's thread has started (`unstarted` is None): the fast path
+    /// of every call, which then takes no lock.
+    started: AtomicBool,
     thread: Mutex<Option<JoinHandle<()>>>,
     stop_timeout: Duration,
 }
@@ -170,7 +207,13 @@ impl Primary {
         });
         let stop_timeout = config.stop_timeout;
         let event_loop = EventLoop::new(config, shared.clone())?;
-        Ok(Primary { shared, unstarted: Mutex::new(Some(event_loop)), thread: Mutex::new(None), stop_timeout })
+        Ok(Primary {
+            shared,
+            unstarted: Mutex::new(Some(event_loop)),
+            started: AtomicBool::new(false),
+            thread: Mutex::new(None),
+            stop_timeout,
+        })
     }
 
     /// Starts a worker by exec (the config's argv, or this program), with
@@ -247,6 +290,20 @@ impl Primary {
         crate::channel::check_limits(data.len() + 1, 0)?;
         self.check_connected(worker)?;
         self.command(Command::Send { worker, data: data.to_vec() })
+    }
+
+    /// Sends several messages to a worker, in order, packed into shared
+    /// records on the calling thread (one copy, one command for the batch).
+    /// The worker sees each as its own message. Queued; never blocks.
+    pub fn send_many(&self, worker: u32, messages: &[&[u8]]) -> Result<()> {
+        for message in messages {
+            crate::channel::check_limits(message.len() + 1, 0)?;
+        }
+        self.check_connected(worker)?;
+        if messages.is_empty() {
+            return Ok(());
+        }
+        self.command(Command::SendFrames { worker, frames: Frame::pack_users(messages) })
     }
 
     /// Asks a worker to finish what it holds and leave; it gets no new
@@ -348,6 +405,9 @@ impl Primary {
     }
 
     fn ensure_started(&self) -> Result<()> {
+        if self.started.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let mut unstarted = self.unstarted.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(event_loop) = unstarted.take() {
             let shared = self.shared.clone();
@@ -366,6 +426,8 @@ impl Primary {
                 .map_err(|e| Error::os("spawning the primary's loop thread", e))?;
             *self.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
         }
+        // Started now or before, or dropped unstarted: nothing is left to start.
+        self.started.store(true, Ordering::Release);
         Ok(())
     }
 }
