@@ -117,10 +117,38 @@ def targets(run: Run) -> list[tuple[str, str, bool | None]]:
     ipc = ipc_summary(run)
     r = ipc.get(("all", IPC_HEADLINE_WINDOW))
     v = r["ratio"] if r else None
-    rows.append((f"Pipelined IPC messages ≥ {T_IPC_PIPELINED}× Node's process.send",
-                 f"{fmt_ratio(v)} ({IPC_HEADLINE_WINDOW} in flight)" if v else "not run",
-                 None if v is None else v >= T_IPC_PIPELINED))
+    b = r.get("ratio_batched") if r else None
+    best = ipc_best(run)
+    if v:
+        parts = [f"{IPC_HEADLINE_WINDOW} in flight: {fmt_ratio(v)} (one call per message)"]
+        if b:
+            parts.append(f"{fmt_ratio(b)} (batch calls)")
+        if best:
+            parts.append(f"each at its best window: {fmt_ratio(best['ratio'])} "
+                         f"({fmt_rate(best['rcluster'])} at {best['rcluster_window']} vs "
+                         f"{fmt_rate(best['node'])} at {best['node_window']})")
+        measured = "; ".join(parts)
+        met = v >= T_IPC_PIPELINED
+        if not met and best and best["ratio"] >= T_IPC_PIPELINED:
+            measured += f" (met best against best, not at {IPC_HEADLINE_WINDOW} in flight)"
+    else:
+        measured, met = "not run", None
+    rows.append((f"Pipelined IPC messages ≥ {T_IPC_PIPELINED}× Node's process.send", measured, met))
     return rows
+
+
+def ipc_best(run: Run) -> dict | None:
+    """Each side at the window where it is fastest (one call per message for rcluster), both CPUs."""
+    ipc = run.data.get("ipc")
+    if not ipc:
+        return None
+    s = ipc_summary(run)
+    rc = [(s[("all", w)]["rcluster"], w) for w in ipc["windows"] if (s.get(("all", w)) or {}).get("rcluster")]
+    nd = [(s[("all", w)]["node"], w) for w in ipc["windows"] if (s.get(("all", w)) or {}).get("node")]
+    if not rc or not nd:
+        return None
+    (r, rw), (n, nw) = max(rc), max(nd)
+    return {"rcluster": r, "rcluster_window": rw, "node": n, "node_window": nw, "ratio": r / n}
 
 
 def ipc_summary(run: Run) -> dict:
@@ -133,7 +161,7 @@ def ipc_summary(run: Run) -> dict:
         runs = [r for r in ipc["runs"] if r["cpus"] == cpus]
         for window in ["rt", "rt_p50", *ipc["windows"]]:
             vals = {}
-            for impl in ("rcluster", "node"):
+            for impl in ("rcluster", "rcluster-batched", "node"):
                 xs = []
                 for r in runs:
                     if r["impl"] != impl:
@@ -149,6 +177,10 @@ def ipc_summary(run: Run) -> dict:
                 vals["ratio"] = vals["rcluster"] / vals["node"]
             else:
                 vals["ratio"] = None
+            if vals["rcluster-batched"] and vals["node"]:
+                vals["ratio_batched"] = vals["rcluster-batched"] / vals["node"]
+            else:
+                vals["ratio_batched"] = None
             out[(cpus, window)] = vals
     return out
 
@@ -220,23 +252,39 @@ def ipc_table(run: Run) -> list[str]:
     if not ipc:
         return ["IPC: not run.", ""]
     s = ipc_summary(run)
-    lines = ["| messages of 64 bytes | CPUs | rcluster (C ABI) | Node process.send | rcluster ÷ Node |", "|---|---|---|---|---|"]
+    lines = ["| messages of 64 bytes | CPUs | rcluster, one call per message | rcluster, batch calls | "
+             "Node process.send | rcluster ÷ Node (per message / batch) |",
+             "|---|---|---|---|---|---|"]
+
+    def rate_or_dash(v):
+        return fmt_rate(v) if v else "–"
+
+    def ratios(v):
+        return f"{fmt_ratio(v['ratio'])} / {fmt_ratio(v['ratio_batched'])}" if v.get("ratio_batched") \
+            else fmt_ratio(v["ratio"])
+
     for cpus, cpu_label in (("all", "both"), ("1", "one (pinned)")):
         v = s.get((cpus, "rt_p50"))
-        if v:
+        if v and v["ratio"]:
+            batched = f"{v['rcluster-batched']:.1f} µs" if v.get("rcluster-batched") else "–"
             lines.append(f"| round trip, p50 latency (lower is better) | {cpu_label} | {v['rcluster']:.1f} µs | "
-                         f"{v['node']:.1f} µs | {fmt_ratio(v['ratio'])} |" if v["ratio"]
-                         else f"| round trip p50 | {cpu_label} | – | – | – |")
+                         f"{batched} | {v['node']:.1f} µs | {ratios(v)} |")
         v = s.get((cpus, "rt"))
         if v and v["ratio"]:
             lines.append(f"| round trips/s, one at a time | {cpu_label} | {fmt_rate(v['rcluster'])} | "
-                         f"{fmt_rate(v['node'])} | {fmt_ratio(v['ratio'])} |")
+                         f"{rate_or_dash(v.get('rcluster-batched'))} | {fmt_rate(v['node'])} | {ratios(v)} |")
         for w in ipc["windows"]:
             v = s.get((cpus, w))
             if v and v["ratio"]:
                 lines.append(f"| pipelined echoes/s, {w} in flight | {cpu_label} | {fmt_rate(v['rcluster'])} | "
-                             f"{fmt_rate(v['node'])} | {fmt_ratio(v['ratio'])} |")
+                             f"{rate_or_dash(v.get('rcluster-batched'))} | {fmt_rate(v['node'])} | {ratios(v)} |")
     lines.append("")
+    best = ipc_best(run)
+    if best:
+        lines += [f"Each at its best window (both CPUs, one call per message): rcluster {fmt_rate(best['rcluster'])} "
+                  f"at {best['rcluster_window']} in flight, Node {fmt_rate(best['node'])} at {best['node_window']}: "
+                  f"{fmt_ratio(best['ratio'])}. Node's throughput falls past a few hundred messages in flight "
+                  "(its pipe's backlog grows); rcluster's keeps rising as more messages share each record.", ""]
     return lines
 
 
@@ -327,8 +375,12 @@ def markdown(run: Run, png_note: str) -> str:
     L += ["## IPC: messages between primary and worker", "",
           "bench/c/ipc_bench.c (rcluster_primary_send / rcluster_worker_send, events by *_wait_event) against "
           "bench/node/ipc_bench.js (child_process.fork + process.send, a 64-character string): the worker echoes "
-          "every message. Medians over rounds; 'one (pinned)': both processes on one CPU (`taskset -c 1`), "
-          "which takes the cross-CPU wake-up latency out of the round trip.", ""]
+          "every message (rcluster's worker takes what is waiting and echoes it with one "
+          "rcluster_worker_send_many). 'One call per message': the primary calls rcluster_primary_send once per "
+          "message, as Node's process.send is called; 'batch calls' (`ipc_bench --batched`): it takes every echo "
+          "waiting and sends as many with one rcluster_primary_send_many. Medians over rounds; 'one (pinned)': "
+          "both processes on one CPU (`taskset -c 1`), which takes the cross-CPU wake-up latency out of the round "
+          "trip.", ""]
     L += ipc_table(run)
     return "\n".join(L) + "\n"
 
@@ -460,19 +512,22 @@ def chart(run: Run, path: Path) -> str | None:
         cats = [("rt", "round trips\none at a time")] + [(w, f"pipelined\n{w} in flight") for w in ipc["windows"]]
         xs = range(len(cats))
         rv = [(s.get(("all", k)) or {}).get("rcluster") or 0 for k, _ in cats]
+        bv = [(s.get(("all", k)) or {}).get("rcluster-batched") or 0 for k, _ in cats]
         nv = [(s.get(("all", k)) or {}).get("node") or 0 for k, _ in cats]
-        width = 0.38
-        ax.bar([x - width / 2 for x in xs], [v / 1000 for v in rv], width, color=RC, label="rcluster (C ABI)")
-        ax.bar([x + width / 2 for x in xs], [v / 1000 for v in nv], width, color=OTHER, label="Node process.send")
-        for x, a, b in zip(xs, rv, nv):
+        width = 0.27
+        ax.bar([x - width for x in xs], [v / 1000 for v in rv], width, color=RC,
+               label="rcluster, one call per message")
+        ax.bar(list(xs), [v / 1000 for v in bv], width, color=RC, alpha=0.55, label="rcluster, batch calls")
+        ax.bar([x + width for x in xs], [v / 1000 for v in nv], width, color=OTHER, label="Node process.send")
+        for x, a, c, b in zip(xs, rv, bv, nv):
             if a and b:
-                ax.text(x, max(a, b) / 1000 * 1.03, f"{a / b:.2f}×", ha="center", fontsize=9, fontweight="bold")
-        ax.set_xticks(list(xs), [c for _, c in cats], fontsize=8.5)
+                ax.text(x, max(a, b, c) / 1000 * 1.03, f"{a / b:.1f}×", ha="center", fontsize=9, fontweight="bold")
+        ax.set_xticks(list(xs), [c for _, c in cats], fontsize=8)
         ax.set_ylabel("thousand messages/s")
-        ax.legend(fontsize=8, loc="upper left")
-        top = max(rv + nv) / 1000 if rv + nv else 1
+        ax.legend(fontsize=7.5, loc="upper left")
+        top = max(rv + bv + nv) / 1000 if rv + nv else 1
         ax.set_ylim(0, top * 1.2)
-    ax.set_title("IPC, 64-byte messages echoed by the worker\n(× = rcluster ÷ Node)", fontsize=10)
+    ax.set_title("IPC, 64-byte messages echoed by the worker\n(× = rcluster, one call per message ÷ Node)", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
 
     fig.text(0.5, 0.005, "Blue: rcluster. Grey: the alternatives. Bars: medians over rounds; whiskers: the slowest and "

@@ -62,7 +62,7 @@ PROFILES = {
         connections=32, full=False,
     ),
 }
-IPC_WINDOWS = [16, 256, 4096]
+IPC_WINDOWS = [16, 256, 1024, 4096]
 
 
 def log(msg: str) -> None:
@@ -518,11 +518,13 @@ def run_ipc(cfg: dict) -> dict:
     secs = str(cfg["ipc_seconds"])
     impls = {
         "rcluster": [str(TMP / "ipc_bench"), "--seconds", secs, "--windows", windows],
+        "rcluster-batched": [str(TMP / "ipc_bench"), "--batched", "--seconds", secs, "--windows", windows],
         "node": ["node", str(BENCH / "node" / "ipc_bench.js"), "--seconds", secs, "--windows", windows],
     }
     if not (TMP / "ipc_bench").exists():
         result["not_run"] = {"rcluster": "not run: bench/tmp/ipc_bench not built (make bench-build)"}
         impls.pop("rcluster")
+        impls.pop("rcluster-batched")
     for cpus in ("all", "1"):
         for r in range(cfg["ipc_rounds"]):
             order = list(impls) if r % 2 == 0 else list(reversed(impls))
@@ -547,7 +549,7 @@ def run_ipc(cfg: dict) -> dict:
                 res["others_busy"] = others
                 result["runs"].append(res)
                 pl = ", ".join(f"w{p['window']} {p['per_s'] / 1000:.0f}k/s" for p in res["pipelined"])
-                log(f"  {impl:8} cpus={cpus:3} round {r + 1}: round trip p50 {res['rt_p50_us']:.1f} us "
+                log(f"  {impl:16} cpus={cpus:3} round {r + 1}: round trip p50 {res['rt_p50_us']:.1f} us "
                     f"({res['rt_per_s'] / 1000:.1f}k/s); pipelined {pl}")
     result["load_after"] = loadavg()
     return result

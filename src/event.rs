@@ -145,6 +145,9 @@ impl<T> EventQueue<T> {
 
     /// Waits up to `timeout` for an item.
     pub fn pop_wait(&self, timeout: Option<Duration>) -> Result<Option<T>> {
+        if let Some(item) = self.pop() {
+            return Ok(Some(item)); // no clock read when something is waiting
+        }
         let deadline = Deadline::after(timeout);
         loop {
             if let Some(item) = self.pop() {

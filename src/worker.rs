@@ -237,12 +237,12 @@ impl Worker {
     /// `Ok(None)`: nothing within the time. After `PrimaryGone` has been
     /// returned, further calls return a `Closed` error.
     pub fn next_event(&self, timeout: Option<Duration>) -> Result<Option<WorkerEvent>> {
-        let deadline = Deadline::after(timeout);
         // Events already sorted out go first: draining a batch of messages
-        // costs one read of the channel, not one per message.
+        // costs one read of the channel (and no clock read), not one per message.
         if let Some(event) = self.inner.events.pop() {
             return Ok(Some(event));
         }
+        let deadline = Deadline::after(timeout);
         loop {
             let mut state = self.inner.lock();
             let refusals = self.inner.pump(&mut state);
