@@ -358,9 +358,8 @@ def markdown(run: Run, png_note: str) -> str:
           "socket (bench/python/prefork.py). The handler does not echo `Connection: close`, so wrk counts a "
           "read error after each response (the response is complete; wrk then reconnects); both rows alike.", ""]
     L += http_table(run, "python", [("prefork", "prefork")])
-    L += ["Keep-alive with Python is bound by the example's handler, not by the cluster: http.server writes the "
-          "headers and the body in two send() calls, and without TCP_NODELAY the body waits for the client's "
-          "delayed ACK (40 ms), so every keep-alive request takes about 40 ms in both rows.", ""]
+    L += ["Keep-alive runs are one round of 2 s each (noisier than the five rounds of the headline column); once a "
+          "connection is handed over, the cluster is out of its path.", ""]
     u = d.get("uneven", {})
     L += ["## Uneven workers", "",
           f"Every request takes {u.get('work_us')} µs more (the worker's loop waits), and {u.get('slow_work_us')} µs "
@@ -509,7 +508,7 @@ def chart(run: Run, path: Path) -> str | None:
     s = ipc_summary(run)
     ipc = run.data.get("ipc")
     if ipc:
-        cats = [("rt", "round trips\none at a time")] + [(w, f"pipelined\n{w} in flight") for w in ipc["windows"]]
+        cats = [("rt", "one at\na time")] + [(w, f"{w}\nin flight") for w in ipc["windows"]]
         xs = range(len(cats))
         rv = [(s.get(("all", k)) or {}).get("rcluster") or 0 for k, _ in cats]
         bv = [(s.get(("all", k)) or {}).get("rcluster-batched") or 0 for k, _ in cats]
