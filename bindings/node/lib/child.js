@@ -232,8 +232,24 @@ function setupChild(cluster, native) {
         if (!this.closed) this.server.close();
         return;
       }
-      for (let i = 0; i < fds.length; i++) this.deliver(fds[i]);
+      this.deliverAll(fds, 0);
       if (fds.length > 0) this.refill();
+    }
+
+    /**
+     * Delivers fds[from..]. If a 'connection' listener throws, the rest of
+     * the batch (already acknowledged: ours to serve) is delivered on the
+     * next turn and the error propagates as Node's own would.
+     */
+    deliverAll(fds, from) {
+      for (let i = from; i < fds.length; i++) {
+        try {
+          this.deliver(fds[i]);
+        } catch (e) {
+          if (i + 1 < fds.length) setImmediate(() => this.deliverAll(fds, i + 1));
+          throw e;
+        }
+      }
     }
 
     /** Poll mode: how many connections may be taken now. */

@@ -70,6 +70,19 @@ for (const mode of ['poll', 'thread']) {
   });
 }
 
+test('a throwing connection listener does not lose the rest of a batch', async (t) => {
+  const run = fixture('throw_once.js');
+  t.after(run.cleanup);
+  const { port } = await run.waitFor((l) => l.ev === 'ready', 15000, 'the worker to listen');
+  await run.waitFor((l) => l.ev === 'worker' && l.blocking, 5000, 'the worker to block');
+  // These queue up while the worker's JS is busy, and are taken together.
+  const answers = await Promise.all(Array.from({ length: 12 }, () => get(port, { timeoutMs: 8000 })));
+  assert.strictEqual(answers.length, 12);
+  for (const a of answers) assert.match(a.body, /^served \d+$/);
+  const caught = await run.waitFor((l) => l.ev === 'worker' && l.caught, 5000, 'the uncaught exception');
+  assert.strictEqual(caught.caught, 'first connection handler throws');
+});
+
 test('a primary killed -> its workers exit', async (t) => {
   const run = fixture('primary_death.js');
   t.after(run.cleanup);
