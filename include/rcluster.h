@@ -509,6 +509,8 @@ int rcluster_listener_accept(rcluster_listener *listener, int timeout_ms, int *f
 // (each the caller's to close, as from `rcluster_listener_accept`). The
 // batch costs one acknowledgement to the primary, not one per connection:
 // a busy worker that takes what is queued saves the primary wake-ups.
+// Under `shared` and `reuseport` (the worker accepts itself) it takes one
+// connection per call, so a slow worker cannot hoard the shared queue.
 // On error `*count` is 0 and no fd is returned.
 int rcluster_listener_accept_many(rcluster_listener *listener,
                                   int timeout_ms,

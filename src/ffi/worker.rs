@@ -170,6 +170,8 @@ pub extern "C" fn rcluster_listener_accept(
 /// (each the caller's to close, as from `rcluster_listener_accept`). The
 /// batch costs one acknowledgement to the primary, not one per connection:
 /// a busy worker that takes what is queued saves the primary wake-ups.
+/// Under `shared` and `reuseport` (the worker accepts itself) it takes one
+/// connection per call, so a slow worker cannot hoard the shared queue.
 /// On error `*count` is 0 and no fd is returned.
 #[no_mangle]
 pub extern "C" fn rcluster_listener_accept_many(
@@ -182,15 +184,18 @@ pub extern "C" fn rcluster_listener_accept_many(
     guard(|| {
         let count = non_null(count, "count")?;
         *count = 0;
-        let fds = non_null(fds, "fds")?;
+        if fds.is_null() {
+            return Err(Error::new(Code::InvalidArgument, "fds is NULL"));
+        }
         if capacity == 0 {
             return Err(Error::new(Code::InvalidArgument, "capacity must be at least 1"));
         }
         let listener = LISTENERS.get(listener)?;
         let taken = listener.accept_many(capacity, timeout_from_ms(timeout_ms))?;
-        // SAFETY: the caller promises `fds` points to `capacity` ints, and
-        // accept_many returned at most `capacity` connections.
-        let out = unsafe { std::slice::from_raw_parts_mut(fds as *mut c_int, capacity) };
+        // SAFETY: non-NULL, and the caller promises `fds` points to
+        // `capacity` writable ints (header); accept_many returned at most
+        // `capacity` connections.
+        let out = unsafe { std::slice::from_raw_parts_mut(fds, capacity) };
         for (slot, fd) in out.iter_mut().zip(taken) {
             *slot = fd.into_raw_fd();
             *count += 1;
@@ -279,11 +284,7 @@ pub extern "C" fn rcluster_worker_send_many(
 ) -> c_int {
     guard(|| {
         let worker = WORKERS.get(worker)?;
-        let messages = message_list(data, lens, count)?;
-        if messages.is_empty() {
-            return Ok(());
-        }
-        worker.send_many(&messages)
+        worker.send_many(&message_list(data, lens, count)?)
     })
 }
 

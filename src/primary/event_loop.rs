@@ -944,10 +944,15 @@ impl EventLoop {
                 self.on_ack(worker, conn, accepted);
             }
             Frame::Acks { conns } => {
-                for conn in conns {
-                    if !self.on_ack(worker, conn, true) {
-                        break; // the worker is being dropped for it: the rest do not matter
-                    }
+                // The known ones first: the worker holds them whatever else it
+                // got wrong, so they must not be handed to another worker.
+                let (known, unknown): (Vec<u64>, Vec<u64>) =
+                    conns.into_iter().partition(|conn| entry.unacked.contains_key(conn));
+                for conn in known {
+                    self.on_ack(worker, conn, true);
+                }
+                if let Some(conn) = unknown.first() {
+                    self.on_ack(worker, *conn, true); // reports the protocol error
                 }
             }
             Frame::Done { count } => entry.active = entry.active.saturating_sub(count),

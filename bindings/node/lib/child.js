@@ -174,10 +174,15 @@ function setupChild(cluster, native) {
     }
   }
   if (pollMode) {
-    const events = new native.NativePoll(channel.fd, () => {
+    let eventsClosed = false;
+    const events = new native.NativePoll(channel.fd, (status) => {
+      if (status < 0) setImmediate(() => eventsClosed || events.start()); // see ClusterServer.attach
       let event;
       while ((event = channel.nextEvent()) != null) {
-        if (event.kind === 'gone') events.close(); // the channel stays readable (hung up)
+        if (event.kind === 'gone') {
+          eventsClosed = true;
+          events.close(); // the channel stays readable (hung up)
+        }
         onEvent(event);
       }
     });
@@ -210,7 +215,11 @@ function setupChild(cluster, native) {
     attach(listener) {
       this.listener = listener;
       if (pollMode) {
-        this.poll = new native.NativePoll(listener.fd, () => this.onReadable());
+        this.poll = new native.NativePoll(listener.fd, (status) => {
+          // A poll error stops libuv's handle: look now, and poll again later.
+          if (status < 0) setImmediate(() => this.poll && this.poll.start());
+          this.onReadable();
+        });
       } else {
         listener.start((event) => this.onAccepted(event));
       }

@@ -61,7 +61,8 @@ function socketFromFd(fd, server) {
  * calls per connection, measured). Every fd here is a connected TCP socket,
  * so the handle is made directly, as Node's server does. The class comes
  * from process.binding('tcp_wrap') (deprecated in the docs only; a runtime
- * warning only under --pending-deprecation, where we do not use it); when
+ * warning only under --pending-deprecation or NODE_PENDING_DEPRECATION=1,
+ * where we do not use it); when
  * it is missing (Deno, a future Node), `{ fd }` it is.
  */
 let tcpClass;
@@ -69,8 +70,9 @@ let TCP_SOCKET = 0;
 function tcpHandleClass() {
   if (tcpClass !== undefined) return tcpClass;
   tcpClass = null;
-  const pending = process.execArgv.includes('--pending-deprecation') ||
-    /--pending-deprecation/.test(process.env.NODE_OPTIONS || '');
+  const flag = /--pending[-_]deprecation/;
+  const pending = process.execArgv.some((a) => flag.test(a)) || flag.test(process.env.NODE_OPTIONS || '') ||
+    process.env.NODE_PENDING_DEPRECATION === '1';
   if (name !== 'node' || pending || typeof process.binding !== 'function') return tcpClass;
   try {
     const binding = process.binding('tcp_wrap');

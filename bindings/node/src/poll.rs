@@ -85,6 +85,8 @@ struct PollState {
     /// The `uv_poll_t` (libuv's size, from `uv_handle_size`), malloc'ed.
     handle: *mut c_void,
     uv: &'static Uv,
+    /// Started and not stopped (by `stop`, or by libuv after an error).
+    active: bool,
 }
 
 /// Calls `callback()` on the JS thread whenever `fd` is readable, while
@@ -94,7 +96,6 @@ struct PollState {
 pub struct NativePoll {
     /// Null once closed.
     state: *mut PollState,
-    active: bool,
 }
 
 #[napi]
@@ -121,7 +122,8 @@ impl NativePoll {
             unsafe { libc::free(handle) };
             return Err(uv_error(uv, &format!("uv_poll_init on fd {fd}"), rc));
         }
-        let mut state = Box::new(PollState { env: raw_env, callback: null_mut(), context: null_mut(), handle, uv });
+        let mut state =
+            Box::new(PollState { env: raw_env, callback: null_mut(), context: null_mut(), handle, uv, active: false });
         // SAFETY: valid env and values from this call; out-pointers into `state`.
         let setup = unsafe {
             check(sys::napi_create_reference(raw_env, callback.raw(), 1, &mut state.callback), "napi_create_reference")
@@ -141,7 +143,7 @@ impl NativePoll {
             *(handle as *mut *mut PollState) = state;
             (uv.unref)(handle);
         }
-        let mut poll = NativePoll { state, active: false };
+        let mut poll = NativePoll { state };
         if let Err(e) = setup {
             poll.close();
             return Err(e);
@@ -155,31 +157,34 @@ impl NativePoll {
         if self.state.is_null() {
             return Err(Error::from_reason("the poll is closed"));
         }
-        if self.active {
+        // SAFETY: state is live until close (only this thread touches it).
+        let state = unsafe { &mut *self.state };
+        if state.active {
             return Ok(());
         }
-        // SAFETY: state is live until close; the handle is initialized.
-        let state = unsafe { &*self.state };
         // SAFETY: an initialized, open uv_poll_t on the loop of this thread.
         let rc = unsafe { (state.uv.poll_start)(state.handle, UV_READABLE, on_readable) };
         if rc != 0 {
             return Err(uv_error(state.uv, "uv_poll_start", rc));
         }
-        self.active = true;
+        state.active = true;
         Ok(())
     }
 
     /// Stops calling back until `start` (idempotent).
     #[napi]
     pub fn stop(&mut self) {
-        if self.state.is_null() || !self.active {
+        if self.state.is_null() {
             return;
         }
-        // SAFETY: state is live until close; the handle is initialized.
-        let state = unsafe { &*self.state };
+        // SAFETY: state is live until close (only this thread touches it).
+        let state = unsafe { &mut *self.state };
+        if !state.active {
+            return;
+        }
         // SAFETY: an initialized, open uv_poll_t.
         unsafe { (state.uv.poll_stop)(state.handle) };
-        self.active = false;
+        state.active = false;
     }
 
     /// Releases the handle (idempotent). Safe from inside the callback: the
@@ -194,7 +199,6 @@ impl NativePoll {
         // SAFETY: closing an initialized handle once (state is nulled below).
         unsafe { (state.uv.close)(state.handle, on_closed) };
         self.state = null_mut();
-        self.active = false;
     }
 }
 
@@ -209,9 +213,18 @@ fn check(status: sys::napi_status, what: &str) -> Result<()> {
 /// libuv's callback: runs on the JS thread, outside any JS frame.
 unsafe extern "C" fn on_readable(handle: *mut c_void, status: c_int, _events: c_int) {
     // SAFETY: `data` was set to the live state in `new`; the state outlives
-    // the handle's callbacks (freed in on_closed).
-    let state = unsafe { &*(*(handle as *mut *mut PollState)) };
-    let env = state.env;
+    // the handle's callbacks (freed in on_closed); only this thread touches
+    // it. No reference is held across the call into JS (which may call
+    // start, stop or close): the fields are copied out first.
+    let state_ptr = unsafe { *(handle as *mut *mut PollState) };
+    let (env, callback, context) = unsafe {
+        if status < 0 {
+            // libuv stopped the handle: `start` must start it again. JS gets
+            // the status and looks again (a failing look reports the error).
+            (*state_ptr).active = false;
+        }
+        ((*state_ptr).env, (*state_ptr).callback, (*state_ptr).context)
+    };
     // SAFETY: we are on the env's thread with no JS on the stack: open a
     // handle scope, and call through napi_make_callback, which runs the
     // nextTick and microtask queues afterwards as a libuv callback must.
@@ -223,12 +236,12 @@ unsafe extern "C" fn on_readable(handle: *mut c_void, status: c_int, _events: c_
             return;
         }
         let (mut func, mut recv, mut arg, mut result) = (null_mut(), null_mut(), null_mut(), null_mut());
-        if sys::napi_get_reference_value(env, state.callback, &mut func) == sys::Status::napi_ok
+        if sys::napi_get_reference_value(env, callback, &mut func) == sys::Status::napi_ok
             && !func.is_null()
             && sys::napi_get_global(env, &mut recv) == sys::Status::napi_ok
             && sys::napi_create_int32(env, status, &mut arg) == sys::Status::napi_ok
         {
-            let called = sys::napi_make_callback(env, state.context, recv, func, 1, &arg, &mut result);
+            let called = sys::napi_make_callback(env, context, recv, func, 1, &arg, &mut result);
             if called == sys::Status::napi_pending_exception {
                 // A throwing callback is an uncaught exception, as in any libuv callback.
                 let mut error = null_mut();
