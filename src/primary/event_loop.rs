@@ -952,7 +952,8 @@ impl EventLoop {
                     self.on_ack(worker, conn, true);
                 }
                 if let Some(conn) = unknown.first() {
-                    self.on_ack(worker, *conn, true); // reports the protocol error
+                    let message = format!("worker acknowledged unknown connection {conn}");
+                    self.worker_error(worker, Error::new(Code::Protocol, message));
                 }
             }
             Frame::Done { count } => entry.active = entry.active.saturating_sub(count),

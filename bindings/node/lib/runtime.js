@@ -30,28 +30,19 @@ function socketFromFd(fd, server) {
     const { BunFdSocket } = require('./bun_socket');
     return new BunFdSocket(fd, { allowHalfOpen: Boolean(server && server.allowHalfOpen) });
   }
-  const TCP = tcpHandleClass();
-  if (TCP !== null) {
-    const handle = new TCP(TCP_SOCKET);
-    const err = handle.open(fd);
-    if (err === 0) {
-      return new net.Socket({
-        handle,
-        readable: true,
-        writable: true,
-        allowHalfOpen: Boolean(server && server.allowHalfOpen),
-        pauseOnCreate: Boolean(server && server.pauseOnConnect),
-      });
-    }
-    handle.close();
-  }
-  return new net.Socket({
-    fd,
+  const options = {
     readable: true,
     writable: true,
     allowHalfOpen: Boolean(server && server.allowHalfOpen),
     pauseOnCreate: Boolean(server && server.pauseOnConnect),
-  });
+  };
+  const TCP = tcpHandleClass();
+  if (TCP !== null) {
+    const handle = new TCP(TCP_SOCKET);
+    if (handle.open(fd) === 0) return new net.Socket({ handle, ...options });
+    handle.close();
+  }
+  return new net.Socket({ fd, ...options });
 }
 
 /**

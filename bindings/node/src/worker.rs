@@ -24,13 +24,31 @@ pub struct WorkerEventJs {
     pub reason: Option<String>,
 }
 
+impl From<WorkerEvent> for WorkerEventJs {
+    fn from(event: WorkerEvent) -> WorkerEventJs {
+        match event {
+            WorkerEvent::Message(data) => WorkerEventJs {
+                kind: "message".to_owned(),
+                data: Some(String::from_utf8_lossy(&data).into_owned()),
+                reason: None,
+            },
+            WorkerEvent::Disconnect => WorkerEventJs { kind: "disconnect".to_owned(), data: None, reason: None },
+            WorkerEvent::PrimaryGone => WorkerEventJs::gone("the primary is gone".to_owned()),
+        }
+    }
+}
+
+impl WorkerEventJs {
+    fn gone(reason: String) -> WorkerEventJs {
+        WorkerEventJs { kind: "gone".to_owned(), data: None, reason: Some(reason) }
+    }
+}
+
 /// This process's side of the cluster.
 #[napi]
 pub struct NativeWorker {
     inner: Worker,
     started: bool,
-    /// `nextEvent` returned `gone` (it is returned once).
-    gone_reported: AtomicBool,
 }
 
 #[napi]
@@ -38,11 +56,7 @@ impl NativeWorker {
     /// Opens the channel the primary left us (once per process).
     #[napi(factory)]
     pub fn open() -> Result<NativeWorker> {
-        Ok(NativeWorker {
-            inner: Worker::open().map_err(to_js_error)?,
-            started: false,
-            gone_reported: AtomicBool::new(false),
-        })
+        Ok(NativeWorker { inner: Worker::open().map_err(to_js_error)?, started: false })
     }
 
     #[napi(getter)]
@@ -66,20 +80,13 @@ impl NativeWorker {
         std::thread::Builder::new()
             .name("rcluster-node-worker-events".into())
             .spawn(move || loop {
-                let (kind, data, reason) = match worker.next_event(None) {
+                let event = match worker.next_event(None) {
                     Ok(None) => continue,
-                    Ok(Some(WorkerEvent::Message(data))) => {
-                        ("message", Some(String::from_utf8_lossy(&data).into_owned()), None)
-                    }
-                    Ok(Some(WorkerEvent::Disconnect)) => ("disconnect", None, None),
-                    Ok(Some(WorkerEvent::PrimaryGone)) => ("gone", None, Some("the primary is gone".to_owned())),
-                    Err(e) => ("gone", None, Some(e.message().to_owned())),
+                    Ok(Some(event)) => WorkerEventJs::from(event),
+                    Err(e) => WorkerEventJs::gone(e.message().to_owned()),
                 };
-                let last = kind == "gone";
-                tsfn.call(
-                    WorkerEventJs { kind: kind.to_owned(), data, reason },
-                    ThreadsafeFunctionCallMode::NonBlocking,
-                );
+                let last = event.kind == "gone";
+                tsfn.call(event, ThreadsafeFunctionCallMode::NonBlocking);
                 if last {
                     return;
                 }
@@ -99,21 +106,8 @@ impl NativeWorker {
     /// polled alternative to `start`). After `gone`, null.
     #[napi]
     pub fn next_event(&self) -> Option<WorkerEventJs> {
-        let (kind, data, reason) = match self.inner.next_event(Some(Duration::ZERO)) {
-            Ok(None) => return None,
-            Ok(Some(WorkerEvent::Message(data))) => {
-                ("message", Some(String::from_utf8_lossy(&data).into_owned()), None)
-            }
-            Ok(Some(WorkerEvent::Disconnect)) => ("disconnect", None, None),
-            Ok(Some(WorkerEvent::PrimaryGone)) => ("gone", None, Some("the primary is gone".to_owned())),
-            Err(e) if e.code() == Code::WouldBlock => return None,
-            Err(_) if self.gone_reported.swap(true, Ordering::SeqCst) => return None,
-            Err(e) => ("gone", None, Some(e.message().to_owned())),
-        };
-        if kind == "gone" {
-            self.gone_reported.store(true, Ordering::SeqCst);
-        }
-        Some(WorkerEventJs { kind: kind.to_owned(), data, reason })
+        // After `gone` the core only returns errors: it was reported already.
+        self.inner.next_event(Some(Duration::ZERO)).ok().flatten().map(WorkerEventJs::from)
     }
 
     /// Sends a message (UTF-8 text) to the primary.
