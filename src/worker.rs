@@ -293,6 +293,13 @@ impl Worker {
         self.send_frame(&Frame::Done { count })
     }
 
+    /// Whether the primary wants [`Worker::done`] reports (its policy is
+    /// load-aware). Known once a listen has been answered; a binding that
+    /// reports from a hot path may skip the call when this is false.
+    pub fn reports_done(&self) -> bool {
+        self.inner.report_done.load(Ordering::Relaxed)
+    }
+
     /// Sends application bytes to the primary (blocks while the channel is full).
     pub fn send(&self, data: &[u8]) -> Result<()> {
         self.check_open()?;
@@ -594,7 +601,12 @@ impl Listener {
         let deadline = Deadline::after(timeout);
         loop {
             let mut state = inner.lock();
-            let refusals = inner.pump(&mut state);
+            // Connections already queued go first, as events do in
+            // next_event: a poll loop that just read the channel (to take
+            // its events) does not read it again to find nothing.
+            let queued = matches!(self.mode, Mode::Dispatched { .. })
+                && state.listeners.get(&self.id).is_some_and(|q| !q.conns.is_empty());
+            let refusals = if queued && inner.pumped_recently() { Vec::new() } else { inner.pump(&mut state) };
             let keep_awake = state.gone.is_some() || state.draining;
             let mut taken = Vec::new();
             if let (Mode::Dispatched { .. }, Some(queue)) = (&self.mode, state.listeners.get_mut(&self.id)) {

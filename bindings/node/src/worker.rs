@@ -140,6 +140,13 @@ impl NativeWorker {
         self.inner.done(count).map_err(to_js_error)
     }
 
+    /// Whether the primary wants `done` reports (a load-aware policy); known
+    /// once a listen has been answered.
+    #[napi(getter)]
+    pub fn reports_done(&self) -> bool {
+        self.inner.reports_done()
+    }
+
     /// Leaves the cluster: refuses queued connections, says goodbye, closes the channel.
     #[napi]
     pub fn close(&self) {

@@ -87,3 +87,26 @@ test('scale(n) and stats()', async (t) => {
   await waitUntil(() => count(run, 'exit') === 2, 15000, 'two workers to leave');
   assert.ok(run.lines.filter((l) => l.ev === 'exit').every((e) => e.exitedAfterDisconnect && e.code === 0));
 });
+
+test('least: workers report closed connections, so the primary counts them finished', async (t) => {
+  // The worker skips the report when the policy does not want it; under
+  // `least` a missing report would leave every finished connection counted
+  // active for good (and the policy blind).
+  const run = fixture('supervision.js', ['{}', '2'], { env: { RCLUSTER_SCHED_POLICY: 'least' } });
+  t.after(run.cleanup);
+  await waitUntil(() => count(run, 'listening') === 2, 15000, 'two workers to listen');
+  const { port } = run.find((l) => l.ev === 'listening');
+  for (let i = 0; i < 6; i++) await get(port);
+  let stats = [];
+  const deadline = Date.now() + 10000;
+  for (;;) {
+    const seen = count(run, 'stats');
+    run.tell('stats');
+    await waitUntil(() => count(run, 'stats') > seen, 5000, 'stats');
+    stats = run.lines.filter((l) => l.ev === 'stats').pop().stats;
+    if (stats.reduce((n, s) => n + s.active, 0) === 0) break;
+    assert.ok(Date.now() < deadline, `finished connections still counted active: ${JSON.stringify(stats)}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  assert.strictEqual(stats.reduce((n, s) => n + s.dispatched, 0), 6, 'every connection counted');
+});
