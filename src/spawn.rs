@@ -20,6 +20,7 @@
 
 use std::ffi::OsString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
 
@@ -61,9 +62,19 @@ pub struct Spawned {
 }
 
 /// This process's executable and arguments: the default worker argv.
+///
+/// Resolved once, when the primary is made (see `EventLoop::new`): once the
+/// program's file is replaced (a deploy renames a new one over it), Linux
+/// names the running executable "<path> (deleted)", which cannot be exec'd,
+/// while the path itself now names the new program, which is what a reload
+/// or a restart should run. Resolved later anyway, that suffix is dropped.
 pub fn current_argv() -> Result<Vec<OsString>> {
     let exe = std::env::current_exe().map_err(|e| Error::os("current_exe", e))?;
-    let mut argv = vec![exe.into_os_string()];
+    let exe = match exe.as_os_str().as_bytes().strip_suffix(b" (deleted)") {
+        Some(path) if !exe.exists() => OsString::from_vec(path.to_vec()),
+        _ => exe.into_os_string(),
+    };
+    let mut argv = vec![exe];
     argv.extend(std::env::args_os().skip(1));
     Ok(argv)
 }

@@ -138,6 +138,10 @@ impl Server {
     fn start(binary: &Path, args: &[&str]) -> Server {
         let mut child = Command::new(binary)
             .args(args)
+            // cargo test puts target/<profile> on LD_LIBRARY_PATH, which
+            // outranks the C example's RUNPATH: it would load whatever
+            // librcluster.so a `cargo build` last left there, not build()'s.
+            .env_remove("LD_LIBRARY_PATH")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -184,7 +188,29 @@ impl Server {
     /// response and that the server closes. Returns (worker id, pid).
     fn get_once(&mut self) -> (u32, i32) {
         let mut client = Client::connect(self.port);
-        let response = client.request(true);
+        client.send(true);
+        if let Err(e) = client.reader.get_ref().peek(&mut [0u8]) {
+            // No response in IO_TIMEOUT: say where the connection is stuck.
+            let local = client.reader.get_ref().local_addr().map(|a| a.port()).unwrap_or(0);
+            let sockets =
+                Command::new("ss").args(["-tanpi"]).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+            let ours: Vec<String> = sockets
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains(&format!(":{local} ")) || l.contains(&format!(":{} ", self.port)))
+                .map(str::to_owned)
+                .collect();
+            let tree = Command::new("ps")
+                .args(["-o", "pid,ppid,stat,wchan:20,cmd", "--ppid", &self.pid().to_string()])
+                .output();
+            panic!(
+                "no response on a new connection (client port {local}): {e}\nsockets:\n{}\nworkers:\n{}\nstderr:\n{}",
+                ours.join("\n"),
+                tree.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default(),
+                self.stderr()
+            );
+        }
+        let response = client.read_response();
         assert_eq!(header(&response, "connection").as_deref(), Some("close"), "{response:?}");
         client.assert_closed();
         let (id, pid) = parse_body(&response.body);
@@ -463,7 +489,9 @@ fn requests_until(
     while !done(&answers) {
         assert!(
             Instant::now() < deadline,
-            "gave up after {timeout:?}; answers: {answers:?}; stderr:\n{}",
+            "gave up after {timeout:?}; {} answers, the last ones: {:?}; stderr:\n{}",
+            answers.len(),
+            &answers[answers.len().saturating_sub(20)..],
             server.stderr()
         );
         answers.push(server.get_once());
@@ -528,11 +556,68 @@ fn reloads_on_sighup(binary: &Path) {
     server.stop_gracefully();
 }
 
+/// A deploy: the program's file is replaced while it runs (a new file
+/// renamed over it), then SIGHUP. The reload starts workers from the file
+/// now at that path, and a worker killed afterwards is replaced too. (The
+/// kernel names the running program "<path> (deleted)" once its file is
+/// gone, which cannot be exec'd: workers must come from the path as it was
+/// when the primary started.)
+fn reloads_after_its_program_is_replaced(binary: &Path) {
+    let name = binary.file_name().expect("a file name");
+    let dir = std::env::temp_dir().join(format!("rcluster-deploy-{}-{}", std::process::id(), name.to_string_lossy()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    struct RemoveOnDrop(PathBuf);
+    impl Drop for RemoveOnDrop {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = RemoveOnDrop(dir.clone());
+    // The layout of the build: the program in a directory, the C one's
+    // library in its parent (its rpath is $ORIGIN/..).
+    std::fs::create_dir_all(dir.join("bin")).expect("mkdir");
+    let installed = dir.join("bin").join(name);
+    std::fs::copy(binary, &installed).expect("install the program");
+    let library = binary.parent().and_then(Path::parent).map(|d| d.join("librcluster.so"));
+    if let Some(library) = library.filter(|l| l.exists()) {
+        std::fs::copy(library, dir.join("librcluster.so")).expect("install the library");
+    }
+    let mut server = Server::start(&installed, &["--workers", "2", "--port", "0"]);
+    let old: HashSet<u32> = requests_until(&mut server, Duration::from_secs(10), |a| {
+        a.iter().map(|x| x.0).collect::<HashSet<_>>().len() == 2
+    })
+    .into_iter()
+    .map(|(id, _)| id)
+    .collect();
+
+    // The deploy: a new file, renamed over the running program's.
+    let staged = dir.join("bin").join("staged");
+    std::fs::copy(binary, &staged).expect("stage the new program");
+    std::fs::rename(&staged, &installed).expect("replace the program");
+    server.signal(libc::SIGHUP);
+    let answers = requests_until(&mut server, Duration::from_secs(20), |answers| {
+        let ids: HashSet<u32> = answers.iter().rev().take(10).map(|a| a.0).collect();
+        answers.len() >= 10 && ids.len() == 2 && ids.is_disjoint(&old)
+    });
+    let new: HashMap<u32, i32> = answers.iter().rev().take(10).copied().collect();
+
+    // A crash after the deploy is restarted from the new file too.
+    let (&victim_id, &victim) = new.iter().next().unwrap();
+    // SAFETY: kill(2) on a worker of our server, which has not reaped it (it answered just now).
+    assert_eq!(unsafe { libc::kill(victim, libc::SIGKILL) }, 0);
+    requests_until(&mut server, Duration::from_secs(15), |answers| {
+        let ids: HashSet<u32> = answers.iter().rev().take(10).map(|a| a.0).collect();
+        ids.len() == 2 && !ids.contains(&victim_id)
+    });
+    server.stop_gracefully();
+}
+
 /// Runs `binary ARGS`, expecting it to exit within 10 s (it is killed
 /// otherwise). Returns its status, stdout and stderr.
 fn run_to_exit(binary: &Path, args: &[&str]) -> (ExitStatus, String, String) {
     let mut child = Command::new(binary)
         .args(args)
+        .env_remove("LD_LIBRARY_PATH") // as in Server::start
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -664,4 +749,14 @@ fn rust_example_replaces_a_killed_worker() {
 #[test]
 fn rust_example_reloads_on_sighup() {
     reloads_on_sighup(&binaries().rust);
+}
+
+#[test]
+fn c_example_reloads_after_its_program_is_replaced() {
+    reloads_after_its_program_is_replaced(&binaries().c);
+}
+
+#[test]
+fn rust_example_reloads_after_its_program_is_replaced() {
+    reloads_after_its_program_is_replaced(&binaries().rust);
 }

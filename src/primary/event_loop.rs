@@ -186,7 +186,15 @@ pub(crate) struct EventLoop {
 }
 
 impl EventLoop {
-    pub(crate) fn new(config: Config, shared: Arc<Shared>) -> Result<EventLoop> {
+    pub(crate) fn new(mut config: Config, shared: Arc<Shared>) -> Result<EventLoop> {
+        if config.spawn.argv.is_empty() {
+            // This program, as it is now: after a deploy replaces its file,
+            // restarts and reloads run the new one from the same path (see
+            // spawn::current_argv). If it cannot be known now, spawn tries again.
+            if let Ok(argv) = spawn::current_argv() {
+                config.spawn.argv = argv;
+            }
+        }
         let poll = Poll::new().map_err(|e| Error::os("epoll", e))?;
         poll.registry()
             .register(&mut SourceFd(&shared.wake.raw()), TOKEN_WAKE, Interest::READABLE)
