@@ -155,7 +155,9 @@ typedef struct rcluster_worker rcluster_worker;
 // change what you need. Strings are copied by `rcluster_primary_new`.
 typedef struct {
   // Worker program and arguments, a NULL-terminated array of strings;
-  // NULL (the default): this program with its own arguments.
+  // NULL (the default): this program with its own arguments, by the path
+  // it had when the primary was made (a new file installed there is what
+  // reloads and restarts run).
   const char *const *argv;
   // "KEY=VALUE" strings added to every worker's environment, NULL-terminated;
   // NULL: none. Workers inherit this process's environment besides.

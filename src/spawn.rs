@@ -38,7 +38,8 @@ pub const CHILD_CHANNEL_FD: RawFd = 3;
 /// How to start a worker by exec.
 #[derive(Clone, Debug, Default)]
 pub struct SpawnSpec {
-    /// Program and arguments; empty means this process's executable and arguments.
+    /// Program and arguments; empty means this process's executable (by the
+    /// path it had when the primary was made) and arguments.
     pub argv: Vec<OsString>,
     /// Variables added to (or replacing in) the inherited environment.
     pub env: Vec<(OsString, OsString)>,
