@@ -156,8 +156,9 @@ typedef struct rcluster_worker rcluster_worker;
 typedef struct {
   // Worker program and arguments, a NULL-terminated array of strings;
   // NULL (the default): this program with its own arguments, by the path
-  // it had when the primary was made (a new file installed there is what
-  // reloads and restarts run).
+  // it was started by (argv[0] when that is a path to it, symlinks kept),
+  // so a new file renamed there, or a switched `current` symlink, is what
+  // reloads and restarts run.
   const char *const *argv;
   // "KEY=VALUE" strings added to every worker's environment, NULL-terminated;
   // NULL: none. Workers inherit this process's environment besides.

@@ -22,6 +22,7 @@ use std::ffi::OsString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 
 use crate::channel;
@@ -39,7 +40,7 @@ pub const CHILD_CHANNEL_FD: RawFd = 3;
 #[derive(Clone, Debug, Default)]
 pub struct SpawnSpec {
     /// Program and arguments; empty means this process's executable (by the
-    /// path it had when the primary was made) and arguments.
+    /// path it was started by; see `current_argv`) and arguments.
     pub argv: Vec<OsString>,
     /// Variables added to (or replacing in) the inherited environment.
     pub env: Vec<(OsString, OsString)>,
@@ -64,20 +65,41 @@ pub struct Spawned {
 
 /// This process's executable and arguments: the default worker argv.
 ///
-/// Resolved once, when the primary is made (see `EventLoop::new`): once the
-/// program's file is replaced (a deploy renames a new one over it), Linux
-/// names the running executable "<path> (deleted)", which cannot be exec'd,
-/// while the path itself now names the new program, which is what a reload
-/// or a restart should run. Resolved later anyway, that suffix is dropped.
+/// Resolved once, when the primary is made (see `EventLoop::new`), as the
+/// path the program was started by, so that a deploy is followed by reloads
+/// and restarts:
+/// - one that renames a new file over the program: Linux then names the
+///   running executable "<path> (deleted)", which cannot be exec'd, while the
+///   path names the new program (resolved later anyway, the suffix is dropped);
+/// - one that switches a symlink (`current -> releases/N`): the kernel's name
+///   for the executable has the symlinks resolved, so argv[0] is used when it
+///   is a path (has a '/') to this same file, made absolute with its symlinks
+///   kept, as Node re-runs its `argv[1]` script path.
 pub fn current_argv() -> Result<Vec<OsString>> {
-    let exe = std::env::current_exe().map_err(|e| Error::os("current_exe", e))?;
-    let exe = match exe.as_os_str().as_bytes().strip_suffix(b" (deleted)") {
-        Some(path) if !exe.exists() => OsString::from_vec(path.to_vec()),
-        _ => exe.into_os_string(),
+    let running = std::env::current_exe().map_err(|e| Error::os("current_exe", e))?;
+    let running = match running.as_os_str().as_bytes().strip_suffix(b" (deleted)") {
+        Some(path) if !running.exists() => PathBuf::from(OsString::from_vec(path.to_vec())),
+        _ => running,
     };
-    let mut argv = vec![exe];
-    argv.extend(std::env::args_os().skip(1));
+    let mut args = std::env::args_os();
+    let exe = match args.next().map(PathBuf::from) {
+        Some(arg0) if arg0.as_os_str().as_bytes().contains(&b'/') && same_file(&arg0, &running) => {
+            std::path::absolute(&arg0).unwrap_or(running)
+        }
+        _ => running,
+    };
+    let mut argv = vec![exe.into_os_string()];
+    argv.extend(args);
     Ok(argv)
+}
+
+/// Whether two paths name the same file (symlinks followed).
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
 }
 
 /// Spawns worker `id` by fork + exec of `spec`.

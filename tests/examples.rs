@@ -55,6 +55,20 @@ fn own_target() -> (PathBuf, String) {
     (target, profile)
 }
 
+/// cargo test puts its target directory's library folders on
+/// LD_LIBRARY_PATH, which outranks the C example's RUNPATH: the example would
+/// load whatever librcluster.so a `cargo build` last left there, not the one
+/// build() just made. Those entries are dropped; the others are kept.
+fn without_target_library_path(command: &mut Command) {
+    let Some(paths) = std::env::var_os("LD_LIBRARY_PATH") else { return };
+    let (target, _) = own_target();
+    let kept: Vec<PathBuf> = std::env::split_paths(&paths).filter(|p| !p.starts_with(&target)).collect();
+    match std::env::join_paths(kept) {
+        Ok(joined) if !joined.is_empty() => command.env("LD_LIBRARY_PATH", joined),
+        _ => command.env_remove("LD_LIBRARY_PATH"),
+    };
+}
+
 /// Runs `command` to completion within `timeout`, killing it past that.
 fn run_bounded(mut command: Command, timeout: Duration, what: &str) {
     let mut child = command.spawn().unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
@@ -136,12 +150,10 @@ struct Server {
 impl Server {
     /// Starts `binary ARGS` and waits for its ready line.
     fn start(binary: &Path, args: &[&str]) -> Server {
-        let mut child = Command::new(binary)
+        let mut command = Command::new(binary);
+        without_target_library_path(&mut command);
+        let mut child = command
             .args(args)
-            // cargo test puts target/<profile> on LD_LIBRARY_PATH, which
-            // outranks the C example's RUNPATH: it would load whatever
-            // librcluster.so a `cargo build` last left there, not build()'s.
-            .env_remove("LD_LIBRARY_PATH")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -190,7 +202,7 @@ impl Server {
         let mut client = Client::connect(self.port);
         client.send(true);
         if let Err(e) = client.reader.get_ref().peek(&mut [0u8]) {
-            // No response in IO_TIMEOUT: say where the connection is stuck.
+            // No response (a timeout, or a reset): say where the connection is.
             let local = client.reader.get_ref().local_addr().map(|a| a.port()).unwrap_or(0);
             let sockets =
                 Command::new("ss").args(["-tanpi"]).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
@@ -556,33 +568,67 @@ fn reloads_on_sighup(binary: &Path) {
     server.stop_gracefully();
 }
 
-/// A deploy: the program's file is replaced while it runs (a new file
-/// renamed over it), then SIGHUP. The reload starts workers from the file
-/// now at that path, and a worker killed afterwards is replaced too. (The
-/// kernel names the running program "<path> (deleted)" once its file is
-/// gone, which cannot be exec'd: workers must come from the path as it was
-/// when the primary started.)
-fn reloads_after_its_program_is_replaced(binary: &Path) {
+/// How a deploy puts a new program in place.
+#[derive(Clone, Copy, PartialEq)]
+enum Deploy {
+    /// A new file renamed over the running program's (the kernel then names
+    /// the running one "<path> (deleted)", which cannot be exec'd).
+    RenameOver,
+    /// Releases in their own directories, `current` a symlink switched to
+    /// the new one (the kernel names the running program by its resolved
+    /// path, the old release).
+    SwitchSymlink,
+}
+
+/// A deploy while the server runs, then SIGHUP: the reload starts workers
+/// running the new program, and a worker killed afterwards is replaced by
+/// one running it too.
+fn reloads_the_deployed_program(binary: &Path, deploy: Deploy) {
     let name = binary.file_name().expect("a file name");
-    let dir = std::env::temp_dir().join(format!("rcluster-deploy-{}-{}", std::process::id(), name.to_string_lossy()));
-    std::fs::create_dir_all(&dir).expect("mkdir");
+    let tag = if deploy == Deploy::RenameOver { "rename" } else { "symlink" };
+    let dir =
+        std::env::temp_dir().join(format!("rcluster-deploy-{}-{tag}-{}", std::process::id(), name.to_string_lossy()));
     struct RemoveOnDrop(PathBuf);
     impl Drop for RemoveOnDrop {
         fn drop(&mut self) {
             let _ = std::fs::remove_dir_all(&self.0);
         }
     }
+    let _ = std::fs::remove_dir_all(&dir);
     let _cleanup = RemoveOnDrop(dir.clone());
-    // The layout of the build: the program in a directory, the C one's
-    // library in its parent (its rpath is $ORIGIN/..).
-    std::fs::create_dir_all(dir.join("bin")).expect("mkdir");
-    let installed = dir.join("bin").join(name);
-    std::fs::copy(binary, &installed).expect("install the program");
+    // A release has the build's layout: the program in bin/, the C one's
+    // library beside bin/ (its RUNPATH is $ORIGIN/..).
     let library = binary.parent().and_then(Path::parent).map(|d| d.join("librcluster.so"));
-    if let Some(library) = library.filter(|l| l.exists()) {
-        std::fs::copy(library, dir.join("librcluster.so")).expect("install the library");
-    }
-    let mut server = Server::start(&installed, &["--workers", "2", "--port", "0"]);
+    let needs_library = name.to_string_lossy().ends_with("_c");
+    let install = |release: &Path| {
+        std::fs::create_dir_all(release.join("bin")).expect("mkdir");
+        // Written aside, then renamed into place, as deploy tools do.
+        let staged = release.join("bin").join("staged");
+        std::fs::copy(binary, &staged).expect("copy the program");
+        std::fs::rename(&staged, release.join("bin").join(name)).expect("put the program in place");
+        if needs_library {
+            // Renamed too: a library rewritten in place under a running
+            // process that has it mapped would crash it.
+            let library = library.clone().filter(|l| l.exists()).expect("the C example's librcluster.so");
+            let staged = release.join("librcluster.so.staged");
+            std::fs::copy(library, &staged).expect("copy the library");
+            std::fs::rename(&staged, release.join("librcluster.so")).expect("put the library in place");
+        }
+    };
+    let (program, new_program) = match deploy {
+        Deploy::RenameOver => {
+            install(&dir);
+            let program = dir.join("bin").join(name);
+            (program.clone(), program)
+        }
+        Deploy::SwitchSymlink => {
+            install(&dir.join("releases/1"));
+            std::os::unix::fs::symlink("releases/1", dir.join("current")).expect("symlink");
+            (dir.join("current/bin").join(name), dir.join("releases/2/bin").join(name))
+        }
+    };
+
+    let mut server = Server::start(&program, &["--workers", "2", "--port", "0"]);
     let old: HashSet<u32> = requests_until(&mut server, Duration::from_secs(10), |a| {
         a.iter().map(|x| x.0).collect::<HashSet<_>>().len() == 2
     })
@@ -590,39 +636,45 @@ fn reloads_after_its_program_is_replaced(binary: &Path) {
     .map(|(id, _)| id)
     .collect();
 
-    // The deploy: a new file, renamed over the running program's.
-    let staged = dir.join("bin").join("staged");
-    std::fs::copy(binary, &staged).expect("stage the new program");
-    std::fs::rename(&staged, &installed).expect("replace the program");
+    match deploy {
+        Deploy::RenameOver => install(&dir),
+        Deploy::SwitchSymlink => {
+            install(&dir.join("releases/2"));
+            std::os::unix::fs::symlink("releases/2", dir.join("current.new")).expect("symlink");
+            std::fs::rename(dir.join("current.new"), dir.join("current")).expect("switch the symlink");
+        }
+    }
     server.signal(libc::SIGHUP);
     let answers = requests_until(&mut server, Duration::from_secs(20), |answers| {
         let ids: HashSet<u32> = answers.iter().rev().take(10).map(|a| a.0).collect();
         answers.len() >= 10 && ids.len() == 2 && ids.is_disjoint(&old)
     });
+    let expected = std::fs::canonicalize(&new_program).expect("the new program");
+    let runs_new_program = |pid: i32| {
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).expect("a worker's /proc/PID/exe");
+        assert_eq!(exe, expected, "worker {pid} runs {} instead of the deployed program", exe.display());
+    };
     let new: HashMap<u32, i32> = answers.iter().rev().take(10).copied().collect();
+    new.values().for_each(|&pid| runs_new_program(pid));
 
-    // A crash after the deploy is restarted from the new file too.
     let (&victim_id, &victim) = new.iter().next().unwrap();
     // SAFETY: kill(2) on a worker of our server, which has not reaped it (it answered just now).
     assert_eq!(unsafe { libc::kill(victim, libc::SIGKILL) }, 0);
-    requests_until(&mut server, Duration::from_secs(15), |answers| {
+    let answers = requests_until(&mut server, Duration::from_secs(15), |answers| {
         let ids: HashSet<u32> = answers.iter().rev().take(10).map(|a| a.0).collect();
         ids.len() == 2 && !ids.contains(&victim_id)
     });
+    answers.iter().rev().take(10).filter(|a| !new.contains_key(&a.0)).for_each(|a| runs_new_program(a.1));
     server.stop_gracefully();
 }
 
 /// Runs `binary ARGS`, expecting it to exit within 10 s (it is killed
 /// otherwise). Returns its status, stdout and stderr.
 fn run_to_exit(binary: &Path, args: &[&str]) -> (ExitStatus, String, String) {
-    let mut child = Command::new(binary)
-        .args(args)
-        .env_remove("LD_LIBRARY_PATH") // as in Server::start
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
+    let mut command = Command::new(binary);
+    without_target_library_path(&mut command);
+    let mut child =
+        command.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
     // Kills the child if an assertion below fails while it still runs.
     struct KillOnDrop<'a>(&'a mut Child);
     impl Drop for KillOnDrop<'_> {
@@ -752,11 +804,21 @@ fn rust_example_reloads_on_sighup() {
 }
 
 #[test]
-fn c_example_reloads_after_its_program_is_replaced() {
-    reloads_after_its_program_is_replaced(&binaries().c);
+fn c_example_reloads_a_program_renamed_over_it() {
+    reloads_the_deployed_program(&binaries().c, Deploy::RenameOver);
 }
 
 #[test]
-fn rust_example_reloads_after_its_program_is_replaced() {
-    reloads_after_its_program_is_replaced(&binaries().rust);
+fn rust_example_reloads_a_program_renamed_over_it() {
+    reloads_the_deployed_program(&binaries().rust, Deploy::RenameOver);
+}
+
+#[test]
+fn c_example_reloads_through_a_switched_symlink() {
+    reloads_the_deployed_program(&binaries().c, Deploy::SwitchSymlink);
+}
+
+#[test]
+fn rust_example_reloads_through_a_switched_symlink() {
+    reloads_the_deployed_program(&binaries().rust, Deploy::SwitchSymlink);
 }

@@ -20,9 +20,12 @@ const UNLIMITED = 0xffffffff;
 /** On a delivered socket: the ClusterServer it came through. */
 const kClusterServer = Symbol('rcluster.server');
 
-/** 'close' of a delivered socket (one function for all, not a closure each). */
+/** 'close' of a delivered socket (one function for all, not a closure each); counted once. */
 function onClusterSocketClose() {
-  this[kClusterServer].onSocketClose();
+  const state = this[kClusterServer];
+  if (state === undefined) return;
+  this[kClusterServer] = undefined;
+  state.onSocketClose();
 }
 
 const errnoNames = new Map(Object.entries(os.constants.errno).map(([k, v]) => [v, k]));
@@ -224,7 +227,7 @@ function setupChild(cluster, native) {
       this.closed = false;
       this.pollStopped = false;
       // Fixed by the primary's policy, known once a listen is answered.
-      this.reportsDone = channel.reportsDone;
+      this.reportsDone = channel.reportsDone !== false;
       this.attach(listener);
     }
 
@@ -234,7 +237,7 @@ function setupChild(cluster, native) {
       if (pollMode) {
         this.poll = new native.NativePoll(listener.fd, (status) => {
           // A poll error stops libuv's handle: look now, and poll again later.
-          if (status < 0) setImmediate(() => this.poll && this.poll.start());
+          if (status < 0) setImmediate(() => this.poll && !this.pollStopped && this.poll.start());
           this.onReadable();
         });
         this.pollStopped = true; // refill() starts it
@@ -360,8 +363,8 @@ function setupChild(cluster, native) {
         // onReadable takes what room() allows. Started only when stopped:
         // this runs on every connection's close.
         if (this.pollStopped) {
-          this.pollStopped = false;
           this.poll.start();
+          this.pollStopped = false; // only once started: a throw retries on the next close
         }
         return;
       }
@@ -372,8 +375,8 @@ function setupChild(cluster, native) {
 
     grant(n) {
       if (pollMode) {
-        this.pollStopped = false;
         this.poll.start(); // taken in onReadable, as room() allows
+        this.pollStopped = false;
         return;
       }
       this.listener.grant(n);
