@@ -156,7 +156,7 @@ typedef struct rcluster_worker rcluster_worker;
 typedef struct {
   // Worker program and arguments, a NULL-terminated array of strings;
   // NULL (the default): this program with its own arguments, by the path
-  // it was started by (argv[0] when that is a path to it, symlinks kept),
+  // it was started by (`argv[0]` when that is a path to it, symlinks kept),
   // so a new file renamed there, or a switched `current` symlink, is what
   // reloads and restarts run.
   const char *const *argv;

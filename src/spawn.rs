@@ -69,10 +69,10 @@ pub struct Spawned {
 /// path the program was started by, so that a deploy is followed by reloads
 /// and restarts:
 /// - one that renames a new file over the program: Linux then names the
-///   running executable "<path> (deleted)", which cannot be exec'd, while the
+///   running executable "`<path> (deleted)`", which cannot be exec'd, while the
 ///   path names the new program (resolved later anyway, the suffix is dropped);
 /// - one that switches a symlink (`current -> releases/N`): the kernel's name
-///   for the executable has the symlinks resolved, so argv[0] is used when it
+///   for the executable has the symlinks resolved, so `argv[0]` is used when it
 ///   is a path (has a '/') to this same file, made absolute with its symlinks
 ///   kept, as Node re-runs its `argv[1]` script path.
 pub fn current_argv() -> Result<Vec<OsString>> {

@@ -91,7 +91,7 @@ pub const RCLUSTER_EXIT_AFTER_DISCONNECT: u32 = 1;
 pub struct rcluster_primary_options {
     /// Worker program and arguments, a NULL-terminated array of strings;
     /// NULL (the default): this program with its own arguments, by the path
-    /// it was started by (argv[0] when that is a path to it, symlinks kept),
+    /// it was started by (`argv[0]` when that is a path to it, symlinks kept),
     /// so a new file renamed there, or a switched `current` symlink, is what
     /// reloads and restarts run.
     pub argv: *const *const c_char,
