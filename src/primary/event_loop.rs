@@ -948,18 +948,19 @@ impl EventLoop {
             }
             Frame::Listen { request, port, host } => self.on_listen_request(worker, request, &host, port),
             Frame::Unlisten { listener } => self.leave_listener(worker, listener),
-            Frame::Ack { conn, accepted } => {
-                self.on_ack(worker, conn, accepted);
-            }
+            Frame::Ack { conn, accepted } => self.on_ack(worker, conn, accepted),
             Frame::Acks { conns } => {
                 // The known ones first: the worker holds them whatever else it
                 // got wrong, so they must not be handed to another worker.
-                let (known, unknown): (Vec<u64>, Vec<u64>) =
-                    conns.into_iter().partition(|conn| entry.unacked.contains_key(conn));
-                for conn in known {
-                    self.on_ack(worker, conn, true);
+                let mut unknown = None;
+                for conn in conns {
+                    if self.workers.get(&worker).is_some_and(|w| w.unacked.contains_key(&conn)) {
+                        self.on_ack(worker, conn, true);
+                    } else {
+                        unknown = unknown.or(Some(conn));
+                    }
                 }
-                if let Some(conn) = unknown.first() {
+                if let Some(conn) = unknown {
                     let message = format!("worker acknowledged unknown connection {conn}");
                     self.worker_error(worker, Error::new(Code::Protocol, message));
                 }
@@ -1040,30 +1041,27 @@ impl EventLoop {
         }
     }
 
-    /// A worker took (or refused) a connection. False when the ack was a
-    /// protocol error (an unknown connection) and the worker is dropped.
-    fn on_ack(&mut self, worker: u32, conn: u64, accepted: bool) -> bool {
-        let Some(entry) = self.workers.get_mut(&worker) else { return false };
+    /// A worker took (or refused) a connection.
+    fn on_ack(&mut self, worker: u32, conn: u64, accepted: bool) {
+        let Some(entry) = self.workers.get_mut(&worker) else { return };
         let Some(mut handoff) = entry.unacked.remove(&conn) else {
             let message = format!("worker acknowledged unknown connection {conn}");
-            self.worker_error(worker, Error::new(Code::Protocol, message));
-            return false;
+            return self.worker_error(worker, Error::new(Code::Protocol, message));
         };
         if accepted {
             // Only policies that receive done reports can know when it ends.
             if self.listeners.get(&handoff.listener).is_some_and(|l| l.policy.wants_done_reports()) {
                 entry.active += 1;
             }
-            return true; // dropping the handoff closes the primary's copy
+            return; // dropping the handoff closes the primary's copy
         }
         handoff.refusals += 1;
         let members = self.listeners.get(&handoff.listener).map_or(0, |l| l.members.len());
         if handoff.refusals as usize > members.max(1) * 2 {
             // Every worker keeps refusing it: closing it is all that is left.
-            return true;
+            return;
         }
         self.pending.push_back(handoff);
-        true
     }
 
     /// The worker's channel closed (or broke): its connections go back to

@@ -251,7 +251,6 @@ impl ListenerState {
 pub struct NativeListener {
     state: Arc<ListenerState>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
-    end_reason: Mutex<Option<String>>,
 }
 
 impl NativeListener {
@@ -273,7 +272,6 @@ impl NativeListener {
                 started: AtomicBool::new(false),
             }),
             thread: Mutex::new(None),
-            end_reason: Mutex::new(None),
         })
     }
 }
@@ -318,7 +316,7 @@ impl NativeListener {
     /// the JS thread (the polled alternative to `start`): their fds, now
     /// JS's to close, acknowledged to the primary together. An empty array
     /// when none is waiting; null when the listener gives no more
-    /// (disconnecting, closed, primary gone: `endReason` says which).
+    /// (disconnecting, closed, primary gone).
     #[napi]
     pub fn accept_many(&self, max: u32) -> Result<Option<Vec<i32>>> {
         if self.state.started.load(Ordering::SeqCst) {
@@ -327,17 +325,8 @@ impl NativeListener {
         match self.state.listener.accept_many(max.max(1) as usize, Some(Duration::ZERO)) {
             Ok(fds) => Ok(Some(fds.into_iter().map(IntoRawFd::into_raw_fd).collect())),
             Err(e) if matches!(e.code(), Code::WouldBlock | Code::Timeout) => Ok(Some(Vec::new())),
-            Err(e) => {
-                *self.end_reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.message().to_owned());
-                Ok(None)
-            }
+            Err(_) => Ok(None),
         }
-    }
-
-    /// Why `acceptMany` returned null.
-    #[napi(getter)]
-    pub fn end_reason(&self) -> Option<String> {
-        self.end_reason.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Starts the accept thread; each connection (or the end) goes to `onConn`.
