@@ -42,6 +42,13 @@ fn upper_snake(camel: &str) -> String {
     out
 }
 
+/// Whether this process offers libuv to addons (true under Node): the
+/// worker then polls its fds on the JS thread (see `poll.rs`).
+#[napi_derive::napi]
+pub fn can_poll() -> bool {
+    poll::libuv_available()
+}
+
 /// Whether this process was started as an rcluster worker.
 #[napi_derive::napi]
 pub fn is_worker() -> bool {

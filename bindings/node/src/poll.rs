@@ -65,8 +65,7 @@ fn uv() -> Option<&'static Uv> {
 }
 
 /// Whether this process offers libuv to addons (true under Node).
-#[napi]
-pub fn can_poll() -> bool {
+pub fn libuv_available() -> bool {
     uv().is_some()
 }
 
