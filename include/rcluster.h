@@ -371,7 +371,9 @@ int rcluster_primary_fork_raw(rcluster_primary *primary, uint32_t *worker_id, in
 // Binds a listener on `host`:`port` up front (workers asking for that
 // address, or for the port stored in `*bound_port`, share it). `host` is an
 // IP address, "localhost", or "" for all IPv4 interfaces; port 0 lets the
-// OS pick. `bound_port` may be NULL. Errors: `RCLUSTER_E_ADDR` with errno.
+// OS pick (each worker's first port-0 listen at that host then shares it;
+// calling this again with port 0 returns the same port). `bound_port` may
+// be NULL. Errors: `RCLUSTER_E_ADDR` with errno.
 int rcluster_primary_listen(rcluster_primary *primary,
                             const char *host,
                             uint16_t port,
@@ -472,9 +474,13 @@ int rcluster_worker_fd(rcluster_worker *worker, int *fd);
 
 // Asks the primary to listen on `host`:`port` and waits up to `timeout_ms`
 // (negative: no limit) for the answer. `host` is an IP address,
-// "localhost", or "" for all IPv4 interfaces. Port 0 gives one OS-picked
-// port shared by every worker that asks for 0 on that host. Workers asking
-// for the same address share one listening socket. A bind failure comes
+// "localhost", or "" for all IPv4 interfaces. Workers asking for the same
+// address share one listening socket. Port 0 lets the OS pick, as Node's
+// cluster does: a worker's first listener on port 0 at a host shares one
+// port with every other worker's first (and with the primary's own
+// `rcluster_primary_listen` of port 0), its second another port with their
+// seconds, and so on; the count restarts once all of this worker's port-0
+// listeners at that host are closed. A bind failure comes
 // back as `RCLUSTER_E_ADDR` with the errno (EADDRINUSE, EACCES, EINVAL...).
 // Free the listener with `rcluster_listener_close`.
 int rcluster_worker_listen(rcluster_worker *worker,

@@ -31,7 +31,11 @@ pub enum Frame {
     /// Worker → primary: the worker opened its end (Node's `online`).
     Hello { pid: i32 },
     /// Worker → primary: listen on `host:port`; the reply echoes `request`.
-    Listen { request: u32, port: u16, host: String },
+    /// `index`: for port 0, which of this worker's port-0 listeners at `host`
+    /// this is (every worker's n-th shares one port, as Node's cluster does);
+    /// 0 otherwise. On the wire only when not 0, so a primary of an earlier
+    /// version still reads the usual frame.
+    Listen { request: u32, port: u16, host: String, index: u16 },
     /// Worker → primary: stop sending connections of this listener.
     Unlisten { listener: u32 },
     /// Worker → primary: the connection was taken (`accepted`) or refused, so
@@ -78,11 +82,14 @@ impl Frame {
                 out.push(HELLO);
                 out.extend_from_slice(&pid.to_le_bytes());
             }
-            Frame::Listen { request, port, host } => {
+            Frame::Listen { request, port, host, index } => {
                 out.push(LISTEN);
                 out.extend_from_slice(&request.to_le_bytes());
                 out.extend_from_slice(&port.to_le_bytes());
                 put_str(&mut out, host);
+                if *index != 0 {
+                    out.extend_from_slice(&index.to_le_bytes());
+                }
             }
             Frame::Unlisten { listener } => {
                 out.push(UNLISTEN);
@@ -203,7 +210,12 @@ impl Frame {
         let mut r = Reader { bytes: &bytes[1..] };
         let frame = match kind {
             HELLO => Frame::Hello { pid: r.i32()? },
-            LISTEN => Frame::Listen { request: r.u32()?, port: r.u16()?, host: r.string()? },
+            LISTEN => Frame::Listen {
+                request: r.u32()?,
+                port: r.u16()?,
+                host: r.string()?,
+                index: if r.bytes.is_empty() { 0 } else { r.u16()? },
+            },
             UNLISTEN => Frame::Unlisten { listener: r.u32()? },
             ACK => Frame::Ack { conn: r.u64()?, accepted: r.bool()? },
             ACKS => {
@@ -309,7 +321,8 @@ mod tests {
     fn every_frame_round_trips() {
         let frames = vec![
             Frame::Hello { pid: 42 },
-            Frame::Listen { request: 7, port: 8080, host: "127.0.0.1".into() },
+            Frame::Listen { request: 7, port: 8080, host: "127.0.0.1".into(), index: 0 },
+            Frame::Listen { request: 8, port: 0, host: "::1".into(), index: 3 },
             Frame::Unlisten { listener: 3 },
             Frame::Ack { conn: u64::MAX, accepted: true },
             Frame::Acks { conns: vec![1, u64::MAX, 3] },
@@ -375,8 +388,14 @@ mod tests {
         ] {
             assert_eq!(Frame::decode(bad).unwrap_err().code(), Code::Protocol);
         }
-        let mut listen = Frame::Listen { request: 1, port: 1, host: "abc".into() }.encode();
+        let mut listen = Frame::Listen { request: 1, port: 1, host: "abc".into(), index: 0 }.encode();
         listen.truncate(listen.len() - 1);
         assert_eq!(Frame::decode(listen).unwrap_err().code(), Code::Protocol);
+        let mut listen = Frame::Listen { request: 1, port: 0, host: "abc".into(), index: 2 }.encode();
+        listen.truncate(listen.len() - 1); // half an index
+        assert_eq!(Frame::decode(listen).unwrap_err().code(), Code::Protocol);
+        // Index 0 is the frame a primary of an earlier version knows (no index field).
+        let listen = Frame::Listen { request: 1, port: 0, host: "abc".into(), index: 0 }.encode();
+        assert_eq!(listen.len(), 1 + 4 + 2 + 2 + 3);
     }
 }

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use crate::channel::{self, Reassembler};
 use crate::error::{Code, Error, Result};
 use crate::event::{EventQueue, WorkerEvent};
+use crate::primary::parse_address;
 use crate::spawn::{ENV_CHANNEL_FD, ENV_WORKER_ID};
 use crate::sys::{self, Deadline, Flag, PollSet};
 use crate::wire::Frame;
@@ -83,10 +84,42 @@ struct State {
     shared_fds: HashMap<u32, OwnedFd>,
     abandoned: HashSet<u32>,
     next_request: u32,
+    /// Port-0 listeners per address, for their index (see [`Worker::listen`]).
+    port_zero: HashMap<SocketAddr, PortZero>,
     /// The primary asked us to leave: hand out what is queued, then report Closed.
     draining: bool,
     /// Why the channel is unusable (hang-up or protocol error), once it is.
     gone: Option<Error>,
+}
+
+impl State {
+    /// A port-0 listener at `key` is closed (or its listen failed): its index is free.
+    fn close_port_zero(&mut self, key: SocketAddr, index: u16) {
+        if let Some(indexes) = self.port_zero.get_mut(&key) {
+            indexes.open.remove(&index);
+            if indexes.open.is_empty() {
+                self.port_zero.remove(&key);
+            }
+        }
+    }
+}
+
+/// This worker's port-0 listeners at one address: the n-th gets index n and
+/// shares its port with every worker's n-th (Node's cluster keys port-0
+/// servers by address and a per-worker index the same way).
+#[derive(Default)]
+struct PortZero {
+    next: u16,
+    open: HashSet<u16>,
+}
+
+impl PortZero {
+    fn open_next(&mut self) -> u16 {
+        let index = self.next;
+        self.next = self.next.wrapping_add(1);
+        self.open.insert(index);
+        index
+    }
 }
 
 struct ConnQueue {
@@ -169,16 +202,49 @@ impl Worker {
     }
 
     /// Asks the primary to listen on `host:port` and serve us its connections.
-    /// `host` is an IP address, `localhost`, or empty for all IPv4 interfaces;
-    /// port 0 lets the OS pick one port shared by every worker asking for 0.
+    /// `host` is an IP address, `localhost`, or empty for all IPv4 interfaces.
+    /// Workers asking for the same address share its connections.
+    ///
+    /// Port 0 lets the OS pick, as Node's cluster does: a worker's first
+    /// listener on port 0 at a host shares one port with every other
+    /// worker's first, its second another port with their seconds, and so
+    /// on (the count restarts once all of this worker's port-0 listeners at
+    /// that host are closed). The primary's own `listen(host, 0)` is the first.
     pub fn listen(&self, host: &str, port: u16, timeout: Option<Duration>) -> Result<Listener> {
         self.check_open()?;
-        let request = {
+        let (request, port_zero) = {
             let mut state = self.inner.lock();
             state.next_request = state.next_request.wrapping_add(1);
-            state.next_request
+            // An address that does not parse gets index 0: the primary refuses it.
+            let key = if port == 0 { parse_address(host, 0).ok() } else { None };
+            let port_zero = key.map(|key| (key, state.port_zero.entry(key).or_default().open_next()));
+            (state.next_request, port_zero)
         };
-        self.send_frame(&Frame::Listen { request, port, host: host.to_owned() })?;
+        let index = port_zero.map_or(0, |(_, index)| index);
+        match self.request_listener(request, host, port, index, timeout) {
+            Ok(mut listener) => {
+                listener.port_zero = port_zero;
+                Ok(listener)
+            }
+            Err(e) => {
+                if let Some((key, index)) = port_zero {
+                    self.inner.lock().close_port_zero(key, index);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Sends a listen request and waits for its answer.
+    fn request_listener(
+        &self,
+        request: u32,
+        host: &str,
+        port: u16,
+        index: u16,
+        timeout: Option<Duration>,
+    ) -> Result<Listener> {
+        self.send_frame(&Frame::Listen { request, port, host: host.to_owned(), index })?;
         let deadline = Deadline::after(timeout);
         let reply = loop {
             let mut state = self.inner.lock();
@@ -233,7 +299,14 @@ impl Worker {
                             .map_err(|e| Error::os("epoll", e))?,
                     }
                 };
-                Ok(Listener { worker: self.clone(), id: listener, address, mode, closed: AtomicBool::new(false) })
+                Ok(Listener {
+                    worker: self.clone(),
+                    id: listener,
+                    address,
+                    mode,
+                    closed: AtomicBool::new(false),
+                    port_zero: None,
+                })
             }
             (Frame::ListenErr { errno, message, .. }, _) => Err(Error::new(Code::Address, message).with_errno(errno)),
             (other, _) => Err(Error::new(Code::Protocol, format!("unexpected listen reply {other:?}"))),
@@ -547,6 +620,8 @@ pub struct Listener {
     address: SocketAddr,
     mode: Mode,
     closed: AtomicBool,
+    /// For a port-0 listen: its address key and index, freed on close.
+    port_zero: Option<(SocketAddr, u16)>,
 }
 
 impl Listener {
@@ -707,6 +782,9 @@ impl Listener {
     pub fn close(&self) {
         if self.closed.swap(true, Ordering::SeqCst) {
             return;
+        }
+        if let Some((key, index)) = self.port_zero {
+            self.worker.inner.lock().close_port_zero(key, index);
         }
         if let Mode::Shared { .. } = self.mode {
             return; // the socket closes when the listener drops

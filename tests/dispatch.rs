@@ -101,6 +101,49 @@ fn bind_errors_reach_the_worker_that_asked() {
 }
 
 #[test]
+fn each_workers_nth_listener_on_port_0_shares_one_port() {
+    let _serial = serial();
+    let mut p = TestPrimary::new("port-zero", &[], RCLUSTER_POLICY_RR);
+    let up_front = p.listen("127.0.0.1", 0);
+    let ports = |report: Ev| -> Vec<u16> {
+        let text = String::from_utf8_lossy(&report.data).into_owned();
+        text.split(' ').skip(1).map(|port| port.parse().unwrap()).collect()
+    };
+    let (a, _) = p.fork();
+    let first = ports(p.wait_for(SECS, "worker a's ports", |e| e.kind == RCLUSTER_EVENT_MESSAGE && e.worker == a));
+    let (b, _) = p.fork();
+    let second = ports(p.wait_for(SECS, "worker b's ports", |e| e.kind == RCLUSTER_EVENT_MESSAGE && e.worker == b));
+    // Two servers on port 0 in one worker: two ports, the first the
+    // primary's own; the other worker's first and second share them.
+    assert_eq!(first.len(), 2);
+    assert_ne!(first[0], first[1], "one worker's two port-0 listeners got one port");
+    assert_eq!(first[0], up_front, "a worker's first port-0 listener is the primary's listen(host, 0)");
+    assert_eq!(second, first, "the second worker's port-0 listeners, in order");
+    // Each port's connections go to that listener's queue: rr gives each
+    // worker one per port, and each answers for the listener it took it from.
+    let mut streams = Vec::new();
+    for (port, answer) in [(first[1], "second\n"), (first[0], "first\n")] {
+        for _ in [a, b] {
+            let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            stream.set_read_timeout(Some(SECS)).unwrap();
+            streams.push((stream, port, answer));
+        }
+    }
+    for (mut stream, port, answer) in streams {
+        let mut got = String::new();
+        std::io::Read::read_to_string(&mut stream, &mut got).unwrap();
+        assert_eq!(got, answer, "a connection to port {port}");
+    }
+    // With both closed, the count starts again: the next is the first port.
+    for _ in [a, b] {
+        let report = p.wait_for(SECS, "port after relisten", |e| e.kind == RCLUSTER_EVENT_MESSAGE);
+        let worker = report.worker;
+        assert_eq!(ports(report), [first[0]], "worker {worker} after closing both");
+    }
+    p.shutdown();
+}
+
+#[test]
 fn messages_round_trip_both_ways() {
     let _serial = serial();
     let mut p = TestPrimary::new("echo", &[], RCLUSTER_POLICY_RR);

@@ -393,7 +393,9 @@ pub extern "C" fn rcluster_primary_fork_raw(
 /// Binds a listener on `host`:`port` up front (workers asking for that
 /// address, or for the port stored in `*bound_port`, share it). `host` is an
 /// IP address, "localhost", or "" for all IPv4 interfaces; port 0 lets the
-/// OS pick. `bound_port` may be NULL. Errors: `RCLUSTER_E_ADDR` with errno.
+/// OS pick (each worker's first port-0 listen at that host then shares it;
+/// calling this again with port 0 returns the same port). `bound_port` may
+/// be NULL. Errors: `RCLUSTER_E_ADDR` with errno.
 #[no_mangle]
 pub extern "C" fn rcluster_primary_listen(
     primary: *mut rcluster_primary,

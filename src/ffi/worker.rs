@@ -67,9 +67,13 @@ pub extern "C" fn rcluster_worker_fd(worker: *mut rcluster_worker, fd: *mut c_in
 
 /// Asks the primary to listen on `host`:`port` and waits up to `timeout_ms`
 /// (negative: no limit) for the answer. `host` is an IP address,
-/// "localhost", or "" for all IPv4 interfaces. Port 0 gives one OS-picked
-/// port shared by every worker that asks for 0 on that host. Workers asking
-/// for the same address share one listening socket. A bind failure comes
+/// "localhost", or "" for all IPv4 interfaces. Workers asking for the same
+/// address share one listening socket. Port 0 lets the OS pick, as Node's
+/// cluster does: a worker's first listener on port 0 at a host shares one
+/// port with every other worker's first (and with the primary's own
+/// `rcluster_primary_listen` of port 0), its second another port with their
+/// seconds, and so on; the count restarts once all of this worker's port-0
+/// listeners at that host are closed. A bind failure comes
 /// back as `RCLUSTER_E_ADDR` with the errno (EADDRINUSE, EACCES, EINVAL...).
 /// Free the listener with `rcluster_listener_close`.
 #[no_mangle]

@@ -164,7 +164,8 @@ pub(crate) struct EventLoop {
     workers: HashMap<u32, WorkerEntry>,
     slots: BTreeMap<u32, Slot>,
     listeners: HashMap<u32, Listener>,
-    by_address: HashMap<SocketAddr, u32>,
+    /// Listeners by address and port-0 index (0 for other ports).
+    by_address: HashMap<(SocketAddr, u16), u32>,
     pending: VecDeque<Handoff>,
     next_worker: u32,
     next_slot: u32,
@@ -441,18 +442,22 @@ impl EventLoop {
         Ok(WorkerInfo { id, pid })
     }
 
-    /// Finds or binds the listener for `host:port`.
+    /// Finds or binds the listener for `host:port` (for port 0, the one
+    /// every worker's first port-0 listen at `host` gets).
     pub(crate) fn listen(&mut self, host: &str, port: u16) -> Result<SocketAddr> {
-        let id = self.listener_for(host, port)?;
+        let id = self.listener_for(host, port, 0)?;
         Ok(self.listeners[&id].address)
     }
 
-    fn listener_for(&mut self, host: &str, port: u16) -> Result<u32> {
+    /// Finds or binds the listener for `host:port`; for port 0, the
+    /// `index`-th (each worker's n-th port-0 listen at a host shares one).
+    fn listener_for(&mut self, host: &str, port: u16, index: u16) -> Result<u32> {
         if self.shutdown.is_some() {
             return Err(Error::new(Code::State, "the primary is shutting down").with_errno(libc::ESHUTDOWN));
         }
         let requested = parse_address(host, port)?;
-        if let Some(&id) = self.by_address.get(&requested) {
+        let key = (requested, if port == 0 { index } else { 0 });
+        if let Some(&id) = self.by_address.get(&key) {
             return Ok(id);
         }
         let id = self.next_listener;
@@ -464,9 +469,9 @@ impl EventLoop {
                 .map_err(|e| Error::os("registering a listener", e))?;
         }
         self.next_listener += 1;
-        // Both keys lead here: port 0 as asked, and the port the OS picked.
-        self.by_address.insert(requested, id);
-        self.by_address.insert(listener.address, id);
+        // Both keys lead here: port 0 (and index) as asked, and the port the OS picked.
+        self.by_address.insert(key, id);
+        self.by_address.insert((listener.address, 0), id);
         self.listeners.insert(id, listener);
         Ok(id)
     }
@@ -946,7 +951,7 @@ impl EventLoop {
                 entry.next_ping = self.config.supervision.heartbeat_interval.map(|i| Instant::now() + i);
                 self.shared.emit(Event::Online { worker, pid });
             }
-            Frame::Listen { request, port, host } => self.on_listen_request(worker, request, &host, port),
+            Frame::Listen { request, port, host, index } => self.on_listen_request(worker, request, &host, port, index),
             Frame::Unlisten { listener } => self.leave_listener(worker, listener),
             Frame::Ack { conn, accepted } => self.on_ack(worker, conn, accepted),
             Frame::Acks { conns } => {
@@ -991,8 +996,8 @@ impl EventLoop {
         }
     }
 
-    fn on_listen_request(&mut self, worker: u32, request: u32, host: &str, port: u16) {
-        let id = match self.listener_for(host, port) {
+    fn on_listen_request(&mut self, worker: u32, request: u32, host: &str, port: u16, index: u16) {
+        let id = match self.listener_for(host, port, index) {
             Ok(id) => id,
             Err(e) => {
                 let reply = Frame::ListenErr { request, errno: e.errno(), message: e.message().to_owned() };

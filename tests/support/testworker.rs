@@ -6,6 +6,9 @@
 //! - `echo-many`: send back every message waiting, all in one `send_many`;
 //! - `die-before-ack`: listen, wait until a connection is queued, exit without taking it;
 //! - `listen-report`: try to listen and report the result as a message "rc=<code> errno=<errno>";
+//! - `port-zero`: listen twice on port 0 and report "ports A B"; answer one
+//!   connection on the second ("second\n") and one on the first ("first\n");
+//!   close both, listen on port 0 again and report "again C";
 //! - `bad-frame`: send a malformed frame straight onto the channel fd;
 //! - `exit-code N`: open, then exit with code N;
 //! - `hang`: listen, then never call into the library again (a stuck loop);
@@ -325,6 +328,32 @@ fn main() {
         "listen-report" => {
             let (rc, _listener) = listen(worker);
             send(worker, &format!("rc={rc} errno={}", rcluster_last_errno()));
+            let mut ev = empty();
+            rcluster_worker_wait_event(worker, &mut ev, 10_000);
+        }
+        "port-zero" => {
+            let port_of = |listener| {
+                let mut port = 0u16;
+                check(rcluster_listener_port(listener, &mut port), "listener_port");
+                port
+            };
+            let (rc, first) = listen(worker);
+            check(rc, "rcluster_worker_listen (first)");
+            let (rc, second) = listen(worker);
+            check(rc, "rcluster_worker_listen (second)");
+            send(worker, &format!("ports {} {}", port_of(first), port_of(second)));
+            for (listener, answer) in [(second, "second\n"), (first, "first\n")] {
+                let mut fd = -1;
+                check(rcluster_listener_accept(listener, 10_000, &mut fd), "rcluster_listener_accept");
+                // SAFETY: accept handed us this fd; we own it.
+                let mut stream = unsafe { TcpStream::from_raw_fd(fd) };
+                let _ = stream.write_all(answer.as_bytes());
+            }
+            check(rcluster_listener_close(first), "listener_close");
+            check(rcluster_listener_close(second), "listener_close");
+            let (rc, again) = listen(worker);
+            check(rc, "rcluster_worker_listen (again)");
+            send(worker, &format!("again {}", port_of(again)));
             let mut ev = empty();
             rcluster_worker_wait_event(worker, &mut ev, 10_000);
         }

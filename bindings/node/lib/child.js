@@ -516,19 +516,6 @@ function setupChild(cluster, native) {
         server.emit('error', err);
         return;
       }
-      const clash = [...servers].find((other) => port === 0 && other.requestedPort === 0 && other.host === host);
-      if (clash) {
-        // The core keys listeners by address alone, so a second port-0
-        // listen in this worker would get the first one's port and share
-        // its connections. Node keys them by address and a per-worker index.
-        const e = new Error(
-          `rcluster: a second server listening on port 0 at ${host || '0.0.0.0'} in one worker is not supported: ` +
-            'the core shares one OS-picked port per address; give each server its own host or a fixed port',
-        );
-        e.code = 'ERR_RCLUSTER_PORT0_TAKEN';
-        process.nextTick(() => server.emit('error', e));
-        return;
-      }
       let listener;
       try {
         listener = channel.listen(host, port);
@@ -548,7 +535,6 @@ function setupChild(cluster, native) {
         }
       }
       const state = new ClusterServer(server, host, listener);
-      state.requestedPort = port;
       servers.add(state);
       if (server instanceof net.Server && !runtime.isBun) installHandle(server, state);
       else installOverrides(server, state);

@@ -116,8 +116,8 @@ impl NativeWorker {
         self.inner.send(data.as_bytes()).map_err(to_js_error)
     }
 
-    /// Asks the primary to listen on `host:port` (port 0: one OS-picked port
-    /// shared by every worker asking for 0) and serve us its connections.
+    /// Asks the primary to listen on `host:port` (port 0: an OS-picked port
+    /// every worker's n-th port-0 listen at `host` shares) and serve us its connections.
     /// Blocks until the primary answers (its own thread answers at once).
     #[napi]
     pub fn listen(&self, host: String, port: u32, timeout_ms: Option<u32>) -> Result<NativeListener> {

@@ -137,6 +137,21 @@ def test_bind_error_is_an_rcluster_error_with_errno():
     assert f"127.0.0.1:{port}" in report["text"]
 
 
+def test_each_workers_second_listener_on_port_0_gets_a_port_of_its_own():
+    with primary("two", workers=2) as p:
+        reports = [event.json()["ports"] for event in take(p, "message", 2)]
+        first, second = reports[0]
+        assert first != second, "one worker's two port-0 listeners got one port"
+        assert reports[1] == reports[0], "every worker's n-th port-0 listener shares one port"
+        for port, name in [(first, b"first"), (second, b"second")] * 2:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+                conn.settimeout(10)
+                answer = b""
+                while chunk := conn.recv(64):
+                    answer += chunk
+            assert answer == name, f"a connection to port {port}"
+
+
 def test_misuse_raises_and_never_crashes():
     with primary("misuse", workers=1, restart=False) as p:
         report = take(p, "message")[0].json()

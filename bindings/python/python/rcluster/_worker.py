@@ -140,8 +140,9 @@ class Worker(EventSource):
     def listen(self, address: Address, *, timeout: Optional[float] = None) -> "Listener":
         """Asks the primary to listen on ``(host, port)`` (or a bare port: all
         IPv4 interfaces) and serve this worker its connections; waits up to
-        ``timeout`` seconds for the answer. Port 0 gives one OS-picked port
-        shared by every worker asking for 0 on that host. A bind failure is
+        ``timeout`` seconds for the answer. Port 0 gives an OS-picked port,
+        as Node's cluster does: this worker's n-th listener on port 0 at a
+        host shares one port with every other worker's n-th. A bind failure is
         an :class:`~rcluster.AddressError` whose ``errno`` says why."""
         host, port = split_address(address)
         out = ffi.new("rcluster_listener **")

@@ -6,6 +6,8 @@
 - hold: accept connections and keep them open until the message "close",
   then close them all (each close reports the connection finished);
 - misuse: call the API wrongly and report what was raised, as JSON;
+- two: listen twice on 127.0.0.1:0, report both ports (JSON), answer each
+  connection with the name of the listener it came from ("first"/"second");
 - aio: asyncio: a protocol server (upper-cases lines) from
   rcluster.aio.create_server, and messages from rcluster.aio.events
   ("ping" -> "pong"); leaves when asked.
@@ -56,6 +58,26 @@ def hold() -> None:
             held.clear()
             me.send(b"closed")
         elif event is not None and event.kind == "disconnect":
+            break
+    me.close()
+
+
+def two() -> None:
+    me = rcluster.worker()
+    listeners = {"first": rcluster.listen(("127.0.0.1", 0)), "second": rcluster.listen(("127.0.0.1", 0))}
+    me.send_json({"ports": [listeners["first"].port, listeners["second"].port]})
+    for listener in listeners.values():
+        listener.settimeout(0)
+    while True:
+        for name, listener in listeners.items():
+            try:
+                sock, _ = listener.accept()
+            except BlockingIOError:
+                continue
+            sock.sendall(name.encode())
+            sock.close()
+        event = me.next_event(0.02)
+        if event is not None and event.kind == "disconnect":
             break
     me.close()
 
@@ -137,4 +159,4 @@ if __name__ == "__main__":
     if mode == "aio":
         asyncio.run(aio())
     else:
-        {"echo": echo, "bind": bind, "misuse": misuse, "hold": hold}[mode]()
+        {"echo": echo, "bind": bind, "misuse": misuse, "hold": hold, "two": two}[mode]()
