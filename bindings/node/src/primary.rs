@@ -190,28 +190,6 @@ impl ClusterEvent {
     }
 }
 
-/// Lets workers inherit this process's stdin, stdout and stderr.
-///
-/// Node marks fds 0-2 close-on-exec (its own child_process dup2s them into
-/// children explicitly), and rcluster's spawn relies on plain inheritance,
-/// so without this a Node primary's workers start with 0-2 closed and Node
-/// reopens them on /dev/null: their output vanishes. Clearing the flag is
-/// harmless for libuv's own children (uv_spawn dup2s their stdio). The
-/// proper fix belongs in the core's spawn (clear FD_CLOEXEC on 0-2 in the
-/// child, in pre_exec); see bindings/node/README.md.
-fn inherit_stdio() {
-    for fd in 0..=2 {
-        // SAFETY: fcntl F_GETFD/F_SETFD on fds 0-2 with integer arguments;
-        // a closed fd just makes the call fail.
-        unsafe {
-            let flags = libc::fcntl(fd, libc::F_GETFD);
-            if flags >= 0 && flags & libc::FD_CLOEXEC != 0 {
-                libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
-            }
-        }
-    }
-}
-
 /// A started worker.
 #[napi(object)]
 pub struct ForkedWorker {
@@ -308,7 +286,6 @@ impl NativePrimary {
             handle_signals: false,
             supervision,
         };
-        inherit_stdio();
         Ok(NativePrimary { inner: Arc::new(Primary::new(config).map_err(to_js_error)?), started: false })
     }
 

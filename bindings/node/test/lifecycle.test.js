@@ -65,7 +65,10 @@ for (const signal of ['SIGTERM', 'SIGKILL']) {
   test(`kill('${signal}') disconnects, then reports the signal`, async (t) => {
     const run = fixture('lifecycle.js', ['kill', signal]);
     t.after(run.cleanup);
-    const exit = await run.waitFor((l) => l.ev === 'worker:exit', 15000, 'the worker to exit');
+    // The primary's last line: every event line before it has been read
+    // (waiting for 'worker:exit' alone could look before 'cluster:exit' arrived).
+    await run.waitFor((l) => l.ev === 'primary-exit', 15000, 'the primary to finish');
+    const exit = run.find((l) => l.ev === 'worker:exit');
     assert.strictEqual(exit.code, null);
     assert.strictEqual(exit.signal, signal);
     assert.strictEqual(exit.exitedAfterDisconnect, true);
