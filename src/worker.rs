@@ -220,30 +220,24 @@ impl Worker {
             let port_zero = key.map(|key| (key, state.port_zero.entry(key).or_default().open_next()));
             (state.next_request, port_zero)
         };
-        let index = port_zero.map_or(0, |(_, index)| index);
-        match self.request_listener(request, host, port, index, timeout) {
-            Ok(mut listener) => {
-                listener.port_zero = port_zero;
-                Ok(listener)
-            }
-            Err(e) => {
-                if let Some((key, index)) = port_zero {
-                    self.inner.lock().close_port_zero(key, index);
-                }
-                Err(e)
-            }
+        let listener = self.request_listener(request, host, port, port_zero, timeout);
+        if let (Err(_), Some((key, index))) = (&listener, port_zero) {
+            self.inner.lock().close_port_zero(key, index);
         }
+        listener
     }
 
-    /// Sends a listen request and waits for its answer.
+    /// Sends a listen request and waits for its answer; `port_zero` is the
+    /// port-0 listen's address key and index, which the listener frees on close.
     fn request_listener(
         &self,
         request: u32,
         host: &str,
         port: u16,
-        index: u16,
+        port_zero: Option<(SocketAddr, u16)>,
         timeout: Option<Duration>,
     ) -> Result<Listener> {
+        let index = port_zero.map_or(0, |(_, index)| index);
         self.send_frame(&Frame::Listen { request, port, host: host.to_owned(), index })?;
         let deadline = Deadline::after(timeout);
         let reply = loop {
@@ -305,7 +299,7 @@ impl Worker {
                     address,
                     mode,
                     closed: AtomicBool::new(false),
-                    port_zero: None,
+                    port_zero,
                 })
             }
             (Frame::ListenErr { errno, message, .. }, _) => Err(Error::new(Code::Address, message).with_errno(errno)),
