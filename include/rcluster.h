@@ -551,6 +551,12 @@ int rcluster_worker_ready(rcluster_worker *worker);
 // when you close an accepted connection.
 int rcluster_worker_done(rcluster_worker *worker, uint32_t count);
 
+// Stores in `*reports` 1 if the primary wants `rcluster_worker_done`
+// reports (its policy is load-aware), else 0. Known once a listen has been
+// answered (0 before): a binding that reports from a hot path, or through
+// a costly call, may skip `rcluster_worker_done` when this is 0.
+int rcluster_worker_reports_done(rcluster_worker *worker, int *reports);
+
 // Sends `len` bytes (copied) to the primary; blocks while the channel is full.
 int rcluster_worker_send(rcluster_worker *worker, const void *data, size_t len);
 

@@ -305,10 +305,15 @@ fn least_loaded_steers_connections_away_from_a_slow_worker() {
         let mut p = TestPrimary::new("http", &[], policy);
         let fast = p.start(1);
         let slow_env = CString::new("TEST_DELAY_MS=40").unwrap();
-        let envp = [slow_env.as_ptr(), std::ptr::null()];
+        let say_env = CString::new("TEST_SAY_REPORTS_DONE=1").unwrap();
+        let envp = [slow_env.as_ptr(), say_env.as_ptr(), std::ptr::null()];
         let (mut slow, mut fast_id) = (0, 0);
         ok(rcluster_primary_fork(p.handle, envp.as_ptr(), &mut slow, std::ptr::null_mut()), "fork slow worker");
         p.wait_for(SECS, "slow worker listening", |e| e.kind == RCLUSTER_EVENT_LISTENING && e.worker == slow);
+        // Only the load-aware policy asks for done reports (bindings skip the call otherwise).
+        let said = p.wait_for(SECS, "reports_done", |e| e.kind == RCLUSTER_EVENT_MESSAGE && e.worker == slow);
+        let wanted = if policy == RCLUSTER_POLICY_LEAST { "reports_done 1" } else { "reports_done 0" };
+        assert_eq!(String::from_utf8_lossy(&said.data), wanted, "{name}");
         fast_id += p.seen.iter().find(|e| e.kind == RCLUSTER_EVENT_FORK).unwrap().worker;
         let counts = concurrent_distribution(fast, 6, 40);
         let (on_fast, on_slow) = (counts.get(&fast_id).copied().unwrap_or(0), counts.get(&slow).copied().unwrap_or(0));

@@ -51,6 +51,7 @@ const COVERED: &[&str] = &[
     "rcluster_worker_wait_event",
     "rcluster_worker_ready",
     "rcluster_worker_done",
+    "rcluster_worker_reports_done",
     "rcluster_worker_send",
     "rcluster_worker_send_many",
     "rcluster_worker_close",
@@ -188,6 +189,9 @@ fn worker_functions_refuse_null_and_bogus_handles_and_non_workers() {
         expect(rcluster_worker_ready(h), RCLUSTER_E_HANDLE, "worker_ready");
         expect(rcluster_worker_send_many(h, null(), null(), 2), RCLUSTER_E_HANDLE, "worker_send_many");
         expect(rcluster_worker_done(h, 1), RCLUSTER_E_HANDLE, "worker_done");
+        let mut reports = -1;
+        expect(rcluster_worker_reports_done(h, &mut reports), RCLUSTER_E_HANDLE, "worker_reports_done");
+        assert_eq!(reports, -1, "worker_reports_done wrote through a bad handle");
         expect(rcluster_worker_close(h), RCLUSTER_E_HANDLE, "worker_close");
     }
     for h in [null_mut(), bogus::<rcluster_listener>(0x4242_4243), bogus(0x13)] {

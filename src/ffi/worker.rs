@@ -266,6 +266,19 @@ pub extern "C" fn rcluster_worker_done(worker: *mut rcluster_worker, count: u32)
     guard(|| WORKERS.get(worker)?.done(count))
 }
 
+/// Stores in `*reports` 1 if the primary wants `rcluster_worker_done`
+/// reports (its policy is load-aware), else 0. Known once a listen has been
+/// answered (0 before): a binding that reports from a hot path, or through
+/// a costly call, may skip `rcluster_worker_done` when this is 0.
+#[no_mangle]
+pub extern "C" fn rcluster_worker_reports_done(worker: *mut rcluster_worker, reports: *mut c_int) -> c_int {
+    guard(|| {
+        let out = non_null(reports, "reports")?;
+        *out = WORKERS.get(worker)?.reports_done() as c_int;
+        Ok(())
+    })
+}
+
 /// Sends `len` bytes (copied) to the primary; blocks while the channel is full.
 #[no_mangle]
 pub extern "C" fn rcluster_worker_send(worker: *mut rcluster_worker, data: *const c_void, len: usize) -> c_int {

@@ -241,6 +241,13 @@ fn main() {
             if std::env::var_os("TEST_ANNOUNCE").is_some() {
                 println!("worker {id} listening");
             }
+            // TEST_SAY_REPORTS_DONE: tell the primary whether it wants done reports.
+            if std::env::var_os("TEST_SAY_REPORTS_DONE").is_some() {
+                let mut reports = -1;
+                check(rcluster_worker_reports_done(worker, &mut reports), "rcluster_worker_reports_done");
+                let said = format!("reports_done {reports}");
+                check(rcluster_worker_send(worker, said.as_ptr() as *const _, said.len()), "send");
+            }
             // The listener knows where it is bound (the primary picked the port).
             let mut host = [0 as std::ffi::c_char; 64];
             let (mut port, mut port_again) = (0u16, 0u16);

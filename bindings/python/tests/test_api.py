@@ -163,6 +163,7 @@ def test_misuse_raises_and_never_crashes():
         "send_str": "TypeError:",
         "accept_nothing": "WouldBlock:-5",
         "accept_timeout": "Timeout:-4",
+        "accept_many_zero": "ValueError:",
         "accept_closed": "Closed:-6",
     }
     assert exit_event.exit_code == 0
@@ -261,3 +262,47 @@ def test_closed_connections_are_reported_to_the_least_loaded_policy():
         wait_until(lambda: p.stats()[0].active == 0, 15, "each close reported to the primary")
         for c in clients:
             c.close()
+
+
+@pytest.mark.parametrize("policy", ["rr", "least"])
+def test_accept_many_takes_every_queued_connection_in_one_call(policy):
+    with primary("batch", workers=1, policy=policy) as p:
+        hello = take(p, "message")[0].json()
+        # Only the load-aware policy has closes reported (others skip the call).
+        assert hello["reports_done"] == (policy == "least")
+        clients = [socket.create_connection(("127.0.0.1", hello["port"]), timeout=10) for _ in range(3)]
+        try:
+            wait_until(lambda: p.stats()[0].in_flight == 3, 15, "three connections handed over, none taken")
+            p.send(1, b"take")
+            peers = take(p, "message")[0].json()["peers"]
+            assert sorted(peers) == sorted(c.getsockname()[1] for c in clients)
+            wait_until(lambda: p.stats()[0].in_flight == 0, 15, "the batch acknowledged")
+            for client in clients:
+                assert client.recv(16) == b"hi"
+            if policy == "least":
+                wait_until(lambda: p.stats()[0].active == 0, 15, "each close reported")
+        finally:
+            for client in clients:
+                client.close()
+
+
+def test_attached_server_takes_queued_connections_as_one_batch():
+    with primary("attach", workers=1) as p:
+        port = take(p, "message")[0].json()["port"]
+        clients = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(4)]
+        try:
+            for client in clients:
+                client.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            wait_until(lambda: p.stats()[0].in_flight == 4, 15, "four connections queued at the worker")
+            p.send(1, b"serve")
+            for client in clients:
+                answer = b""
+                while chunk := client.recv(256):
+                    answer += chunk
+                assert answer.startswith(b"HTTP/1.0 200") and answer.endswith(b"ok"), answer
+            p.send(1, b"report")
+            sizes = take(p, "message")[0].json()["sizes"]
+            assert sizes[0] == 4, f"one wake-up took the four queued connections: {sizes}"
+        finally:
+            for client in clients:
+                client.close()

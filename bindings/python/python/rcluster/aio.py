@@ -127,18 +127,23 @@ class Server:
     # ----- accepting ------------------------------------------------------
 
     def _on_readable(self) -> None:
-        for _ in range(_ACCEPT_BATCH):
+        # accept_many: what is queued in one call and one acknowledgement
+        # (one connection per call where the worker accepts itself).
+        taken = 0
+        while taken < _ACCEPT_BATCH:
             try:
-                sock, _address = self._listener.accept()
+                batch = self._listener.accept_many(_ACCEPT_BATCH - taken)
             except WouldBlock:
                 return
             except OSError:
                 # Closed (asked to leave and drained, primary gone) or broken: stop.
                 self.close()
                 return
-            task = self._loop.create_task(self._connect(sock))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            taken += len(batch)
+            for sock, _address in batch:
+                task = self._loop.create_task(self._connect(sock))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
 
     async def _connect(self, sock: socket.socket) -> None:
         sock.setblocking(False)

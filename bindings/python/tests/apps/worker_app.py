@@ -8,6 +8,11 @@
 - misuse: call the API wrongly and report what was raised, as JSON;
 - two: listen twice on 127.0.0.1:0, report both ports (JSON), answer each
   connection with the name of the listener it came from ("first"/"second");
+- batch: listen on 127.0.0.1:0, report the port and whether the primary
+  counts finished connections; on "take", one accept_many(16): report the
+  peers' ports, answer each connection "hi" and close it;
+- attach: an http.server attached to a listener (make_server), not serving
+  until the message "serve"; on "report", the sizes of the batches it took;
 - aio: asyncio: a protocol server (upper-cases lines) from
   rcluster.aio.create_server, and messages from rcluster.aio.events
   ("ping" -> "pong"); leaves when asked.
@@ -16,8 +21,10 @@
 from __future__ import annotations
 
 import asyncio
+import http.server
 import os
 import sys
+import threading
 
 import rcluster
 import rcluster.aio
@@ -82,6 +89,70 @@ def two() -> None:
     me.close()
 
 
+def wait_for_message(me: rcluster.Worker, data: bytes) -> None:
+    while True:
+        event = me.next_event(30)
+        if event is None or event.kind != "message":
+            raise SystemExit(f"worker_app: no {data!r} message (got {event})")
+        if event.data == data:
+            return
+
+
+def batch() -> None:
+    me = rcluster.worker()
+    listener = rcluster.listen(("127.0.0.1", 0))
+    me.send_json({"port": listener.port, "reports_done": me.reports_done})
+    wait_for_message(me, b"take")
+    listener.settimeout(10)
+    taken = listener.accept_many(16)
+    me.send_json({"peers": [address[1] for _, address in taken]})
+    for sock, _ in taken:
+        sock.sendall(b"hi")
+        sock.close()
+    me.next_event(30)  # until the primary asks us to leave
+    me.close()
+
+
+class Hello(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.0"
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def attach() -> None:
+    me = rcluster.worker()
+    sizes: list[int] = []
+    server = rcluster.make_server(http.server.ThreadingHTTPServer, ("127.0.0.1", 0), Hello)
+    listener = server.socket
+    take = listener.accept_many
+
+    def recording(max: int = 64) -> list:
+        taken = take(max)
+        sizes.append(len(taken))
+        return taken
+
+    listener.accept_many = recording
+    me.send_json({"port": listener.port})
+    wait_for_message(me, b"serve")
+
+    def answer_reports() -> None:
+        for event in me:
+            if event.kind == "message" and event.data == b"report":
+                me.send_json({"sizes": sizes})
+
+    threading.Thread(target=answer_reports, daemon=True).start()
+    server.serve_forever()  # until the primary asks us to leave
+    server.server_close()
+    me.close()
+
+
 def bind() -> None:
     me = rcluster.worker()
     try:
@@ -120,6 +191,7 @@ def misuse() -> None:
     attempt("accept_nothing", listener.accept)
     listener.settimeout(0.05)
     attempt("accept_timeout", listener.accept)
+    attempt("accept_many_zero", lambda: listener.accept_many(0))
     listener.close()
     attempt("accept_closed", listener.accept)
     me.send_json(report)
@@ -159,4 +231,5 @@ if __name__ == "__main__":
     if mode == "aio":
         asyncio.run(aio())
     else:
-        {"echo": echo, "bind": bind, "misuse": misuse, "hold": hold, "two": two}[mode]()
+        modes = {"echo": echo, "bind": bind, "misuse": misuse, "hold": hold, "two": two, "batch": batch, "attach": attach}
+        modes[mode]()
