@@ -209,18 +209,17 @@ impl Worker {
     /// listener on port 0 at a host shares one port with every other
     /// worker's first, its second another port with their seconds, and so
     /// on (the count restarts once all of this worker's port-0 listeners at
-    /// that host are closed). The primary's own `listen(host, 0)` is the first.
+    /// that host are closed; a paused one, [`Listener::pause`], keeps its
+    /// place). The primary's own `listen(host, 0)` is the first.
     pub fn listen(&self, host: &str, port: u16, timeout: Option<Duration>) -> Result<Listener> {
         self.check_open()?;
-        let (request, port_zero) = {
+        let port_zero = {
             let mut state = self.inner.lock();
-            state.next_request = state.next_request.wrapping_add(1);
             // An address that does not parse gets index 0: the primary refuses it.
             let key = if port == 0 { parse_address(host, 0).ok() } else { None };
-            let port_zero = key.map(|key| (key, state.port_zero.entry(key).or_default().open_next()));
-            (state.next_request, port_zero)
+            key.map(|key| (key, state.port_zero.entry(key).or_default().open_next()))
         };
-        let listener = self.request_listener(request, host, port, port_zero, timeout);
+        let listener = self.request_listener(host, port, port_zero, timeout);
         if let (Err(_), Some((key, index))) = (&listener, port_zero) {
             self.inner.lock().close_port_zero(key, index);
         }
@@ -228,16 +227,22 @@ impl Worker {
     }
 
     /// Sends a listen request and waits for its answer; `port_zero` is the
-    /// port-0 listen's address key and index, which the listener frees on close.
+    /// port-0 place (address key and index) the listener holds and frees on
+    /// close. The index travels only with port 0: an explicit port (a paused
+    /// port-0 listener resuming) is keyed by address alone.
     fn request_listener(
         &self,
-        request: u32,
         host: &str,
         port: u16,
         port_zero: Option<(SocketAddr, u16)>,
         timeout: Option<Duration>,
     ) -> Result<Listener> {
-        let index = port_zero.map_or(0, |(_, index)| index);
+        let request = {
+            let mut state = self.inner.lock();
+            state.next_request = state.next_request.wrapping_add(1);
+            state.next_request
+        };
+        let index = if port == 0 { port_zero.map_or(0, |(_, index)| index) } else { 0 };
         self.send_frame(&Frame::Listen { request, port, host: host.to_owned(), index })?;
         let deadline = Deadline::after(timeout);
         let reply = loop {
@@ -299,6 +304,7 @@ impl Worker {
                     address,
                     mode,
                     closed: AtomicBool::new(false),
+                    holds_place: AtomicBool::new(port_zero.is_some()),
                     port_zero,
                 })
             }
@@ -614,8 +620,12 @@ pub struct Listener {
     address: SocketAddr,
     mode: Mode,
     closed: AtomicBool,
-    /// For a port-0 listen: its address key and index, freed on close.
+    /// For a port-0 listen: its address key and index (its place among the
+    /// worker's port-0 listeners at that address).
     port_zero: Option<(SocketAddr, u16)>,
+    /// Whether this listener still holds that place: until `close`, or
+    /// until `resume` hands it to the listener that takes over.
+    holds_place: AtomicBool,
 }
 
 impl Listener {
@@ -772,13 +782,52 @@ impl Listener {
     }
 
     /// Stops taking connections of this address: the ones queued here are
-    /// refused and go to other workers. Idempotent.
+    /// refused and go to other workers. Idempotent; also ends a pause.
     pub fn close(&self) {
+        if self.holds_place.swap(false, Ordering::SeqCst) {
+            if let Some((key, index)) = self.port_zero {
+                self.worker.inner.lock().close_port_zero(key, index);
+            }
+        }
+        self.stop();
+    }
+
+    /// Stops taking connections as [`Listener::close`] does, but keeps this
+    /// listener's place among the worker's port-0 listeners, so a port-0
+    /// listen made meanwhile does not take its port (a server paused at its
+    /// connection limit, say). [`Listener::resume`] takes the address back;
+    /// `close` gives the place up. Idempotent.
+    pub fn pause(&self) {
+        self.stop();
+    }
+
+    /// Listens again on the address of this paused (or closed) listener, by
+    /// its port, and returns the listener that takes over, with this one's
+    /// port-0 place if it still held it. Fails with `State` while this
+    /// listener is open; on error this one keeps its place and may resume
+    /// later.
+    pub fn resume(&self, timeout: Option<Duration>) -> Result<Listener> {
+        if !self.closed.load(Ordering::SeqCst) {
+            return Err(Error::new(Code::State, "the listener is not paused"));
+        }
+        let host = self.address.ip().to_string();
+        // Taken for the new listener (which frees it on close); given back
+        // if the listen fails. Should `close` run meanwhile, the place is
+        // freed when this listener drops.
+        let held = self.holds_place.swap(false, Ordering::SeqCst);
+        let place = if held { self.port_zero } else { None };
+        let resumed = self.worker.request_listener(&host, self.address.port(), place, timeout);
+        if resumed.is_err() && held {
+            self.holds_place.store(true, Ordering::SeqCst);
+        }
+        resumed
+    }
+
+    /// Stops taking connections (the queued ones go to other workers); the
+    /// port-0 place is `close`'s business.
+    fn stop(&self) {
         if self.closed.swap(true, Ordering::SeqCst) {
             return;
-        }
-        if let Some((key, index)) = self.port_zero {
-            self.worker.inner.lock().close_port_zero(key, index);
         }
         if let Mode::Shared { .. } = self.mode {
             return; // the socket closes when the listener drops

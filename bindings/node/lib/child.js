@@ -218,6 +218,7 @@ function setupChild(cluster, native) {
       this.port = listener.port;
       this.family = listener.family;
       this.listener = null;
+      this.pausedListener = null; // kept while paused: it holds our port-0 place
       this.poll = null;
       this.active = 0;
       this.granted = 0;
@@ -386,33 +387,38 @@ function setupChild(cluster, native) {
     /**
      * At maxConnections: leave the listener. Connections queued for this
      * worker are refused and the primary hands them to another worker, as
-     * Node's round-robin child refuses them.
+     * Node's round-robin child refuses them. The paused listener keeps this
+     * server's place among the worker's port-0 servers, so one started
+     * meanwhile does not get this server's port.
      */
     pause() {
       if (this.paused) return;
       this.paused = true;
-      this.detach();
+      this.detach(true);
     }
 
     resume() {
       let listener;
       try {
-        listener = channel.listen(this.host, this.port);
+        listener = this.pausedListener ? this.pausedListener.resume() : channel.listen(this.host, this.port);
       } catch (e) {
         return; // retried on the next connection close
       }
+      this.pausedListener = null;
       this.paused = false;
       this.attach(listener);
     }
 
-    detach() {
+    /** Leaves the listener; `pausing` keeps it (and its port-0 place) for resume(). */
+    detach(pausing = false) {
       if (!this.listener) return;
       if (this.poll) {
         this.poll.close();
         this.poll = null;
       }
-      const unused = this.listener.close();
+      const unused = pausing ? this.listener.pause() : this.listener.close();
       this.granted -= Math.min(unused, this.granted - this.delivered);
+      if (pausing) this.pausedListener = this.listener;
       this.listener = null;
     }
 
@@ -430,6 +436,10 @@ function setupChild(cluster, native) {
       if (this.closed) return;
       this.closed = true;
       this.detach();
+      if (this.pausedListener) {
+        this.pausedListener.close(); // gives the port-0 place up
+        this.pausedListener = null;
+      }
       servers.delete(this);
     }
 

@@ -376,11 +376,40 @@ impl NativeListener {
     /// wakes). Idempotent.
     #[napi]
     pub fn close(&self) -> u32 {
+        let unused = self.stop_thread();
+        self.state.listener.close();
+        unused
+    }
+
+    /// Stops taking connections as `close` does, but keeps this listener's
+    /// place among the worker's port-0 servers (a server paused at
+    /// `maxConnections`): a port-0 server started meanwhile gets a port of
+    /// its own. `resume` takes the address back; `close` gives the place
+    /// up. Returns the unused permits, as `close` does.
+    #[napi]
+    pub fn pause(&self) -> u32 {
+        let unused = self.stop_thread();
+        self.state.listener.pause();
+        unused
+    }
+
+    /// Listens again on this paused listener's address and port; the new
+    /// listener takes over its port-0 place. On error this one keeps it.
+    #[napi]
+    pub fn resume(&self, timeout_ms: Option<u32>) -> Result<NativeListener> {
+        let timeout = Duration::from_millis(timeout_ms.unwrap_or(30_000) as u64);
+        let listener = self.state.listener.resume(Some(timeout)).map_err(to_js_error)?;
+        NativeListener::new(listener)
+    }
+
+    /// Ends the accept thread, if any (exact: it only ever waits in poll or
+    /// on the permit condvar, which `stop` wakes); returns the permits it
+    /// had not used.
+    fn stop_thread(&self) -> u32 {
         self.state.stop();
         if let Some(handle) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = handle.join();
         }
-        self.state.listener.close();
         let permits = self.state.permits.lock().unwrap_or_else(|p| p.into_inner());
         (*permits).min(u32::MAX as u64) as u32
     }

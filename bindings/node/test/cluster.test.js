@@ -43,6 +43,12 @@ test('a worker at maxConnections refuses; the connection is served by another', 
   const count = {};
   for (const h of held) count[h.body] = (count[h.body] || 0) + 1;
   assert.deepStrictEqual(count, { 'worker 1': 1, 'worker 2': 5 }, 'worker 1 (maxConnections = 1) holds one connection');
+  // Paused at its limit, worker 1's server keeps its place among the
+  // worker's port-0 servers: a new port-0 server there gets a port of its own.
+  run.tell('second');
+  const second = await run.waitFor((l) => l.ev === 'second', 15000, 'worker 1 to start a second server');
+  assert.notStrictEqual(second.port, port, 'the second port-0 server took the paused server\'s port');
+  assert.strictEqual((await get(second.port)).body, 'second server');
   // Below its limit again, worker 1 takes connections again.
   held.forEach((h) => h.socket.destroy());
   const seen = new Set();
@@ -53,6 +59,7 @@ test('a worker at maxConnections refuses; the connection is served by another', 
   const again = new Set();
   for (let i = 0; i < 10; i++) again.add((await get(port)).body);
   assert.ok(again.has('worker 1') && again.has('worker 2'), `both serve again: ${[...again]}`);
+  assert.ok(again.size === 2, `only the first servers answer on its port: ${[...again]}`);
 });
 
 for (const mode of ['poll', 'thread']) {
