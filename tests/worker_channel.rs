@@ -1,7 +1,7 @@
 //! A worker's side of the channel, driven frame by frame from the test (the
 //! test plays the primary): what the worker answers, and when.
 
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
 use rcluster::channel::{self, Read, Reassembler};
@@ -16,12 +16,19 @@ fn read_frames(r: &mut Reassembler, fd: BorrowedFd<'_>) -> Vec<Frame> {
     out
 }
 
-#[test]
-fn a_worker_working_through_a_backlog_of_events_still_answers_pings() {
+/// A worker on one end of a channel whose other end the test reads as the
+/// primary, past the worker's hello.
+fn opened_worker() -> (OwnedFd, Worker, Reassembler) {
     let (primary, worker_end) = channel::socketpair().unwrap();
     let worker = Worker::from_channel(1, worker_end).unwrap();
     let mut r = Reassembler::new();
     assert!(matches!(read_frames(&mut r, primary.as_fd())[..], [Frame::Hello { .. }]));
+    (primary, worker, r)
+}
+
+#[test]
+fn a_worker_working_through_a_backlog_of_events_still_answers_pings() {
+    let (primary, worker, mut r) = opened_worker();
     // A backlog of messages in one record; the worker takes the first.
     let backlog: Vec<Vec<u8>> = (0..50u32).map(|i| i.to_le_bytes().to_vec()).collect();
     let slices: Vec<&[u8]> = backlog.iter().map(|m| &m[..]).collect();
@@ -79,10 +86,7 @@ fn listen_answered(
 
 #[test]
 fn a_paused_port_0_listener_keeps_its_place_until_closed() {
-    let (primary, worker_end) = channel::socketpair().unwrap();
-    let worker = Worker::from_channel(1, worker_end).unwrap();
-    let mut r = Reassembler::new();
-    assert!(matches!(read_frames(&mut r, primary.as_fd())[..], [Frame::Hello { .. }]));
+    let (primary, worker, mut r) = opened_worker();
     let w = worker.clone();
     let (first, _, index) = listen_answered(primary.as_fd(), &mut r, 1, 40001, move || w.listen("127.0.0.1", 0, None));
     assert_eq!(index, 0);
