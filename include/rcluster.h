@@ -518,8 +518,9 @@ int rcluster_listener_accept(rcluster_listener *listener, int timeout_ms, int *f
 // (each the caller's to close, as from `rcluster_listener_accept`). The
 // batch costs one acknowledgement to the primary, not one per connection:
 // a busy worker that takes what is queued saves the primary wake-ups.
-// Under `shared` and `reuseport` (the worker accepts itself) it takes one
-// connection per call, so a slow worker cannot hoard the shared queue.
+// Under `shared` (the workers accept on one socket) it takes one connection
+// per call, so a slow worker cannot hoard the shared queue; under
+// `reuseport` the socket is this worker's own and the batch is as above.
 // On error `*count` is 0 and no fd is returned.
 int rcluster_listener_accept_many(rcluster_listener *listener,
                                   int timeout_ms,

@@ -282,10 +282,16 @@ impl Worker {
                 let mode = if shared {
                     let socket =
                         shared_fd.ok_or_else(|| Error::new(Code::Protocol, "shared listener came without its fd"))?;
+                    // Only `reuseport` sockets carry SO_REUSEPORT: each is this
+                    // worker's alone (a `shared` socket is every worker's).
+                    let own = sys::sockopt_int(socket.as_fd(), libc::SOL_SOCKET, libc::SO_REUSEPORT)
+                        .map_err(|e| Error::os("getsockopt(SO_REUSEPORT) on the listener", e))?
+                        != 0;
                     Mode::Shared {
                         poll: PollSet::new(&[socket.as_raw_fd(), self.inner.channel.as_raw_fd()])
                             .map_err(|e| Error::os("epoll", e))?,
                         socket,
+                        own,
                     }
                 } else {
                     let state = self.inner.lock();
@@ -609,8 +615,9 @@ impl Inner {
 enum Mode {
     /// The primary accepts and hands connections over (rr and other policies).
     Dispatched { poll: PollSet },
-    /// The worker accepts on the shared listening socket itself.
-    Shared { socket: OwnedFd, poll: PollSet },
+    /// The worker accepts on a listening socket itself: the one all workers
+    /// share (`shared`), or one of its own (`reuseport`, `own`).
+    Shared { socket: OwnedFd, poll: PollSet, own: bool },
 }
 
 /// A listening address served through the primary.
@@ -663,11 +670,13 @@ impl Listener {
     /// connections in batches costs the primary one wake-up per batch.
     /// Only what is already queued is taken: a batch never waits to fill.
     ///
-    /// A worker that accepts itself (`shared`, `reuseport`) takes one
-    /// connection per call whatever `max` is: the primary's credit does not
-    /// bound it there, and a slow worker that grabbed a batch off the shared
-    /// queue would sit on connections idle workers could serve (measured:
-    /// p99.9 of the uneven test went from 1.9 to 12.9 ms).
+    /// A worker that accepts on the socket all workers share (`shared`)
+    /// takes one connection per call whatever `max` is: the primary's credit
+    /// does not bound it there, and a slow worker that grabbed a batch off
+    /// the shared queue would sit on connections idle workers could serve
+    /// (measured: p99.9 of the uneven test went from 1.9 to 12.9 ms). Under
+    /// `reuseport` the socket is this worker's own, so nobody else could
+    /// serve what is queued on it: the batch goes up to `max` there.
     pub fn accept_many(&self, max: usize, timeout: Option<Duration>) -> Result<Vec<OwnedFd>> {
         if max == 0 {
             return Err(Error::new(Code::InvalidArgument, "accept_many: max must be at least 1"));
@@ -723,10 +732,11 @@ impl Listener {
             if let Some(stop) = stop.filter(|_| !draining_own_socket) {
                 return Err(stop);
             }
-            if let Mode::Shared { socket, .. } = &self.mode {
+            if let Mode::Shared { socket, own, .. } = &self.mode {
+                let batch = if *own { max } else { 1 };
                 let mut fds = Vec::new();
                 let mut empty = false;
-                while fds.is_empty() {
+                while fds.len() < batch {
                     // SAFETY: accept4 on a listening socket we own, no address out-params.
                     let ret = unsafe {
                         libc::accept4(

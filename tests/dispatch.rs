@@ -389,9 +389,9 @@ fn many_small_messages_travel_batched_and_in_order_both_ways() {
 }
 
 #[test]
-fn accept_many_batches_handed_connections_and_takes_one_at_a_time_from_a_shared_socket() {
+fn accept_many_batches_except_from_the_socket_all_workers_share() {
     let _serial = serial();
-    for policy in [RCLUSTER_POLICY_RR, RCLUSTER_POLICY_SHARED] {
+    for policy in [RCLUSTER_POLICY_RR, RCLUSTER_POLICY_SHARED, RCLUSTER_POLICY_REUSEPORT] {
         // One worker that lets 10 connections queue up before it accepts.
         let env = [("TEST_ACCEPT_BATCH", "16"), ("TEST_ACCEPT_AFTER_MS", "500")];
         let mut p = TestPrimary::new("http", &env, policy);
@@ -401,19 +401,21 @@ fn accept_many_batches_handed_connections_and_takes_one_at_a_time_from_a_shared_
         for client in clients {
             client.join().unwrap().expect("every queued connection is served");
         }
-        if policy == RCLUSTER_POLICY_RR {
-            let batch = p.wait_for(SECS, "a batch report", |e| e.kind == RCLUSTER_EVENT_MESSAGE);
-            let size: usize = String::from_utf8_lossy(&batch.data).strip_prefix("batch ").unwrap().parse().unwrap();
-            assert!((2..=16).contains(&size), "rr: batch of {size}");
-        } else {
-            // A worker that accepts itself takes one per call: no hoarding of
-            // the shared queue. (A batch report would have come before the
-            // answers the clients already have.)
+        if policy == RCLUSTER_POLICY_SHARED {
+            // A worker that accepts on the shared socket takes one per call:
+            // no hoarding of the shared queue. (A batch report would have
+            // come before the answers the clients already have.)
             while let Some(e) = p.next(Duration::from_millis(200)) {
                 assert_ne!(e.kind, RCLUSTER_EVENT_MESSAGE, "shared: {:?}", String::from_utf8_lossy(&e.data));
             }
+        } else {
+            // rr: what the primary handed over; reuseport: what queued on the
+            // worker's own socket, which no other worker could take.
+            let batch = p.wait_for(SECS, "a batch report", |e| e.kind == RCLUSTER_EVENT_MESSAGE);
+            let size: usize = String::from_utf8_lossy(&batch.data).strip_prefix("batch ").unwrap().parse().unwrap();
+            assert!((2..=16).contains(&size), "policy {policy}: batch of {size}");
         }
-        // One Acks frame released every copy the primary held.
+        // rr: one Acks frame released every copy the primary held.
         let deadline = Instant::now() + SECS;
         while open_fds() != before && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));

@@ -351,9 +351,10 @@ class Listener:
         """Up to ``max`` connections at once, as ``accept`` returns them:
         waits (per the timeout) for the first, then takes only what is
         already queued. The batch costs the primary one acknowledgement, not
-        one per connection. Under ``shared`` and ``reuseport`` (the worker
-        accepts itself) it returns one connection per call, so a slow worker
-        cannot hoard the shared queue."""
+        one per connection. Under ``shared`` (the workers accept on one
+        socket) it returns one connection per call, so a slow worker cannot
+        hoard the shared queue; under ``reuseport`` the socket is this
+        worker's own and the batch goes up to ``max``."""
         if max < 1:
             raise ValueError("max must be at least 1")
         return self._take(max)

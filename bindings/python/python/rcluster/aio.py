@@ -128,7 +128,7 @@ class Server:
 
     def _on_readable(self) -> None:
         # accept_many: what is queued in one call and one acknowledgement
-        # (one connection per call where the worker accepts itself).
+        # (one connection per call under 'shared').
         taken = 0
         while taken < _ACCEPT_BATCH:
             try:
