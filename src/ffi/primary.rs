@@ -33,7 +33,8 @@ pub const RCLUSTER_POLICY_SHARED: c_int = 1;
 pub const RCLUSTER_POLICY_REUSEPORT: c_int = 2;
 /// Policy `least`: the primary accepts and hands each connection to the
 /// worker holding the fewest (unacknowledged, plus accepted and not yet
-/// reported finished with `rcluster_worker_done`); ties go round-robin.
+/// reported finished with `rcluster_worker_done`); ties go to the worker
+/// picked last (still warm), then to the ones after it in turn.
 pub const RCLUSTER_POLICY_LEAST: c_int = 3;
 
 /// No event (the struct after `rcluster_event_release`).
