@@ -15,7 +15,8 @@
 //! 2.1× the connections/s of rotating among equals (8.98k against 4.28k),
 //! level with Node's SCHED_NONE (9.00k); with 4 or 32 at a time, and for
 //! the C server, no change; the uneven test's p99 with 2 workers was
-//! 0.50 ms in a run with this change, 1.5–2.6 ms in the last two without.
+//! 0.50 and 0.88 ms in two runs with this change, 1.5–2.6 ms in the last
+//! two without.
 
 use super::{Policy, Sockets};
 
