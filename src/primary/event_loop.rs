@@ -1020,6 +1020,9 @@ impl EventLoop {
         let reply = Frame::ListenOk { request, listener: id, shared, report_done, port, address: address.to_string() };
         let fds: Vec<Arc<OwnedFd>> = own_socket.into_iter().map(Arc::new).collect();
         self.send_frame(worker, &reply.encode(), &fds);
+        // Our copy of the worker's socket closes now (a queued record holds
+        // its own), before the host hears of the listen below.
+        drop(fds);
         let Some(entry) = self.workers.get_mut(&worker) else { return };
         if !entry.listening_on.contains(&id) {
             entry.listening_on.push(id);
