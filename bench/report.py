@@ -360,6 +360,18 @@ def markdown(run: Run, png_note: str) -> str:
     L += http_table(run, "python", [("prefork", "prefork")])
     L += ["Keep-alive runs are one round of 2 s each (noisier than the five rounds of the headline column); once a "
           "connection is handed over, the cluster is out of its path.", ""]
+    if run.worker_counts("c-low") or run.worker_counts("node-low"):
+        L += ["## A few connections at a time", "",
+              f"The same C and Node servers under wrk `-t1 -c{cfg.get('low_connections', 4)}` "
+              f"({cfg.get('low_rounds', 1)} round(s) of {cfg['seconds']} s): the load of a lightly used server, "
+              "not a saturated one. Every connection then finds the processes asleep and nothing is batched: "
+              "under `rr` the primary's thread wakes to accept it and then a worker to take it, two wake-ups "
+              "where a shared socket needs one, and the workers take turns, so each one served has slept while "
+              "the others ran. The README's Performance section has what this costs and why.", ""]
+        L += ["C workers (bench/c/bench_server.c):", ""] + http_table(run, "c-low", [("prefork", "prefork")],
+                                                                        note_keepalive=False)
+        L += ["Node workers (bench/node/app.js):", ""] + http_table(run, "node-low", [("node-none", "SCHED_NONE")],
+                                                                      note_keepalive=False)
     u = d.get("uneven", {})
     L += ["## Uneven workers", "",
           f"Every request takes {u.get('work_us')} µs more (the worker's loop waits), and {u.get('slow_work_us')} µs "

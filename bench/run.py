@@ -54,12 +54,12 @@ PROFILES = {
     "full": dict(
         workers=[2, 4], seconds=2, warmup=1, rounds=5, ka_rounds=1,
         uneven_seconds=5, uneven_rounds=2, ipc_seconds=1.0, ipc_rounds=2,
-        connections=32, full=True,
+        connections=32, low_connections=4, low_rounds=3, full=True,
     ),
     "quick": dict(
         workers=[2], seconds=2, warmup=1, rounds=1, ka_rounds=0,
         uneven_seconds=3, uneven_rounds=1, ipc_seconds=0.5, ipc_rounds=1,
-        connections=32, full=False,
+        connections=32, low_connections=4, low_rounds=1, full=False,
     ),
 }
 IPC_WINDOWS = [16, 256, 1024, 4096]
@@ -345,6 +345,13 @@ def node_contenders(n: int, full: bool) -> list[Contender]:
     return out
 
 
+def low_contenders(kind: str, n: int) -> list[Contender]:
+    """Low concurrency: rr, shared and what each is compared with (the shared-socket server Node or C users run)."""
+    if kind == "c":
+        return [c for c in c_contenders(n, False) if c.key in ("prefork", "rr", "shared")]
+    return [c for c in node_contenders(n, True) if c.key in ("node-none", "rcluster-rr", "rcluster-shared")]
+
+
 def python_contenders(n: int, full: bool) -> list[Contender]:  # noqa: ARG001
     py = str(ROOT / ".venv" / "bin" / "python")
     args = ["--workers", str(n), "--port", "0"]
@@ -393,12 +400,13 @@ def run_openloop(url: str, seconds: int, rate: float) -> dict:
 
 
 def measure(server: Server, cfg: dict, seconds: int, close: bool, warmup: bool, rate: float | None,
-            client_cpu: str | None = None) -> dict:
-    """One measured run: wrk (closed loop), or openloop at `rate` connections/s."""
+            client_cpu: str | None = None, connections: int | None = None) -> dict:
+    """One measured run: wrk (closed loop, `connections` at a time), or openloop at `rate` connections/s."""
     if rate:
         load = lambda secs: run_openloop(server.url, secs, rate)  # noqa: E731
     else:
-        load = lambda secs: run_wrk(server.url, secs, cfg["connections"], close, client_cpu)  # noqa: E731
+        conns = connections or cfg["connections"]
+        load = lambda secs: run_wrk(server.url, secs, conns, close, client_cpu)  # noqa: E731
     if warmup:  # the first run of each contender and mode: a short one, not counted
         load(cfg["warmup"])
     p0, w0, c0, s0 = server.primary_cpu(), server.workers_cpu(), children_cpu(), system_cpu()
@@ -449,9 +457,9 @@ def summarize(runs: list[dict], workers: int) -> dict:
 
 def run_group(name: str, workers: int, contenders: list[Contender], cfg: dict, logdir: Path,
               close_rounds: int, ka_rounds: int, seconds: int, rate: float | None = None,
-              client_cpu: str | None = None) -> dict:
+              client_cpu: str | None = None, connections: int | None = None) -> dict:
     """Starts the contenders side by side, then loads each in turn, in rounds of alternating order."""
-    how = f"openloop {rate:.0f} conn/s" if rate else f"wrk -t1 -c{cfg['connections']}"
+    how = f"openloop {rate:.0f} conn/s" if rate else f"wrk -t1 -c{connections or cfg['connections']}"
     if client_cpu:
         how += f" on CPU {client_cpu}, every server process on CPU {PINNED_SERVER_CPU}"
     log(f"group {name}, {workers} workers ({how}): " + ", ".join(c.label for c in contenders))
@@ -489,7 +497,7 @@ def run_group(name: str, workers: int, contenders: list[Contender], cfg: dict, l
                 for key in order:
                     try:
                         res = measure(servers[key], cfg, seconds, close=(mode == "close"), warmup=(r == 0),
-                                      rate=rate, client_cpu=client_cpu)
+                                      rate=rate, client_cpu=client_cpu, connections=connections)
                         runs[key].append(res)
                         served = res["requests"] / (res["duration_us"] / 1e6)
                         log(f"  {mode:9} round {r + 1}/{rounds} {servers[key].contender.label:32} "
@@ -591,7 +599,7 @@ def machine_info() -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer contenders, shorter runs (bench-quick)")
-    parser.add_argument("--only", default="c,node,python,uneven,ipc", help="groups to run (comma-separated)")
+    parser.add_argument("--only", default="c,node,python,low,uneven,ipc", help="groups to run (comma-separated)")
     parser.add_argument("--workers", default=None, help="worker counts, e.g. 2,4 (default: the profile's)")
     parser.add_argument("--out", default=None, help="output directory (default: bench/results, quick: bench/tmp/quick)")
     parser.add_argument("--no-report", action="store_true", help="write latest.json only")
@@ -631,6 +639,13 @@ def main() -> int:
                 # The same with the client and the servers each on a CPU of their own.
                 results["groups"].append(run_group("c-pinned", n, c_pinned_contenders(n, full), cfg, logdir,
                                                    3, 0, cfg["seconds"], client_cpu=PINNED_CLIENT_CPU))
+    if "low" in only:
+        # A few connections at a time, with the most workers: where a hop through the primary shows most.
+        n = max(cfg["workers"])
+        for kind in ("c", "node"):
+            results["groups"].append(run_group(f"{kind}-low", n, low_contenders(kind, n), cfg, logdir,
+                                               cfg["low_rounds"], 0, cfg["seconds"],
+                                               connections=cfg["low_connections"]))
     if "uneven" in only:
         for n in cfg["workers"]:
             results["groups"].append(run_group("uneven", n, uneven_contenders(n, full), cfg, logdir,
