@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """rcluster's side-by-side benchmark (`make bench`, `make bench-quick`).
 
-    python3 bench/run.py            # full run, about 8 minutes: bench/results/latest.{json,md,png}
+    python3 bench/run.py            # full run, about 9 minutes: bench/results/latest.{json,md,png}
     python3 bench/run.py --quick    # about 1.5 minutes: bench/tmp/quick/latest.{json,md,png}
     python3 bench/run.py --only c,ipc --workers 2
 
@@ -638,7 +638,7 @@ def main() -> int:
             if name == "c" and "c" in only and full and (os.cpu_count() or 1) >= 2:
                 # The same with the client and the servers each on a CPU of their own.
                 results["groups"].append(run_group("c-pinned", n, c_pinned_contenders(n, full), cfg, logdir,
-                                                   3, 0, cfg["seconds"], client_cpu=PINNED_CLIENT_CPU))
+                                                   2, 0, cfg["seconds"], client_cpu=PINNED_CLIENT_CPU))
     if "low" in only:
         # A few connections at a time, with the most workers: where a hop through the primary shows most.
         n = max(cfg["workers"])
@@ -654,7 +654,7 @@ def main() -> int:
         if full:  # the same under wrk's closed loop, to show why the open loop is needed
             n = cfg["workers"][0]
             results["groups"].append(run_group("uneven-closed", n, uneven_contenders(n, full), cfg, logdir,
-                                               1, 0, cfg["uneven_seconds"]))
+                                               1, 0, cfg["seconds"]))
     if "ipc" in only:
         results["ipc"] = run_ipc(cfg)
     results["load_end"] = loadavg()
