@@ -418,25 +418,34 @@ def chart(run: Run, path: Path) -> str | None:
     fig.suptitle(f"rcluster vs the alternatives — {m['cpus']}-CPU {m['cpu'].split(' @')[0]}, {m['date']}, "
                  f"commit {m['commit'].split()[0]}", fontsize=13, fontweight="bold")
 
+    low = run.data["config"].get("low_connections", 4)
+
     def bars(ax, name, title, baseline_key, baseline_label, second=None):
-        ns = run.worker_counts(name)
+        """The group's rows, then its few-connections group's (`<name>-low`), if it ran."""
+        rows = [(name, n) for n in run.worker_counts(name)]
+        rows += [(f"{name}-low", n) for n in run.worker_counts(f"{name}-low")]
         labels, values, colors, notes, lo, hi = [], [], [], [], [], []
-        for n in ns:
-            g = run.group(name, n)
-            base = run.rate(name, n, baseline_key)
-            base2 = run.rate(name, n, second[0]) if second else None
+        for gname, n in rows:
+            g = run.group(gname, n)
+            is_low = gname.endswith("-low")
+            base = run.rate(gname, n, baseline_key)
+            base2 = run.rate(gname, n, second[0]) if second else None
             for c in g["contenders"]:
-                labels.append(f"{c['label']} · {n}w")
+                labels.append(f"{c['label']} · {n}w" + (f", {low} at a time" if is_low else ""))
                 if "close" in c:
                     v = c["close"]["rate"]
                     values.append(v)
                     lo.append(v - min(c["close"]["rates"]))
                     hi.append(max(c["close"]["rates"]) - v)
                     note = f"{v / 1000:.1f}k"
-                    if base and c["label"].startswith("rcluster"):
-                        note += f"  {v / base:.2f}×"
-                        if base2:
-                            note += f" / {v / base2:.2f}×"
+                    if c["label"].startswith("rcluster"):
+                        if is_low:  # one baseline only here: name it
+                            note += "".join(f"  {v / b:.2f}× {lab}" for b, lab in
+                                            ((base, baseline_label), (base2, second and second[1])) if b)
+                        elif base:
+                            note += f"  {v / base:.2f}×"
+                            if base2:
+                                note += f" / {v / base2:.2f}×"
                     notes.append(note)
                 else:
                     values.append(0)
