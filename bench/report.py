@@ -362,8 +362,8 @@ def markdown(run: Run, png_note: str) -> str:
           "connection is handed over, the cluster is out of its path.", ""]
     if run.worker_counts("c-low") or run.worker_counts("node-low"):
         L += ["## A few connections at a time", "",
-              f"The same C and Node servers under wrk `-t1 -c{cfg.get('low_connections', 4)}` "
-              f"({cfg.get('low_rounds', 1)} round(s) of {cfg['seconds']} s): the load of a lightly used server, "
+              f"The same C and Node servers under wrk `-t1 -c{cfg['low_connections']}` "
+              f"({cfg['low_rounds']} round(s) of {cfg['seconds']} s): the load of a lightly used server, "
               "not a saturated one. Every connection then finds the processes asleep and nothing is batched: "
               "under `rr` the primary's thread wakes to accept it and then a worker to take it, two wake-ups "
               "where a shared socket needs one, and the workers take turns, so each one served has slept while "
@@ -418,8 +418,6 @@ def chart(run: Run, path: Path) -> str | None:
     fig.suptitle(f"rcluster vs the alternatives — {m['cpus']}-CPU {m['cpu'].split(' @')[0]}, {m['date']}, "
                  f"commit {m['commit'].split()[0]}", fontsize=13, fontweight="bold")
 
-    low = run.data["config"].get("low_connections", 4)
-
     def bars(ax, name, title, baseline_key, baseline_label, second=None):
         """The group's rows, then its few-connections group's (`<name>-low`), if it ran."""
         rows = [(name, n) for n in run.worker_counts(name)]
@@ -431,7 +429,8 @@ def chart(run: Run, path: Path) -> str | None:
             base = run.rate(gname, n, baseline_key)
             base2 = run.rate(gname, n, second[0]) if second else None
             for c in g["contenders"]:
-                labels.append(f"{c['label']} · {n}w" + (f", {low} at a time" if is_low else ""))
+                at_a_time = f", {run.data['config']['low_connections']} at a time" if is_low else ""
+                labels.append(f"{c['label']} · {n}w{at_a_time}")
                 if "close" in c:
                     v = c["close"]["rate"]
                     values.append(v)

@@ -400,13 +400,12 @@ def run_openloop(url: str, seconds: int, rate: float) -> dict:
 
 
 def measure(server: Server, cfg: dict, seconds: int, close: bool, warmup: bool, rate: float | None,
-            client_cpu: str | None = None, connections: int | None = None) -> dict:
+            client_cpu: str | None, connections: int) -> dict:
     """One measured run: wrk (closed loop, `connections` at a time), or openloop at `rate` connections/s."""
     if rate:
         load = lambda secs: run_openloop(server.url, secs, rate)  # noqa: E731
     else:
-        conns = connections or cfg["connections"]
-        load = lambda secs: run_wrk(server.url, secs, conns, close, client_cpu)  # noqa: E731
+        load = lambda secs: run_wrk(server.url, secs, connections, close, client_cpu)  # noqa: E731
     if warmup:  # the first run of each contender and mode: a short one, not counted
         load(cfg["warmup"])
     p0, w0, c0, s0 = server.primary_cpu(), server.workers_cpu(), children_cpu(), system_cpu()
@@ -459,7 +458,8 @@ def run_group(name: str, workers: int, contenders: list[Contender], cfg: dict, l
               close_rounds: int, ka_rounds: int, seconds: int, rate: float | None = None,
               client_cpu: str | None = None, connections: int | None = None) -> dict:
     """Starts the contenders side by side, then loads each in turn, in rounds of alternating order."""
-    how = f"openloop {rate:.0f} conn/s" if rate else f"wrk -t1 -c{connections or cfg['connections']}"
+    connections = connections or cfg["connections"]
+    how = f"openloop {rate:.0f} conn/s" if rate else f"wrk -t1 -c{connections}"
     if client_cpu:
         how += f" on CPU {client_cpu}, every server process on CPU {PINNED_SERVER_CPU}"
     log(f"group {name}, {workers} workers ({how}): " + ", ".join(c.label for c in contenders))
