@@ -304,6 +304,21 @@ def others_line(run: Run) -> str:
             f"{100 * xs[int(0.9 * (len(xs) - 1))]:.1f}%, worst {100 * xs[-1]:.1f}%).")
 
 
+def idle_line(m: dict) -> str:
+    """How the machine's idle CPUs wait, where the run recorded it: on a
+    virtual machine whose idle CPUs halt at once, every wake-up of a
+    sleeping CPU is an exit to the hypervisor (README, Performance)."""
+    if "virtual" not in m:
+        return ""
+    parts = ["; a virtual machine" if m["virtual"] else "; not virtualized"]
+    if m.get("cpuidle_driver"):
+        parts.append(f"cpuidle driver {m['cpuidle_driver']}")
+    poll = m.get("guest_halt_poll_ns")
+    if poll:
+        parts.append(f"guest halt polling {poll} ns" + (" (an idle CPU halts at once)" if poll == "0" else ""))
+    return ", ".join(parts)
+
+
 def markdown(run: Run, png_note: str) -> str:
     d = run.data
     m = d["machine"]
@@ -311,7 +326,7 @@ def markdown(run: Run, png_note: str) -> str:
     L = [
         "# rcluster benchmark: latest run",
         "",
-        f"Machine: {m['cpu']}, {m['cpus']} CPUs, {m['mem_gib']} GiB, Linux {m['kernel']}. "
+        f"Machine: {m['cpu']}, {m['cpus']} CPUs, {m['mem_gib']} GiB, Linux {m['kernel']}{idle_line(m)}. "
         f"Date: {m['date']}. Commit {m['commit']}. {m['wrk']}; Node {m['node']}; {m['python']}; gcc {m['gcc']}.",
         "",
         f"Run: `{'make bench-quick' if d['profile'] == 'quick' else 'make bench'}` ({d['profile']} profile), "

@@ -573,12 +573,20 @@ def machine_info() -> dict:
         except Exception:  # noqa: BLE001
             return "?"
 
-    cpu = "?"
+    cpu, virtual = "?", False
     for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
+        if line.startswith("model name") and cpu == "?":
             cpu = line.split(":", 1)[1].strip()
+        if line.startswith("flags"):
+            virtual = "hypervisor" in line.split(":", 1)[1].split()
             break
     mem = Path("/proc/meminfo").read_text().splitlines()[0].split()[1]
+    def sys_value(path: str) -> str:
+        try:
+            return Path(path).read_text().strip()
+        except OSError:
+            return ""
+
     commit = cmd("git", "-C", str(ROOT), "rev-parse", "--short", "HEAD")
     dirty = cmd("git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no", "--", "src", "include",
                 "examples", "bindings")
@@ -588,6 +596,10 @@ def machine_info() -> dict:
         "cpus": os.cpu_count(),
         "mem_gib": round(int(mem) / 1024 / 1024, 1),
         "kernel": platform.release(),
+        # How an idle CPU waits matters to every cross-CPU wake-up (README, Performance).
+        "virtual": virtual,
+        "cpuidle_driver": sys_value("/sys/devices/system/cpu/cpuidle/current_driver"),
+        "guest_halt_poll_ns": sys_value("/sys/module/haltpoll/parameters/guest_halt_poll_ns"),
         "commit": commit + (" (+ uncommitted changes)" if dirty else ""),
         "wrk": cmd("wrk", "--version").splitlines()[0] if shutil.which("wrk") else "missing",
         "node": cmd("node", "--version"),
