@@ -573,6 +573,12 @@ def machine_info() -> dict:
         except Exception:  # noqa: BLE001
             return "?"
 
+    def sys_value(path: str) -> str:
+        try:
+            return Path(path).read_text().strip()
+        except OSError:
+            return ""
+
     cpu, virtual = "?", False
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name") and cpu == "?":
@@ -581,12 +587,6 @@ def machine_info() -> dict:
             virtual = "hypervisor" in line.split(":", 1)[1].split()
             break
     mem = Path("/proc/meminfo").read_text().splitlines()[0].split()[1]
-    def sys_value(path: str) -> str:
-        try:
-            return Path(path).read_text().strip()
-        except OSError:
-            return ""
-
     commit = cmd("git", "-C", str(ROOT), "rev-parse", "--short", "HEAD")
     dirty = cmd("git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no", "--", "src", "include",
                 "examples", "bindings")
