@@ -27,7 +27,7 @@ import signal
 import subprocess
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from run import ROOT, children  # bench/run.py: the harness's root and /proc readings
 
 
 def threads(pid: int) -> dict[int, tuple[str, int, int]]:
@@ -46,16 +46,6 @@ def threads(pid: int) -> dict[int, tuple[str, int, int]]:
         fields = stat[stat.rindex(")") + 2 :].split()
         out[int(tid)] = (comm, int(fields[36]), int(fields[11]) + int(fields[12]))
     return out
-
-
-def children(pid: int) -> list[int]:
-    kids = []
-    for tid in threads(pid):
-        try:
-            kids += [int(x) for x in open(f"/proc/{pid}/task/{tid}/children").read().split()]
-        except OSError:
-            pass
-    return kids
 
 
 def label(pid: int, server: int, wrk: int, comm: str) -> str:
