@@ -169,7 +169,7 @@ impl Frame {
         while start < messages.len() {
             let mut end = start;
             let mut size = 0;
-            while end < messages.len() && size + 4 + messages[end].len() <= ROOM {
+            while end < messages.len() && size + 4 + messages[end].len().min(ROOM) <= ROOM {
                 size += 4 + messages[end].len();
                 end += 1;
             }
@@ -186,8 +186,9 @@ impl Frame {
 
     /// Encodes several messages as one `Users` frame.
     pub fn encode_users<'a>(messages: impl Iterator<Item = &'a [u8]> + Clone) -> Vec<u8> {
-        let total: usize = messages.clone().map(|m| 4 + m.len()).sum();
-        let mut out = Vec::with_capacity(5 + total);
+        // Saturating: a capacity too large to allocate fails loudly, never wraps small.
+        let total = messages.clone().fold(5usize, |sum, m| sum.saturating_add(4).saturating_add(m.len()));
+        let mut out = Vec::with_capacity(total);
         out.push(USERS);
         out.extend_from_slice(&(messages.clone().count() as u32).to_le_bytes());
         for message in messages {
@@ -264,11 +265,19 @@ impl Frame {
     }
 }
 
+/// Longest string a frame carries, in bytes. Callers that send a string the
+/// peer must see whole (a listen request's host) refuse longer ones first.
+pub const MAX_STR: usize = u16::MAX as usize;
+
 fn put_str(out: &mut Vec<u8>, s: &str) {
-    // Strings in frames are addresses and error messages; cap them rather than fail.
-    let bytes = &s.as_bytes()[..s.len().min(u16::MAX as usize)];
-    out.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
-    out.extend_from_slice(bytes);
+    // Only text whose tail may go (an error message) gets here over the
+    // limit: cut it at a character boundary, so it stays valid UTF-8.
+    let mut cut = s.len().min(MAX_STR);
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    out.extend_from_slice(&(cut as u16).to_le_bytes());
+    out.extend_from_slice(&s.as_bytes()[..cut]);
 }
 
 fn protocol(what: &str) -> Error {
@@ -351,6 +360,20 @@ mod tests {
         ];
         for frame in frames {
             assert_eq!(Frame::decode(frame.encode()).unwrap(), frame);
+        }
+    }
+
+    #[test]
+    fn an_over_long_string_is_cut_at_a_character_boundary() {
+        // 'é' is two bytes: the limit falls inside one.
+        let message = "é".repeat(MAX_STR);
+        let frame = Frame::ListenErr { request: 1, errno: 22, message: message.clone() };
+        match Frame::decode(frame.encode()).unwrap() {
+            Frame::ListenErr { message: cut, .. } => {
+                assert_eq!(cut.len(), MAX_STR - 1);
+                assert!(message.starts_with(&cut));
+            }
+            other => panic!("{other:?}"),
         }
     }
 

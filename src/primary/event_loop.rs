@@ -29,6 +29,7 @@ use std::ffi::OsString;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -51,6 +52,9 @@ use crate::wire::Frame;
 const REAP_POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// How long accepting pauses after EMFILE/ENFILE/ENOBUFS/ENOMEM, so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Queued connections closed when a worker cannot start for lack of fds:
+/// enough for a spawn (a socketpair, a pidfd, exec's error pipe) and more.
+const SHED_ON_EMFILE: usize = 16;
 
 // Tokens: the low two bits say what, the rest which.
 const KIND_SPECIAL: usize = 0;
@@ -69,8 +73,11 @@ struct Handoff {
     conn: u64,
     listener: u32,
     fd: Arc<OwnedFd>,
-    /// How many workers refused it.
-    refusals: u32,
+    /// The workers that refused it: it is not offered to them again, and it
+    /// is closed once every worker of its listener has refused it.
+    refused_by: Vec<u32>,
+    /// When it was last handed to a worker (for the acknowledgement deadline).
+    handed_at: Instant,
 }
 
 /// A record waiting for room in a worker's socket buffer.
@@ -86,6 +93,10 @@ struct Link {
     reassembler: Reassembler,
     outbox: VecDeque<Outgoing>,
     writable_armed: bool,
+    /// Bytes queued for the worker, shared with the host's `send` (which
+    /// adds what it queues; we take that off as we take its commands, and
+    /// count the outbox in while it holds records).
+    queued: Arc<AtomicUsize>,
 }
 
 /// The next signal a stopping worker gets, and when.
@@ -128,11 +139,25 @@ struct WorkerEntry {
     /// Outstanding heartbeat: its sequence number and when it was sent.
     ping: Option<(u64, Instant)>,
     next_ping: Option<Instant>,
+    /// It held a connection unacknowledged past `ack_timeout` and was killed.
+    ack_expired: bool,
 }
 
 impl WorkerEntry {
     fn can_take_connections(&self, max_unacked: usize) -> bool {
         self.link.is_some() && !self.leaving && self.unacked.len() < max_unacked
+    }
+
+    /// Whether the heartbeat watches it: online and connected, not leaving.
+    /// `next_timer` and `check_heartbeats` both ask this, so a deadline is
+    /// only ever waited for when a check will act on it.
+    fn heartbeat_watched(&self) -> bool {
+        self.link.is_some() && self.online && !self.leaving
+    }
+
+    /// When its oldest unacknowledged connection was handed over.
+    fn oldest_unacked(&self) -> Option<Instant> {
+        self.unacked.values().map(|h| h.handed_at).min()
     }
 
     fn state(&self) -> WorkerState {
@@ -184,6 +209,10 @@ pub(crate) struct EventLoop {
     jitter: Jitter,
     signals: Option<SignalPipe>,
     shutdown: Option<ShutdownState>,
+    /// The time this turn started (read once per turn, not per connection).
+    now: Instant,
+    /// Workers whose channels went unread while the host was behind on events.
+    unread: Vec<u32>,
 }
 
 impl EventLoop {
@@ -231,6 +260,8 @@ impl EventLoop {
             jitter: Jitter::new(),
             signals,
             shutdown: None,
+            now: Instant::now(),
+            unread: Vec::new(),
         })
     }
 
@@ -245,6 +276,7 @@ impl EventLoop {
                     self.begin_shutdown(Duration::ZERO);
                 }
             }
+            self.now = Instant::now();
             for event in events.iter() {
                 let Token(raw) = event.token();
                 let id = (raw >> 2) as u32;
@@ -263,11 +295,15 @@ impl EventLoop {
                     _ => self.on_worker_exit(id),
                 }
             }
+            // Timers before the hand-out: what they start (a paused
+            // listener resumes and accepts, a reaped worker's connections go
+            // back to the queue) is dispatched and sent in this same turn,
+            // never left waiting for a wake-up that may not come.
+            self.on_timers();
             self.dispatch_pending();
             self.accept_ready();
-            self.send_handed_connections();
             self.start_due_recycles();
-            self.on_timers();
+            self.send_handed_connections();
             if self.advance_shutdown() {
                 break;
             }
@@ -296,9 +332,13 @@ impl EventLoop {
             self.shared.wake.clear();
             queue.drain(..).collect()
         };
+        // The host also wakes us when it has caught up on events (after the
+        // clear above, so such a wake-up is never lost).
+        self.resume_reads();
         // Messages to the same worker queued together travel together.
         let mut messages: Vec<(u32, Vec<Vec<u8>>)> = Vec::new();
         for command in commands {
+            self.unreserve(&command);
             if let Command::Send { worker, data } = command {
                 match messages.iter_mut().find(|(w, _)| *w == worker) {
                     Some((_, queued)) => queued.push(data),
@@ -336,6 +376,19 @@ impl EventLoop {
             }
         }
         self.send_user_messages(&mut messages);
+    }
+
+    /// A send command's bytes leave the host's count as we take it (what
+    /// cannot be written at once is counted again while in the outbox).
+    fn unreserve(&self, command: &Command) {
+        let (worker, bytes) = match command {
+            Command::Send { worker, data } => (*worker, data.len()),
+            Command::SendFrames { worker, frames } => (*worker, frames.iter().map(Vec::len).sum()),
+            _ => return,
+        };
+        if let Some(link) = self.workers.get(&worker).and_then(|w| w.link.as_ref()) {
+            link.queued.fetch_sub(bytes, Ordering::Relaxed);
+        }
     }
 
     fn send_user_messages(&mut self, messages: &mut Vec<(u32, Vec<Vec<u8>>)>) {
@@ -407,8 +460,14 @@ impl EventLoop {
         let supervision = &self.config.supervision;
         let recycle_at = (supervision.recycle_after > 0)
             .then(|| supervision.recycle_after + self.jitter.upto(supervision.recycle_jitter));
-        let link =
-            Link { fd: channel, reassembler: Reassembler::new(), outbox: VecDeque::new(), writable_armed: false };
+        let queued = Arc::new(AtomicUsize::new(0));
+        let link = Link {
+            fd: channel,
+            reassembler: Reassembler::with_limit(self.config.limits.max_message),
+            outbox: VecDeque::new(),
+            writable_armed: false,
+            queued: queued.clone(),
+        };
         self.workers.insert(
             id,
             WorkerEntry {
@@ -435,9 +494,10 @@ impl EventLoop {
                 recycle_at,
                 ping: None,
                 next_ping: None,
+                ack_expired: false,
             },
         );
-        self.shared.lock_connected().insert(id);
+        self.shared.lock_connected().insert(id, queued);
         self.shared.emit(Event::Fork { worker: id, pid, slot, generation: self.generation });
         Ok(WorkerInfo { id, pid })
     }
@@ -445,20 +505,40 @@ impl EventLoop {
     /// Finds or binds the listener for `host:port` (for port 0, the one
     /// every worker's first port-0 listen at `host` gets).
     pub(crate) fn listen(&mut self, host: &str, port: u16) -> Result<SocketAddr> {
-        let id = self.listener_for(host, port, 0)?;
-        Ok(self.listeners[&id].address)
+        let id = self.listener_for(host, port, 0, None)?;
+        let listener = self.listeners.get_mut(&id).expect("listener_for returned a known id");
+        listener.declared = true;
+        Ok(listener.address)
     }
 
     /// Finds or binds the listener for `host:port`; for port 0, the
     /// `index`-th (each worker's n-th port-0 listen at a host shares one).
-    fn listener_for(&mut self, host: &str, port: u16, index: u16) -> Result<u32> {
+    /// `worker`: the worker asking, held to `max_listeners_per_worker`
+    /// (`None`: the host, whose listeners are not counted).
+    fn listener_for(&mut self, host: &str, port: u16, index: u16, worker: Option<u32>) -> Result<u32> {
         if self.shutdown.is_some() {
             return Err(Error::new(Code::State, "the primary is shutting down").with_errno(libc::ESHUTDOWN));
         }
         let requested = parse_address(host, port)?;
         let key = (requested, if port == 0 { index } else { 0 });
-        if let Some(&id) = self.by_address.get(&key) {
+        let existing = self.by_address.get(&key).copied();
+        let limits = &self.config.limits;
+        if let Some(entry) = worker.and_then(|w| self.workers.get(&w)) {
+            let already = existing.is_some_and(|id| entry.listening_on.contains(&id));
+            if !already && entry.listening_on.len() >= limits.max_listeners_per_worker as usize {
+                let max = limits.max_listeners_per_worker;
+                let message = format!("worker {} already holds {max} listeners (max_listeners_per_worker)", entry.id);
+                return Err(Error::new(Code::Address, message).with_errno(libc::EMFILE));
+            }
+        }
+        if let Some(id) = existing {
             return Ok(id);
+        }
+        if worker.is_some() && self.listeners.values().filter(|l| !l.declared).count() >= limits.max_listeners as usize
+        {
+            let message =
+                format!("the primary already holds {} listeners for workers (max_listeners)", limits.max_listeners);
+            return Err(Error::new(Code::Address, message).with_errno(libc::EMFILE));
         }
         let id = self.next_listener;
         let listener = Listener::bind(id, requested, self.config.backlog, self.config.policy.instantiate())?;
@@ -735,7 +815,7 @@ impl EventLoop {
                 let fd = Arc::new(unsafe { OwnedFd::from_raw_fd(ret) });
                 let conn = self.next_conn;
                 self.next_conn += 1;
-                self.dispatch(Handoff { conn, listener: id, fd, refusals: 0 });
+                self.dispatch(Handoff { conn, listener: id, fd, refused_by: Vec::new(), handed_at: self.now });
                 continue;
             }
             let errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
@@ -766,29 +846,32 @@ impl EventLoop {
 
     /// Hands a connection to the worker the policy picks, or queues it.
     fn dispatch(&mut self, handoff: Handoff) {
-        match self.pick_worker(handoff.listener) {
+        match self.pick_worker(handoff.listener, &handoff.refused_by) {
             Some(worker) => self.hand_to(worker, handoff),
             None => self.pending.push_back(handoff),
         }
     }
 
-    fn pick_worker(&mut self, listener: u32) -> Option<u32> {
+    /// The worker the listener's policy picks, never one in `refused_by`.
+    fn pick_worker(&mut self, listener: u32, refused_by: &[u32]) -> Option<u32> {
         let listener = self.listeners.get_mut(&listener)?;
         let workers = &self.workers;
         let max_unacked = self.config.max_unacked as usize;
         listener.policy.pick(&listener.members, &mut |id| {
             let entry = workers.get(&id)?;
-            entry.can_take_connections(max_unacked).then_some(entry.unacked.len() as u32 + entry.active)
+            let can = entry.can_take_connections(max_unacked) && !refused_by.contains(&id);
+            can.then_some(entry.unacked.len() as u32 + entry.active)
         })
     }
 
     /// Gives a connection to a worker. It is sent with the others handed to
     /// that worker this turn, in one record, at the end of the turn.
-    fn hand_to(&mut self, worker: u32, handoff: Handoff) {
+    fn hand_to(&mut self, worker: u32, mut handoff: Handoff) {
         let Some(entry) = self.workers.get_mut(&worker) else {
             self.pending.push_back(handoff);
             return;
         };
+        handoff.handed_at = self.now;
         if entry.handing.is_empty() {
             self.handing_to.push(worker);
         }
@@ -834,7 +917,7 @@ impl EventLoop {
         }
         let mut waiting = VecDeque::new();
         while let Some(handoff) = self.pending.pop_front() {
-            match self.pick_worker(handoff.listener) {
+            match self.pick_worker(handoff.listener, &handoff.refused_by) {
                 Some(worker) => self.hand_to(worker, handoff),
                 None => waiting.push_back(handoff),
             }
@@ -873,6 +956,7 @@ impl EventLoop {
                     }
                 }
             }
+            link.queued.fetch_add(payload.len(), Ordering::Relaxed);
             link.outbox.push_back(Outgoing { header, payload: payload.to_vec(), fds: attached.to_vec() });
         }
         if broken {
@@ -903,6 +987,7 @@ impl EventLoop {
             let raw: Vec<RawFd> = record.fds.iter().map(|fd| fd.as_raw_fd()).collect();
             match channel::send_record(link.fd.as_fd(), record.header, &record.payload, &raw) {
                 Ok(()) => {
+                    link.queued.fetch_sub(record.payload.len(), Ordering::Relaxed);
                     link.outbox.pop_front();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -919,7 +1004,38 @@ impl EventLoop {
         }
     }
 
+    /// Reads what the worker sent, unless the host has fallen behind on
+    /// events (`max_event_bytes`): then the worker waits (its channel
+    /// fills and its sends block; nothing is dropped) until the host has
+    /// taken half, and `resume_reads` reads it.
     fn on_worker_readable(&mut self, worker: u32) {
+        if self.shared.events_over_limit() {
+            self.shared.reads_paused.store(true, Ordering::SeqCst);
+            if !self.unread.contains(&worker) {
+                self.unread.push(worker);
+            }
+            // The host may have caught up between the check and the flag.
+            if !self.shared.events_over_limit() && self.shared.reads_paused.swap(false, Ordering::SeqCst) {
+                self.shared.wake.set();
+            }
+            return;
+        }
+        self.drain_channel(worker);
+    }
+
+    /// Reads the channels left unread while the host was behind.
+    fn resume_reads(&mut self) {
+        if self.unread.is_empty() || self.shared.events_over_limit() {
+            return;
+        }
+        for worker in std::mem::take(&mut self.unread) {
+            self.on_worker_readable(worker);
+        }
+    }
+
+    /// Reads everything the worker sent, whatever the host's backlog (an
+    /// exiting worker's last acknowledgements must be seen).
+    fn drain_channel(&mut self, worker: u32) {
         loop {
             let Some(link) = self.workers.get_mut(&worker).and_then(|w| w.link.as_mut()) else { return };
             match link.reassembler.read(link.fd.as_fd()) {
@@ -935,7 +1051,7 @@ impl EventLoop {
     }
 
     fn on_frame(&mut self, worker: u32, message: channel::Message) {
-        if !message.fds.is_empty() {
+        if !message.fds.is_empty() || message.fds_lost {
             // Workers never send fds; the ones that came are closed with the message.
             return self.worker_error(worker, Error::new(Code::Protocol, "worker sent file descriptors"));
         }
@@ -986,9 +1102,7 @@ impl EventLoop {
                 }
             }
             Frame::User(data) => self.shared.emit(Event::Message { worker, pid, data }),
-            Frame::Users(messages) => {
-                self.shared.emit_many(messages.into_iter().map(|data| Event::Message { worker, pid, data }));
-            }
+            Frame::Users(messages) => self.shared.emit_messages(worker, pid, messages),
             other => self.worker_error(
                 worker,
                 Error::new(Code::Protocol, format!("worker sent a primary-only frame {other:?}")),
@@ -997,7 +1111,7 @@ impl EventLoop {
     }
 
     fn on_listen_request(&mut self, worker: u32, request: u32, host: &str, port: u16, index: u16) {
-        let id = match self.listener_for(host, port, index) {
+        let id = match self.listener_for(host, port, index, Some(worker)) {
             Ok(id) => id,
             Err(e) => {
                 let reply = Frame::ListenErr { request, errno: e.errno(), message: e.message().to_owned() };
@@ -1033,6 +1147,7 @@ impl EventLoop {
             if !listener.members.contains(&worker) {
                 listener.members.push(worker);
             }
+            listener.idle_since = None;
         }
         self.shared.emit(Event::Listening { worker, pid, address });
         if !self.config.supervision.wait_ready {
@@ -1063,10 +1178,20 @@ impl EventLoop {
             }
             return; // dropping the handoff closes the primary's copy
         }
-        handoff.refusals += 1;
-        let members = self.listeners.get(&handoff.listener).map_or(0, |l| l.members.len());
-        if handoff.refusals as usize > members.max(1) * 2 {
-            // Every worker keeps refusing it: closing it is all that is left.
+        let leaving = entry.leaving;
+        let Some(listener) = self.listeners.get(&handoff.listener) else { return };
+        // A worker that is leaving or left the listener gives back what it
+        // was sent meanwhile: that says nothing about the connection.
+        if !leaving && listener.members.contains(&worker) && !handoff.refused_by.contains(&worker) {
+            handoff.refused_by.push(worker);
+        }
+        // Distinct workers count, not refusals: one worker that refuses
+        // everything must not get a connection closed while others have room.
+        let mut serving =
+            listener.members.iter().filter(|m| self.workers.get(m).is_some_and(|w| !w.leaving)).peekable();
+        let everyone_refused = serving.peek().is_some() && serving.all(|m| handoff.refused_by.contains(m));
+        if everyone_refused {
+            // Every worker serving its listener refused it: closing it is all that is left.
             return;
         }
         self.pending.push_back(handoff);
@@ -1124,7 +1249,7 @@ impl EventLoop {
         };
         let Some(status) = status else { return };
         // Read what it sent before dying (acks first), then the hang-up.
-        self.on_worker_readable(worker);
+        self.drain_channel(worker);
         self.hang_up(worker);
         let Some(entry) = self.workers.remove(&worker) else { return };
         if let Some(fd) = &entry.pidfd {
@@ -1136,11 +1261,11 @@ impl EventLoop {
             ExitStatus::Unknown => Exit::Unknown,
         };
         self.shared.emit(Event::Exit { worker, pid: entry.pid, exit, after_disconnect: entry.after_disconnect });
-        self.supervise_exit(&entry);
+        self.supervise_exit(&entry, exit);
     }
 
     /// Decides what a worker's exit means for its slot.
-    fn supervise_exit(&mut self, entry: &WorkerEntry) {
+    fn supervise_exit(&mut self, entry: &WorkerEntry, exit: Exit) {
         let Some(index) = entry.slot else { return };
         let Some(slot) = self.slots.get_mut(&index) else { return };
         if slot.replacement.is_some_and(|r| r.worker == entry.id) {
@@ -1156,13 +1281,16 @@ impl EventLoop {
         }
         let now = Instant::now();
         let policy = &self.config.supervision;
-        if entry.after_disconnect {
+        if entry.after_disconnect && exit == Exit::Code(0) {
             // It left on its own, gracefully: replace it at once, no penalty.
             if policy.restart {
                 slot.restart_at = Some(now);
             }
             return;
         }
+        // Anything else is a crash, whatever came before it: a worker that
+        // said goodbye and then failed (a listen error, say) must meet the
+        // backoff and the crash-loop limit, not be restarted at once forever.
         if let AfterCrash::CrashLoop = slot.on_crash(now, now.duration_since(entry.started), policy) {
             self.shared.emit(Event::CrashLoop { slot: index, worker: entry.id, pid: entry.pid });
         }
@@ -1213,7 +1341,7 @@ impl EventLoop {
             if entry.pidfd.is_none() {
                 consider(now + REAP_POLL_INTERVAL);
             }
-            if entry.link.is_some() {
+            if entry.heartbeat_watched() {
                 if let Some(at) = entry.next_ping {
                     consider(at);
                 }
@@ -1221,8 +1349,18 @@ impl EventLoop {
                     consider(sent + heartbeat_timeout);
                 }
             }
+            if let (Some(timeout), false) = (self.config.ack_timeout, entry.ack_expired) {
+                if let Some(oldest) = entry.oldest_unacked() {
+                    consider(oldest + timeout);
+                }
+            }
         }
         if self.shutdown.is_none() {
+            for listener in self.listeners.values() {
+                if let Some(since) = listener.idle_since {
+                    consider(since + self.config.limits.listener_idle);
+                }
+            }
             for slot in self.slots.values() {
                 if let Some(at) = slot.restart_at {
                     consider(at);
@@ -1256,9 +1394,11 @@ impl EventLoop {
         }
         self.escalate_stops(now);
         self.check_heartbeats(now);
+        self.check_ack_deadlines(now);
         if self.shutdown.is_none() {
             self.restart_due_slots(now);
             self.expire_replacements(now);
+            self.close_idle_listeners(now);
         }
         let unwatched: Vec<u32> = self.workers.values().filter(|w| w.pidfd.is_none()).map(|w| w.id).collect();
         for id in unwatched {
@@ -1283,7 +1423,7 @@ impl EventLoop {
         let mut to_ping = Vec::new();
         let mut hung = Vec::new();
         for entry in self.workers.values_mut() {
-            if entry.link.is_none() || !entry.online || entry.leaving {
+            if !entry.heartbeat_watched() {
                 continue;
             }
             match entry.ping {
@@ -1313,6 +1453,27 @@ impl EventLoop {
         }
     }
 
+    /// A worker holding a connection unacknowledged past `ack_timeout` is
+    /// treated as hung: it is killed, and its connections go to other
+    /// workers once it is reaped (not before: until then it could still
+    /// take one, and a connection must never be served twice).
+    fn check_ack_deadlines(&mut self, now: Instant) {
+        let Some(timeout) = self.config.ack_timeout else { return };
+        let mut hung = Vec::new();
+        for entry in self.workers.values_mut() {
+            if entry.ack_expired || entry.oldest_unacked().is_none_or(|at| now.duration_since(at) < timeout) {
+                continue;
+            }
+            entry.ack_expired = true;
+            entry.leaving = true; // no new connections meanwhile
+            hung.push((entry.id, entry.pid));
+        }
+        for (worker, pid) in hung {
+            self.shared.emit(Event::Unresponsive { worker, pid });
+            let _ = sys::kill(pid, libc::SIGKILL);
+        }
+    }
+
     fn restart_due_slots(&mut self, now: Instant) {
         let due: Vec<u32> = self
             .slots
@@ -1328,14 +1489,57 @@ impl EventLoop {
                 Ok(info) => {
                     slot.worker = Some(info.id);
                     slot.restarts += 1;
+                    slot.spawn_succeeded();
                 }
-                Err(_) => {
-                    // Could not even spawn: counts as a crash at start-up.
-                    if let AfterCrash::CrashLoop = slot.on_crash(now, Duration::ZERO, &self.config.supervision) {
-                        self.shared.emit(Event::CrashLoop { slot: index, worker: 0, pid: 0 });
-                    }
-                }
+                Err(e) => self.spawn_failed(index, e, now),
             }
+        }
+    }
+
+    /// Could not even start a worker (out of fds or processes, the program
+    /// gone): no worker ran, so it is not a crash and never crash-loops the
+    /// slot. It is retried on a backoff of its own, and the host is told.
+    fn spawn_failed(&mut self, index: u32, error: Error, now: Instant) {
+        let Some(slot) = self.slots.get_mut(&index) else { return };
+        let retry_at = slot.on_spawn_failure(now, &self.config.supervision);
+        let mut message = format!("could not start a worker for slot {index}: {}", error.message());
+        if matches!(error.errno(), libc::EMFILE | libc::ENFILE) && !self.pending.is_empty() {
+            // Out of fds while connections wait for a worker: nobody can
+            // serve them until a worker starts, and none can start while
+            // they hold the fds. Close the newest few (the oldest are next
+            // in line) so the retry can succeed.
+            let shed = self.pending.len().min(SHED_ON_EMFILE);
+            self.pending.truncate(self.pending.len() - shed);
+            message.push_str(&format!("; closed {shed} queued connections to free file descriptors"));
+        }
+        message.push_str(&format!("; retrying in {:?}", retry_at.saturating_duration_since(now)));
+        self.shared.emit(Event::SpawnFailed { slot: index, message });
+    }
+
+    /// Closes listeners bound for workers that no worker has used for
+    /// `listener_idle`: a worker that asked for thousands of ports, then
+    /// left, must not leave the primary holding their fds for good.
+    fn close_idle_listeners(&mut self, now: Instant) {
+        let idle_for = self.config.limits.listener_idle;
+        let mut expired = Vec::new();
+        for listener in self.listeners.values_mut() {
+            if listener.declared || !listener.members.is_empty() {
+                listener.idle_since = None;
+                continue;
+            }
+            let since = *listener.idle_since.get_or_insert(now);
+            if now.duration_since(since) >= idle_for {
+                expired.push(listener.id);
+            }
+        }
+        for id in expired {
+            let Some(mut listener) = self.listeners.remove(&id) else { continue };
+            if let Some(socket) = listener.socket.take() {
+                let _ = self.poll.registry().deregister(&mut SourceFd(&socket.as_raw_fd()));
+            }
+            self.by_address.retain(|_, l| *l != id);
+            // Nobody served them for that long: close them rather than keep them forever.
+            self.pending.retain(|h| h.listener != id);
         }
     }
 

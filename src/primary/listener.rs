@@ -41,6 +41,12 @@ pub struct Listener {
     pub ready: bool,
     /// Accepting is paused (after EMFILE and the like) until then.
     pub paused_until: Option<Instant>,
+    /// The host declared it (`Primary::listen`): it stays open while the
+    /// primary runs. Others were bound for workers' requests and close
+    /// once no worker has used them for `listener_idle`.
+    pub declared: bool,
+    /// Since when no worker has been a member (for the idle close).
+    pub idle_since: Option<Instant>,
 }
 
 impl Listener {
@@ -61,7 +67,17 @@ impl Listener {
             Sockets::PerWorker => TcpListener::from(reuse_port_socket(address)?),
         };
         let address = socket.local_addr().map_err(|e| Error::os("getsockname on listener", e))?;
-        Ok(Listener { id, socket: Some(socket), address, members: Vec::new(), policy, ready: true, paused_until: None })
+        Ok(Listener {
+            id,
+            socket: Some(socket),
+            address,
+            members: Vec::new(),
+            policy,
+            ready: true,
+            paused_until: None,
+            declared: false,
+            idle_since: None,
+        })
     }
 
     /// The listening socket to give a worker that will accept itself: a

@@ -233,6 +233,9 @@ fn main() {
     }
     let mut id = 0u32;
     check(rcluster_worker_id(&mut id), "rcluster_worker_id");
+    // Read before open, which removes it from the environment: the modes
+    // that play a misbehaving worker write on the channel fd directly.
+    let channel_fd: i32 = std::env::var("RCLUSTER_CHANNEL_FD").ok().and_then(|v| v.parse().ok()).unwrap_or(-1);
     let worker = open();
     match mode.as_str() {
         "http" | "never-ready" => {
@@ -365,7 +368,7 @@ fn main() {
             rcluster_worker_wait_event(worker, &mut ev, 10_000);
         }
         "bad-frame" => {
-            let fd: i32 = std::env::var("RCLUSTER_CHANNEL_FD").unwrap().parse().unwrap();
+            let fd = channel_fd;
             let junk = [1u8 | 2u8, 250, 1, 2, 3];
             // SAFETY: writes a local buffer to our channel fd.
             unsafe { libc::send(fd, junk.as_ptr() as *const _, junk.len(), 0) };
