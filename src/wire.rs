@@ -17,6 +17,7 @@ const PONG: u8 = 6;
 const READY: u8 = 7;
 const DONE: u8 = 8;
 const ACKS: u8 = 9;
+const LOST: u8 = 10;
 const LISTEN_OK: u8 = 16;
 const LISTEN_ERR: u8 = 17;
 const CONN: u8 = 18;
@@ -44,6 +45,10 @@ pub enum Frame {
     /// Worker → primary: these connections were taken (one frame for a batch
     /// a worker took at once, so the primary wakes once for all of them).
     Acks { conns: Vec<u64> },
+    /// Worker → primary: these connections' fds did not arrive (the worker
+    /// is at its fd limit): the primary hands them to a worker again and
+    /// gives this one a moment before the next. Not a refusal.
+    Lost { conns: Vec<u64> },
     /// Worker → primary: the worker is leaving on purpose (graceful disconnect).
     Goodbye,
     /// Worker → primary: answer to `Ping`, sent by whichever host call
@@ -100,8 +105,8 @@ impl Frame {
                 out.extend_from_slice(&conn.to_le_bytes());
                 out.push(*accepted as u8);
             }
-            Frame::Acks { conns } => {
-                out.push(ACKS);
+            Frame::Acks { conns } | Frame::Lost { conns } => {
+                out.push(if matches!(self, Frame::Acks { .. }) { ACKS } else { LOST });
                 out.extend_from_slice(&(conns.len() as u32).to_le_bytes());
                 for conn in conns {
                     out.extend_from_slice(&conn.to_le_bytes());
@@ -219,12 +224,17 @@ impl Frame {
             },
             UNLISTEN => Frame::Unlisten { listener: r.u32()? },
             ACK => Frame::Ack { conn: r.u64()?, accepted: r.bool()? },
-            ACKS => {
+            ACKS | LOST => {
                 let count = r.u32()? as usize;
                 if count > r.bytes.len() / 8 {
                     return Err(protocol("acks frame shorter than its count"));
                 }
-                Frame::Acks { conns: (0..count).map(|_| r.u64()).collect::<Result<Vec<u64>>>()? }
+                let conns = (0..count).map(|_| r.u64()).collect::<Result<Vec<u64>>>()?;
+                if kind == ACKS {
+                    Frame::Acks { conns }
+                } else {
+                    Frame::Lost { conns }
+                }
             }
             GOODBYE => Frame::Goodbye,
             PONG => Frame::Pong { seq: r.u64()? },
@@ -336,6 +346,7 @@ mod tests {
             Frame::Ack { conn: u64::MAX, accepted: true },
             Frame::Acks { conns: vec![1, u64::MAX, 3] },
             Frame::Acks { conns: vec![] },
+            Frame::Lost { conns: vec![7, 8] },
             Frame::Goodbye,
             Frame::ListenOk {
                 request: 7,

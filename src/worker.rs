@@ -601,11 +601,13 @@ impl Inner {
                         break;
                     }
                     // At our fd limit the kernel installs the first fds and
-                    // drops the rest: refuse the connections whose fd did
-                    // not arrive, so the primary hands them to another
-                    // worker. The channel itself is fine.
+                    // drops the rest: the connections whose fd did not
+                    // arrive go back to the primary, which hands them out
+                    // again. The channel itself is fine.
                     let missing = conns.split_off(fds.len());
-                    refusals.extend(missing.into_iter().map(|conn| Frame::Ack { conn, accepted: false }));
+                    if !missing.is_empty() {
+                        refusals.push(Frame::Lost { conns: missing });
+                    }
                     if conns.is_empty() {
                         continue;
                     }

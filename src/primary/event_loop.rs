@@ -141,11 +141,17 @@ struct WorkerEntry {
     next_ping: Option<Instant>,
     /// It held a connection unacknowledged past `ack_timeout` and was killed.
     ack_expired: bool,
+    /// It could not receive connections' fds (at its fd limit): none are
+    /// handed to it until then.
+    starved_until: Option<Instant>,
 }
 
 impl WorkerEntry {
-    fn can_take_connections(&self, max_unacked: usize) -> bool {
-        self.link.is_some() && !self.leaving && self.unacked.len() < max_unacked
+    fn can_take_connections(&self, max_unacked: usize, now: Instant) -> bool {
+        self.link.is_some()
+            && !self.leaving
+            && self.unacked.len() < max_unacked
+            && self.starved_until.is_none_or(|until| until <= now)
     }
 
     /// Whether the heartbeat watches it: online and connected, not leaving.
@@ -495,6 +501,7 @@ impl EventLoop {
                 ping: None,
                 next_ping: None,
                 ack_expired: false,
+                starved_until: None,
             },
         );
         self.shared.lock_connected().insert(id, queued);
@@ -857,9 +864,10 @@ impl EventLoop {
         let listener = self.listeners.get_mut(&listener)?;
         let workers = &self.workers;
         let max_unacked = self.config.max_unacked as usize;
+        let now = self.now;
         listener.policy.pick(&listener.members, &mut |id| {
             let entry = workers.get(&id)?;
-            let can = entry.can_take_connections(max_unacked) && !refused_by.contains(&id);
+            let can = entry.can_take_connections(max_unacked, now) && !refused_by.contains(&id);
             can.then_some(entry.unacked.len() as u32 + entry.active)
         })
     }
@@ -1086,6 +1094,7 @@ impl EventLoop {
                     self.worker_error(worker, Error::new(Code::Protocol, message));
                 }
             }
+            Frame::Lost { conns } => self.on_lost(worker, conns),
             Frame::Done { count } => entry.active = entry.active.saturating_sub(count),
             Frame::Goodbye => {
                 entry.leaving = true;
@@ -1195,6 +1204,24 @@ impl EventLoop {
             return;
         }
         self.pending.push_back(handoff);
+    }
+
+    /// The worker could not receive these connections (at its fd limit):
+    /// they go back to the front of the queue, not counted as refusals, and
+    /// the worker gets none for a moment while its fds free up.
+    fn on_lost(&mut self, worker: u32, mut conns: Vec<u64>) {
+        let Some(entry) = self.workers.get_mut(&worker) else { return };
+        entry.starved_until = Some(self.now + ACCEPT_BACKOFF);
+        conns.sort_unstable_by(|a, b| b.cmp(a));
+        for conn in conns {
+            match entry.unacked.remove(&conn) {
+                Some(handoff) => self.pending.push_front(handoff), // oldest first
+                None => {
+                    let message = format!("worker reported unknown connection {conn} lost");
+                    return self.worker_error(worker, Error::new(Code::Protocol, message));
+                }
+            }
+        }
     }
 
     /// The worker's channel closed (or broke): its connections go back to
@@ -1349,6 +1376,9 @@ impl EventLoop {
                     consider(sent + heartbeat_timeout);
                 }
             }
+            if let Some(until) = entry.starved_until.filter(|_| !self.pending.is_empty()) {
+                consider(until);
+            }
             if let (Some(timeout), false) = (self.config.ack_timeout, entry.ack_expired) {
                 if let Some(oldest) = entry.oldest_unacked() {
                     consider(oldest + timeout);
@@ -1391,6 +1421,10 @@ impl EventLoop {
             .collect();
         for id in resumed {
             self.accept_from(id, false);
+        }
+        for entry in self.workers.values_mut() {
+            // Past: forget it, so no timer waits for it again.
+            entry.starved_until = entry.starved_until.filter(|&until| until > now);
         }
         self.escalate_stops(now);
         self.check_heartbeats(now);
