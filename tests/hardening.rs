@@ -347,7 +347,8 @@ fn a_worker_at_its_fd_limit_refuses_instead_of_leaving() {
 // 12. Options that cannot work were accepted.
 #[test]
 fn harmful_options_are_refused() {
-    let cases: [(&str, fn(&mut rcluster_primary_options)); 4] = [
+    type Tweak = fn(&mut rcluster_primary_options);
+    let cases: [(&str, Tweak); 4] = [
         ("max_pending", |o| o.max_pending = 0),
         ("heartbeat_timeout", |o| {
             o.heartbeat_interval_ms = 100;
