@@ -231,9 +231,10 @@ fn over_long_hosts_are_refused_and_long_replies_stay_valid() {
     p.fork();
     let ev = p.wait_for(Duration::from_secs(10), "report", |e| e.kind == RCLUSTER_EVENT_MESSAGE);
     assert_eq!(String::from_utf8_lossy(&ev.data), "rc=-1 errno=0", "refused before the wire");
-    // Just under the limit, in two-byte characters: the primary's error
-    // message quoting it runs over the limit and is cut at a character.
-    let under = "é".repeat(32_000);
+    // At the limit, mostly two-byte characters: the primary's error message
+    // quoting it runs over the limit, and the limit falls inside a character.
+    let under = format!("a{}", "é".repeat(32_767));
+    assert_eq!(under.len(), 65_535);
     let mut p = TestPrimary::new("listen-report", &[("TEST_HOST", &under)], RCLUSTER_POLICY_RR);
     p.fork();
     let ev = p.wait_for(Duration::from_secs(10), "report", |e| e.kind == RCLUSTER_EVENT_MESSAGE);
