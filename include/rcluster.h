@@ -145,10 +145,6 @@
 // or left on purpose (Node's `exitedAfterDisconnect`).
 #define RCLUSTER_EXIT_AFTER_DISCONNECT 1
 
-// Longest string a frame carries, in bytes. Callers that send a string the
-// peer must see whole (a listen request's host) refuse longer ones first.
-#define MAX_STR (size_t)UINT16_MAX
-
 // Which policy a primary uses. The discriminants are the C constants.
 typedef struct PolicyKind PolicyKind;
 
