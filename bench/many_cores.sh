@@ -29,6 +29,14 @@ results="$out/many_cores.jsonl"
     uname -r
 } >"$out/machine.txt"
 
+# Runs a command on the given CPUs (unpinned, and said so, where taskset is missing).
+pin() {
+    local cpus=$1
+    shift
+    if command -v taskset >/dev/null; then taskset -c "$cpus" "$@"; else "$@"; fi
+}
+command -v taskset >/dev/null || echo "taskset missing: nothing pinned" >>"$out/machine.txt"
+
 server_pid=""
 stop_server() {
     if [ -n "$server_pid" ]; then
@@ -49,7 +57,7 @@ start_server() {
         prefork) argv=(bench/tmp/prefork --workers "$workers" --port 0) ;;
         *) argv=(bench/tmp/bench_rcluster --workers "$workers" --port 0 --policy "$key") ;;
     esac
-    taskset -c "$server_cpus" "${argv[@]}" >"$log" 2>&1 &
+    pin "$server_cpus" "${argv[@]}" >"$log" 2>&1 &
     server_pid=$!
     port=""
     for _ in $(seq 200); do
@@ -65,10 +73,10 @@ run() {
     local key=$1 workers=$2 connections=$3 round=$4
     start_server "$key" "$workers" || return 0
     # A short warm-up, not counted.
-    taskset -c "$client_cpus" "$wrk" -t4 -c"$connections" -d1s -s bench/wrk/count.lua \
+    pin "$client_cpus" "$wrk" -t4 -c"$connections" -d1s -s bench/wrk/count.lua \
         -H "Connection: close" "http://127.0.0.1:$port/" >/dev/null 2>&1 || true
     local line
-    line=$(taskset -c "$client_cpus" "$wrk" -t4 -c"$connections" -d"${seconds}s" --timeout 10s \
+    line=$(pin "$client_cpus" "$wrk" -t4 -c"$connections" -d"${seconds}s" --timeout 10s \
         -s bench/wrk/count.lua -H "Connection: close" "http://127.0.0.1:$port/" | sed -n 's/^BENCH_JSON //p')
     stop_server
     if [ -n "$line" ]; then
