@@ -305,7 +305,7 @@ impl EventLoop {
             // listener resumes and accepts, a reaped worker's connections go
             // back to the queue) is dispatched and sent in this same turn,
             // never left waiting for a wake-up that may not come.
-            self.on_timers();
+            let timers_ran_at = self.on_timers();
             self.dispatch_pending();
             self.accept_ready();
             self.start_due_recycles();
@@ -313,6 +313,10 @@ impl EventLoop {
             if self.advance_shutdown() {
                 break;
             }
+            #[cfg(debug_assertions)]
+            self.check_no_timer_left_due(timers_ran_at);
+            #[cfg(not(debug_assertions))]
+            let _ = timers_ran_at;
             if !events.is_empty() {
                 // After a turn with work, let whatever else is runnable on
                 // this CPU (the workers, most often) go first. Under load the
@@ -1351,64 +1355,82 @@ impl EventLoop {
         }
     }
 
-    fn next_timer(&self) -> Option<Duration> {
-        let now = Instant::now();
-        let mut earliest: Option<Instant> = None;
-        let mut consider = |at: Instant| earliest = Some(earliest.map_or(at, |e: Instant| e.min(at)));
+    /// Every deadline the loop waits for, and what it is: the one place
+    /// that says when the loop must wake. Each is waited for only while
+    /// `on_timers` will act on it once due (and so move it or clear it):
+    /// a deadline that stays in the past makes the loop spin, which debug
+    /// builds check at the end of every turn (`check_no_timer_left_due`).
+    fn each_timer(&self, mut timer: impl FnMut(Instant, &'static str)) {
         for listener in self.listeners.values() {
             if let Some(at) = listener.paused_until {
-                consider(at);
+                timer(at, "a paused listener resumes");
             }
         }
         let heartbeat_timeout = self.config.supervision.heartbeat_timeout;
         for entry in self.workers.values() {
             if let Some(esc) = entry.escalation {
-                consider(esc.at);
+                timer(esc.at, "a stopping worker gets its next signal");
             }
             if entry.pidfd.is_none() {
-                consider(now + REAP_POLL_INTERVAL);
+                timer(self.now + REAP_POLL_INTERVAL, "a worker without a pidfd is polled for its exit");
             }
             if entry.heartbeat_watched() {
-                if let Some(at) = entry.next_ping {
-                    consider(at);
-                }
-                if let Some((_, sent)) = entry.ping {
-                    consider(sent + heartbeat_timeout);
+                match entry.ping {
+                    // Only one ping outstanding: the next is due once it is answered.
+                    Some((_, sent)) => timer(sent + heartbeat_timeout, "an unanswered ping times out"),
+                    None => {
+                        if let Some(at) = entry.next_ping {
+                            timer(at, "the next ping");
+                        }
+                    }
                 }
             }
             if let Some(until) = entry.starved_until.filter(|_| !self.pending.is_empty()) {
-                consider(until);
+                timer(until, "a worker out of fds may be handed connections again");
             }
             if let (Some(timeout), false) = (self.config.ack_timeout, entry.ack_expired) {
                 if let Some(oldest) = entry.oldest_unacked() {
-                    consider(oldest + timeout);
+                    timer(oldest + timeout, "an unacknowledged connection's deadline");
                 }
             }
         }
         if self.shutdown.is_none() {
             for listener in self.listeners.values() {
                 if let Some(since) = listener.idle_since {
-                    consider(since + self.config.limits.listener_idle);
+                    timer(since + self.config.limits.listener_idle, "an unused listener closes");
                 }
             }
             for slot in self.slots.values() {
-                if let Some(at) = slot.restart_at {
-                    consider(at);
+                if let Some(at) = slot.restart_at.filter(|_| slot.worker.is_none() && !slot.failed) {
+                    timer(at, "a slot's restart");
                 }
                 if let Some(replacement) = slot.replacement {
-                    consider(replacement.deadline);
+                    timer(replacement.deadline, "a replacement's ready deadline");
                 }
             }
         }
-        if let Some(shutdown) = &self.shutdown {
-            if !shutdown.disconnects_sent {
-                consider(shutdown.drain_until);
-            }
+        if let Some(shutdown) = self.shutdown.as_ref().filter(|s| !s.disconnects_sent) {
+            timer(shutdown.drain_until, "the shutdown stops draining");
         }
-        earliest.map(|at| at.saturating_duration_since(now))
     }
 
-    fn on_timers(&mut self) {
+    /// How long the loop may sleep: until the earliest deadline.
+    fn next_timer(&self) -> Option<Duration> {
+        let mut earliest: Option<Instant> = None;
+        self.each_timer(|at, _| earliest = Some(earliest.map_or(at, |e| e.min(at))));
+        earliest.map(|at| at.saturating_duration_since(Instant::now()))
+    }
+
+    /// Debug builds: no deadline older than this turn's timers may be left,
+    /// or the next wait returns at once, forever (a spin).
+    #[cfg(debug_assertions)]
+    fn check_no_timer_left_due(&self, timers_ran_at: Instant) {
+        self.each_timer(|at, what| {
+            assert!(at >= timers_ran_at, "the loop would spin: \"{what}\" is past due and nothing acts on it");
+        });
+    }
+
+    fn on_timers(&mut self) -> Instant {
         let now = Instant::now();
         let resumed: Vec<u32> = self
             .listeners
@@ -1438,6 +1460,7 @@ impl EventLoop {
         for id in unwatched {
             self.on_worker_exit(id);
         }
+        now
     }
 
     fn escalate_stops(&mut self, now: Instant) {
