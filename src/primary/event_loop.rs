@@ -40,6 +40,7 @@ use super::listener::{parse_address, Listener};
 use super::policy::Sockets;
 use super::signals::SignalPipe;
 use super::supervisor::{AfterCrash, Cause, Jitter, Reload, Replacement, Slot};
+use super::systemd::{self, InheritedSocket, Notifier};
 use super::{Command, Config, Shared, WorkerInfo};
 use crate::channel::{self, Reassembler};
 use crate::error::{Code, Error, Result};
@@ -52,6 +53,10 @@ use crate::wire::Frame;
 const REAP_POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// How long accepting pauses after EMFILE/ENFILE/ENOBUFS/ENOMEM, so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// READY=1 waits this long after the last new slot, so a host forking its
+/// workers one call at a time is reported ready once all of them listen,
+/// not after the first.
+const READY_SETTLE: Duration = Duration::from_millis(100);
 /// Queued connections closed when a worker cannot start for lack of fds:
 /// enough for a spawn (a socketpair, a pidfd, exec's error pipe) and more.
 const SHED_ON_EMFILE: usize = 16;
@@ -219,6 +224,14 @@ pub(crate) struct EventLoop {
     now: Instant,
     /// Workers whose channels went unread while the host was behind on events.
     unread: Vec<u32>,
+    /// Listening sockets systemd passed and no listener has taken yet.
+    inherited: Vec<InheritedSocket>,
+    /// Where readiness is reported (systemd's `NOTIFY_SOCKET`).
+    notifier: Notifier,
+    /// `READY=1` was sent for the current state (start, or the last reload).
+    ready_notified: bool,
+    /// When the last slot was added (see `READY_SETTLE`).
+    slot_added_at: Instant,
 }
 
 impl EventLoop {
@@ -231,6 +244,7 @@ impl EventLoop {
                 config.spawn.argv = argv;
             }
         }
+        let systemd_on = config.systemd;
         let poll = Poll::new().map_err(|e| Error::os("epoll", e))?;
         poll.registry()
             .register(&mut SourceFd(&shared.wake.raw()), TOKEN_WAKE, Interest::READABLE)
@@ -268,6 +282,10 @@ impl EventLoop {
             shutdown: None,
             now: Instant::now(),
             unread: Vec::new(),
+            inherited: if systemd_on { systemd::take_listen_fds() } else { Vec::new() },
+            notifier: if systemd_on { Notifier::from_env() } else { Notifier::from_nothing() },
+            ready_notified: false,
+            slot_added_at: Instant::now(),
         })
     }
 
@@ -423,6 +441,7 @@ impl EventLoop {
         let index = self.next_slot;
         self.next_slot += 1;
         self.slots.insert(index, Slot::new(index, env));
+        self.slot_added_at = self.now;
         match self.start_worker(index) {
             Ok(info) => {
                 if let Some(slot) = self.slots.get_mut(&index) {
@@ -552,7 +571,13 @@ impl EventLoop {
             return Err(Error::new(Code::Address, message).with_errno(libc::EMFILE));
         }
         let id = self.next_listener;
-        let listener = Listener::bind(id, requested, self.config.backlog, self.config.policy.instantiate())?;
+        // A socket systemd passed for this very address is taken instead of binding.
+        let inherited = (port != 0)
+            .then(|| self.inherited.iter().position(|s| s.address == requested))
+            .flatten()
+            .map(|i| self.inherited.remove(i).socket);
+        let policy = self.config.policy.instantiate();
+        let listener = Listener::bind(id, requested, self.config.backlog, policy, inherited)?;
         if let (Some(socket), Sockets::PrimaryAccepts) = (&listener.socket, listener.policy.sockets()) {
             self.poll
                 .registry()
@@ -663,6 +688,8 @@ impl EventLoop {
         self.generation += 1;
         let queue = self.slots.keys().copied().collect();
         self.reload = Some(Reload { generation: self.generation, queue });
+        self.notifier.notify(&format!("RELOADING=1\nMONOTONIC_USEC={}", systemd::monotonic_usec()));
+        self.ready_notified = false;
         self.advance_reload();
         Ok(self.generation)
     }
@@ -682,6 +709,7 @@ impl EventLoop {
                     let generation = reload.generation;
                     self.reload = None;
                     self.shared.emit(Event::ReloadDone { generation });
+                    self.notify_ready_if_serving();
                     if std::mem::take(&mut self.reload_again) {
                         let _ = self.reload();
                     }
@@ -742,6 +770,8 @@ impl EventLoop {
             self.abandon_worker(worker);
         }
         self.shared.emit(Event::ReloadFailed { generation: reload.generation, message });
+        // The old workers keep serving: ready again, with the reason.
+        self.notify_ready_if_serving();
     }
 
     /// The worker is ready (listening, or said so with `wait_ready`): if it
@@ -762,6 +792,29 @@ impl EventLoop {
         if replacement.cause == Cause::Reload {
             self.advance_reload();
         }
+    }
+
+    /// When `READY=1` is due, if it is: every slot's worker listens (at
+    /// start, or after a reload; not during one), the slots settled.
+    fn ready_due_at(&self) -> Option<Instant> {
+        if self.ready_notified || self.reload.is_some() || self.shutdown.is_some() || !self.notifier.active() {
+            return None;
+        }
+        let serving = |s: &Slot| s.worker.and_then(|w| self.workers.get(&w)).is_some_and(|w| w.listening);
+        if self.slots.is_empty() || !self.slots.values().all(serving) {
+            return None;
+        }
+        Some(self.slot_added_at + READY_SETTLE)
+    }
+
+    /// Tells systemd `READY=1` (with a status line) once it is due.
+    fn notify_ready_if_serving(&mut self) {
+        if self.ready_due_at().is_none_or(|at| at > Instant::now()) {
+            return;
+        }
+        self.ready_notified = true;
+        let status = format!("STATUS={} workers listening, generation {}", self.slots.len(), self.generation);
+        self.notifier.notify(&format!("READY=1\n{status}"));
     }
 
     fn start_due_recycles(&mut self) {
@@ -1166,6 +1219,7 @@ impl EventLoop {
         if !self.config.supervision.wait_ready {
             self.on_worker_ready(worker);
         }
+        self.notify_ready_if_serving();
     }
 
     fn leave_listener(&mut self, worker: u32, listener: u32) {
@@ -1412,6 +1466,9 @@ impl EventLoop {
         if let Some(shutdown) = self.shutdown.as_ref().filter(|s| !s.disconnects_sent) {
             timer(shutdown.drain_until, "the shutdown stops draining");
         }
+        if let Some(at) = self.ready_due_at() {
+            timer(at, "systemd is told the cluster is ready");
+        }
     }
 
     /// How long the loop may sleep: until the earliest deadline.
@@ -1451,6 +1508,7 @@ impl EventLoop {
         self.escalate_stops(now);
         self.check_heartbeats(now);
         self.check_ack_deadlines(now);
+        self.notify_ready_if_serving();
         if self.shutdown.is_none() {
             self.restart_due_slots(now);
             self.expire_replacements(now);
@@ -1616,6 +1674,7 @@ impl EventLoop {
         if self.shutdown.is_some() {
             return;
         }
+        self.notifier.notify("STOPPING=1");
         self.reload = None;
         self.reload_again = false;
         // Take what the kernel has already queued, then close the listeners:
