@@ -126,6 +126,14 @@
 // `data`. Not a crash: the slot keeps retrying with a growing delay.
 #define RCLUSTER_EVENT_SPAWN_FAILED 14
 
+// Primary: a new primary (`pid`), started on SIGUSR2, took over the
+// listening sockets and its workers listen; this one stops gracefully.
+#define RCLUSTER_EVENT_UPGRADED 15
+
+// Primary: the new primary did not take over (the reason is in `data`);
+// it was stopped and this one keeps serving.
+#define RCLUSTER_EVENT_UPGRADE_FAILED 16
+
 // Worker state in `rcluster_worker_stats`: started, not yet online.
 #define RCLUSTER_WORKER_STARTING 0
 

@@ -53,6 +53,12 @@ pub enum Event {
     /// A rolling reload stopped: a replacement did not become ready. The
     /// workers not yet replaced keep serving.
     ReloadFailed { generation: u32, message: String },
+    /// A new primary (`pid`), started on SIGUSR2, took over the listening
+    /// sockets and all its workers listen: this one now stops gracefully.
+    Upgraded { pid: i32 },
+    /// The new primary did not take over (`message` says why): it was
+    /// stopped, and this one keeps serving.
+    UpgradeFailed { message: String },
     /// Shutdown finished: every worker is gone, the listeners are closed.
     Shutdown,
 }

@@ -134,7 +134,7 @@ fn killing_the_primary_takes_every_worker_down_within_a_second() {
         .unwrap();
     let mut line = String::new();
     std::io::BufReader::new(primary.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let port: u16 = line.trim().strip_prefix("ready ").and_then(|p| p.parse().ok()).expect("ready line");
+    let port: u16 = ready_port(&line);
     let mut pids = std::collections::HashSet::new();
     for _ in 0..12 {
         let body = http_get(port).unwrap();

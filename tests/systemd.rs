@@ -79,7 +79,7 @@ fn primary_with_listen_env(fd3: &str, listen_pid: &str) -> String {
     let mut line = String::new();
     let mut stdout = std::io::BufReader::new(child.0.stdout.take().unwrap());
     std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
-    let port: u16 = line.trim().strip_prefix("ready ").expect("ready line").parse().unwrap();
+    let port: u16 = ready_port(&line);
     assert!(http_get(port).is_ok(), "it binds and serves as without systemd");
     let _ = child.0.kill();
     let _ = child.0.wait();
@@ -138,7 +138,7 @@ fn a_notify_socket_nobody_listens_on_is_a_warning() {
     let mut line = String::new();
     let mut stdout = std::io::BufReader::new(child.0.stdout.take().unwrap());
     std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
-    let port: u16 = line.trim().strip_prefix("ready ").unwrap().parse().unwrap();
+    let port: u16 = ready_port(&line);
     assert!(http_get(port).is_ok(), "it serves anyway");
     // The warning comes when READY=1 is due (once the worker listens).
     let (lines, received) = std::sync::mpsc::channel();
@@ -153,4 +153,54 @@ fn a_notify_socket_nobody_listens_on_is_a_warning() {
     let warning = received.recv_timeout(Duration::from_secs(10)).expect("a warning on stderr");
     assert!(warning.contains("NOTIFY_SOCKET: cannot tell systemd"), "{warning}");
     assert!(http_get(port).is_ok(), "and still serves");
+}
+
+/// A primary started as systemd starts a socket-activated service: the
+/// listening socket at fd 3, `LISTEN_FDS=1`, `LISTEN_PID` its own pid.
+fn start_activated(socket: &std::net::TcpListener, port: u16) -> Killed {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let fd = socket.as_raw_fd();
+    let mut command = Command::new("sh");
+    command
+        .args(["-c", "LISTEN_PID=$$ exec \"$@\"", "sh", TESTWORKER, "primary", "2", "http"])
+        .env("LISTEN_FDS", "1")
+        .env("TEST_PRIMARY_PORT", port.to_string())
+        .env("TEST_PORT", port.to_string())
+        .env("TEST_SIGNALS", "1")
+        .stdout(Stdio::null());
+    // SAFETY: dup2 in the child before exec, an async-signal-safe call.
+    unsafe {
+        command.pre_exec(move || {
+            // At fd 3 already, dup2 would keep its close-on-exec flag: clear it instead.
+            let ok = if fd == 3 { libc::fcntl(3, libc::F_SETFD, 0) } else { libc::dup2(fd, 3) };
+            if ok < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
+    Killed(command.spawn().unwrap())
+}
+
+#[test]
+fn a_restart_under_socket_activation_refuses_and_drops_nothing() {
+    let _serial = serial();
+    // The test holds the socket across the restart, as systemd does.
+    let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = socket.local_addr().unwrap().port();
+    let mut first = start_activated(&socket, port);
+    get(port);
+    let load = Load::start(port, 8);
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: SIGTERM to the child we started: a graceful stop.
+    unsafe { libc::kill(first.0.id() as i32, libc::SIGTERM) };
+    assert!(first.0.wait().unwrap().success(), "the first primary stopped cleanly");
+    // Meanwhile clients queue in the kernel, on the socket the test holds.
+    let _second = start_activated(&socket, port);
+    std::thread::sleep(Duration::from_millis(1500));
+    let samples = load.finish();
+    let failed: Vec<&Sample> = samples.iter().filter(|s| s.error.is_some()).collect();
+    assert!(samples.len() > 100, "the load ran ({} requests)", samples.len());
+    assert!(failed.is_empty(), "{} of {} requests failed: {:?}", failed.len(), samples.len(), failed.first());
 }

@@ -74,6 +74,12 @@ pub const RCLUSTER_EVENT_RELOAD_FAILED: c_int = 13;
 /// processes, the program missing); the reason and the retry time are in
 /// `data`. Not a crash: the slot keeps retrying with a growing delay.
 pub const RCLUSTER_EVENT_SPAWN_FAILED: c_int = 14;
+/// Primary: a new primary (`pid`), started on SIGUSR2, took over the
+/// listening sockets and its workers listen; this one stops gracefully.
+pub const RCLUSTER_EVENT_UPGRADED: c_int = 15;
+/// Primary: the new primary did not take over (the reason is in `data`);
+/// it was stopped and this one keeps serving.
+pub const RCLUSTER_EVENT_UPGRADE_FAILED: c_int = 16;
 
 /// Worker state in `rcluster_worker_stats`: started, not yet online.
 pub const RCLUSTER_WORKER_STARTING: c_int = 0;
@@ -720,6 +726,8 @@ fn primary_event(event: Event) -> rcluster_event {
         Event::ReloadFailed { generation, message } => {
             with_data(rcluster_event { generation, ..base(RCLUSTER_EVENT_RELOAD_FAILED, 0, 0) }, message.into_bytes())
         }
+        Event::Upgraded { pid } => base(RCLUSTER_EVENT_UPGRADED, 0, pid),
+        Event::UpgradeFailed { message } => with_data(base(RCLUSTER_EVENT_UPGRADE_FAILED, 0, 0), message.into_bytes()),
         Event::Shutdown => base(RCLUSTER_EVENT_SHUTDOWN, 0, 0),
     }
 }

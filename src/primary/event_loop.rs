@@ -41,6 +41,7 @@ use super::policy::Sockets;
 use super::signals::SignalPipe;
 use super::supervisor::{AfterCrash, Cause, Jitter, Reload, Replacement, Slot};
 use super::systemd::{self, InheritedSocket, Notifier};
+use super::upgrade::{self, Upgrade};
 use super::{Command, Config, Shared, WorkerInfo};
 use crate::channel::{self, Reassembler};
 use crate::error::{Code, Error, Result};
@@ -67,6 +68,7 @@ const KIND_LISTENER: usize = 1;
 const KIND_CHANNEL: usize = 2;
 const TOKEN_WAKE: Token = Token(0);
 const TOKEN_SIGNALS: Token = Token(1 << 2);
+const TOKEN_UPGRADE: Token = Token(2 << 2);
 const KIND_PIDFD: usize = 3;
 
 fn token(kind: usize, id: u32) -> Token {
@@ -232,6 +234,8 @@ pub(crate) struct EventLoop {
     ready_notified: bool,
     /// When the last slot was added (see `READY_SETTLE`).
     slot_added_at: Instant,
+    /// A new primary being started to replace this one (SIGUSR2).
+    upgrade: Option<Upgrade>,
 }
 
 impl EventLoop {
@@ -286,6 +290,7 @@ impl EventLoop {
             notifier: if systemd_on { Notifier::from_env() } else { Notifier::from_nothing() },
             ready_notified: false,
             slot_added_at: Instant::now(),
+            upgrade: None,
         })
     }
 
@@ -306,6 +311,7 @@ impl EventLoop {
                 let id = (raw >> 2) as u32;
                 match raw & 3 {
                     KIND_SPECIAL if event.token() == TOKEN_WAKE => self.on_commands(),
+                    KIND_SPECIAL if event.token() == TOKEN_UPGRADE => self.on_upgrade_news(),
                     KIND_SPECIAL => self.on_signals(),
                     KIND_LISTENER => self.on_listener_ready(id),
                     KIND_CHANNEL => {
@@ -571,10 +577,16 @@ impl EventLoop {
             return Err(Error::new(Code::Address, message).with_errno(libc::EMFILE));
         }
         let id = self.next_listener;
-        // A socket systemd passed for this very address is taken instead of binding.
-        let inherited = (port != 0)
-            .then(|| self.inherited.iter().position(|s| s.address == requested))
-            .flatten()
+        // A socket systemd passed for this very address is taken instead of
+        // binding; for port 0, the one a primary being replaced named for
+        // this place (see `systemd::port_zero_name`).
+        let inherited = self
+            .inherited
+            .iter()
+            .position(|s| match port {
+                0 => s.name == systemd::port_zero_name(index) && s.address.ip() == requested.ip(),
+                _ => s.address == requested,
+            })
             .map(|i| self.inherited.remove(i).socket);
         let policy = self.config.policy.instantiate();
         let listener = Listener::bind(id, requested, self.config.backlog, policy, inherited)?;
@@ -1381,6 +1393,75 @@ impl EventLoop {
         }
     }
 
+    // ----- replacing the primary itself ------------------------------------
+
+    /// Starts a new primary from the program's current file with our
+    /// listening sockets (see `upgrade.rs`). One at a time; not while stopping.
+    fn start_upgrade(&mut self) {
+        if self.shutdown.is_some() || self.upgrade.is_some() {
+            return;
+        }
+        // A listener bound for port 0 is named by its place among port-0
+        // listeners: the new primary's workers ask for port 0 again.
+        let port_zero: HashMap<u32, u16> = self
+            .by_address
+            .iter()
+            .filter(|((address, _), _)| address.port() == 0)
+            .map(|(&(_, index), &id)| (id, index))
+            .collect();
+        let sockets: Vec<(SocketAddr, String, RawFd)> = self
+            .listeners
+            .values()
+            .filter(|l| l.policy.sockets() != Sockets::PerWorker)
+            .filter_map(|l| {
+                let name = port_zero.get(&l.id).map_or_else(|| "listener".to_owned(), |&i| systemd::port_zero_name(i));
+                l.socket.as_ref().map(|s| (l.address, name, s.as_raw_fd()))
+            })
+            .collect();
+        let deadline = Instant::now() + self.config.supervision.ready_timeout;
+        match upgrade::start(&sockets, deadline) {
+            Ok(up) => {
+                let registered =
+                    self.poll.registry().register(&mut SourceFd(&up.fd()), TOKEN_UPGRADE, Interest::READABLE);
+                if let Err(e) = registered {
+                    return self.upgrade_failed(up, format!("cannot watch the new primary: {e}"));
+                }
+                self.upgrade = Some(up);
+            }
+            Err(e) => self.shared.emit(Event::UpgradeFailed { message: e.message().to_owned() }),
+        }
+    }
+
+    /// The new primary spoke: once it says READY=1, this one stops.
+    fn on_upgrade_news(&mut self) {
+        let Some(up) = &self.upgrade else { return };
+        if !up.heard_ready() {
+            return;
+        }
+        let Some(up) = self.upgrade.take() else { return };
+        let _ = self.poll.registry().deregister(&mut SourceFd(&up.fd()));
+        self.shared.emit(Event::Upgraded { pid: up.pid() });
+        drop(up); // the new primary outlives us: not waited for, not signalled
+        self.begin_shutdown(self.config.stop_timeout);
+    }
+
+    /// Checks on a new primary that has not said it is ready.
+    fn watch_upgrade(&mut self, now: Instant) {
+        self.on_upgrade_news();
+        let Some(up) = &mut self.upgrade else { return };
+        let Some(why) = up.failed(now) else { return };
+        let Some(up) = self.upgrade.take() else { return };
+        let _ = self.poll.registry().deregister(&mut SourceFd(&up.fd()));
+        self.upgrade_failed(up, why);
+    }
+
+    fn upgrade_failed(&mut self, mut up: Upgrade, why: String) {
+        // It stops its own workers gracefully on SIGTERM.
+        let _ = sys::kill(up.pid(), libc::SIGTERM);
+        let _ = up.child.try_wait();
+        self.shared.emit(Event::UpgradeFailed { message: format!("{why}; this primary keeps serving") });
+    }
+
     // ----- signals, timers, shutdown -------------------------------------
 
     fn on_signals(&mut self) {
@@ -1404,6 +1485,7 @@ impl EventLoop {
                 libc::SIGTTOU => {
                     let _ = self.scale((self.slots.len() as u32).saturating_sub(1).max(1));
                 }
+                libc::SIGUSR2 => self.start_upgrade(),
                 _ => {}
             }
         }
@@ -1469,6 +1551,9 @@ impl EventLoop {
         if let Some(at) = self.ready_due_at() {
             timer(at, "systemd is told the cluster is ready");
         }
+        if self.upgrade.is_some() {
+            timer(self.now + REAP_POLL_INTERVAL, "the new primary is watched until it takes over");
+        }
     }
 
     /// How long the loop may sleep: until the earliest deadline.
@@ -1509,6 +1594,7 @@ impl EventLoop {
         self.check_heartbeats(now);
         self.check_ack_deadlines(now);
         self.notify_ready_if_serving();
+        self.watch_upgrade(now);
         if self.shutdown.is_none() {
             self.restart_due_slots(now);
             self.expire_replacements(now);

@@ -14,7 +14,8 @@ mod listener;
 pub mod policy;
 mod signals;
 pub mod supervisor;
-mod systemd;
+pub(crate) mod systemd;
+mod upgrade;
 
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;

@@ -27,8 +27,12 @@ use crate::sys;
 /// The first fd of the socket-activation protocol.
 const LISTEN_FDS_START: RawFd = 3;
 
+/// Where a primary being replaced (`upgrade.rs`) waits for this one's
+/// `READY=1`: told once, then forgotten (it is gone soon after).
+pub(crate) const UPGRADE_NOTIFY: &str = "RCLUSTER_UPGRADE_NOTIFY";
+
 /// The variables of both protocols: a worker inherits none of them.
-pub(crate) const VARIABLES: [&str; 4] = ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET"];
+pub(crate) const VARIABLES: [&str; 5] = ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", UPGRADE_NOTIFY];
 
 fn warn(what: &str) {
     eprintln!("rcluster: {what}");
@@ -38,6 +42,16 @@ fn warn(what: &str) {
 pub(crate) struct InheritedSocket {
     pub address: SocketAddr,
     pub socket: OwnedFd,
+    /// Its name in `LISTEN_FDNAMES` (`""` if none).
+    pub name: String,
+}
+
+/// The `LISTEN_FDNAMES` name under which a primary hands a port-0 listener
+/// to the primary replacing it (`upgrade.rs`): the port was the OS's pick,
+/// so the new primary finds it by this name and the worker's index, not by
+/// the address its workers ask for (port 0).
+pub(crate) fn port_zero_name(index: u16) -> String {
+    format!("rcluster-port0-{index}")
 }
 
 /// The TCP listening sockets passed with `LISTEN_FDS` for this process,
@@ -75,7 +89,7 @@ pub(crate) fn take_listen_fds() -> Vec<InheritedSocket> {
                 if let Err(e) = sys::set_cloexec(socket.as_fd(), true) {
                     warn(&format!("LISTEN_FDS fd {fd}: FD_CLOEXEC: {e}"));
                 }
-                sockets.push(InheritedSocket { address, socket });
+                sockets.push(InheritedSocket { address, socket, name });
             }
             Err(why) => warn(&format!("LISTEN_FDS fd {fd} ({name:?}) not used: {why}")),
         }
@@ -107,54 +121,71 @@ fn listening_tcp_address(fd: RawFd) -> Result<SocketAddr, String> {
     listener.local_addr().map_err(|e| format!("getsockname: {e}"))
 }
 
-/// Where readiness goes: `NOTIFY_SOCKET`, if set and reachable.
+type Target = (UnixDatagram, std::os::unix::net::SocketAddr);
+
+/// Where readiness goes: `NOTIFY_SOCKET`, if set and reachable, and a
+/// primary being replaced, until it has heard `READY=1`.
 pub(crate) struct Notifier {
-    target: Option<(UnixDatagram, std::os::unix::net::SocketAddr)>,
+    target: Option<Target>,
+    upgrade: Option<Target>,
     warned: bool,
 }
 
 impl Notifier {
-    /// From `NOTIFY_SOCKET` (a path, or `@name` for an abstract socket).
+    /// From `NOTIFY_SOCKET` (a path, or `@name` for an abstract socket) and
+    /// `RCLUSTER_UPGRADE_NOTIFY`.
     pub(crate) fn from_env() -> Notifier {
-        let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return Notifier { target: None, warned: false } };
-        let address = {
-            use std::os::linux::net::SocketAddrExt;
-            use std::os::unix::ffi::OsStrExt;
-            let bytes = path.as_bytes();
-            match bytes.strip_prefix(b"@") {
-                Some(abstract_name) => std::os::unix::net::SocketAddr::from_abstract_name(abstract_name),
-                None => std::os::unix::net::SocketAddr::from_pathname(&path),
-            }
-        };
-        let target = match (address, UnixDatagram::unbound()) {
-            (Ok(address), Ok(socket)) => Some((socket, address)),
-            (Err(e), _) | (_, Err(e)) => {
-                warn(&format!("NOTIFY_SOCKET {path:?} not used: {e}"));
-                None
-            }
-        };
-        Notifier { target, warned: false }
+        Notifier { target: target("NOTIFY_SOCKET"), upgrade: target(UPGRADE_NOTIFY), warned: false }
     }
 
     /// One that tells nobody (the `systemd` option is off).
     pub(crate) fn from_nothing() -> Notifier {
-        Notifier { target: None, warned: false }
+        Notifier { target: None, upgrade: None, warned: false }
     }
 
     /// Sends `state` (newline-separated `KEY=VALUE` lines). A socket that
     /// does not answer is warned about once; the primary carries on.
     pub(crate) fn notify(&mut self, state: &str) {
-        let Some((socket, address)) = &self.target else { return };
-        if let Err(e) = socket.send_to_addr(state.as_bytes(), address) {
-            if !std::mem::replace(&mut self.warned, true) {
-                warn(&format!("NOTIFY_SOCKET: cannot tell systemd {:?}: {e}", state.lines().next().unwrap_or("")));
+        if let Some((socket, address)) = &self.target {
+            if let Err(e) = socket.send_to_addr(state.as_bytes(), address) {
+                if !std::mem::replace(&mut self.warned, true) {
+                    warn(&format!("NOTIFY_SOCKET: cannot tell systemd {:?}: {e}", state.lines().next().unwrap_or("")));
+                }
+            }
+        }
+        if state.lines().any(|line| line == "READY=1") {
+            if let Some((socket, address)) = self.upgrade.take() {
+                if let Err(e) = socket.send_to_addr(state.as_bytes(), &address) {
+                    warn(&format!("cannot tell the primary this one replaces that it is ready: {e}"));
+                }
             }
         }
     }
 
     /// Whether anyone is told.
     pub(crate) fn active(&self) -> bool {
-        self.target.is_some()
+        self.target.is_some() || self.upgrade.is_some()
+    }
+}
+
+/// The datagram target named by the variable `name`, if set and usable.
+fn target(name: &str) -> Option<Target> {
+    let path = std::env::var_os(name)?;
+    let address = {
+        use std::os::linux::net::SocketAddrExt;
+        use std::os::unix::ffi::OsStrExt;
+        let bytes = path.as_bytes();
+        match bytes.strip_prefix(b"@") {
+            Some(abstract_name) => std::os::unix::net::SocketAddr::from_abstract_name(abstract_name),
+            None => std::os::unix::net::SocketAddr::from_pathname(&path),
+        }
+    };
+    match (address, UnixDatagram::unbound()) {
+        (Ok(address), Ok(socket)) => Some((socket, address)),
+        (Err(e), _) | (_, Err(e)) => {
+            warn(&format!("{name} {path:?} not used: {e}"));
+            None
+        }
     }
 }
 

@@ -332,6 +332,11 @@ impl Load {
     }
 }
 
+/// The port in the test primary's `ready PORT PID` line.
+pub fn ready_port(line: &str) -> u16 {
+    line.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("not a ready line: {line:?}"))
+}
+
 /// Whether `pid` has exited (gone, or a zombie waiting for its reaper).
 pub fn pid_exited(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -374,8 +379,8 @@ impl PrimaryProcess {
                 let _ = child.kill();
                 panic!("no ready line within 15 s; output: {output:?}")
             });
-            if let Some(port) = line.trim().strip_prefix("ready ") {
-                break port.parse().expect("ready line");
+            if line.starts_with("ready ") {
+                break ready_port(&line);
             }
             output.push(line);
         };

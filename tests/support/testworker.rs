@@ -28,10 +28,11 @@
 //! - `send-fds`: write a frame with fds attached straight onto the channel;
 //! - `random-frames`: write `TEST_COUNT` random records straight onto the channel;
 //! - `primary N [MODE]`: be a primary of N workers in MODE (default `http`);
-//!   print `ready PORT` and serve until killed (tests that kill the primary or
+//!   print `ready PORT PID` and serve until killed (tests that kill the primary or
 //!   watch its fds and CPU). `TEST_MAX_PENDING` / `TEST_MAX_UNACKED` /
 //!   `TEST_HEARTBEAT_MS` set those options; `TEST_PRIMARY_PORT` is the port it listens on; `TEST_NOFILE` lowers its fd limit once the workers listen;
-//!   `TEST_SIGNALS=1` opts into signal handling; `TEST_CLOEXEC_STDIO=1` marks
+//!   `TEST_SIGNALS=1` opts into signal handling; `TEST_UPGRADE_FAILS=1` makes
+//!   a primary started with `LISTEN_FDS` (a SIGUSR2 upgrade) exit at once; `TEST_CLOEXEC_STDIO=1` marks
 //!   its stdio close-on-exec first (as Node does). Exits 0 after shutdown.
 //!   With `TEST_ANNOUNCE=1`, `http` workers print `worker ID listening`.
 //!   `TEST_ACCEPT_BATCH=N` makes `http` take connections N at a time
@@ -239,6 +240,11 @@ fn refuse_all(channel_fd: i32) -> ! {
 
 /// A primary of N workers, for tests that watch or kill the primary itself.
 fn run_primary(n: u32, mode: &str) {
+    if std::env::var_os("TEST_UPGRADE_FAILS").is_some() && std::env::var_os("LISTEN_FDS").is_some() {
+        // A broken new version, started by SIGUSR2 (which passes the sockets).
+        eprintln!("testworker: this version fails at start");
+        std::process::exit(5);
+    }
     let exe = std::ffi::CString::new(std::env::current_exe().unwrap().into_os_string().into_encoded_bytes()).unwrap();
     let mode = std::ffi::CString::new(mode).unwrap();
     let argv = [exe.as_ptr(), mode.as_ptr(), ptr::null()];
@@ -290,7 +296,7 @@ fn run_primary(n: u32, mode: &str) {
         // SAFETY: setrlimit with a valid struct.
         unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &rlim) };
     }
-    println!("ready {port}");
+    println!("ready {port} {}", std::process::id());
     loop {
         if rcluster_primary_wait_event(p, &mut ev, -1) == 0 {
             let kind = ev.kind;

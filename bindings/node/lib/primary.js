@@ -393,6 +393,13 @@ function setupPrimary(cluster, native) {
         // rcluster: a worker could not be started; the core retries with backoff.
         cluster.emit('spawnfailed', event.slot, new Error(`rcluster: ${event.message}`));
         break;
+      case 'upgraded':
+        // rcluster: a new primary took over (SIGUSR2); this one is stopping.
+        cluster.emit('upgraded', event.pid);
+        break;
+      case 'upgradefailed':
+        cluster.emit('upgradefailed', new Error(`rcluster: ${event.message}`));
+        break;
       case 'reload':
         settleReloads(event.generation, null);
         cluster.emit('reload', event.generation);

@@ -188,6 +188,10 @@ impl ClusterEvent {
                 message: Some(message),
                 ..ClusterEvent::new("reloadfailed", None, None)
             },
+            Event::Upgraded { pid } => ClusterEvent::new("upgraded", None, Some(pid)),
+            Event::UpgradeFailed { message } => {
+                ClusterEvent { message: Some(message), ..ClusterEvent::new("upgradefailed", None, None) }
+            }
             Event::Shutdown => ClusterEvent::new("shutdown", None, None),
         }
     }

@@ -49,6 +49,12 @@ class EventKind(str, enum.Enum):
     #: Primary: a worker for slot ``event.slot`` could not be started (reason
     #: and retry time in ``data``); not a crash, the slot keeps retrying.
     SPAWN_FAILED = "spawn_failed"
+    #: Primary: a new primary (``event.pid``), started on SIGUSR2, took over
+    #: the listening sockets; this one now stops gracefully.
+    UPGRADED = "upgraded"
+    #: Primary: the new primary did not take over (reason in ``data``); this
+    #: one keeps serving.
+    UPGRADE_FAILED = "upgrade_failed"
 
     def __str__(self) -> str:
         return self.value
