@@ -107,8 +107,9 @@ test-queue: queue-servers queue-deps
 	$(VENV)/bin/python -m pytest $(QUEUE)/tests -q
 
 # Benchmarks (bench/, see bench/README.md). `make bench`: the full side-by-side
-# run, about 10 minutes on 2 CPUs (the queue group adds one), writes bench/results/latest.{md,png,json};
-# `make bench-quick`: fewer contenders, shorter runs, bench/tmp/quick/. Needs
+# run, about 10 minutes on 2 CPUs (the queue group is one of them), writes
+# bench/results/latest.{md,png,json}; `make bench-quick`: fewer contenders,
+# shorter runs, bench/tmp/quick/. Needs
 # wrk (installed with apt-get when missing). Run it on a quiet machine: every
 # ratio compares runs of the same moment, but other work widens the spread.
 BENCH_TMP    := bench/tmp
