@@ -32,6 +32,9 @@ const REPORT_TO_PRIMARY_MS = 200;
 const BACKOFF_FIRST_MS = 100;
 const BACKOFF_MAX_MS = 2000;
 const ID_MAX_CHARS = 64;
+// A job larger than this is rejected: a row far beyond it would be refused
+// by the server's max_allowed_packet as a connection error, retried forever.
+const JOB_MAX_BYTES = 1 << 20;
 const TABLE = 'jobs';
 const CREATE_TABLE = `
 CREATE TABLE IF NOT EXISTS ${TABLE} (
@@ -191,6 +194,7 @@ const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
  * integer below 2**53) and `payload` (any JSON value).
  */
 function parseJob(raw) {
+  if (raw.length > JOB_MAX_BYTES) throw new Reject('too large', `${raw.length} bytes; the limit is ${JOB_MAX_BYTES}`);
   let text;
   try {
     text = utf8.decode(raw);

@@ -44,6 +44,9 @@ REPORT_TO_PRIMARY_S = 0.2
 BACKOFF_FIRST_S = 0.1
 BACKOFF_MAX_S = 2.0
 ID_MAX_CHARS = 64
+# A job larger than this is rejected: a row far beyond it would be refused
+# by the server's max_allowed_packet as a connection error, retried forever.
+JOB_MAX_BYTES = 1 << 20
 TABLE = "jobs"
 CREATE_TABLE = f"""
 CREATE TABLE IF NOT EXISTS {TABLE} (
@@ -86,7 +89,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         parser.error(f"--report-every must be >= 0, not {args.report_every}")
     if args.crash_loop_count < 0:
         parser.error(f"--crash-loop-count must be >= 0, not {args.crash_loop_count}")
-    if urlsplit(args.redis).scheme not in ("redis", "rediss", "unix"):
+    if urlsplit(args.redis).scheme not in ("redis", "rediss"):
         parser.error(f"--redis must be a redis:// URL, not {args.redis!r}")
     try:
         args.mysql_params = mysql_params(args.mysql)
@@ -162,6 +165,8 @@ def parse_job(raw: bytes) -> tuple[str, str]:
     """A job's id and its payload as JSON text, or :class:`Reject`.
     A job is a JSON object with ``id`` (a string of 1 to 64 characters, or
     a non-negative integer below 2**53) and ``payload`` (any JSON value)."""
+    if len(raw) > JOB_MAX_BYTES:
+        raise Reject("too large", f"{len(raw)} bytes; the limit is {JOB_MAX_BYTES}")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -429,7 +434,7 @@ class Progress:
 
 def check_servers(args: argparse.Namespace) -> redis.Redis:
     """Both servers answer and the table exists, or a one-line error (exit 1)."""
-    r = redis.Redis.from_url(args.redis, socket_connect_timeout=2)
+    r = redis.Redis.from_url(args.redis, socket_connect_timeout=2, socket_timeout=10)
     try:
         r.ping()
     except redis.RedisError as e:

@@ -452,6 +452,7 @@ MALFORMED_KINDS: list[tuple[Callable[[int], bytes], str]] = [
     (lambda i: f'{{"id": "{"x" * 65}", "payload": {i}}}'.encode(), "bad field: id"),
     (lambda i: f'{{"id": -{i + 1}, "payload": 1}}'.encode(), "bad field: id"),
     (lambda i: f'{{"id": true, "payload": {i}}}'.encode(), "bad field: id"),
+    (lambda i: f'{{"id": "big-{i}", "payload": "{"x" * (1 << 20)}"}}'.encode(), "too large"),
 ]
 
 
