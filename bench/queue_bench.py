@@ -38,7 +38,19 @@ SCRIPTS = {
 }
 
 
-def read_until(proc: subprocess.Popen, prefix: str, timeout: float, seen: list[str]) -> None:
+def start_time(pid: int) -> int | None:
+    """A process's start time (clock ticks), None if it is gone: pids wrap
+    around, so a pid is only ours while its start time is the one we saw."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return None if fields[0] == "Z" else int(fields[19])
+    except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+        return None
+
+
+def read_until(proc: subprocess.Popen, prefix: str, timeout: float, seen: list[str],
+               workers: dict[int, int | None]) -> None:
     deadline = time.monotonic() + timeout
     buf = b""
     fd = proc.stdout.fileno()
@@ -46,6 +58,9 @@ def read_until(proc: subprocess.Popen, prefix: str, timeout: float, seen: list[s
         while b"\n" in buf:
             line, buf = buf.split(b"\n", 1)
             seen.append(line.decode(errors="replace"))
+            if seen[-1].startswith("worker ") and " started pid " in seen[-1]:
+                pid = int(seen[-1].split()[4])
+                workers[pid] = start_time(pid)
             if seen[-1].startswith(prefix):
                 return
         left = deadline - time.monotonic()
@@ -57,9 +72,9 @@ def read_until(proc: subprocess.Popen, prefix: str, timeout: float, seen: list[s
         buf += chunk
 
 
-def stop(proc: subprocess.Popen, seen: list[str]) -> None:
-    """SIGTERM (graceful), then SIGKILL for the primary and every worker it named."""
-    pids = [int(line.split()[4]) for line in seen if line.startswith("worker ") and " started pid " in line]
+def stop(proc: subprocess.Popen, workers: dict[int, int | None]) -> None:
+    """SIGTERM (graceful), then SIGKILL for the primary and every worker it
+    named that still runs (the same process: same start time)."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -67,11 +82,12 @@ def stop(proc: subprocess.Popen, seen: list[str]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)  # gone already, normally
-        except ProcessLookupError:
-            pass
+    for pid, started in workers.items():
+        if started is not None and start_time(pid) == started:  # gone already, normally
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def one_run(lang: str, workers: int, jobs: int, tag: str, redis_server: RedisServer, mariadb: MariaDB) -> dict:
@@ -81,12 +97,13 @@ def one_run(lang: str, workers: int, jobs: int, tag: str, redis_server: RedisSer
     argv = [*SCRIPTS[lang], "--workers", str(workers), "--redis", redis_server.url,
             "--mysql", mariadb.url(database), "--queue", queue, "--report-every", "0"]
     seen: list[str] = []
+    workers_seen: dict[int, int | None] = {}
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                             stdin=subprocess.DEVNULL)
     r = redis_server.client()
     db = mariadb.connect(database)
     try:
-        read_until(proc, "ready ", 60, seen)
+        read_until(proc, "ready ", 60, seen, workers_seen)
         payloads = [json.dumps({"id": f"{tag}-{i}", "payload": {"n": i}}).encode() for i in range(jobs)]
         started = time.monotonic()
         pipe = r.pipeline(transaction=False)
@@ -104,7 +121,7 @@ def one_run(lang: str, workers: int, jobs: int, tag: str, redis_server: RedisSer
             time.sleep(0.01)
         seconds = time.monotonic() - started
     finally:
-        stop(proc, seen)
+        stop(proc, workers_seen)
         db.close()
         keys = list(r.scan_iter(match=f"{queue}*", count=1000))
         if keys:

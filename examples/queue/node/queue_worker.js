@@ -484,12 +484,15 @@ class Progress {
 /** Both servers answer and the table exists, or a one-line error (exit 1). */
 async function checkServers(options) {
   const redis = redisClient(options.redis);
-  redis.on('error', () => {});
+  let cause = null; // connect() itself only says "Connection is closed"
+  redis.on('error', (e) => {
+    cause = cause || e;
+  });
   try {
     await redis.connect();
     await redis.ping();
   } catch (e) {
-    process.stderr.write(`${PROG}: cannot reach redis at ${options.redis}: ${e.message}\n`);
+    process.stderr.write(`${PROG}: cannot reach redis at ${options.redis}: ${(cause || e).message}\n`);
     process.exit(1);
   }
   try {
@@ -562,15 +565,20 @@ async function runPrimary(options) {
       progress.update(worker.id, message);
     }
   });
-  cluster.on('exit', async (worker, code, signal) => {
+  const exiting = new Set(); // recoveries under way, which the stop waits for
+  cluster.on('exit', (worker, code, signal) => {
     // Its processing list has no writer any more: give back what it holds.
     // (The replacement has a list of its own, so the order against its
     // start does not matter.)
     progress.exited(worker.id);
     ready.delete(worker.id);
-    const moved = await recover(worker.id);
+    const asked = worker.exitedAfterDisconnect ? 'asked' : 'unasked';
     const how = signal ? `signal ${os.constants.signals[signal] || signal}` : `code ${code}`;
-    say(`worker ${worker.id} exited ${how} ${worker.exitedAfterDisconnect ? 'asked' : 'unasked'} recovered ${moved === null ? '?' : moved}`);
+    const done = recover(worker.id).then((moved) => {
+      say(`worker ${worker.id} exited ${how} ${asked} recovered ${moved === null ? '?' : moved}`);
+      exiting.delete(done);
+    });
+    exiting.add(done);
   });
   cluster.on('reload', (generation) => say(`reload done generation ${generation}`));
   cluster.on('reloadfailed', (error) => say(`reload failed: ${error.message}`));
@@ -588,6 +596,7 @@ async function runPrimary(options) {
     stopping = true;
     cluster.shutdown(10000).then(async () => {
       clearInterval(timer);
+      await Promise.all([...exiting]);
       // Every worker is gone: nothing can hold a job now.
       try {
         const leftover = await recoverAll(redis, options.queue);

@@ -78,13 +78,22 @@ def lang(request) -> str:
 # ----- the example as a subprocess ------------------------------------------------
 
 
-def alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie counts as gone)."""
+def proc_stat(pid: int) -> Optional[tuple[str, int]]:
+    """``(state, start time in clock ticks)`` of a process, or None if gone."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
+            fields = f.read().rsplit(")", 1)[1].split()
+        return fields[0], int(fields[19])
+    except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+        return None
+
+
+def alive(pid: int, started: Optional[int] = None) -> bool:
+    """Whether ``pid`` runs (a zombie counts as gone), and, given its start
+    time, is still the same process: pids wrap at 32,768 here, and other
+    tenants of the machine start many processes."""
+    stat = proc_stat(pid)
+    return stat is not None and stat[0] != "Z" and (started is None or stat[1] == started)
 
 
 def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.02) -> object:
@@ -111,6 +120,7 @@ class QueueCluster:
                      "--queue", queue, "--report-every", "0.5", *extra]
         self.lines: list[str] = []
         self.errors: list[str] = []
+        self.start_times: dict[int, int] = {}  # worker pid -> its start time (-1: gone before we looked)
         self.changed = threading.Condition()
         self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      stdin=subprocess.DEVNULL, cwd=str(ROOT))
@@ -121,8 +131,13 @@ class QueueCluster:
 
     def _read(self, stream, into: list[str]) -> None:
         for raw in stream:
+            line = raw.decode(errors="replace").rstrip("\n")
+            started = STARTED.match(line)
+            if started:  # note when it started, so that a reused pid is not taken for it
+                stat = proc_stat(int(started[2]))
+                self.start_times[int(started[2])] = stat[1] if stat else -1
             with self.changed:
-                into.append(raw.decode(errors="replace").rstrip("\n"))
+                into.append(line)
                 self.changed.notify_all()
         with self.changed:
             self.changed.notify_all()
@@ -169,9 +184,14 @@ class QueueCluster:
             reader.join(5)
         return code
 
+    def running_workers(self) -> list[int]:
+        """Pids of the workers it reported that still run (checked by start time)."""
+        return [pid for m in self.matching(STARTED)
+                if alive(pid := int(m[2]), self.start_times.get(pid, -1))]
+
     def kill_all(self) -> None:
         """Cleanup: SIGKILL the primary and every worker it reported, by pid."""
-        pids = [pid for m in self.matching(STARTED) if alive(pid := int(m[2]))]
+        pids = self.running_workers()
         if self.proc.poll() is None:
             self.proc.kill()
         for pid in pids:
@@ -184,7 +204,7 @@ class QueueCluster:
         except subprocess.TimeoutExpired:
             pass
         for pid in pids:  # the workers are the primary's children: its exit lets init reap them
-            wait_until(lambda pid=pid: not alive(pid), 10, f"worker pid {pid} to go")
+            wait_until(lambda pid=pid: not alive(pid, self.start_times[pid]), 10, f"worker pid {pid} to go")
 
 
 class Run:
@@ -303,8 +323,7 @@ class Run:
         cluster.wait_line(r"^stopped ", 5)
         for worker_id, pid in cluster.worker_pids().items():
             raise AssertionError(f"worker {worker_id} (pid {pid}) never reported its exit:\n{cluster.output()}")
-        for m in cluster.matching(STARTED):
-            assert not alive(int(m[2])), f"worker pid {m[2]} outlived the primary"
+        assert cluster.running_workers() == [], "workers outlived the primary"
         return cluster
 
     def close(self) -> None:
@@ -360,6 +379,27 @@ def test_jobs_go_through_four_workers_exactly_once(run_factory) -> None:
     assert any(len(m[2].split(",")) == WORKERS and int(m[1]) > 0 for m in per_worker), cluster.output()
 
 
+def kill_while_holding_a_job(run: "Run", pid: int, started: int, its_list: str) -> None:
+    """SIGKILLs the worker at a moment its processing list holds a job: it
+    is stopped (SIGSTOP) and its list looked at; if empty, it goes on
+    (SIGCONT) and we look again. 10 ms after the stop lets a command it
+    had already sent (an LREM) land before we look."""
+    deadline = time.monotonic() + 30
+    while True:
+        assert alive(pid, started), f"worker pid {pid} died on its own"
+        os.kill(pid, signal.SIGSTOP)
+        wait_until(lambda: (proc_stat(pid) or ("T", 0))[0] in ("T", "t"), 5, f"pid {pid} to stop")
+        time.sleep(0.01)
+        if run.redis.llen(its_list) > 0:
+            os.kill(pid, signal.SIGKILL)
+            return
+        os.kill(pid, signal.SIGCONT)
+        if run.redis.llen(run.queue) == 0:
+            run.push(50)  # the others drained the batch before we caught it busy
+        assert time.monotonic() < deadline, f"worker pid {pid} never seen holding a job"
+        time.sleep(0.002)
+
+
 def test_worker_killed_every_500_jobs_loses_nothing(run_factory) -> None:
     run = run_factory("sigkill")
     # 20 kills over 4 slots is 5 unexpected exits per slot within 30 s: the
@@ -372,11 +412,8 @@ def test_worker_killed_every_500_jobs_loses_nothing(run_factory) -> None:
         victim_id = min(victims)  # the oldest: every slot in turn
         victim_list = f"{run.queue}:processing:{victim_id}"
         run.push(500)
-        # Kill it while it holds a job (most of the time it does; the count
-        # of jobs recovered is checked below).
-        wait_until(lambda: run.redis.llen(victim_list) > 0, 10, f"worker {victim_id} to take a job", interval=0.0002)
         seen = len(cluster.lines)
-        os.kill(victims[victim_id], signal.SIGKILL)
+        kill_while_holding_a_job(run, victims[victim_id], cluster.start_times[victims[victim_id]], victim_list)
         kills += 1
         cluster.wait_line(rf"^worker {victim_id} exited signal 9 unasked recovered \d+$", 20, seen)
         cluster.wait_line(r"^worker \d+ ready$", 30, seen)  # its replacement
@@ -385,9 +422,9 @@ def test_worker_killed_every_500_jobs_loses_nothing(run_factory) -> None:
     run.stop_and_check_exit()
     run.check_counts()
     recovered = sum(int(m[5]) for m in cluster.matching(EXITED) if m[4] == "unasked")
-    assert kills == 20
-    # Most victims held a job when killed: recovery was exercised.
-    assert recovered >= 10, f"only {recovered} of 20 killed workers held a job: recovery was hardly tested"
+    assert kills == 20 and len(run.pushed_ids) >= JOBS
+    # Every victim held a job when it was killed, and the primary gave it back.
+    assert recovered == kills, f"{recovered} jobs recovered from {kills} killed workers that each held one"
     assert not any("crash-looping" in line for line in cluster.lines)
 
 
@@ -398,12 +435,12 @@ def test_five_rolling_reloads_during_the_run(run_factory) -> None:
     failed = threading.Event()
 
     def feed() -> None:
-        # 9,000 jobs at about 600/s while the reloads run (so each happens
-        # under load), the last 1,000 once they are done.
-        while len(run.pushed_ids) < JOBS - 1000 and not failed.is_set():
-            run.push(60)
+        # About 400 jobs/s while the reloads run (so each happens under
+        # load), the rest of the 10,000 at once when they are done.
+        while not reloads_done.is_set() and not failed.is_set():
+            run.push(min(40, JOBS - len(run.pushed_ids)))
             time.sleep(0.1)
-        if reloads_done.wait(120):
+        if reloads_done.is_set():
             run.push(JOBS - len(run.pushed_ids))
 
     feeder = threading.Thread(target=feed, daemon=True)
@@ -524,3 +561,18 @@ def test_bad_arguments_exit_2_with_one_line(lang, args, message) -> None:
     lines = proc.stderr.decode().strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("queue_worker: ") and message in lines[0], lines
     assert proc.stdout == b""
+
+
+@pytest.mark.parametrize("down", ["redis", "mysql"])
+def test_unreachable_server_at_start_exits_1_with_one_line(lang, down, redis_server, mariadb) -> None:
+    from servers import free_port
+
+    closed = free_port()  # nothing listens there
+    redis_url = f"redis://127.0.0.1:{closed}/0" if down == "redis" else redis_server.url
+    mysql_url = f"mysql://root@127.0.0.1:{closed}/x" if down == "mysql" else mariadb.url("x")
+    proc = subprocess.run([*SCRIPTS[lang], "--workers", "1", "--redis", redis_url, "--mysql", mysql_url],
+                          capture_output=True, timeout=60, cwd=str(ROOT))
+    assert proc.returncode == 1, proc
+    lines = proc.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"queue_worker: cannot ") and str(closed) in lines[0], lines
+    assert proc.stdout == b""  # no worker was started
