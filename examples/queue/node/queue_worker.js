@@ -459,7 +459,12 @@ class Progress {
     const rate = (done - this.lastDone) / Math.max((now - this.lastAt) / 1000, 1e-9);
     this.lastDone = done;
     this.lastAt = now;
-    const ids = [...this.live.keys()].sort((a, b) => a - b);
+    // Taken before the await: a worker may exit (and leave `live`) meanwhile.
+    const perWorker = [...this.live.entries()]
+      .sort(([a], [b]) => a - b)
+      .map(([id, counts]) => `${id}:${(counts.done || 0) + (counts.dup || 0)}`)
+      .join(',');
+    const ids = [...this.live.keys()];
     let lists;
     try {
       const pipe = redis.pipeline().llen(queue).llen(deadList(queue));
@@ -473,7 +478,6 @@ class Progress {
     } catch (e) {
       lists = `queue=? (redis: ${e.message})`;
     }
-    const perWorker = ids.map((id) => `${id}:${(this.live.get(id).done || 0) + (this.live.get(id).dup || 0)}`).join(',');
     return (
       `progress done=${this.total('done')} dup=${this.total('dup')} rate=${rate.toFixed(0)}/s ${lists} ` +
       `rejected=${this.total('dead')} db_retries=${this.total('db_retries')} workers=${perWorker || '-'}`
@@ -612,13 +616,16 @@ async function runPrimary(options) {
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);
 
-  const timer = setInterval(async () => {
+  const timer = setInterval(() => {
+    tick().catch((e) => process.stderr.write(`${PROG}: progress: ${e.stack || e}\n`));
+  }, Math.min(1000, options.reportEvery > 0 ? options.reportEvery * 1000 : 1000));
+  async function tick() {
     for (const id of [...unrecovered]) await recover(id);
     if (options.reportEvery > 0 && Date.now() >= nextReport) {
       nextReport = Date.now() + options.reportEvery * 1000;
       say(await progress.line(redis, options.queue));
     }
-  }, Math.min(1000, options.reportEvery > 0 ? options.reportEvery * 1000 : 1000));
+  }
   let nextReport = Date.now() + options.reportEvery * 1000;
 
   for (let i = 0; i < options.workers; i++) cluster.fork();

@@ -33,6 +33,9 @@ from urllib.parse import unquote, urlsplit
 import pymysql
 import redis
 
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
 import rcluster
 
 PROG = "queue_worker"
@@ -130,6 +133,14 @@ def dead_list(queue: str) -> str:
     return f"{queue}:dead"
 
 
+def redis_client(url: str, **options: Any) -> redis.Redis:
+    # No retries inside the client: a command that fails, fails, and we back
+    # off and resynchronise ourselves. Resending a BLMOVE whose reply was
+    # lost would take a second job while the first sits unseen in our list.
+    return redis.Redis.from_url(url, socket_connect_timeout=2, socket_keepalive=True,
+                                retry=Retry(NoBackoff(), 0), **options)
+
+
 def mysql_connect(params: dict[str, Any]) -> pymysql.connections.Connection:
     return pymysql.connect(
         **params, autocommit=True, charset="utf8mb4", connect_timeout=2, read_timeout=10, write_timeout=10
@@ -213,7 +224,7 @@ class Consumer:
         self.queue: str = args.queue
         self.mine = processing_list(args.queue, worker.id)
         self.dead = dead_list(args.queue)
-        self.redis = redis.Redis.from_url(args.redis, socket_connect_timeout=2, socket_keepalive=True)
+        self.redis = redis_client(args.redis)
         self.db: Optional[pymysql.connections.Connection] = None
         self.counts = {"done": 0, "dup": 0, "dead": 0, "db_retries": 0, "redis_retries": 0}
         self.reported_at = 0.0
@@ -434,7 +445,7 @@ class Progress:
 
 def check_servers(args: argparse.Namespace) -> redis.Redis:
     """Both servers answer and the table exists, or a one-line error (exit 1)."""
-    r = redis.Redis.from_url(args.redis, socket_connect_timeout=2, socket_timeout=10)
+    r = redis_client(args.redis, socket_timeout=10)
     try:
         r.ping()
     except redis.RedisError as e:
