@@ -96,14 +96,16 @@ def alive(pid: int, started: Optional[int] = None) -> bool:
     return stat is not None and stat[0] != "Z" and (started is None or stat[1] == started)
 
 
-def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.02) -> object:
+def wait_until(predicate: Callable[[], object], timeout: float, what: "str | Callable[[], str]",
+               interval: float = 0.02) -> object:
+    """``what`` may be a function: then it describes the state at the timeout."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            raise AssertionError(f"timed out after {timeout} s waiting for {what() if callable(what) else what}")
         time.sleep(interval)
 
 
@@ -270,18 +272,20 @@ class Run:
 
     def wait_rows(self, at_least: int, timeout: float = 60.0) -> None:
         wait_until(lambda: self.rows() >= at_least, timeout,
-                   f"{at_least} rows in {self.database} (have {self.rows()})\n{self.cluster.output() if self.cluster else ''}",
-                   interval=0.01)
+                   lambda: f"{at_least} rows in {self.database} (have {self.rows()})\n{self.output()}", interval=0.01)
+
+    def output(self) -> str:
+        return self.cluster.output() if self.cluster else ""
 
     def wait_drained(self, dead: int = 0, timeout: float = 90.0) -> None:
         """Until every pushed job is a row or a dead letter and no job is held."""
         def drained() -> bool:
             return (self.rows() == len(self.pushed_ids) and self.redis.llen(self.queue) == 0
                     and self.redis.llen(f"{self.queue}:dead") == dead and not self.processing_lists())
-        wait_until(drained, timeout, f"the queue to drain: rows={self.rows()} of {len(self.pushed_ids)}, "
-                   f"queue={self.redis.llen(self.queue)}, dead={self.redis.llen(f'{self.queue}:dead')}, "
-                   f"processing={self.processing_lists()}\n{self.cluster.output() if self.cluster else ''}",
-                   interval=0.05)
+        wait_until(drained, timeout, lambda: (
+            f"the queue to drain: rows={self.rows()} of {len(self.pushed_ids)}, queue={self.redis.llen(self.queue)}, "
+            f"dead={self.redis.llen(f'{self.queue}:dead')}, processing={self.processing_lists()}\n{self.output()}"
+        ), interval=0.05)
 
     def processing_lists(self) -> dict[str, int]:
         """Processing lists that hold something (an empty Redis list does not exist)."""
@@ -308,7 +312,11 @@ class Run:
         entries = [json.loads(e) for e in self.redis.lrange(f"{self.queue}:dead", 0, -1)]
         got = {e["job"]: e["reason"] for e in entries}
         assert len(got) == len(entries), "a dead letter is there twice"
-        assert got == (dead or {}), "dead letters differ"
+        want = dead or {}
+        assert got == want, (
+            f"dead letters differ: missing {sorted(set(want) - set(got))[:5]}, unexpected {sorted(set(got) - set(want))[:5]}, "
+            f"wrong reason {[(k, got[k], want[k]) for k in set(got) & set(want) if got[k] != want[k]][:5]}"
+        )
         for entry in entries:
             assert entry["worker"] >= 1 and entry["at"], entry
         # Every payload made it intact (and is JSON in the database).
