@@ -585,7 +585,11 @@ async function runPrimary(options) {
     exiting.add(done);
   });
   cluster.on('reload', (generation) => say(`reload done generation ${generation}`));
-  cluster.on('reloadfailed', (error) => say(`reload failed: ${error.message}`));
+  cluster.on('reloadfailed', (error) => {
+    // The binding's message: "rcluster: reload to generation G failed: WHY".
+    const m = /generation (\d+) failed: (.*)$/s.exec(error.message);
+    say(m ? `reload failed generation ${m[1]}: ${m[2]}` : `reload failed: ${error.message}`);
+  });
   cluster.on('crashloop', (worker, slot) => say(`slot ${slot} is crash-looping; not restarted`));
 
   process.on('SIGHUP', () => {
