@@ -19,6 +19,7 @@
 // removes the job from its list. Bad jobs go to `<queue>:dead` with the reason.
 
 const cluster = require('rcluster');
+const crypto = require('crypto');
 const os = require('os');
 const Redis = require('ioredis');
 const mysql = require('mysql2/promise');
@@ -35,6 +36,9 @@ const ID_MAX_CHARS = 64;
 // A job larger than this is rejected: a row far beyond it would be refused
 // by the server's max_allowed_packet as a connection error, retried forever.
 const JOB_MAX_BYTES = 1 << 20;
+// The third worker to die holding a job sends it to the dead-letter list.
+const MAX_DEATHS = 3;
+const DEATHS_TTL_S = 86400; // the death counts expire a day after the last death
 const TABLE = 'jobs';
 const CREATE_TABLE = `
 CREATE TABLE IF NOT EXISTS ${TABLE} (
@@ -161,6 +165,46 @@ function mysqlConnect(params) {
     // Without FOUND_ROWS, a duplicate id reports 0 affected rows.
     flags: ['-FOUND_ROWS'],
   });
+}
+
+/** Hash: SHA-1 of a job -> how many workers died holding it. */
+const deathsKey = (queue) => `${queue}:deaths`;
+
+function deadEntry(raw, reason, detail, workerId) {
+  return JSON.stringify({ reason, detail, job: raw.toString('utf8'), worker: workerId, at: new Date().toISOString() });
+}
+
+/** Runs a MULTI; throws its first error. */
+async function execAll(multi) {
+  const results = await multi.exec();
+  if (results === null) throw new Error('transaction aborted');
+  for (const [error] of results) if (error) throw error;
+  return results.map(([, value]) => value);
+}
+
+/**
+ * Empties the processing list of a worker that died unasked: each job goes
+ * back to the queue, unless this is the MAX_DEATHS-th worker that died
+ * holding it: then it goes to the dead-letter list, so a job that kills its
+ * workers cannot crash-loop them all and stop the queue. Returns how many
+ * jobs left the list.
+ */
+async function giveBackAfterCrash(redis, queue, workerId) {
+  const source = processingList(queue, workerId);
+  let moved = 0;
+  let raw;
+  while ((raw = await redis.lindexBuffer(source, -1)) !== null) {
+    const digest = crypto.createHash('sha1').update(raw).digest('hex');
+    const [deaths] = await execAll(redis.multi().hincrby(deathsKey(queue), digest, 1).expire(deathsKey(queue), DEATHS_TTL_S));
+    if (deaths >= MAX_DEATHS) {
+      const entry = deadEntry(raw, 'worker died holding it', `${deaths} workers died while they held this job`, workerId);
+      await execAll(redis.multi().lpush(deadList(queue), entry).lrem(source, -1, raw).hdel(deathsKey(queue), digest));
+    } else {
+      await redis.lmoveBuffer(source, queue, 'RIGHT', 'RIGHT'); // the one we looked at: the list has no other writer
+    }
+    moved++;
+  }
+  return moved;
 }
 
 /** Moves every job of `source` back to the consuming end of the queue, one atomic LMOVE at a time. */
@@ -390,17 +434,9 @@ class Consumer {
   }
 
   async deadLetter(raw, reason, detail) {
-    const entry = {
-      reason,
-      detail,
-      job: raw.toString('utf8'),
-      worker: this.worker.id,
-      at: new Date().toISOString(),
-    };
     // One transaction: the job is in the dead-letter list or in our
     // processing list, never both, never neither.
-    const results = await this.redis.multi().lpush(this.dead, JSON.stringify(entry)).lrem(this.mine, 1, raw).exec();
-    for (const [error] of results || []) if (error) throw error;
+    await execAll(this.redis.multi().lpush(this.dead, deadEntry(raw, reason, detail, this.worker.id)).lrem(this.mine, 1, raw));
     this.counts.dead++;
   }
 
@@ -534,18 +570,22 @@ async function runPrimary(options) {
   if (stale) say(`recovered ${stale} jobs left in processing lists`);
   const progress = new Progress();
   const ready = new Set();
-  const unrecovered = new Set(); // exited workers whose list Redis did not let us empty yet
+  const unrecovered = new Map(); // exited workers whose list Redis did not let us empty yet -> crashed
   let announced = false;
   let stopping = false;
 
-  async function recover(workerId) {
+  async function recover(workerId, crashed) {
     try {
-      const moved = await returnToQueue(redis, options.queue, processingList(options.queue, workerId));
+      // A worker that left when asked and still held a job was ended by the
+      // stop timeout: that is not the job's fault, so no death is counted.
+      const moved = crashed
+        ? await giveBackAfterCrash(redis, options.queue, workerId)
+        : await returnToQueue(redis, options.queue, processingList(options.queue, workerId));
       unrecovered.delete(workerId);
       return moved;
     } catch (e) {
       process.stderr.write(`${PROG}: cannot recover worker ${workerId}'s jobs yet: ${e.message}\n`);
-      unrecovered.add(workerId);
+      unrecovered.set(workerId, crashed);
       return null;
     }
   }
@@ -578,7 +618,7 @@ async function runPrimary(options) {
     ready.delete(worker.id);
     const asked = worker.exitedAfterDisconnect ? 'asked' : 'unasked';
     const how = signal ? `signal ${os.constants.signals[signal] || signal}` : `code ${code}`;
-    const done = recover(worker.id).then((moved) => {
+    const done = recover(worker.id, !worker.exitedAfterDisconnect).then((moved) => {
       say(`worker ${worker.id} exited ${how} ${asked} recovered ${moved === null ? '?' : moved}`);
       exiting.delete(done);
     });
@@ -624,7 +664,7 @@ async function runPrimary(options) {
     tick().catch((e) => process.stderr.write(`${PROG}: progress: ${e.stack || e}\n`));
   }, Math.min(1000, options.reportEvery > 0 ? options.reportEvery * 1000 : 1000));
   async function tick() {
-    for (const id of [...unrecovered]) await recover(id);
+    for (const [id, crashed] of [...unrecovered]) await recover(id, crashed);
     if (options.reportEvery > 0 && Date.now() >= nextReport) {
       nextReport = Date.now() + options.reportEvery * 1000;
       say(await progress.line(redis, options.queue));

@@ -22,6 +22,7 @@ The Node version (../node/queue_worker.js) behaves the same.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -50,6 +51,9 @@ ID_MAX_CHARS = 64
 # A job larger than this is rejected: a row far beyond it would be refused
 # by the server's max_allowed_packet as a connection error, retried forever.
 JOB_MAX_BYTES = 1 << 20
+# The third worker to die holding a job sends it to the dead-letter list.
+MAX_DEATHS = 3
+DEATHS_TTL_S = 86400  # the death counts expire a day after the last death
 TABLE = "jobs"
 CREATE_TABLE = f"""
 CREATE TABLE IF NOT EXISTS {TABLE} (
@@ -145,6 +149,49 @@ def mysql_connect(params: dict[str, Any]) -> pymysql.connections.Connection:
     return pymysql.connect(
         **params, autocommit=True, charset="utf8mb4", connect_timeout=2, read_timeout=10, write_timeout=10
     )
+
+
+def deaths_key(queue: str) -> str:
+    """Hash: SHA-1 of a job -> how many workers died holding it."""
+    return f"{queue}:deaths"
+
+
+def give_back_after_crash(r: redis.Redis, queue: str, worker_id: int) -> int:
+    """Empties the processing list of a worker that died unasked: each job
+    goes back to the queue, unless this is the MAX_DEATHS-th worker that
+    died holding it: then it goes to the dead-letter list, so a job that
+    kills its workers cannot crash-loop them all and stop the queue.
+    Returns how many jobs left the list."""
+    source = processing_list(queue, worker_id)
+    moved = 0
+    while (raw := r.lindex(source, -1)) is not None:
+        digest = hashlib.sha1(raw).hexdigest()
+        pipe = r.pipeline(transaction=True)
+        pipe.hincrby(deaths_key(queue), digest, 1)
+        pipe.expire(deaths_key(queue), DEATHS_TTL_S)
+        deaths = pipe.execute()[0]
+        if deaths >= MAX_DEATHS:
+            entry = dead_entry(raw, "worker died holding it",
+                               f"{deaths} workers died while they held this job", worker_id)
+            pipe = r.pipeline(transaction=True)
+            pipe.lpush(dead_list(queue), entry)
+            pipe.lrem(source, -1, raw)
+            pipe.hdel(deaths_key(queue), digest)
+            pipe.execute()
+        else:
+            r.lmove(source, queue, "RIGHT", "RIGHT")  # the one we looked at: the list has no other writer
+        moved += 1
+    return moved
+
+
+def dead_entry(raw: bytes, reason: str, detail: str, worker_id: int) -> str:
+    return json.dumps({
+        "reason": reason,
+        "detail": detail,
+        "job": raw.decode("utf-8", "replace"),
+        "worker": worker_id,
+        "at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+    }, ensure_ascii=False)
 
 
 def return_to_queue(r: redis.Redis, queue: str, source: str) -> int:
@@ -367,17 +414,10 @@ class Consumer:
                 attempt += 1
 
     def dead_letter(self, raw: bytes, reason: str, detail: str) -> None:
-        entry = {
-            "reason": reason,
-            "detail": detail,
-            "job": raw.decode("utf-8", "replace"),
-            "worker": self.worker.id,
-            "at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-        }
         # One transaction: the job is in the dead-letter list or in our
         # processing list, never both, never neither.
         pipe = self.redis.pipeline(transaction=True)
-        pipe.lpush(self.dead, json.dumps(entry, ensure_ascii=False))
+        pipe.lpush(self.dead, dead_entry(raw, reason, detail, self.worker.id))
         pipe.lrem(self.mine, 1, raw)
         pipe.execute()
         self.counts["dead"] += 1
@@ -478,17 +518,20 @@ def run_primary(args: argparse.Namespace) -> int:
         print(f"recovered {stale} jobs left in processing lists", flush=True)
     progress = Progress()
     ready: set[int] = set()
-    unrecovered: set[int] = set()  # exited workers whose list Redis did not let us empty yet
+    unrecovered: dict[int, bool] = {}  # exited workers whose list Redis did not let us empty yet -> crashed
     announced = False
 
-    def recover(worker_id: int) -> Optional[int]:
+    def recover(worker_id: int, crashed: bool) -> Optional[int]:
         try:
-            moved = return_to_queue(r, args.queue, processing_list(args.queue, worker_id))
-            unrecovered.discard(worker_id)
+            if crashed:
+                moved = give_back_after_crash(r, args.queue, worker_id)
+            else:  # it left when asked (a list it left is the stop timeout's doing, not the job's)
+                moved = return_to_queue(r, args.queue, processing_list(args.queue, worker_id))
+            unrecovered.pop(worker_id, None)
             return moved
         except redis.RedisError as e:
             print(f"{PROG}: cannot recover worker {worker_id}'s jobs yet: {e}", file=sys.stderr, flush=True)
-            unrecovered.add(worker_id)
+            unrecovered[worker_id] = crashed
             return None
 
     primary = rcluster.Primary(
@@ -523,7 +566,7 @@ def run_primary(args: argparse.Namespace) -> int:
                 # Its processing list has no writer any more: give back what
                 # it holds. (The replacement has a list of its own, so the
                 # order against its start does not matter.)
-                moved = recover(event.worker_id)
+                moved = recover(event.worker_id, crashed=not event.after_disconnect)
                 progress.exited(event.worker_id)
                 ready.discard(event.worker_id)
                 how = f"code {event.exit_code}" if event.exit_code is not None else f"signal {event.signal}"
@@ -535,8 +578,8 @@ def run_primary(args: argparse.Namespace) -> int:
                 print(f"reload failed generation {event.generation}: {event.text()}", flush=True)
             elif event.kind == "crash_loop":
                 print(f"slot {event.slot} is crash-looping; not restarted", flush=True)
-            for worker_id in list(unrecovered):
-                recover(worker_id)
+            for worker_id, crashed in list(unrecovered.items()):
+                recover(worker_id, crashed)
             if args.report_every and time.monotonic() >= next_report:
                 print(progress.line(r, args.queue), flush=True)
                 next_report = time.monotonic() + args.report_every

@@ -584,6 +584,54 @@ def test_stop_while_the_database_is_down_gives_the_jobs_back(run_factory, mariad
         assert (m[2], m[3], m[4], m[5]) == ("code", "0", "asked", "0"), m[0]
 
 
+def test_a_job_that_kills_its_workers_goes_to_the_dead_letter_list(run_factory, mariadb) -> None:
+    run = run_factory("poison")
+    cluster = run.start("--crash-loop-count", "10")
+    run.push(1000)
+    run.wait_drained()
+    # A job whose handling kills the worker: here the test does the killing.
+    # It holds the row's lock, so a worker that takes the job waits in its
+    # INSERT (with the job in its processing list) until it is killed.
+    locker = mariadb.connect(run.database)
+    poison = json.dumps({"id": "poison", "payload": {"n": -1}}).encode()
+    try:
+        with locker.cursor() as cursor:
+            cursor.execute("BEGIN")
+            cursor.execute("INSERT INTO jobs (job_id, payload, worker) VALUES ('poison', '{}', 0)")
+        run.redis.lpush(run.queue, poison)
+        run.push(1000)  # the others keep working meanwhile
+        for death in range(1, 4):
+            def holder() -> Optional[int]:
+                for key in run.processing_lists():
+                    if poison in run.redis.lrange(key, 0, -1):
+                        return int(key.rsplit(":", 1)[1])
+                return None
+
+            worker_id = wait_until(holder, 30, f"a worker to take the poison job (death {death})")
+            pid = cluster.worker_pids()[worker_id]
+            seen = len(cluster.lines)
+            assert alive(pid, cluster.start_times[pid])
+            os.kill(pid, signal.SIGKILL)
+            cluster.wait_line(rf"^worker {worker_id} exited signal 9 unasked recovered 1$", 20, seen)
+        wait_until(lambda: run.redis.llen(f"{run.queue}:dead") == 1, 10, "the poison job to be dead-lettered")
+        # Let the killed workers' abandoned INSERTs (still waiting on the lock
+        # in the server) finish as no-ops, then take the test's row away.
+        locker.commit()
+        wait_until(lambda: not run.query(
+            f"SELECT id FROM information_schema.PROCESSLIST WHERE DB = '{run.database}' AND INFO LIKE 'INSERT%'"),
+            30, "the abandoned inserts to finish")
+        with locker.cursor() as cursor:
+            cursor.execute("DELETE FROM jobs WHERE job_id = 'poison'")
+    finally:
+        locker.close()
+    run.wait_drained(dead=1)
+    run.stop_and_check_exit()
+    run.check_counts(dead={poison.decode(): "worker died holding it"})
+    entry = json.loads(run.redis.lindex(f"{run.queue}:dead", 0))
+    assert entry["detail"].startswith("3 workers died"), entry
+    assert run.redis.hlen(f"{run.queue}:deaths") == 0  # its count went with it
+
+
 @pytest.mark.parametrize("args, message", [
     (["--workers", "0"], "--workers"),
     (["--workers", "two"], "--workers"),
