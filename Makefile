@@ -10,7 +10,7 @@ LIB     := $(RELEASE)/librcluster.so
 # C programs find librcluster.so next to them (or one level up) without LD_LIBRARY_PATH.
 C_LINK  := -Iinclude -L$(RELEASE) -lrcluster
 
-.PHONY: all lib header examples demo test test-rust test-tools test-c python test-python node test-node bench bench-quick clean
+.PHONY: all lib header examples demo test test-rust test-tools test-c python test-python node test-node test-queue queue-deps queue-servers bench bench-quick clean
 
 all: lib examples
 
@@ -30,7 +30,7 @@ examples: lib
 demo: examples
 	$(RELEASE)/examples/hello_server_c --port 8080
 
-test: test-rust test-c test-python test-node
+test: test-rust test-c test-python test-node test-queue
 
 test-rust: test-tools
 	$(CARGO) test --all-targets
@@ -88,9 +88,35 @@ $(NODE_RUNTIMES):
 test-node: node $(NODE_RUNTIMES)
 	$(NODE) --test bindings/node/test/
 
+# The queue-worker example (examples/queue, see its README): Python and Node
+# versions against a real redis-server and MariaDB, which the tests start on
+# OS-picked ports in a temporary directory. queue-servers installs the Debian
+# packages redis-server and mariadb-server when missing (as root, with
+# apt-get); queue-deps the clients: redis and PyMySQL into .venv, ioredis and
+# mysql2 into examples/queue/node/node_modules (npm ci, from its lockfile).
+QUEUE := examples/queue
+
+queue-servers:
+	@command -v redis-server >/dev/null && command -v mariadbd >/dev/null && command -v mariadb-install-db >/dev/null \
+		|| { [ "$$(id -u)" = 0 ] && apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server mariadb-server; } \
+		|| { echo "test-queue: redis-server or mariadb-server is missing: apt-get install redis-server mariadb-server" >&2; exit 1; }
+
+$(VENV)/.queue-deps: $(QUEUE)/requirements.txt | python
+	$(VENV)/bin/pip install --quiet -r $(QUEUE)/requirements.txt
+	touch $@
+
+$(QUEUE)/node/node_modules/.package-lock.json: $(QUEUE)/node/package.json $(QUEUE)/node/package-lock.json
+	cd $(QUEUE)/node && $(NPM) ci --no-audit --no-fund
+
+queue-deps: python node $(VENV)/.queue-deps $(QUEUE)/node/node_modules/.package-lock.json
+
+test-queue: queue-servers queue-deps
+	$(VENV)/bin/python -m pytest $(QUEUE)/tests -q
+
 # Benchmarks (bench/, see bench/README.md). `make bench`: the full side-by-side
-# run, about 9 minutes on 2 CPUs, writes bench/results/latest.{md,png,json};
-# `make bench-quick`: fewer contenders, shorter runs, bench/tmp/quick/. Needs
+# run, about 10 minutes on 2 CPUs (the queue group is one of them), writes
+# bench/results/latest.{md,png,json}; `make bench-quick`: fewer contenders,
+# shorter runs, bench/tmp/quick/. Needs
 # wrk (installed with apt-get when missing). Run it on a quiet machine: every
 # ratio compares runs of the same moment, but other work widens the spread.
 BENCH_TMP    := bench/tmp
@@ -114,8 +140,9 @@ bench-many-cores: bench-tools $(BENCH_TMP)/bench_rcluster $(BENCH_TMP)/prefork
 	python3 bench/many_cores_report.py bench/results/many-cores/many_cores.jsonl > bench/results/many-cores/latest.md
 
 # The library, the Python venv and the Node addon (the contenders), the
-# bench's own C programs, and the chart's matplotlib.
-bench-build: lib python node bench-tools $(BENCH_BINS) $(BENCH_VENV)/.matplotlib
+# queue example's servers and clients, the bench's own C programs, and the
+# chart's matplotlib.
+bench-build: lib python node bench-tools queue-servers queue-deps $(BENCH_BINS) $(BENCH_VENV)/.matplotlib
 
 bench-tools:
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && (apt-get install -y wrk || (apt-get update && apt-get install -y wrk)); } \

@@ -288,6 +288,25 @@ def ipc_table(run: Run) -> list[str]:
     return lines
 
 
+def queue_table(run: Run) -> list[str]:
+    """The queue-worker example: jobs/s by language and worker count (median over rounds)."""
+    q = run.data.get("queue")
+    if not q:
+        return []
+    if q.get("not_run"):
+        return [f"Not run: {q['not_run']}", ""]
+    counts = sorted({r["workers"] for r in q["runs"]})
+    L = ["| version | " + " | ".join(f"{n} worker{'s' if n > 1 else ''}" for n in counts) + f" | {counts[-1]} vs 1 |",
+         "|---|" + "---|" * (len(counts) + 1)]
+    for lang in sorted({r["lang"] for r in q["runs"]}, key=lambda x: (x != "python", x)):
+        med = {n: statistics.median([r["jobs_per_s"] for r in q["runs"] if r["lang"] == lang and r["workers"] == n])
+               for n in counts if any(r["lang"] == lang and r["workers"] == n for r in q["runs"])}
+        scale = med[counts[-1]] / med[counts[0]] if counts[-1] in med and counts[0] in med else None
+        L.append(f"| {lang} | " + " | ".join(f"{fmt_rate(med.get(n))} jobs/s" for n in counts)
+                 + f" | {fmt_ratio(scale)} |")
+    return L + [""]
+
+
 def others_line(run: Run) -> str:
     """How busy the rest of the machine was during the measured runs (other tenants)."""
     xs = []
@@ -408,6 +427,15 @@ def markdown(run: Run, png_note: str) -> str:
           "both processes on one CPU (`taskset -c 1`), which takes the cross-CPU wake-up latency out of the round "
           "trip.", ""]
     L += ipc_table(run)
+    if run.data.get("queue"):
+        q = run.data["queue"]
+        L += ["", "## Queue workers", "",
+              f"`examples/queue` (a Redis list into MariaDB, no job lost; bench/queue_bench.py): {q['jobs']:,} "
+              "jobs per run, timed from the first LPUSH to the last row, with a fresh database and queue each; "
+              "each job is an LMOVE (a blocking BLMOVE when the queue is empty), an autocommit INSERT and an LREM. Redis, MariaDB "
+              "(`innodb_flush_log_at_trx_commit=2`) and the workers share the machine's CPUs, so more workers "
+              "than CPUs mostly hide the round trips' latency. Medians over rounds.", ""]
+        L += queue_table(run)
     return "\n".join(L) + "\n"
 
 

@@ -54,12 +54,12 @@ PROFILES = {
     "full": dict(
         workers=[2, 4], seconds=2, warmup=1, rounds=5, ka_rounds=1,
         uneven_seconds=5, uneven_rounds=2, ipc_seconds=1.0, ipc_rounds=2,
-        connections=32, low_connections=4, low_rounds=3, full=True,
+        connections=32, low_connections=4, low_rounds=3, full=True, queue_jobs=5000, queue_rounds=2,
     ),
     "quick": dict(
         workers=[2], seconds=2, warmup=1, rounds=1, ka_rounds=0,
         uneven_seconds=3, uneven_rounds=1, ipc_seconds=0.5, ipc_rounds=1,
-        connections=32, low_connections=4, low_rounds=1, full=False,
+        connections=32, low_connections=4, low_rounds=1, full=False, queue_jobs=2000, queue_rounds=1,
     ),
 }
 IPC_WINDOWS = [16, 256, 1024, 4096]
@@ -563,6 +563,38 @@ def run_ipc(cfg: dict) -> dict:
     return result
 
 
+def run_queue(cfg: dict) -> dict:
+    """The queue-worker example (examples/queue): jobs/s with 1, 2 and 4
+    workers, Python and Node, against a throwaway redis-server and MariaDB
+    (bench/queue_bench.py, run with the .venv that has the clients)."""
+    log(f"group queue: examples/queue, {cfg['queue_jobs']} jobs per run, workers 1, 2, 4, Python and Node")
+    result: dict = {"load_before": loadavg(), "jobs": cfg["queue_jobs"], "runs": []}
+    venv_py = ROOT / ".venv" / "bin" / "python"
+    argv = [str(venv_py), str(BENCH / "queue_bench.py"), "--jobs", str(cfg["queue_jobs"]),
+            "--rounds", str(cfg["queue_rounds"]), "--workers", "1,2,4"]
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = "", "timed out after 600 s"
+    try:
+        out, err = proc.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        if proc.poll() is None:  # timed out, or this harness is stopping: SIGTERM stops its servers too
+            proc.terminate()
+            proc.wait(60)
+    for line in err.splitlines():
+        if line.startswith("queue_bench: "):
+            log("  " + line[len("queue_bench: "):])
+    line = next((x for x in out.splitlines() if x.startswith("BENCH_JSON ")), None)
+    if line is None:
+        result["not_run"] = f"failed: {err[-300:]}"
+        log(f"  queue: failed: {err[-300:]}")
+    else:
+        result["runs"] = json.loads(line[len("BENCH_JSON "):])["runs"]
+    result["load_after"] = loadavg()
+    return result
+
+
 # --------------------------------------------------------------------------
 
 
@@ -611,13 +643,13 @@ def machine_info() -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer contenders, shorter runs (bench-quick)")
-    parser.add_argument("--only", default="c,node,python,low,uneven,ipc", help="groups to run (comma-separated)")
+    parser.add_argument("--only", default="c,node,python,low,uneven,ipc,queue", help="groups to run (comma-separated)")
     parser.add_argument("--workers", default=None, help="worker counts, e.g. 2,4 (default: the profile's)")
     parser.add_argument("--out", default=None, help="output directory (default: bench/results, quick: bench/tmp/quick)")
     parser.add_argument("--no-report", action="store_true", help="write latest.json only")
     args = parser.parse_args()
 
-    if not shutil.which("wrk"):
+    if not shutil.which("wrk") and set(args.only.split(",")) - {"ipc", "queue"}:
         print("bench: wrk is not installed (apt-get install wrk)", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _on_signal)
@@ -669,6 +701,8 @@ def main() -> int:
                                                1, 0, cfg["seconds"]))
     if "ipc" in only:
         results["ipc"] = run_ipc(cfg)
+    if "queue" in only:
+        results["queue"] = run_queue(cfg)
     results["load_end"] = loadavg()
     results["elapsed_s"] = round(time.monotonic() - started, 1)
     path = out / "latest.json"
