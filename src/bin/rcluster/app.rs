@@ -60,6 +60,12 @@ pub struct AppSpec {
     pub stop_timeout_ms: u64,
     pub ready_timeout_ms: u64,
     pub wait_ready: bool,
+    /// The environment the workers start from instead of this process's:
+    /// `rcluster start` sends the CLI's, so an app started from a shell
+    /// (an activated virtualenv, a PATH) runs as it would there, not with
+    /// the daemon's. Empty: inherit this process's (`run`).
+    #[serde(default)]
+    pub base_env: BTreeMap<String, String>,
 }
 
 /// One `--listen` address.
@@ -90,6 +96,7 @@ impl Default for AppSpec {
             stop_timeout_ms: 10_000,
             ready_timeout_ms: 30_000,
             wait_ready: false,
+            base_env: BTreeMap::new(),
         }
     }
 }
@@ -139,6 +146,13 @@ pub fn parse_listen(text: &str, index: usize) -> Res<ListenSpec> {
 }
 
 impl AppSpec {
+    /// Makes the workers start from this process's environment (see `base_env`).
+    pub fn capture_env(&mut self) {
+        self.base_env = std::env::vars()
+            .filter(|(k, _)| k != rcluster::spawn::ENV_WORKER_ID && k != rcluster::spawn::ENV_CHANNEL_FD)
+            .collect();
+    }
+
     /// From the command line (`run`, `start NAME`).
     pub fn from_args(name: &str, args: &AppArgs) -> Res<AppSpec> {
         let mut spec = AppSpec { name: name.to_owned(), cmd: args.cmd.clone(), ..AppSpec::default() };
@@ -207,7 +221,8 @@ impl AppSpec {
                 fail!("working directory {} does not exist", cwd.display());
             }
         }
-        find_program(&self.cmd[0], self.cwd.as_deref(), self.env.get("PATH").map(String::as_str))?;
+        let path = self.env.get("PATH").or_else(|| self.base_env.get("PATH"));
+        find_program(&self.cmd[0], self.cwd.as_deref(), path.map(String::as_str))?;
         Ok(())
     }
 }
@@ -277,6 +292,8 @@ struct Watch {
     terminated: Vec<u32>,
     /// Unexpected exits so far.
     crashes: u32,
+    /// Addresses workers listen on through the library (and `--listen` ones).
+    listening: std::collections::BTreeSet<String>,
 }
 
 /// A running app: the primary and the thread watching its events.
@@ -298,7 +315,8 @@ impl App {
         let policy = spec.policy()?;
         let mut config = Config { policy, handle_signals: hosting.handle_signals, ..Config::default() };
         config.spawn.argv = worker_argv(&spec, hosting.log_socket.as_deref())?.into_iter().map(Into::into).collect();
-        config.spawn.env = spec.env.iter().map(|(k, v)| (k.into(), v.into())).collect();
+        config.spawn.clear_env = !spec.base_env.is_empty();
+        config.spawn.env = spec.base_env.iter().chain(&spec.env).map(|(k, v)| (k.into(), v.into())).collect();
         config.spawn.cwd = spec.cwd.clone().map(Into::into);
         config.stop_timeout = Duration::from_millis(spec.stop_timeout_ms);
         let supervision = &mut config.supervision;
@@ -437,15 +455,22 @@ impl App {
         true
     }
 
+    /// Every address a worker listens on (through the library or `--listen`).
+    pub fn listening(&self) -> Vec<String> {
+        self.watch.0.lock().unwrap().listening.iter().cloned().collect()
+    }
+
     pub fn crashes(&self) -> u32 {
         self.watch.0.lock().unwrap().crashes
     }
 
-    /// The workers, newest numbers (refreshed by the monitor every tick).
+    /// The workers, as the primary sees them now (CPU: over the last second).
     pub fn workers(&self) -> Vec<WorkerRow> {
+        let fresh = self.primary.stats().ok();
         let watch = self.watch.0.lock().unwrap();
-        watch
-            .stats
+        fresh
+            .as_ref()
+            .unwrap_or(&watch.stats)
             .iter()
             .map(|s| WorkerRow {
                 id: s.id,
@@ -563,6 +588,10 @@ impl Monitor {
             Event::CrashLoop { slot, worker, .. } => say(format!(
                 "worker {worker} keeps exiting: slot {slot} is not restarted any more (a reload or scale retries)"
             )),
+            Event::Listening { worker, address, .. } => {
+                lock.lock().unwrap().listening.insert(address.to_string());
+                say(format!("worker {worker} listening on {address}"))
+            }
             Event::Unresponsive { worker, pid } => say(format!("worker {worker} (pid {pid}) is unresponsive: killed")),
             Event::WorkerError { worker, message, .. } => say(format!("worker {worker}: {message}")),
             Event::ReloadDone { generation } => {

@@ -1,6 +1,7 @@
 //! The CLI side of daemon mode: each verb is one request (`protocol.rs`);
 //! `start` starts the daemon first when none runs.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Stdio;
@@ -19,13 +20,16 @@ const DAEMON_START_TIMEOUT: Duration = Duration::from_secs(10);
 pub fn main(command: Command) -> Res<i32> {
     match command {
         Command::Start(args) => {
-            let specs = if args.name.ends_with(".toml") && args.app.cmd.is_empty() {
+            let mut specs = if args.name.ends_with(".toml") && args.app.cmd.is_empty() {
                 config::load(Path::new(&args.name))?
             } else {
                 let spec = AppSpec::from_args(&args.name, &args.app)?;
                 spec.validate()?;
                 vec![spec]
             };
+            for spec in &mut specs {
+                spec.capture_env();
+            }
             let stream = match connect() {
                 Ok(stream) => stream,
                 Err(Unreachable::NoDaemon | Unreachable::Stale) => start_daemon()?,
@@ -96,7 +100,7 @@ fn print_message(response: Response) -> Res<i32> {
 /// waits until it answers.
 fn start_daemon() -> Res<std::os::unix::net::UnixStream> {
     let home = ensure_home()?;
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(home.join("daemon.log"))?;
+    let log = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(home.join("daemon.log"))?;
     let me = std::env::current_exe()?;
     let mut command = std::process::Command::new(me);
     command.arg("daemon").stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);

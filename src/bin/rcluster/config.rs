@@ -114,7 +114,8 @@ pub fn load(path: &Path) -> Res<Vec<AppSpec>> {
             Cmd::Argv(argv) => argv.clone(),
         };
         spec.cwd = Some(match &table.cwd {
-            Some(cwd) => base.join(cwd),
+            // base/./x -> base/x (`..` is kept: it may cross a symlink)
+            Some(cwd) => base.join(cwd).components().filter(|c| *c != std::path::Component::CurDir).collect(),
             None => base.clone(),
         });
         spec.env = table.env.clone();

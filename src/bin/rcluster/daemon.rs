@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -26,6 +26,9 @@ use crate::app::{App, AppSpec, Hosting};
 use crate::logs::{log_path, Logs};
 use crate::protocol::{ensure_home, Request, Response};
 use crate::{fail, Fail, Res};
+
+/// The longest request read (a config file's apps, with their environments).
+const MAX_REQUEST: u64 = 16 * 1024 * 1024;
 
 /// An app the daemon knows: running (`app`) or stopped.
 struct Entry {
@@ -109,26 +112,28 @@ fn peer_uid(stream: &UnixStream) -> Option<u32> {
 
 impl Daemon {
     fn answer(&self, stream: UnixStream) {
+        // Read the request whoever sent it (a reply to an unread request
+        // could reach the caller as a broken pipe), then check who it is.
+        let mut line = String::new();
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+        let read = BufReader::new((&stream).take(MAX_REQUEST)).read_line(&mut line);
         // SAFETY: geteuid cannot fail.
         let me = unsafe { libc::geteuid() };
-        let response = match peer_uid(&stream) {
-            Some(uid) if uid == me => {
-                let mut line = String::new();
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-                match BufReader::new(&stream).read_line(&mut line) {
-                    Ok(_) => match serde_json::from_str::<Request>(&line) {
-                        Ok(Request::Kill) => {
-                            let count = self.kill_all();
-                            reply(&stream, Response::ok(format!("stopped {count} app(s) and the daemon"), json!(null)));
-                            self.exit();
-                        }
-                        Ok(request) => self.handle(request),
-                        Err(e) => Response::error(format!("bad request: {e}")),
-                    },
-                    Err(e) => Response::error(format!("reading the request: {e}")),
-                }
+        let response = match (peer_uid(&stream), read) {
+            (None, _) => Response::error("permission denied: the caller's uid is unknown"),
+            (Some(uid), _) if uid != me => {
+                Response::error(format!("permission denied: uid {uid} is not the daemon's user (uid {me})"))
             }
-            uid => Response::error(format!("permission denied: uid {uid:?} is not the daemon's user")),
+            (Some(_), Err(e)) => Response::error(format!("reading the request: {e}")),
+            (Some(_), Ok(_)) => match serde_json::from_str::<Request>(&line) {
+                Ok(Request::Kill) => {
+                    let count = self.kill_all();
+                    reply(&stream, Response::ok(format!("stopped {count} app(s) and the daemon"), json!(null)));
+                    self.exit();
+                }
+                Ok(request) => self.handle(request),
+                Err(e) => Response::error(format!("bad request: {e}")),
+            },
         };
         reply(&stream, response);
     }
@@ -260,21 +265,23 @@ impl Daemon {
     }
 
     fn app_json(&self, name: &str, entry: &Entry) -> serde_json::Value {
-        let (status, workers, addresses, crashes, started) = match &entry.app {
+        let (status, workers, addresses, listening, crashes, started) = match &entry.app {
             Some(app) => (
                 "running",
                 app.workers(),
                 app.addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                app.listening(),
                 entry.earlier_crashes + app.crashes(),
                 app.started.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
             ),
-            None => ("stopped", Vec::new(), Vec::new(), entry.earlier_crashes, 0),
+            None => ("stopped", Vec::new(), Vec::new(), Vec::new(), entry.earlier_crashes, 0),
         };
         json!({
             "name": name,
             "status": status,
             "instances": entry.spec.instances,
             "listen": addresses,
+            "listening": listening,
             "crashes": crashes,
             "started_unix": started,
             "workers": workers,
@@ -292,6 +299,10 @@ impl Daemon {
         let Some(entry) = apps.get(name) else { fail!("no app named {name}") };
         let mut data = self.app_json(name, entry);
         data["spec"] = serde_json::to_value(&entry.spec).unwrap_or_default();
+        // The CLI's whole environment: too long to show, and not ours to print.
+        if let Some(spec) = data["spec"].as_object_mut() {
+            spec.remove("base_env");
+        }
         data["log"] = json!(log_path(&self.home, name));
         Ok((String::new(), data))
     }

@@ -83,7 +83,7 @@ pub fn ensure_home() -> Res<PathBuf> {
     if meta.permissions().mode() & 0o077 != 0 {
         fail!("{} is open to other users (mode {:o}); chmod 700 it", home.display(), meta.permissions().mode() & 0o777);
     }
-    std::fs::create_dir_all(home.join("logs"))?;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(home.join("logs"))?;
     Ok(home)
 }
 
