@@ -10,10 +10,12 @@ LIB     := $(RELEASE)/librcluster.so
 # C programs find librcluster.so next to them (or one level up) without LD_LIBRARY_PATH.
 C_LINK  := -Iinclude -L$(RELEASE) -lrcluster
 
-.PHONY: all lib header examples demo test test-rust test-c python test-python node test-node bench bench-quick clean
+.PHONY: all lib header examples demo test test-rust test-c python test-python node test-node bench bench-quick clean cli-test-deps
 
 all: lib examples
 
+# The library and the `rcluster` command (target/release/rcluster;
+# `cargo install --path .` installs it).
 lib:
 	$(CARGO) build --release
 
@@ -32,7 +34,22 @@ demo: examples
 
 test: test-rust test-c test-python test-node
 
-test-rust:
+# tests/cli_apps.rs runs the README's recipes with the real servers: an
+# unmodified uvicorn (PyPI) and Express app (npm), installed here under
+# target/cli-deps (with pm2, which `make bench` compares against).
+CLI_DEPS := target/cli-deps
+
+$(CLI_DEPS)/.installed:
+	test -x $(CLI_DEPS)/venv/bin/python || $(PYTHON) -m venv $(CLI_DEPS)/venv
+	$(CLI_DEPS)/venv/bin/pip install --quiet 'uvicorn>=0.30,<1'
+	$(NPM) install --prefix $(CLI_DEPS)/npm --no-save --no-audit --no-fund express@5 pm2@7
+	touch $@
+
+cli-test-deps: $(CLI_DEPS)/.installed
+
+test-rust: cli-test-deps
+	RCLUSTER_TEST_PYTHON_BIN=$(abspath $(CLI_DEPS)/venv/bin) \
+	RCLUSTER_TEST_NODE_PATH=$(abspath $(CLI_DEPS)/npm/node_modules) \
 	$(CARGO) test --all-targets
 
 test-c: lib

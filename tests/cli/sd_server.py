@@ -16,6 +16,10 @@ count = int(os.environ.get("LISTEN_FDS", "0"))
 if count < 1:
     sys.exit("sd_server: no LISTEN_FDS")
 listener = socket.socket(fileno=3)
+# rcluster passes the socket as the primary holds it (non-blocking); this
+# server accepts blocking. Every worker runs this same program, so setting
+# the shared socket's mode here agrees with all of them.
+listener.setblocking(True)
 worker = os.environ.get("RCLUSTER_WORKER_ID", "?")
 names = os.environ.get("LISTEN_FDNAMES", "")
 delay = float(os.environ.get("SD_DELAY", "0"))

@@ -11,7 +11,7 @@
 //! - **With `--listen`** the program need not know rcluster: every worker is
 //!   started through `rcluster exec-worker` (see `exec.rs`), which asks this
 //!   primary for the sockets through the library (policy `shared`, or
-//!   `reuseport`), puts them at fds 3, 4, ... with `LISTEN_FDS`,
+//!   `reuseport`), puts them at fds 3, 4, ... (non-blocking) with `LISTEN_FDS`,
 //!   `LISTEN_PID` (its own pid, which the program keeps) and
 //!   `LISTEN_FDNAMES`, the rcluster channel right above them, and execs the
 //!   program. The library sees that listen, so the worker counts as ready

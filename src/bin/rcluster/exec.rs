@@ -9,7 +9,8 @@
 //!   `LISTEN_FDNAMES` = their names joined by ':'. The sockets come from
 //!   the primary through the library (`Worker::listen`, policy `shared` or
 //!   `reuseport`), so the primary sees the worker listen (it is "ready"),
-//!   and are made blocking, as systemd passes them. The rcluster channel
+//!   and stay non-blocking, as the primary holds them (see `place_fds`:
+//!   a program that accepts blocking sets that itself). The rcluster channel
 //!   moves right above them (`RCLUSTER_CHANNEL_FD` says where), so a program
 //!   that does use rcluster still finds it;
 //! - stdout and stderr are connected to the daemon's log socket (`logs.rs`),
@@ -83,8 +84,15 @@ pub fn exec_worker(args: ExecArgs) -> Res<i32> {
     Ok(127)
 }
 
-/// Puts `sockets` at fds 3, 4, ... (blocking, inherited across exec) and
-/// the channel right above them; returns the channel's new fd.
+/// Puts `sockets` at fds 3, 4, ... (inherited across exec) and the channel
+/// right above them; returns the channel's new fd.
+///
+/// The sockets keep their file status flags (non-blocking, as the primary
+/// made them): every worker shares one open file description (`shared`),
+/// so making it blocking here would also make it blocking under the
+/// workers already running, and an event loop (asyncio, libuv) blocked in
+/// accept() stalls. A program that wants blocking accepts sets that itself
+/// (every worker of an app runs the same program, so they agree).
 fn place_fds(sockets: &[RawFd], channel: RawFd) -> Res<RawFd> {
     let count = sockets.len() as RawFd;
     // First copy everything out of the way (a source may sit on a target).
@@ -108,16 +116,6 @@ fn place_fds(sockets: &[RawFd], channel: RawFd) -> Res<RawFd> {
         }
         // SAFETY: closing our own temporary copy.
         unsafe { libc::close(copy) };
-        if (i as RawFd) < count {
-            // systemd passes blocking sockets; programs that accept() plainly expect that.
-            // SAFETY: fcntl flag calls on an fd we hold.
-            unsafe {
-                let flags = libc::fcntl(target, libc::F_GETFL);
-                if flags >= 0 {
-                    libc::fcntl(target, libc::F_SETFL, flags & !libc::O_NONBLOCK);
-                }
-            }
-        }
     }
     Ok(SD_LISTEN_FDS_START + count)
 }
