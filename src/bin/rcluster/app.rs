@@ -251,6 +251,9 @@ fn find_program(program: &str, cwd: Option<&Path>, path: Option<&str>) -> Res<Pa
     fail!("command not found: {program}")
 }
 
+/// Where an app's messages go: `(app name, text)`.
+pub type Say = Arc<dyn Fn(&str, &str) + Send + Sync>;
+
 /// How an app is hosted: where its messages go, whether the library handles
 /// the signals, where workers' output goes.
 #[derive(Clone)]
@@ -260,7 +263,7 @@ pub struct Hosting {
     /// The daemon's log socket: workers' stdout and stderr go there.
     pub log_socket: Option<PathBuf>,
     /// Where the app's own messages (worker started, exited, ...) go.
-    pub say: Arc<dyn Fn(&str, &str) + Send + Sync>,
+    pub say: Say,
 }
 
 /// One worker, as `ls` shows it.
@@ -526,7 +529,7 @@ struct Monitor {
     name: String,
     inherited: bool,
     grace: Duration,
-    say: Arc<dyn Fn(&str, &str) + Send + Sync>,
+    say: Say,
     watch: Arc<(Mutex<Watch>, Condvar)>,
 }
 

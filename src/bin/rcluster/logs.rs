@@ -109,10 +109,7 @@ impl Logs {
         let mut line = Vec::new();
         loop {
             line.clear();
-            let n = match (&mut reader).take(MAX_LINE as u64).read_until(b'\n', &mut line) {
-                Ok(n) => n,
-                Err(_) => 0,
-            };
+            let n = (&mut reader).take(MAX_LINE as u64).read_until(b'\n', &mut line).unwrap_or_default();
             if n == 0 {
                 return;
             }
