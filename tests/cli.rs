@@ -321,6 +321,41 @@ fn daemon_bad_input_one_line_errors_stale_socket_second_daemon() {
 }
 
 #[test]
+fn daemon_logs_rotate_at_their_bound_and_sigterm_stops_every_app() {
+    let home = Home::new("rotate");
+    let mark = unique("rotate");
+    let env_mark = format!("RCLUSTER_TEST_MARK={mark}");
+    let sd = sd_server();
+    // The daemon takes the bound from the environment of the CLI that starts it.
+    let mut start = std::process::Command::new(RCLUSTER);
+    start
+        .args(["start", "web", "-i", "2", "--listen", "127.0.0.1:0", "--reload-grace", "100ms", "-e", &env_mark, "--"])
+        .args([python(), sd.as_str()])
+        .env("RCLUSTER_LOG_MAX_BYTES", "2000");
+    let out = home.command_within(&mut start, SECS(20));
+    assert!(out.ok(), "{out:?}");
+    let log = home.path().join("logs/web.log");
+    let rotated = home.path().join("logs/web.log.1");
+    for _ in 0..6 {
+        assert!(home.cli(&["reload", "web"]).ok());
+        if rotated.exists() {
+            break;
+        }
+    }
+    wait_until(SECS(5), "a rotation", || rotated.exists());
+    let size = |p: &std::path::Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    assert!(size(&rotated) >= 2000 && size(&rotated) < 2000 + 300, "rotated at the bound: {}", size(&rotated));
+    assert!(size(&log) < 2000 + 300);
+    // SIGTERM: every app stops gracefully, then the daemon; its files go.
+    let daemon = home.daemon_pid().unwrap();
+    // SAFETY: the daemon of this test's home.
+    unsafe { libc::kill(daemon, libc::SIGTERM) };
+    wait_until(SECS(10), "the daemon to exit", || pid_exited(daemon));
+    assert_none_left(&mark);
+    assert!(!home.path().join("daemon.sock").exists());
+}
+
+#[test]
 fn daemon_killed_with_sigkill_leaves_no_worker_after_one_second() {
     let home = Home::new("sigkill");
     let mark = unique("sigkill");

@@ -48,6 +48,8 @@ pub fn serve() -> Res<i32> {
     // SAFETY: umask only changes this process's file creation mask.
     unsafe { libc::umask(0o077) };
     let home = ensure_home()?;
+    // Not to pin whatever directory the first `rcluster start` ran in.
+    std::env::set_current_dir(&home)?;
     let lock = File::options().create(true).truncate(false).write(true).open(home.join("daemon.lock"))?;
     // SAFETY: flock on an fd we own; the lock lives as long as the process.
     if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {

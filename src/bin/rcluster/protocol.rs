@@ -52,10 +52,11 @@ impl Response {
     }
 }
 
-/// The per-user directory (not created).
+/// The per-user directory (not created), absolute.
 pub fn home() -> PathBuf {
     if let Some(home) = std::env::var_os("RCLUSTER_HOME").filter(|h| !h.is_empty()) {
-        return PathBuf::from(home);
+        let home = PathBuf::from(home);
+        return std::path::absolute(&home).unwrap_or(home);
     }
     if let Some(runtime) = std::env::var_os("XDG_RUNTIME_DIR").filter(|h| !h.is_empty()) {
         return PathBuf::from(runtime).join("rcluster");
