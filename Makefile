@@ -118,9 +118,10 @@ bench: bench-build
 bench-quick: bench-build
 	python3 bench/run.py --quick
 
-# The library, the Python venv and the Node addon (the contenders), the
-# bench's own C programs, and the chart's matplotlib.
-bench-build: lib python node bench-tools $(BENCH_BINS) $(BENCH_VENV)/.matplotlib
+# The library and the rcluster command, the Python venv and the Node addon
+# (the contenders), uvicorn and pm2 (target/cli-deps, the command group's
+# baselines), the bench's own C programs, and the chart's matplotlib.
+bench-build: lib python node cli-test-deps bench-tools $(BENCH_BINS) $(BENCH_VENV)/.matplotlib
 
 bench-tools:
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && (apt-get install -y wrk || (apt-get update && apt-get install -y wrk)); } \
