@@ -75,6 +75,14 @@ pub fn ensure_home() -> Res<PathBuf> {
             .create(&home)
             .map_err(|e| Fail(format!("cannot create {}: {e}", home.display())))?;
     }
+    // Not following a symlink: someone else could have planted one at /tmp/rcluster-UID.
+    let meta = std::fs::symlink_metadata(&home).map_err(|e| Fail(format!("{}: {e}", home.display())))?;
+    if meta.file_type().is_symlink()
+        && std::env::var_os("RCLUSTER_HOME").is_none()
+        && std::env::var_os("XDG_RUNTIME_DIR").is_none()
+    {
+        fail!("{} is a symlink; remove it or set RCLUSTER_HOME", home.display());
+    }
     let meta = std::fs::metadata(&home).map_err(|e| Fail(format!("{}: {e}", home.display())))?;
     // SAFETY: geteuid cannot fail.
     let me = unsafe { libc::geteuid() };
