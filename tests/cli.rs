@@ -419,6 +419,59 @@ fn another_user_cannot_control_the_daemon() {
     assert_eq!(home.json(&["ls", "--json"])["apps"][0]["status"], "running");
 }
 
+#[test]
+fn a_reload_to_a_version_that_crashes_at_start_keeps_the_old_workers_and_fails() {
+    let home = Home::new("crash");
+    let mark = unique("crash");
+    let env_mark = format!("RCLUSTER_TEST_MARK={mark}");
+    let flag = home.path().join("broken-deploy");
+    let crash = format!("SD_CRASH_FILE={}", flag.display());
+    let out = home.cli(&[
+        "start",
+        "web",
+        "-i",
+        "2",
+        "--listen",
+        "127.0.0.1:0",
+        "--reload-grace",
+        "500ms",
+        "--stop-timeout",
+        "3s",
+        "-e",
+        &crash,
+        "-e",
+        &env_mark,
+        "--",
+        python(),
+        &sd_server(),
+    ]);
+    assert!(out.ok(), "{out:?}");
+    let port = home.port_of("web");
+    let old: std::collections::BTreeSet<i32> = home.worker_pids("web").into_iter().collect();
+    wait_until(SECS(10), "both to serve", || serving_pids(port, 8).len() == 2);
+    std::fs::write(&flag, "").unwrap();
+    let reload = {
+        let path = home.path().to_owned();
+        std::thread::spawn(move || {
+            std::process::Command::new(RCLUSTER).args(["reload", "web"]).env("RCLUSTER_HOME", path).output().unwrap()
+        })
+    };
+    // Past the grace, the new workers keep dying at start: the old ones still serve.
+    std::thread::sleep(Duration::from_millis(1500));
+    let serving = serving_pids(port, 6);
+    assert!(serving.is_subset(&old), "the old workers serve: {serving:?} (old {old:?})");
+    let out = reload.join().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("exited unexpectedly"), "{out:?}");
+    // The deploy is fixed: the next reload starts fresh and serves.
+    std::fs::remove_file(&flag).unwrap();
+    let out = home.cli(&["reload", "web"]);
+    assert!(out.ok(), "{out:?}");
+    http_get(port).unwrap();
+    assert!(home.cli(&["kill"]).ok());
+    assert_none_left(&mark);
+}
+
 // ----- config file -------------------------------------------------------------
 
 #[test]

@@ -17,8 +17,8 @@
 //!   program. The library sees that listen, so the worker counts as ready
 //!   once it holds the sockets, just before the program starts; rcluster
 //!   cannot see when the program itself accepts. So a worker being replaced
-//!   (reload) keeps accepting on the same socket for `reload_grace` after its
-//!   replacement started, and only then gets SIGTERM (from the monitor
+//!   (reload) keeps accepting on the same socket until its replacement has
+//!   run for `reload_grace`, and only then gets SIGTERM (from the monitor
 //!   thread below; the program ignores rcluster's disconnect message). Both
 //!   accept from one kernel queue, so a connection waits there until one of
 //!   them takes it: nothing is refused or lost as long as the grace covers
@@ -289,8 +289,9 @@ struct Watch {
     stats: Vec<WorkerStats>,
     /// pid -> (CPU ticks, when read, percent over the last interval).
     cpu: HashMap<i32, (u64, Instant, f64)>,
-    /// Workers asked to leave, since when (inherited-socket apps).
-    leaving_since: HashMap<u32, Instant>,
+    /// Workers asked to leave (inherited-socket apps), and whether a newer
+    /// worker was ever seen in their slot since.
+    leaving: HashMap<u32, bool>,
     /// Workers that got their SIGTERM from us.
     terminated: Vec<u32>,
     /// Unexpected exits so far.
@@ -381,6 +382,7 @@ impl App {
     /// Rolling reload; returns when every worker was replaced and the old
     /// ones are gone, or with the reason it failed.
     pub fn reload(&self) -> Res<String> {
+        let crashes_before = self.crashes();
         let generation = self.primary.reload()?;
         let spec = &self.spec;
         let ready_budget = Duration::from_millis(spec.ready_timeout_ms) * (self.instance_count() + 1);
@@ -410,6 +412,15 @@ impl App {
             let old = watch.stats.iter().filter(|s| s.generation < generation).count();
             if old == 0 {
                 let n = watch.stats.len();
+                let crashed = watch.crashes - crashes_before;
+                if crashed > 0 {
+                    // Counted ready (inherited sockets: once they held them), then died.
+                    fail!(
+                        "reload of {}: the new workers exited unexpectedly {crashed} time(s) (rcluster logs {})",
+                        spec.name,
+                        spec.name
+                    );
+                }
                 return Ok(format!("reloaded {}: {n} worker(s) of generation {generation}", spec.name));
             }
             let now = Instant::now();
@@ -580,7 +591,7 @@ impl Monitor {
                 let mut watch = lock.lock().unwrap();
                 let asked = after_disconnect || watch.terminated.contains(&worker);
                 watch.terminated.retain(|&w| w != worker);
-                watch.leaving_since.remove(&worker);
+                watch.leaving.remove(&worker);
                 if asked {
                     say(format!("worker {worker} (pid {pid}) stopped ({how})"));
                 } else {
@@ -616,7 +627,7 @@ impl Monitor {
         let (lock, cond) = &*self.watch;
         let mut watch = lock.lock().unwrap();
         if self.inherited {
-            self.stop_leaving_workers(&stats, &mut watch, now);
+            self.stop_leaving_workers(&stats, &mut watch);
         }
         if sample_cpu {
             let mut cpu = HashMap::new();
@@ -637,17 +648,32 @@ impl Monitor {
         cond.notify_all();
     }
 
-    /// Programs that do not use rcluster never read its disconnect message:
-    /// a worker asked to leave gets SIGTERM from here, after the reload
-    /// grace when a newer worker took its slot, else at once.
-    fn stop_leaving_workers(&self, stats: &[WorkerStats], watch: &mut Watch, now: Instant) {
+    /// Programs that do not use rcluster never read its disconnect message,
+    /// so a worker asked to leave gets SIGTERM from here:
+    /// - one that was replaced (a newer worker took its slot): once the
+    ///   replacement has run for the reload grace. A replacement that dies
+    ///   first does not count (the next one, restarted by the library, must
+    ///   run the grace in turn), so a new version that crashes at start does
+    ///   not take the old workers down with it; the library's own stop
+    ///   timeout still ends them (SIGTERM, then SIGKILL) if none lasts;
+    /// - one stopped for good (stop, scale down, shutdown: no successor): at once.
+    fn stop_leaving_workers(&self, stats: &[WorkerStats], watch: &mut Watch) {
         for s in stats.iter().filter(|s| s.state == WorkerState::Leaving) {
             if watch.terminated.contains(&s.id) {
                 continue;
             }
-            let since = *watch.leaving_since.entry(s.id).or_insert(now);
-            let replaced = stats.iter().any(|o| o.slot == s.slot && o.id > s.id && o.state != WorkerState::Leaving);
-            if !replaced || now.duration_since(since) >= self.grace {
+            let successor = stats
+                .iter()
+                .filter(|o| o.slot.is_some() && o.slot == s.slot && o.id > s.id && o.state != WorkerState::Leaving)
+                .map(|o| o.uptime)
+                .max();
+            let had_successor = watch.leaving.entry(s.id).or_insert(successor.is_some());
+            *had_successor |= successor.is_some();
+            let stop_now = match successor {
+                Some(uptime) => uptime >= self.grace,
+                None => !*had_successor,
+            };
+            if stop_now {
                 let _ = self.primary.kill(s.id, libc::SIGTERM);
                 watch.terminated.push(s.id);
             }

@@ -90,8 +90,9 @@ pub struct AppArgs {
     /// KEY=VALUE added to the workers' environment (repeatable).
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
-    /// With --listen: how long a worker being replaced keeps accepting after
-    /// its replacement started, before SIGTERM (e.g. 500ms, 2s). Default 2s.
+    /// With --listen: how long a replacement must have run before the worker
+    /// it replaces gets SIGTERM (e.g. 500ms, 2s); set it above the program's
+    /// start-up time. Default 2s.
     #[arg(long, value_name = "DURATION")]
     pub reload_grace: Option<String>,
     /// How long a worker asked to stop may take before SIGTERM, then SIGKILL. Default 10s.
