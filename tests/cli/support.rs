@@ -402,12 +402,21 @@ impl Home {
 impl Drop for Home {
     fn drop(&mut self) {
         if let Some(pid) = self.daemon_pid().filter(|&p| !pid_exited(p)) {
-            let _ = Command::new(RCLUSTER)
+            // `rcluster kill`, bounded: a daemon that does not answer gets SIGKILL below.
+            if let Ok(mut kill) = Command::new(RCLUSTER)
                 .arg("kill")
                 .env("RCLUSTER_HOME", self.path())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
-                .status();
+                .spawn()
+            {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while kill.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let _ = kill.kill();
+                let _ = kill.wait();
+            }
             let deadline = Instant::now() + Duration::from_secs(5);
             while !pid_exited(pid) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
