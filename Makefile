@@ -15,7 +15,7 @@ C_LINK  := -Iinclude -L$(RELEASE) -lrcluster
 all: lib examples
 
 # The library and the `rcluster` command (target/release/rcluster;
-# `cargo install --path .` installs it).
+# `cargo install --path . --bin rcluster` installs it).
 lib:
 	$(CARGO) build --release
 
