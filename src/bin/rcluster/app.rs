@@ -709,3 +709,74 @@ fn rss_bytes(pid: i32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addresses_parse_with_names_ports_and_ipv6() {
+        let l = parse_listen("127.0.0.1:8080", 0).unwrap();
+        assert_eq!((l.name.as_str(), l.host.as_str(), l.port), ("listen0", "127.0.0.1", 8080));
+        let l = parse_listen("web=[::1]:0", 1).unwrap();
+        assert_eq!((l.name.as_str(), l.host.as_str(), l.port), ("web", "::1", 0));
+        let l = parse_listen("9000", 2).unwrap();
+        assert_eq!((l.host.as_str(), l.port), ("0.0.0.0", 9000));
+        assert!(parse_listen("example.com:80", 0).is_err(), "names are not resolved");
+        assert!(parse_listen("127.0.0.1:99999", 0).is_err());
+        assert!(parse_listen("a:b=127.0.0.1:1", 0).is_err(), "':' separates LISTEN_FDNAMES");
+    }
+
+    #[test]
+    fn durations_and_instance_counts_parse_or_say_why() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert_eq!(parse_instances("3").unwrap(), 3);
+        assert!(parse_instances("max").unwrap() >= 1);
+        assert!(parse_instances("0").is_err());
+    }
+
+    #[test]
+    fn policies_default_by_route_and_rr_is_refused_with_inherited_sockets() {
+        let mut spec = AppSpec { cmd: vec!["true".into()], ..AppSpec::default() };
+        assert_eq!(spec.policy().unwrap(), PolicyKind::RoundRobin);
+        spec.listen.push(parse_listen("127.0.0.1:0", 0).unwrap());
+        assert_eq!(spec.policy().unwrap(), PolicyKind::Shared);
+        spec.policy = "reuseport".into();
+        assert_eq!(spec.policy().unwrap(), PolicyKind::ReusePort);
+        spec.policy = "rr".into();
+        assert!(spec.policy().is_err());
+        spec.policy = "fastest".into();
+        assert!(spec.policy().is_err());
+    }
+
+    #[test]
+    fn worker_argv_goes_through_the_trampoline_only_when_needed() {
+        let mut spec = AppSpec { cmd: vec!["node".into(), "app.js".into()], ..AppSpec::default() };
+        assert_eq!(worker_argv(&spec, None).unwrap(), spec.cmd);
+        spec.listen.push(parse_listen("api=[::1]:8080", 0).unwrap());
+        let argv = worker_argv(&spec, Some(Path::new("/run/x/logs.sock"))).unwrap();
+        let tail: Vec<&str> = argv[1..].iter().map(String::as_str).collect();
+        assert_eq!(
+            tail,
+            [
+                "exec-worker",
+                "--listen",
+                "[::1]:8080",
+                "--name",
+                "api",
+                "--log",
+                "/run/x/logs.sock",
+                "--app",
+                "app",
+                "--",
+                "node",
+                "app.js"
+            ]
+        );
+    }
+}

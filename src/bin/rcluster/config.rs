@@ -152,3 +152,48 @@ pub fn load(path: &Path) -> Res<Vec<AppSpec>> {
     }
     Ok(specs)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_text(name: &str, text: &str) -> Res<Vec<AppSpec>> {
+        let dir = std::env::temp_dir().join(format!("rcluster-config-test-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        let result = load(&path);
+        let _ = std::fs::remove_dir_all(&dir);
+        result
+    }
+
+    #[test]
+    fn a_full_app_table_sets_every_field() {
+        let specs = load_text(
+            "full.toml",
+            "[[app]]\nname = \"web\"\ncmd = \"true --flag\"\ninstances = 3\nlisten = [\"127.0.0.1:0\"]\n\
+             policy = \"reuseport\"\nenv = { A = \"1\" }\n[app.restart]\nenabled = false\ndelay = \"50ms\"\n\
+             max_delay = \"1s\"\ncrash_loop_count = 2\n[app.reload]\ngrace = \"300ms\"\nready_timeout = \"5s\"\n\
+             wait_ready = true\nconcurrency = 2\nstop_timeout = \"4s\"\n",
+        )
+        .unwrap();
+        let s = &specs[0];
+        assert_eq!(s.cmd, ["true", "--flag"]);
+        assert_eq!((s.instances, s.policy.as_str(), s.env["A"].as_str()), (3, "reuseport", "1"));
+        assert_eq!((s.restart, s.restart_delay_ms, s.restart_delay_max_ms, s.crash_loop_count), (false, 50, 1000, 2));
+        assert_eq!((s.reload_grace_ms, s.ready_timeout_ms, s.stop_timeout_ms), (300, 5000, 4000));
+        assert_eq!((s.wait_ready, s.reload_concurrency), (true, 2));
+    }
+
+    #[test]
+    fn errors_name_the_file_and_line() {
+        let e = load_text("bad.toml", "[[app]]\nname = \"x\"\ncmd = \"true\"\ninstances = \"many\"\n").unwrap_err();
+        assert!(e.0.contains("bad.toml: app x: bad instance count"), "{e}");
+        let e = load_text("typo.toml", "[[ap]]\nname = \"x\"\n").unwrap_err();
+        assert!(e.0.contains("typo.toml:1") && e.0.contains("ap"), "{e}");
+        let e = load_text("syntax.toml", "[[app]]\nname = \"x\ncmd = 1\n").unwrap_err();
+        assert!(e.0.contains("syntax.toml:2"), "{e}");
+        let e = load_text("empty.toml", "").unwrap_err();
+        assert!(e.0.contains("no [[app]]"), "{e}");
+    }
+}
