@@ -47,9 +47,12 @@ $(CLI_DEPS)/.installed:
 
 cli-test-deps: $(CLI_DEPS)/.installed
 
-test-rust: cli-test-deps
+# tests/cli_apps.rs also runs the Python and Node example servers under
+# `rcluster run`, so the bindings are built first.
+test-rust: cli-test-deps python node
 	RCLUSTER_TEST_PYTHON_BIN=$(abspath $(CLI_DEPS)/venv/bin) \
 	RCLUSTER_TEST_NODE_PATH=$(abspath $(CLI_DEPS)/npm/node_modules) \
+	RCLUSTER_TEST_BINDING_PYTHON=$(abspath $(VENV)/bin/python) RCLUSTER_TEST_BINDING_NODE=1 \
 	$(CARGO) test --all-targets
 
 test-c: lib

@@ -108,3 +108,43 @@ fn express_unmodified_listens_on_fd_3() {
     let Some(node_path) = dependency("RCLUSTER_TEST_NODE_PATH") else { return };
     recipe("express", &["node", "express_app.js"], &[("NODE_PATH", &node_path)], "1s", "express", false);
 }
+
+/// The other route, with the bindings: the repository's Python and Node
+/// example servers, which use rcluster, under `rcluster run` (their own
+/// `listen` served by this primary, round robin): serve from every worker,
+/// reload on SIGHUP, stop with exit 0 on SIGTERM. `make test` builds the
+/// bindings first and sets `RCLUSTER_TEST_BINDING_PYTHON` (the .venv's
+/// python, with the rcluster package) and `RCLUSTER_TEST_BINDING_NODE`
+/// (set when `require('rcluster')` resolves from the repository).
+fn binding_example(name: &str, cmd: &[&str]) {
+    let mark = unique(name);
+    let env_mark = format!("RCLUSTER_TEST_MARK={mark}");
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mut args = vec!["-i", "2", "--cwd", root, "-e", &env_mark, "--"];
+    args.extend(cmd);
+    let mut run = Foreground::start(&args, &[]);
+    let port = run.port();
+    wait_until(Duration::from_secs(30), "both workers to serve", || serving_pids(port, 8).len() == 2);
+    let before = serving_pids(port, 8);
+    run.signal(libc::SIGHUP);
+    run.wait_line("reload done", Duration::from_secs(30));
+    wait_until(Duration::from_secs(15), "the old workers to leave", || before.iter().all(|&p| pid_exited(p)));
+    assert!(serving_pids(port, 8).is_disjoint(&before));
+    run.signal(libc::SIGTERM);
+    assert_eq!(run.wait_exit(Duration::from_secs(20)).code(), Some(0), "{:#?}", run.seen);
+    assert_none_left(&mark);
+}
+
+#[test]
+fn python_binding_example_under_rcluster_run() {
+    let Some(python) = dependency("RCLUSTER_TEST_BINDING_PYTHON") else { return };
+    binding_example("py-example", &[&python, "examples/python/hello_server.py", "--port", "0"]);
+}
+
+#[test]
+fn node_binding_example_under_rcluster_run() {
+    if dependency("RCLUSTER_TEST_BINDING_NODE").is_none() {
+        return;
+    }
+    binding_example("node-example", &["node", "examples/node/hello_server.js", "--port", "0"]);
+}
