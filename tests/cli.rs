@@ -12,7 +12,8 @@ use support::*;
 
 static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// The reload tests load the 2 CPUs: one at a time.
+/// The reload tests load the 2 CPUs: one at a time, and not while a test
+/// times how fast workers die.
 fn heavy() -> std::sync::MutexGuard<'static, ()> {
     HEAVY.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -273,6 +274,7 @@ fn daemon_verbs_start_ls_reload_scale_logs_describe_stop_restart_delete_kill() {
 
 #[test]
 fn daemon_bad_input_one_line_errors_stale_socket_second_daemon() {
+    let _heavy = heavy();
     let home = Home::new("bad");
     let mark = unique("bad");
     let env_mark = format!("RCLUSTER_TEST_MARK={mark}");
@@ -311,7 +313,7 @@ fn daemon_bad_input_one_line_errors_stale_socket_second_daemon() {
     // SAFETY: the daemon of this test's home.
     unsafe { libc::kill(daemon, libc::SIGKILL) };
     wait_until(SECS(2), "the daemon to die", || pid_exited(daemon));
-    wait_until(SECS(2), "its workers to die", || marked_pids(&mark).is_empty());
+    wait_until(SECS(5), "its workers to die", || marked_pids(&mark).is_empty());
     assert!(home.path().join("daemon.sock").exists());
     one_line_error(&home.cli(&["ls"]), "dead daemon");
     let out = home.cli(&["start", "again", "-e", &env_mark, "--listen", "127.0.0.1:0", "--", python(), &sd]);
@@ -357,6 +359,7 @@ fn daemon_logs_rotate_at_their_bound_and_sigterm_stops_every_app() {
 
 #[test]
 fn daemon_killed_with_sigkill_leaves_no_worker_after_one_second() {
+    let _heavy = heavy();
     let home = Home::new("sigkill");
     let mark = unique("sigkill");
     let env_mark = format!("RCLUSTER_TEST_MARK={mark}");

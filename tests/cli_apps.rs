@@ -26,6 +26,9 @@ fn dependency(var: &str) -> Option<String> {
     }
 }
 
+/// The recipes put 32 clients on 2 CPUs and time how fast workers die: one at a time.
+static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// run: serve, reload under load (0 failures), stop; then the daemon: SIGKILL leaves nobody.
 ///
 /// `resets_allowed`: uvicorn's own graceful shutdown closes the connections
@@ -37,6 +40,7 @@ fn dependency(var: &str) -> Option<String> {
 /// grace, loses nothing (Express here, and `cli.rs`'s 20 reloads). For
 /// uvicorn the test counts them and bounds them; for Express none may fail.
 fn recipe(name: &str, cmd: &[&str], env: &[(&str, &str)], grace: &str, expect: &str, resets_allowed: bool) {
+    let _heavy = HEAVY.lock().unwrap_or_else(|p| p.into_inner());
     let mark = unique(name);
     let env_mark = format!("RCLUSTER_TEST_MARK={mark}");
     let cwd = fixture("");
