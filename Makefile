@@ -10,7 +10,7 @@ LIB     := $(RELEASE)/librcluster.so
 # C programs find librcluster.so next to them (or one level up) without LD_LIBRARY_PATH.
 C_LINK  := -Iinclude -L$(RELEASE) -lrcluster
 
-.PHONY: all lib header examples demo test test-rust test-c python test-python node test-node bench bench-quick clean cli-test-deps
+.PHONY: all lib header examples demo test test-rust test-tools test-c python test-python node test-node bench bench-quick clean cli-test-deps
 
 all: lib examples
 
@@ -49,11 +49,18 @@ cli-test-deps: $(CLI_DEPS)/.installed
 
 # tests/cli_apps.rs also runs the Python and Node example servers under
 # `rcluster run`, so the bindings are built first.
-test-rust: cli-test-deps python node
+test-rust: test-tools cli-test-deps python node
 	RCLUSTER_TEST_PYTHON_BIN=$(abspath $(CLI_DEPS)/venv/bin) \
 	RCLUSTER_TEST_NODE_PATH=$(abspath $(CLI_DEPS)/npm/node_modules) \
 	RCLUSTER_TEST_BINDING_PYTHON=$(abspath $(VENV)/bin/python) RCLUSTER_TEST_BINDING_NODE=1 \
 	$(CARGO) test --all-targets
+
+# The real servers the Rust tests drive: systemd-socket-activate (Debian's
+# systemd package) stands in for systemd in tests/systemd.rs.
+test-tools:
+	@command -v systemd-socket-activate >/dev/null || { [ "$$(id -u)" = 0 ] && \
+		(apt-get install -y --no-install-recommends systemd || (apt-get update && apt-get install -y --no-install-recommends systemd)); } \
+		|| { echo "test: systemd-socket-activate is missing: apt-get install systemd" >&2; exit 1; }
 
 test-c: lib
 	$(CC) $(CFLAGS) tests/c/raw_fork.c $(C_LINK) -Wl,-rpath,'$$ORIGIN' -o $(RELEASE)/raw_fork_test
@@ -113,13 +120,18 @@ BENCH_CFLAGS := -std=c11 -Wall -Wextra -Werror -O2
 BENCH_RPATH  := -Wl,-rpath,'$$ORIGIN/../../$(RELEASE)'
 BENCH_BINS   := $(BENCH_TMP)/bench_rcluster $(BENCH_TMP)/prefork $(BENCH_TMP)/ipc_bench $(BENCH_TMP)/openloop
 
-.PHONY: bench bench-quick bench-build bench-tools
+.PHONY: bench bench-quick bench-build bench-tools bench-many-cores
 
 bench: bench-build
 	python3 bench/run.py
 
 bench-quick: bench-build
 	python3 bench/run.py --quick
+
+# On a machine with 16 or more cores (the C servers only; see the script).
+bench-many-cores: bench-tools $(BENCH_TMP)/bench_rcluster $(BENCH_TMP)/prefork
+	bench/many_cores.sh bench/results/many-cores
+	python3 bench/many_cores_report.py bench/results/many-cores/many_cores.jsonl > bench/results/many-cores/latest.md
 
 # The library and the rcluster command, the Python venv and the Node addon
 # (the contenders), uvicorn and pm2 (target/cli-deps, the command group's

@@ -121,6 +121,11 @@
 // not become ready (reason in `data`); workers not yet replaced keep serving.
 #define RCLUSTER_EVENT_RELOAD_FAILED 13
 
+// Primary: a worker for `slot` could not be started (out of fds or
+// processes, the program missing); the reason and the retry time are in
+// `data`. Not a crash: the slot keeps retrying with a growing delay.
+#define RCLUSTER_EVENT_SPAWN_FAILED 14
+
 // Worker state in `rcluster_worker_stats`: started, not yet online.
 #define RCLUSTER_WORKER_STARTING 0
 
@@ -219,6 +224,35 @@ typedef struct {
   // Up to this many connections added at random to each worker's
   // `recycle_after`, so they do not recycle together. Default 0.
   uint32_t recycle_jitter;
+  // A worker holding a handed-over connection unacknowledged this long is
+  // treated as hung: killed (`RCLUSTER_EVENT_UNRESPONSIVE`), its
+  // connections handed to other workers once it is reaped, its slot
+  // restarted. 0: no deadline. Default 30000.
+  uint32_t ack_timeout_ms;
+  // Listeners workers' listen requests may have the primary bind, in
+  // all; past it a request for a new address fails with `EMFILE`. Default 1024.
+  uint32_t max_listeners;
+  // Listeners one worker may hold. Default 64.
+  uint32_t max_listeners_per_worker;
+  // A listener bound for workers that no live worker has used for this
+  // long is closed (listeners from `rcluster_primary_listen` stay). Default 60000.
+  uint32_t listener_idle_ms;
+  // Bytes of messages queued for one worker that does not read them;
+  // past it `rcluster_primary_send` fails with `RCLUSTER_E_TOOBIG` and
+  // sends nothing. Default 64 MiB.
+  size_t max_send_queue;
+  // Bytes of worker messages waiting for the host in the event queue;
+  // past it the primary stops reading workers' channels (nothing is
+  // dropped; they wait) until the host has taken half. Default 64 MiB.
+  size_t max_event_bytes;
+  // Largest message a worker may send (at most, and by default,
+  // `RCLUSTER_MAX_MESSAGE`); a larger one cuts the worker off
+  // (`RCLUSTER_EVENT_WORKER_ERROR`).
+  size_t max_message;
+  // Nonzero: allow a primary in a process started as a worker. Default
+  // 0: refused with `RCLUSTER_E_STATE`, since a program that forgets to
+  // check `rcluster_is_worker` would make every worker start workers.
+  int allow_nested;
 } rcluster_primary_options;
 
 // An event. Fields that do not apply to its `kind` are zero. Release every
@@ -448,9 +482,11 @@ int rcluster_primary_stats(rcluster_primary *primary,
                            size_t capacity,
                            size_t *count);
 
-// Frees the primary. If it has not shut down, shuts it down first with the
-// stop timeout as grace and waits until every worker has exited and been
-// reaped (this may block that long). The handle is invalid afterwards.
+// Frees the primary. Threads waiting in `rcluster_primary_wait_event`
+// return `RCLUSTER_E_CLOSED` at once. If it has not shut down, it shuts
+// down with the stop timeout as grace, and this waits until every worker
+// has exited and been reaped (it may block that long). The handle is
+// invalid afterwards.
 int rcluster_primary_free(rcluster_primary *primary);
 
 // Frees what an event owns (`data`) and zeroes it. Safe to call twice and

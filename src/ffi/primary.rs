@@ -70,6 +70,10 @@ pub const RCLUSTER_EVENT_RELOAD_DONE: c_int = 12;
 /// Primary: a rolling reload of `generation` stopped because a replacement did
 /// not become ready (reason in `data`); workers not yet replaced keep serving.
 pub const RCLUSTER_EVENT_RELOAD_FAILED: c_int = 13;
+/// Primary: a worker for `slot` could not be started (out of fds or
+/// processes, the program missing); the reason and the retry time are in
+/// `data`. Not a crash: the slot keeps retrying with a growing delay.
+pub const RCLUSTER_EVENT_SPAWN_FAILED: c_int = 14;
 
 /// Worker state in `rcluster_worker_stats`: started, not yet online.
 pub const RCLUSTER_WORKER_STARTING: c_int = 0;
@@ -154,6 +158,35 @@ pub struct rcluster_primary_options {
     /// Up to this many connections added at random to each worker's
     /// `recycle_after`, so they do not recycle together. Default 0.
     pub recycle_jitter: u32,
+    /// A worker holding a handed-over connection unacknowledged this long is
+    /// treated as hung: killed (`RCLUSTER_EVENT_UNRESPONSIVE`), its
+    /// connections handed to other workers once it is reaped, its slot
+    /// restarted. 0: no deadline. Default 30000.
+    pub ack_timeout_ms: u32,
+    /// Listeners workers' listen requests may have the primary bind, in
+    /// all; past it a request for a new address fails with `EMFILE`. Default 1024.
+    pub max_listeners: u32,
+    /// Listeners one worker may hold. Default 64.
+    pub max_listeners_per_worker: u32,
+    /// A listener bound for workers that no live worker has used for this
+    /// long is closed (listeners from `rcluster_primary_listen` stay). Default 60000.
+    pub listener_idle_ms: u32,
+    /// Bytes of messages queued for one worker that does not read them;
+    /// past it `rcluster_primary_send` fails with `RCLUSTER_E_TOOBIG` and
+    /// sends nothing. Default 64 MiB.
+    pub max_send_queue: usize,
+    /// Bytes of worker messages waiting for the host in the event queue;
+    /// past it the primary stops reading workers' channels (nothing is
+    /// dropped; they wait) until the host has taken half. Default 64 MiB.
+    pub max_event_bytes: usize,
+    /// Largest message a worker may send (at most, and by default,
+    /// `RCLUSTER_MAX_MESSAGE`); a larger one cuts the worker off
+    /// (`RCLUSTER_EVENT_WORKER_ERROR`).
+    pub max_message: usize,
+    /// Nonzero: allow a primary in a process started as a worker. Default
+    /// 0: refused with `RCLUSTER_E_STATE`, since a program that forgets to
+    /// check `rcluster_is_worker` would make every worker start workers.
+    pub allow_nested: c_int,
 }
 
 /// One worker's numbers (`rcluster_primary_stats`).
@@ -285,6 +318,15 @@ fn config_from(options: &rcluster_primary_options) -> Result<Config> {
     s.heartbeat_timeout = duration_ms(options.heartbeat_timeout_ms);
     s.recycle_after = options.recycle_after as u64;
     s.recycle_jitter = options.recycle_jitter as u64;
+    config.ack_timeout = (options.ack_timeout_ms > 0).then(|| duration_ms(options.ack_timeout_ms));
+    let l = &mut config.limits;
+    l.max_listeners = options.max_listeners;
+    l.max_listeners_per_worker = options.max_listeners_per_worker;
+    l.listener_idle = duration_ms(options.listener_idle_ms);
+    l.max_send_queue = options.max_send_queue;
+    l.max_event_bytes = options.max_event_bytes;
+    l.max_message = options.max_message;
+    config.allow_nested = options.allow_nested != 0;
     Ok(config)
 }
 
@@ -319,6 +361,14 @@ pub extern "C" fn rcluster_primary_options_init(options: *mut rcluster_primary_o
             heartbeat_timeout_ms: d.supervision.heartbeat_timeout.as_millis() as u32,
             recycle_after: d.supervision.recycle_after as u32,
             recycle_jitter: d.supervision.recycle_jitter as u32,
+            ack_timeout_ms: d.ack_timeout.map_or(0, |t| t.as_millis() as u32),
+            max_listeners: d.limits.max_listeners,
+            max_listeners_per_worker: d.limits.max_listeners_per_worker,
+            listener_idle_ms: d.limits.listener_idle.as_millis() as u32,
+            max_send_queue: d.limits.max_send_queue,
+            max_event_bytes: d.limits.max_event_bytes,
+            max_message: d.limits.max_message,
+            allow_nested: d.allow_nested as c_int,
         };
         Ok(())
     })
@@ -573,13 +623,15 @@ pub extern "C" fn rcluster_primary_stats(
     })
 }
 
-/// Frees the primary. If it has not shut down, shuts it down first with the
-/// stop timeout as grace and waits until every worker has exited and been
-/// reaped (this may block that long). The handle is invalid afterwards.
+/// Frees the primary. Threads waiting in `rcluster_primary_wait_event`
+/// return `RCLUSTER_E_CLOSED` at once. If it has not shut down, it shuts
+/// down with the stop timeout as grace, and this waits until every worker
+/// has exited and been reaped (it may block that long). The handle is
+/// invalid afterwards.
 #[no_mangle]
 pub extern "C" fn rcluster_primary_free(primary: *mut rcluster_primary) -> c_int {
     guard(|| {
-        drop(PRIMARIES.remove(primary)?);
+        PRIMARIES.remove(primary)?.close();
         Ok(())
     })
 }
@@ -660,6 +712,10 @@ fn primary_event(event: Event) -> rcluster_event {
             rcluster_event { slot: slot as i32, ..base(RCLUSTER_EVENT_CRASH_LOOP, worker, pid) }
         }
         Event::Unresponsive { worker, pid } => base(RCLUSTER_EVENT_UNRESPONSIVE, worker, pid),
+        Event::SpawnFailed { slot, message } => with_data(
+            rcluster_event { slot: slot as i32, ..base(RCLUSTER_EVENT_SPAWN_FAILED, 0, 0) },
+            message.into_bytes(),
+        ),
         Event::ReloadDone { generation } => rcluster_event { generation, ..base(RCLUSTER_EVENT_RELOAD_DONE, 0, 0) },
         Event::ReloadFailed { generation, message } => {
             with_data(rcluster_event { generation, ..base(RCLUSTER_EVENT_RELOAD_FAILED, 0, 0) }, message.into_bytes())

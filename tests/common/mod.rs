@@ -86,6 +86,17 @@ impl TestPrimary {
         bound
     }
 
+    /// Forks a worker with extra `KEY=VALUE` environment (`TEST_MODE` picks
+    /// another mode than the primary's for this one).
+    pub fn fork_with(&self, env: &[&str]) -> (u32, i32) {
+        let strings: Vec<CString> = env.iter().map(|e| CString::new(*e).unwrap()).collect();
+        let mut envp: Vec<*const i8> = strings.iter().map(|s| s.as_ptr()).collect();
+        envp.push(ptr::null());
+        let (mut id, mut pid) = (0, 0);
+        ok(rcluster_primary_fork(self.handle, envp.as_ptr(), &mut id, &mut pid), "primary_fork");
+        (id, pid)
+    }
+
     pub fn fork(&self) -> (u32, i32) {
         let (mut id, mut pid) = (0, 0);
         ok(rcluster_primary_fork(self.handle, ptr::null(), &mut id, &mut pid), "primary_fork");

@@ -177,6 +177,9 @@ impl ClusterEvent {
                 ClusterEvent { slot: Some(slot), ..ClusterEvent::new("crashloop", Some(worker), Some(pid)) }
             }
             Event::Unresponsive { worker, pid } => ClusterEvent::new("unresponsive", Some(worker), Some(pid)),
+            Event::SpawnFailed { slot, message } => {
+                ClusterEvent { slot: Some(slot), message: Some(message), ..ClusterEvent::new("spawnfailed", None, None) }
+            }
             Event::ReloadDone { generation } => {
                 ClusterEvent { generation: Some(generation), ..ClusterEvent::new("reload", None, None) }
             }
@@ -285,6 +288,7 @@ impl NativePrimary {
             // which works the same in Node, Bun and Deno.
             handle_signals: false,
             supervision,
+            ..defaults
         };
         Ok(NativePrimary { inner: Arc::new(Primary::new(config).map_err(to_js_error)?), started: false })
     }

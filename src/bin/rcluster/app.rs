@@ -148,9 +148,16 @@ pub fn parse_listen(text: &str, index: usize) -> Res<ListenSpec> {
 impl AppSpec {
     /// Makes the workers start from this process's environment (see `base_env`).
     pub fn capture_env(&mut self) {
-        self.base_env = std::env::vars()
-            .filter(|(k, _)| k != rcluster::spawn::ENV_WORKER_ID && k != rcluster::spawn::ENV_CHANNEL_FD)
-            .collect();
+        // Not the variables of a protocol between this CLI and whoever started it.
+        const NOT_CARRIED: [&str; 6] = [
+            rcluster::spawn::ENV_WORKER_ID,
+            rcluster::spawn::ENV_CHANNEL_FD,
+            "LISTEN_FDS",
+            "LISTEN_PID",
+            "LISTEN_FDNAMES",
+            "NOTIFY_SOCKET",
+        ];
+        self.base_env = std::env::vars().filter(|(k, _)| !NOT_CARRIED.contains(&k.as_str())).collect();
     }
 
     /// From the command line (`run`, `start NAME`).
@@ -260,6 +267,11 @@ pub type Say = Arc<dyn Fn(&str, &str) + Send + Sync>;
 pub struct Hosting {
     /// The library handles SIGTERM/SIGINT/SIGHUP/SIGTTIN/SIGTTOU (`run`).
     pub handle_signals: bool,
+    /// The library speaks systemd's protocols for this process (`run`: a
+    /// socket passed by systemd for a `--listen` address is used instead of
+    /// a bind, readiness goes to `NOTIFY_SOCKET`). Off in the daemon, whose
+    /// apps are not the service systemd started.
+    pub systemd: bool,
     /// The daemon's log socket: workers' stdout and stderr go there.
     pub log_socket: Option<PathBuf>,
     /// Where the app's own messages (worker started, exited, ...) go.
@@ -317,7 +329,8 @@ impl App {
     pub fn start(spec: AppSpec, hosting: Hosting) -> Res<Arc<App>> {
         spec.validate()?;
         let policy = spec.policy()?;
-        let mut config = Config { policy, handle_signals: hosting.handle_signals, ..Config::default() };
+        let mut config =
+            Config { policy, handle_signals: hosting.handle_signals, systemd: hosting.systemd, ..Config::default() };
         config.spawn.argv = worker_argv(&spec, hosting.log_socket.as_deref())?.into_iter().map(Into::into).collect();
         config.spawn.clear_env = !spec.base_env.is_empty();
         config.spawn.env = spec.base_env.iter().chain(&spec.env).map(|(k, v)| (k.into(), v.into())).collect();

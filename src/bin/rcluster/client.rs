@@ -104,6 +104,10 @@ fn start_daemon() -> Res<std::os::unix::net::UnixStream> {
     let me = std::env::current_exe()?;
     let mut command = std::process::Command::new(me);
     command.arg("daemon").stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+    // The daemon is no one's socket-activated service.
+    for variable in ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET"] {
+        command.env_remove(variable);
+    }
     // SAFETY: setsid is async-signal-safe; the daemon leaves our session
     // and process group, so a Ctrl-C or a closed terminal does not reach it.
     unsafe {

@@ -162,6 +162,7 @@ impl Daemon {
         let logs = self.logs.clone();
         Hosting {
             handle_signals: false,
+            systemd: false,
             log_socket: Some(self.home.join("logs.sock")),
             say: Arc::new(move |app: &str, text: &str| logs.note(app, text)),
         }

@@ -46,6 +46,11 @@ pub fn exec_worker(args: ExecArgs) -> Res<i32> {
     let mut command = std::process::Command::new(&args.cmd[0]);
     command.args(&args.cmd[1..]);
     if !args.listen.is_empty() {
+        // Read before `Worker::open`, which removes the variable.
+        let channel: RawFd = std::env::var(ENV_CHANNEL_FD)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| Fail("exec-worker: no channel fd".into()))?;
         let worker = Worker::open()?;
         let mut sockets = Vec::new();
         let mut listeners = Vec::new();
@@ -59,10 +64,6 @@ pub fn exec_worker(args: ExecArgs) -> Res<i32> {
             sockets.push(fd);
             listeners.push(listener);
         }
-        let channel: RawFd = std::env::var(ENV_CHANNEL_FD)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| Fail("exec-worker: no channel fd".into()))?;
         let channel_at = place_fds(&sockets, channel)?;
         // The fds now live at their new numbers; these objects must not close
         // or say goodbye on the old ones (the program takes over).
@@ -73,7 +74,11 @@ pub fn exec_worker(args: ExecArgs) -> Res<i32> {
         } else {
             (0..sockets.len()).map(|i| format!("listen{i}")).collect::<Vec<_>>().join(":")
         };
+        // `Worker::open` removed the worker's variables from this process's
+        // environment (its children are not workers); the program we exec
+        // is this worker, so it gets them back, the channel where it now is.
         command
+            .env(ENV_WORKER_ID, &id)
             .env("LISTEN_FDS", sockets.len().to_string())
             .env("LISTEN_PID", std::process::id().to_string())
             .env("LISTEN_FDNAMES", names)

@@ -16,6 +16,7 @@ pub fn run(args: RunArgs) -> Res<i32> {
     let spec = AppSpec::from_args(&name, &args.app)?;
     let hosting = Hosting {
         handle_signals: true,
+        systemd: true,
         log_socket: None,
         say: Arc::new(|app: &str, text: &str| eprintln!("rcluster[{app}]: {text}")),
     };

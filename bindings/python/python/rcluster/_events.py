@@ -46,6 +46,9 @@ class EventKind(str, enum.Enum):
     #: Primary: a rolling reload stopped because a replacement did not become
     #: ready (reason in ``data``); workers not yet replaced keep serving.
     RELOAD_FAILED = "reload_failed"
+    #: Primary: a worker for slot ``event.slot`` could not be started (reason
+    #: and retry time in ``data``); not a crash, the slot keeps retrying.
+    SPAWN_FAILED = "spawn_failed"
 
     def __str__(self) -> str:
         return self.value
@@ -147,5 +150,5 @@ def _field(raw: Any, name: str, default: Any, convert: Any) -> Any:
     return convert(getattr(raw, name)) if name in _EVENT_FIELDS else default
 
 
-_SLOT_KINDS = (EventKind.FORK, EventKind.CRASH_LOOP)
+_SLOT_KINDS = (EventKind.FORK, EventKind.CRASH_LOOP, EventKind.SPAWN_FAILED)
 _EVENT_FIELDS = {name for name, _ in ffi.typeof("rcluster_event").fields}

@@ -14,6 +14,7 @@ import errno as _errno
 import ipaddress
 import json
 import socket
+import os
 import threading
 import weakref
 from typing import Any, Callable, Optional, TypeVar, Union
@@ -101,6 +102,11 @@ class Worker(EventSource):
         super().__init__()
         out = ffi.new("rcluster_worker **")
         check(lib.rcluster_worker_open(out))
+        # The library removed the worker variables from the C environment;
+        # os.environ is Python's own copy, which subprocesses inherit: this
+        # worker's children are ordinary processes, not workers.
+        os.environ.pop("RCLUSTER_WORKER_ID", None)
+        os.environ.pop("RCLUSTER_CHANNEL_FD", None)
         self._handle: Any = out[0]
         fd = ffi.new("int *")
         check(lib.rcluster_worker_fd(self._handle, fd))
