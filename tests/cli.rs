@@ -104,6 +104,45 @@ fn run_serves_a_program_that_uses_rcluster_through_its_own_listen() {
 }
 
 #[test]
+fn run_under_systemd_socket_activation_hands_systemds_socket_on_to_an_unmodified_program() {
+    // systemd -> rcluster run -> the program: the --listen address is the
+    // socket systemd passed (no bind), so a connection made before anything
+    // started is served. systemd-socket-activate stands in for systemd
+    // (make test-tools installs it).
+    let mark = unique("run-activated");
+    let env_mark = format!("RCLUSTER_TEST_MARK={mark}");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let address = format!("127.0.0.1:{port}");
+    let sd = sd_server();
+    let mut activator = std::process::Command::new("systemd-socket-activate")
+        .args(["-l", &address, RCLUSTER, "run", "-i", "2", "--listen", &address, "-e", &env_mark, "--", python(), &sd])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("systemd-socket-activate (Debian package systemd) runs");
+    // systemd-socket-activate binds, waits for a connection, then execs rcluster.
+    wait_until(SECS(10), "the socket unit to listen", || std::net::TcpStream::connect(&address).is_ok());
+    let body = http_get(port).unwrap();
+    assert!(body.contains("fds 1"), "{body}");
+    wait_until(SECS(10), "both workers to serve", || serving_pids(port, 8).len() == 2);
+    // SAFETY: our own child (rcluster run, after the exec).
+    unsafe { libc::kill(activator.id() as i32, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + SECS(15);
+    let status = loop {
+        if let Some(status) = activator.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = activator.kill();
+            panic!("rcluster run did not stop");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
+    assert_none_left(&mark);
+}
+
+#[test]
 fn run_rejects_bad_input_with_one_line_and_leaves_no_worker() {
     let mark = unique("run-bad");
     let env_mark = format!("RCLUSTER_TEST_MARK={mark}");
