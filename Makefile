@@ -10,10 +10,12 @@ LIB     := $(RELEASE)/librcluster.so
 # C programs find librcluster.so next to them (or one level up) without LD_LIBRARY_PATH.
 C_LINK  := -Iinclude -L$(RELEASE) -lrcluster
 
-.PHONY: all lib header examples demo test test-rust test-tools test-c python test-python node test-node test-queue queue-deps queue-servers bench bench-quick clean
+.PHONY: all lib header examples demo test test-rust test-tools test-c python test-python node test-node test-queue queue-deps queue-servers bench bench-quick clean cli-test-deps
 
 all: lib examples
 
+# The library and the `rcluster` command (target/release/rcluster;
+# `cargo install --path . --bin rcluster` installs it).
 lib:
 	$(CARGO) build --release
 
@@ -32,7 +34,25 @@ demo: examples
 
 test: test-rust test-c test-python test-node test-queue
 
-test-rust: test-tools
+# tests/cli_apps.rs runs the README's recipes with the real servers: an
+# unmodified uvicorn (PyPI) and Express app (npm), installed here under
+# target/cli-deps (with pm2, which `make bench` compares against).
+CLI_DEPS := target/cli-deps
+
+$(CLI_DEPS)/.installed:
+	test -x $(CLI_DEPS)/venv/bin/python || $(PYTHON) -m venv $(CLI_DEPS)/venv
+	$(CLI_DEPS)/venv/bin/pip install --quiet 'uvicorn>=0.30,<1'
+	$(NPM) install --prefix $(CLI_DEPS)/npm --no-save --no-audit --no-fund express@5 pm2@7
+	touch $@
+
+cli-test-deps: $(CLI_DEPS)/.installed
+
+# tests/cli_apps.rs also runs the Python and Node example servers under
+# `rcluster run`, so the bindings are built first.
+test-rust: test-tools cli-test-deps python node
+	RCLUSTER_TEST_PYTHON_BIN=$(abspath $(CLI_DEPS)/venv/bin) \
+	RCLUSTER_TEST_NODE_PATH=$(abspath $(CLI_DEPS)/npm/node_modules) \
+	RCLUSTER_TEST_BINDING_PYTHON=$(abspath $(VENV)/bin/python) RCLUSTER_TEST_BINDING_NODE=1 \
 	$(CARGO) test --all-targets
 
 # The real servers the Rust tests drive: systemd-socket-activate (Debian's
@@ -139,10 +159,11 @@ bench-many-cores: bench-tools $(BENCH_TMP)/bench_rcluster $(BENCH_TMP)/prefork
 	bench/many_cores.sh bench/results/many-cores
 	python3 bench/many_cores_report.py bench/results/many-cores/many_cores.jsonl > bench/results/many-cores/latest.md
 
-# The library, the Python venv and the Node addon (the contenders), the
-# queue example's servers and clients, the bench's own C programs, and the
-# chart's matplotlib.
-bench-build: lib python node bench-tools queue-servers queue-deps $(BENCH_BINS) $(BENCH_VENV)/.matplotlib
+# The library and the rcluster command, the Python venv and the Node addon
+# (the contenders), uvicorn and pm2 (target/cli-deps, the command group's
+# baselines), the queue example's servers and clients, the bench's own C
+# programs, and the chart's matplotlib.
+bench-build: lib python node cli-test-deps bench-tools queue-servers queue-deps $(BENCH_BINS) $(BENCH_VENV)/.matplotlib
 
 bench-tools:
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && (apt-get install -y wrk || (apt-get update && apt-get install -y wrk)); } \

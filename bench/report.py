@@ -406,6 +406,17 @@ def markdown(run: Run, png_note: str) -> str:
                                                                         note_keepalive=False)
         L += ["Node workers (bench/node/app.js):", ""] + http_table(run, "node-low", [("node-none", "SCHED_NONE")],
                                                                       note_keepalive=False)
+    if run.worker_counts("cmd-python") or run.worker_counts("cmd-node"):
+        L += ["## The `rcluster` command", "",
+              "The same unmodified app on both sides (bench/cmd/app.py, bench/cmd/app.js, access logs off), "
+              "started by bench/cmd/launch.py: uvicorn taking its socket from `rcluster run --listen` (fd 3, "
+              "every worker accepting on it) against uvicorn's own `--workers`; a plain Node http app on fd 3 "
+              "under `rcluster run` against pm2's cluster mode (`pm2 start app.js -i 2 --no-daemon`: Node's "
+              "cluster, SCHED_RR, the primary accepting and handing over). The 'primary' here is the launcher "
+              "(idle); the workers' CPU column counts every process of the contender (rcluster's primary, "
+              "pm2's daemon, uvicorn's supervisor and the workers).", ""]
+        L += http_table(run, "cmd-python", [("uvicorn", "uvicorn --workers")], note_keepalive=False)
+        L += http_table(run, "cmd-node", [("pm2", "pm2 -i")], note_keepalive=False)
     u = d.get("uneven", {})
     L += ["## Uneven workers", "",
           f"Every request takes {u.get('work_us')} µs more (the worker's loop waits), and {u.get('slow_work_us')} µs "

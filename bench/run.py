@@ -363,6 +363,31 @@ def python_contenders(n: int, full: bool) -> list[Contender]:  # noqa: ARG001
     ]
 
 
+def cmd_missing(need: list[Path]) -> str | None:
+    for path in need:
+        if not path.exists():
+            return f"not run: {path.relative_to(ROOT)} missing (make bench-build)"
+    return None
+
+
+def cmd_contenders(kind: str, n: int) -> list[Contender]:
+    """The `rcluster` command against what users run today, the same unmodified app on both sides:
+    uvicorn under `rcluster run -i N --listen` (socket at fd 3) vs `uvicorn --workers N`; a Node app
+    under `rcluster run` vs `pm2 start -i N` (bench/cmd/launch.py starts each)."""
+    launch = [sys.executable, str(BENCH / "cmd" / "launch.py")]
+    rcluster = ROOT / "target" / "release" / "rcluster"
+    deps = ROOT / "target" / "cli-deps"
+    if kind == "python":
+        miss = cmd_missing([rcluster, deps / "venv" / "bin" / "uvicorn"])
+        return [Contender("rcluster-uvicorn", f"rcluster run -i {n} -- uvicorn --fd 3", [*launch, "rcluster-uvicorn", str(n)],
+                          missing=miss),
+                Contender("uvicorn", f"uvicorn --workers {n}", [*launch, "uvicorn", str(n)], missing=miss)]
+    miss = cmd_missing([rcluster, deps / "npm" / "node_modules" / ".bin" / "pm2"])
+    return [Contender("rcluster-node", f"rcluster run -i {n} -- node app.js", [*launch, "rcluster-node", str(n)],
+                      missing=miss),
+            Contender("pm2", f"pm2 start app.js -i {n}", [*launch, "pm2", str(n)], missing=miss)]
+
+
 def uneven_contenders(n: int, full: bool) -> list[Contender]:  # noqa: ARG001
     env = {"BENCH_WORK_US": str(UNEVEN_WORK_US), "BENCH_SLOW_WORK_US": str(UNEVEN_SLOW_WORK_US),
            "BENCH_SLOW_WORKER": "1"}
@@ -643,7 +668,7 @@ def machine_info() -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer contenders, shorter runs (bench-quick)")
-    parser.add_argument("--only", default="c,node,python,low,uneven,ipc,queue", help="groups to run (comma-separated)")
+    parser.add_argument("--only", default="c,node,python,low,uneven,cmd,ipc,queue", help="groups to run (comma-separated)")
     parser.add_argument("--workers", default=None, help="worker counts, e.g. 2,4 (default: the profile's)")
     parser.add_argument("--out", default=None, help="output directory (default: bench/results, quick: bench/tmp/quick)")
     parser.add_argument("--no-report", action="store_true", help="write latest.json only")
@@ -699,6 +724,11 @@ def main() -> int:
             n = cfg["workers"][0]
             results["groups"].append(run_group("uneven-closed", n, uneven_contenders(n, full), cfg, logdir,
                                                1, 0, cfg["seconds"]))
+    if "cmd" in only:
+        # The rcluster command, 2 workers (the issue's comparison): unmodified uvicorn and Node apps.
+        for kind in ("python", "node"):
+            results["groups"].append(run_group(f"cmd-{kind}", 2, cmd_contenders(kind, 2), cfg, logdir,
+                                               cfg["rounds"], 0, cfg["seconds"]))
     if "ipc" in only:
         results["ipc"] = run_ipc(cfg)
     if "queue" in only:

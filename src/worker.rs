@@ -760,6 +760,18 @@ impl Listener {
         matches!(self.mode, Mode::Shared { .. })
     }
 
+    /// The listening socket itself when this worker accepts on it (`shared`
+    /// and `reuseport`), `None` when the primary hands connections over.
+    /// Owned by the listener (close-on-exec). The `rcluster` command uses it
+    /// to pass the socket on to a program that does not use rcluster
+    /// (systemd socket activation).
+    pub fn socket_fd(&self) -> Option<RawFd> {
+        match &self.mode {
+            Mode::Shared { socket, .. } => Some(socket.as_raw_fd()),
+            Mode::Dispatched { .. } => None,
+        }
+    }
+
     /// An fd that is readable when [`Listener::accept`] may have a connection.
     /// Owned by the listener.
     pub fn fd(&self) -> RawFd {
