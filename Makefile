@@ -10,12 +10,16 @@ LIB     := $(RELEASE)/librcluster.so
 # C programs find librcluster.so next to them (or one level up) without LD_LIBRARY_PATH.
 C_LINK  := -Iinclude -L$(RELEASE) -lrcluster
 
-.PHONY: all lib header examples demo test test-rust test-c python test-python node test-node bench bench-quick clean
+.PHONY: all lib header examples demo test test-rust test-c python test-python node test-node bench bench-quick clean \
+	install uninstall test-install test-abi
 
 all: lib examples
 
+# The library's SONAME is librcluster.so.MAJOR (build.rs): programs linked
+# here with -lrcluster look for that name, so it sits beside the build too.
 lib:
 	$(CARGO) build --release
+	ln -sfn librcluster.so $(RELEASE)/librcluster.so.$(MAJOR)
 
 # build.rs regenerates include/rcluster.h on every build of the crate.
 header:
@@ -30,7 +34,7 @@ examples: lib
 demo: examples
 	$(RELEASE)/examples/hello_server_c --port 8080
 
-test: test-rust test-c test-python test-node
+test: test-rust test-c test-python test-node test-install test-abi
 
 test-rust:
 	$(CARGO) test --all-targets
@@ -38,6 +42,51 @@ test-rust:
 test-c: lib
 	$(CC) $(CFLAGS) tests/c/raw_fork.c $(C_LINK) -Wl,-rpath,'$$ORIGIN' -o $(RELEASE)/raw_fork_test
 	timeout 60 $(RELEASE)/raw_fork_test
+
+# C: `make install PREFIX=/usr/local [DESTDIR=...]` installs the shared
+# library as librcluster.so.X.Y.Z (SONAME librcluster.so.X, set by build.rs)
+# with its two symlinks, librcluster.a, rcluster.h and rcluster.pc, so
+# `cc server.c $$(pkg-config --cflags --libs rcluster)` builds a program that
+# needs no rpath. By hand rather than cargo-c: cargo-c is not on this machine
+# and `cargo install cargo-c` compiles for many minutes, while the library
+# needs only a SONAME (one link argument in build.rs) and four files copied.
+VERSION      := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+MAJOR        := $(word 1,$(subst ., ,$(VERSION)))
+PREFIX       ?= /usr/local
+LIBDIR       ?= $(PREFIX)/lib
+INCLUDEDIR   ?= $(PREFIX)/include
+PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+# What librcluster.a needs besides libc (rustc --print native-static-libs).
+STATIC_LIBS  := -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc
+
+install: lib
+	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(PKGCONFIGDIR)
+	install -m 755 $(LIB) $(DESTDIR)$(LIBDIR)/librcluster.so.$(VERSION)
+	ln -sfn librcluster.so.$(VERSION) $(DESTDIR)$(LIBDIR)/librcluster.so.$(MAJOR)
+	ln -sfn librcluster.so.$(MAJOR) $(DESTDIR)$(LIBDIR)/librcluster.so
+	install -m 644 $(RELEASE)/librcluster.a $(DESTDIR)$(LIBDIR)/librcluster.a
+	@# Cargo's strip applies to linked files only; the archive holds std's debug info.
+	strip --strip-debug $(DESTDIR)$(LIBDIR)/librcluster.a
+	install -m 644 include/rcluster.h $(DESTDIR)$(INCLUDEDIR)/rcluster.h
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' \
+		-e 's|@VERSION@|$(VERSION)|' -e 's|@STATIC_LIBS@|$(STATIC_LIBS)|' rcluster.pc.in \
+		> $(DESTDIR)$(PKGCONFIGDIR)/rcluster.pc
+	@# The loader finds a new library in /usr/local/lib only through its cache.
+	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ] && command -v ldconfig >/dev/null \
+		&& ldconfig -v -N 2>/dev/null | grep -q '^$(LIBDIR):'; then ldconfig; fi
+
+uninstall:
+	rm -f $(DESTDIR)$(LIBDIR)/librcluster.so.$(VERSION) $(DESTDIR)$(LIBDIR)/librcluster.so.$(MAJOR) \
+		$(DESTDIR)$(LIBDIR)/librcluster.so $(DESTDIR)$(LIBDIR)/librcluster.a \
+		$(DESTDIR)$(INCLUDEDIR)/rcluster.h $(DESTDIR)$(PKGCONFIGDIR)/rcluster.pc
+
+# make install into a temp prefix, then the C example built with pkg-config alone.
+test-install: lib
+	tests/install/c_install.sh
+
+# A program built against 0.1's header (tests/abi/v0.1/) runs on this library.
+test-abi: lib
+	tests/abi/old_header.sh
 
 # Python: .venv with the rcluster package (pip builds the Rust library through
 # maturin and bundles it: no LD_LIBRARY_PATH) plus pytest.
