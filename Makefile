@@ -11,7 +11,7 @@ LIB     := $(RELEASE)/librcluster.so
 C_LINK  := -Iinclude -L$(RELEASE) -lrcluster
 
 .PHONY: all lib header examples demo test test-rust test-c python test-python node test-node bench bench-quick clean \
-	install uninstall test-install test-abi
+	install uninstall test-install test-abi wheel test-wheel
 
 all: lib examples
 
@@ -34,7 +34,7 @@ examples: lib
 demo: examples
 	$(RELEASE)/examples/hello_server_c --port 8080
 
-test: test-rust test-c test-python test-node test-install test-abi
+test: test-rust test-c test-python test-node test-install test-abi test-wheel
 
 test-rust:
 	$(CARGO) test --all-targets
@@ -100,6 +100,34 @@ $(VENV)/.rcluster-installed: Cargo.toml build.rs $(wildcard src/*.rs src/*/*.rs 
 	touch $@
 
 python: $(VENV)/.rcluster-installed
+
+# `make wheel`: target/wheels/rcluster_core-VERSION-py3-none-manylinux_2_34_x86_64.whl,
+# which installs without Rust. The tag is what this build needs: the library
+# links glibc symbols up to GLIBC_2.34 (pthread_* moved into libc there), and
+# maturin's built-in auditwheel check refuses a lower tag. It installs on
+# glibc >= 2.34 (Debian 12, Ubuntu 22.04, RHEL 9 and later); reaching older
+# systems would mean linking against an older glibc (maturin --zig, or a
+# manylinux2014 build image), a toolchain this repository does not carry.
+# Only libc and libgcc_s are needed, both allowed by the manylinux policy, so
+# nothing is grafted in and no patchelf is needed.
+MANYLINUX  := manylinux_2_34
+BUILD_VENV := target/build-venv
+WHEEL_DIR  := target/wheels
+
+$(BUILD_VENV)/.installed:
+	test -x $(BUILD_VENV)/bin/python || $(PYTHON) -m venv $(BUILD_VENV)
+	$(BUILD_VENV)/bin/pip install --quiet "maturin>=1.5,<2" "cffi>=1.15"
+	touch $@
+
+wheel: $(BUILD_VENV)/.installed
+	rm -f $(WHEEL_DIR)/rcluster_core-*.whl
+	cd bindings/python && ../../$(BUILD_VENV)/bin/maturin build --release --compatibility $(MANYLINUX) \
+		--interpreter ../../$(BUILD_VENV)/bin/python --out ../../$(WHEEL_DIR)
+
+# The wheel in a fresh venv with no cargo on PATH serves the Python example;
+# a source build without cargo fails with one sentence, downloading nothing.
+test-wheel: wheel
+	tests/install/python_wheel.sh
 
 test-python: python
 	$(VENV)/bin/python -m pytest bindings/python/tests -q
