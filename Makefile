@@ -170,13 +170,18 @@ BENCH_CFLAGS := -std=c11 -Wall -Wextra -Werror -O2
 BENCH_RPATH  := -Wl,-rpath,'$$ORIGIN/../../$(RELEASE)'
 BENCH_BINS   := $(BENCH_TMP)/bench_rcluster $(BENCH_TMP)/prefork $(BENCH_TMP)/ipc_bench $(BENCH_TMP)/openloop
 
-.PHONY: bench bench-quick bench-build bench-tools
+.PHONY: bench bench-quick bench-build bench-tools bench-many-cores
 
 bench: bench-build
 	python3 bench/run.py
 
 bench-quick: bench-build
 	python3 bench/run.py --quick
+
+# On a machine with 16 or more cores (the C servers only; see the script).
+bench-many-cores: bench-tools $(BENCH_TMP)/bench_rcluster $(BENCH_TMP)/prefork
+	bench/many_cores.sh bench/results/many-cores
+	python3 bench/many_cores_report.py bench/results/many-cores/many_cores.jsonl > bench/results/many-cores/latest.md
 
 # The library, the Python venv and the Node addon (the contenders), the
 # bench's own C programs, and the chart's matplotlib.

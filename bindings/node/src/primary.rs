@@ -288,6 +288,7 @@ impl NativePrimary {
             // which works the same in Node, Bun and Deno.
             handle_signals: false,
             supervision,
+            ..defaults
         };
         Ok(NativePrimary { inner: Arc::new(Primary::new(config).map_err(to_js_error)?), started: false })
     }
