@@ -11,7 +11,7 @@ LIB     := $(RELEASE)/librcluster.so
 C_LINK  := -Iinclude -L$(RELEASE) -lrcluster
 
 .PHONY: all lib header examples demo test test-rust test-c python test-python node test-node bench bench-quick clean \
-	install uninstall test-install test-abi wheel test-wheel
+	install uninstall test-install test-abi wheel test-wheel test-npm-pack
 
 all: lib examples
 
@@ -34,7 +34,7 @@ examples: lib
 demo: examples
 	$(RELEASE)/examples/hello_server_c --port 8080
 
-test: test-rust test-c test-python test-node test-install test-abi test-wheel
+test: test-rust test-c test-python test-node test-install test-abi test-wheel test-npm-pack
 
 test-rust:
 	$(CARGO) test --all-targets
@@ -132,23 +132,29 @@ test-wheel: wheel
 test-python: python
 	$(VENV)/bin/python -m pytest bindings/python/tests -q
 
-# Node: the napi-rs addon, built with plain cargo (its own target dir; no
-# node-gyp, no header download) by the package's own `npm install` (npm 11
-# blocks dependencies' install scripts), then linked as node_modules/rcluster
-# so `require('rcluster')` resolves in Node, Bun and Deno. test-node also
+# Node: the napi-rs addon, built with the napi-rs CLI (`napi build
+# --platform --release`, a devDependency the package's `npm install` brings;
+# no node-gyp, no header download) into rcluster.linux-x64-gnu.node, the file
+# the npm package ships prebuilt, then linked as node_modules/rcluster so
+# `require('rcluster')` resolves in Node, Bun and Deno. test-node also
 # installs Bun and Deno from npm, so the example is tested under both.
 NPM  ?= npm
 NODE ?= node
-NODE_ADDON    := bindings/node/rcluster.node
+NODE_ADDON    := bindings/node/rcluster.linux-x64-gnu.node
 NODE_RUNTIMES := bindings/node/.runtimes/.installed
 
 $(NODE_ADDON): Cargo.toml build.rs $(wildcard src/*.rs src/*/*.rs src/*/*/*.rs) \
-		bindings/node/Cargo.toml bindings/node/Cargo.lock bindings/node/build.js \
+		bindings/node/Cargo.toml bindings/node/Cargo.lock bindings/node/package.json \
 		$(wildcard bindings/node/src/*.rs)
-	cd bindings/node && $(NPM) install --no-audit --no-fund
+	cd bindings/node && $(NPM) install --no-audit --no-fund && $(NPM) run build
 
 node: $(NODE_ADDON)
 	$(NPM) install --no-save --no-audit --no-fund ./bindings/node
+
+# `npm pack` of bindings/node installed into an empty directory with no
+# cargo on PATH serves the Node example (in Node, Bun and Deno).
+test-npm-pack: $(NODE_ADDON) $(NODE_RUNTIMES)
+	tests/install/npm_pack.sh
 
 $(NODE_RUNTIMES):
 	$(NPM) install --prefix bindings/node/.runtimes --no-save --no-audit --no-fund \
