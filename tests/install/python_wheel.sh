@@ -13,6 +13,9 @@ fail() { echo "FAIL: $*" >&2; exit 1; }
 wheel=$(ls target/wheels/rcluster_core-*-py3-none-manylinux_*_x86_64.whl 2>/dev/null | head -n 1)
 [ -n "$wheel" ] || fail "no manylinux wheel in target/wheels (make wheel)"
 
+unzip -l "$wheel" | grep -q 'dist-info/licenses/LICENSE$' || fail "the wheel carries no LICENSE"
+unzip -p "$wheel" '*.dist-info/METADATA' | grep -qx 'License: MIT' || fail "the wheel's metadata does not say License: MIT"
+
 # PATH without any directory holding cargo or rustc.
 nocargo=$(printf '%s' "$PATH" | tr ':' '\n' | while read -r d; do
     [ -n "$d" ] && [ ! -e "$d/cargo" ] && [ ! -e "$d/rustc" ] && printf '%s:' "$d"; done)
