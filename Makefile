@@ -10,7 +10,7 @@ LIB     := $(RELEASE)/librcluster.so
 # C programs find librcluster.so next to them (or one level up) without LD_LIBRARY_PATH.
 C_LINK  := -Iinclude -L$(RELEASE) -lrcluster
 
-.PHONY: all lib header examples demo test test-rust test-c python test-python node test-node bench bench-quick clean \
+.PHONY: all lib header examples demo test test-rust test-tools test-c python test-python node test-node bench bench-quick clean \
 	install uninstall test-install test-abi wheel test-wheel test-npm-pack
 
 all: lib examples
@@ -36,8 +36,15 @@ demo: examples
 
 test: test-rust test-c test-python test-node test-install test-abi test-wheel test-npm-pack
 
-test-rust:
+test-rust: test-tools
 	$(CARGO) test --all-targets
+
+# The real servers the Rust tests drive: systemd-socket-activate (Debian's
+# systemd package) stands in for systemd in tests/systemd.rs.
+test-tools:
+	@command -v systemd-socket-activate >/dev/null || { [ "$$(id -u)" = 0 ] && \
+		(apt-get install -y --no-install-recommends systemd || (apt-get update && apt-get install -y --no-install-recommends systemd)); } \
+		|| { echo "test: systemd-socket-activate is missing: apt-get install systemd" >&2; exit 1; }
 
 test-c: lib
 	$(CC) $(CFLAGS) tests/c/raw_fork.c $(C_LINK) -Wl,-rpath,'$$ORIGIN' -o $(RELEASE)/raw_fork_test

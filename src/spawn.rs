@@ -114,6 +114,12 @@ pub fn spawn(spec: &SpawnSpec, id: u32) -> Result<Spawned> {
     command.envs(spec.env.iter().map(|(k, v)| (k, v)));
     command.env(ENV_WORKER_ID, id.to_string());
     command.env(ENV_CHANNEL_FD, CHILD_CHANNEL_FD.to_string());
+    // The service's sockets and its readiness are the primary's business.
+    for variable in crate::primary::SYSTEMD_VARIABLES {
+        if !spec.env.iter().any(|(k, _)| k == variable) {
+            command.env_remove(variable);
+        }
+    }
     if let Some(cwd) = &spec.cwd {
         command.current_dir(cwd);
     }

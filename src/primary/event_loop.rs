@@ -40,6 +40,7 @@ use super::listener::{parse_address, Listener};
 use super::policy::Sockets;
 use super::signals::SignalPipe;
 use super::supervisor::{AfterCrash, Cause, Jitter, Reload, Replacement, Slot};
+use super::systemd::{self, InheritedSocket, Notifier};
 use super::{Command, Config, Shared, WorkerInfo};
 use crate::channel::{self, Reassembler};
 use crate::error::{Code, Error, Result};
@@ -52,6 +53,10 @@ use crate::wire::Frame;
 const REAP_POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// How long accepting pauses after EMFILE/ENFILE/ENOBUFS/ENOMEM, so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// READY=1 waits this long after the last new slot, so a host forking its
+/// workers one call at a time is reported ready once all of them listen,
+/// not after the first.
+const READY_SETTLE: Duration = Duration::from_millis(100);
 /// Queued connections closed when a worker cannot start for lack of fds:
 /// enough for a spawn (a socketpair, a pidfd, exec's error pipe) and more.
 const SHED_ON_EMFILE: usize = 16;
@@ -219,6 +224,14 @@ pub(crate) struct EventLoop {
     now: Instant,
     /// Workers whose channels went unread while the host was behind on events.
     unread: Vec<u32>,
+    /// Listening sockets systemd passed and no listener has taken yet.
+    inherited: Vec<InheritedSocket>,
+    /// Where readiness is reported (systemd's `NOTIFY_SOCKET`).
+    notifier: Notifier,
+    /// `READY=1` was sent for the current state (start, or the last reload).
+    ready_notified: bool,
+    /// When the last slot was added (see `READY_SETTLE`).
+    slot_added_at: Instant,
 }
 
 impl EventLoop {
@@ -231,6 +244,7 @@ impl EventLoop {
                 config.spawn.argv = argv;
             }
         }
+        let systemd_on = config.systemd;
         let poll = Poll::new().map_err(|e| Error::os("epoll", e))?;
         poll.registry()
             .register(&mut SourceFd(&shared.wake.raw()), TOKEN_WAKE, Interest::READABLE)
@@ -268,6 +282,10 @@ impl EventLoop {
             shutdown: None,
             now: Instant::now(),
             unread: Vec::new(),
+            inherited: if systemd_on { systemd::take_listen_fds() } else { Vec::new() },
+            notifier: if systemd_on { Notifier::from_env() } else { Notifier::from_nothing() },
+            ready_notified: false,
+            slot_added_at: Instant::now(),
         })
     }
 
@@ -305,7 +323,7 @@ impl EventLoop {
             // listener resumes and accepts, a reaped worker's connections go
             // back to the queue) is dispatched and sent in this same turn,
             // never left waiting for a wake-up that may not come.
-            self.on_timers();
+            let timers_ran_at = self.on_timers();
             self.dispatch_pending();
             self.accept_ready();
             self.start_due_recycles();
@@ -313,6 +331,10 @@ impl EventLoop {
             if self.advance_shutdown() {
                 break;
             }
+            #[cfg(debug_assertions)]
+            self.check_no_timer_left_due(timers_ran_at);
+            #[cfg(not(debug_assertions))]
+            let _ = timers_ran_at;
             if !events.is_empty() {
                 // After a turn with work, let whatever else is runnable on
                 // this CPU (the workers, most often) go first. Under load the
@@ -419,6 +441,7 @@ impl EventLoop {
         let index = self.next_slot;
         self.next_slot += 1;
         self.slots.insert(index, Slot::new(index, env));
+        self.slot_added_at = self.now;
         match self.start_worker(index) {
             Ok(info) => {
                 if let Some(slot) = self.slots.get_mut(&index) {
@@ -548,7 +571,13 @@ impl EventLoop {
             return Err(Error::new(Code::Address, message).with_errno(libc::EMFILE));
         }
         let id = self.next_listener;
-        let listener = Listener::bind(id, requested, self.config.backlog, self.config.policy.instantiate())?;
+        // A socket systemd passed for this very address is taken instead of binding.
+        let inherited = (port != 0)
+            .then(|| self.inherited.iter().position(|s| s.address == requested))
+            .flatten()
+            .map(|i| self.inherited.remove(i).socket);
+        let policy = self.config.policy.instantiate();
+        let listener = Listener::bind(id, requested, self.config.backlog, policy, inherited)?;
         if let (Some(socket), Sockets::PrimaryAccepts) = (&listener.socket, listener.policy.sockets()) {
             self.poll
                 .registry()
@@ -659,6 +688,8 @@ impl EventLoop {
         self.generation += 1;
         let queue = self.slots.keys().copied().collect();
         self.reload = Some(Reload { generation: self.generation, queue });
+        self.notifier.notify(&format!("RELOADING=1\nMONOTONIC_USEC={}", systemd::monotonic_usec()));
+        self.ready_notified = false;
         self.advance_reload();
         Ok(self.generation)
     }
@@ -678,6 +709,7 @@ impl EventLoop {
                     let generation = reload.generation;
                     self.reload = None;
                     self.shared.emit(Event::ReloadDone { generation });
+                    self.notify_ready_if_serving();
                     if std::mem::take(&mut self.reload_again) {
                         let _ = self.reload();
                     }
@@ -738,6 +770,8 @@ impl EventLoop {
             self.abandon_worker(worker);
         }
         self.shared.emit(Event::ReloadFailed { generation: reload.generation, message });
+        // The old workers keep serving: ready again, with the reason.
+        self.notify_ready_if_serving();
     }
 
     /// The worker is ready (listening, or said so with `wait_ready`): if it
@@ -758,6 +792,29 @@ impl EventLoop {
         if replacement.cause == Cause::Reload {
             self.advance_reload();
         }
+    }
+
+    /// When `READY=1` is due, if it is: every slot's worker listens (at
+    /// start, or after a reload; not during one), the slots settled.
+    fn ready_due_at(&self) -> Option<Instant> {
+        if self.ready_notified || self.reload.is_some() || self.shutdown.is_some() || !self.notifier.active() {
+            return None;
+        }
+        let serving = |s: &Slot| s.worker.and_then(|w| self.workers.get(&w)).is_some_and(|w| w.listening);
+        if self.slots.is_empty() || !self.slots.values().all(serving) {
+            return None;
+        }
+        Some(self.slot_added_at + READY_SETTLE)
+    }
+
+    /// Tells systemd `READY=1` (with a status line) once it is due.
+    fn notify_ready_if_serving(&mut self) {
+        if self.ready_due_at().is_none_or(|at| at > Instant::now()) {
+            return;
+        }
+        self.ready_notified = true;
+        let status = format!("STATUS={} workers listening, generation {}", self.slots.len(), self.generation);
+        self.notifier.notify(&format!("READY=1\n{status}"));
     }
 
     fn start_due_recycles(&mut self) {
@@ -1162,6 +1219,7 @@ impl EventLoop {
         if !self.config.supervision.wait_ready {
             self.on_worker_ready(worker);
         }
+        self.notify_ready_if_serving();
     }
 
     fn leave_listener(&mut self, worker: u32, listener: u32) {
@@ -1351,64 +1409,85 @@ impl EventLoop {
         }
     }
 
-    fn next_timer(&self) -> Option<Duration> {
-        let now = Instant::now();
-        let mut earliest: Option<Instant> = None;
-        let mut consider = |at: Instant| earliest = Some(earliest.map_or(at, |e: Instant| e.min(at)));
+    /// Every deadline the loop waits for, and what it is: the one place
+    /// that says when the loop must wake. Each is waited for only while
+    /// `on_timers` will act on it once due (and so move it or clear it):
+    /// a deadline that stays in the past makes the loop spin, which debug
+    /// builds check at the end of every turn (`check_no_timer_left_due`).
+    fn each_timer(&self, mut timer: impl FnMut(Instant, &'static str)) {
         for listener in self.listeners.values() {
             if let Some(at) = listener.paused_until {
-                consider(at);
+                timer(at, "a paused listener resumes");
             }
         }
         let heartbeat_timeout = self.config.supervision.heartbeat_timeout;
         for entry in self.workers.values() {
             if let Some(esc) = entry.escalation {
-                consider(esc.at);
+                timer(esc.at, "a stopping worker gets its next signal");
             }
             if entry.pidfd.is_none() {
-                consider(now + REAP_POLL_INTERVAL);
+                timer(self.now + REAP_POLL_INTERVAL, "a worker without a pidfd is polled for its exit");
             }
             if entry.heartbeat_watched() {
-                if let Some(at) = entry.next_ping {
-                    consider(at);
-                }
-                if let Some((_, sent)) = entry.ping {
-                    consider(sent + heartbeat_timeout);
+                match entry.ping {
+                    // Only one ping outstanding: the next is due once it is answered.
+                    Some((_, sent)) => timer(sent + heartbeat_timeout, "an unanswered ping times out"),
+                    None => {
+                        if let Some(at) = entry.next_ping {
+                            timer(at, "the next ping");
+                        }
+                    }
                 }
             }
             if let Some(until) = entry.starved_until.filter(|_| !self.pending.is_empty()) {
-                consider(until);
+                timer(until, "a worker out of fds may be handed connections again");
             }
             if let (Some(timeout), false) = (self.config.ack_timeout, entry.ack_expired) {
                 if let Some(oldest) = entry.oldest_unacked() {
-                    consider(oldest + timeout);
+                    timer(oldest + timeout, "an unacknowledged connection's deadline");
                 }
             }
         }
         if self.shutdown.is_none() {
             for listener in self.listeners.values() {
                 if let Some(since) = listener.idle_since {
-                    consider(since + self.config.limits.listener_idle);
+                    timer(since + self.config.limits.listener_idle, "an unused listener closes");
                 }
             }
             for slot in self.slots.values() {
-                if let Some(at) = slot.restart_at {
-                    consider(at);
+                if let Some(at) = slot.restart_at.filter(|_| slot.worker.is_none() && !slot.failed) {
+                    timer(at, "a slot's restart");
                 }
                 if let Some(replacement) = slot.replacement {
-                    consider(replacement.deadline);
+                    timer(replacement.deadline, "a replacement's ready deadline");
                 }
             }
         }
-        if let Some(shutdown) = &self.shutdown {
-            if !shutdown.disconnects_sent {
-                consider(shutdown.drain_until);
-            }
+        if let Some(shutdown) = self.shutdown.as_ref().filter(|s| !s.disconnects_sent) {
+            timer(shutdown.drain_until, "the shutdown stops draining");
         }
-        earliest.map(|at| at.saturating_duration_since(now))
+        if let Some(at) = self.ready_due_at() {
+            timer(at, "systemd is told the cluster is ready");
+        }
     }
 
-    fn on_timers(&mut self) {
+    /// How long the loop may sleep: until the earliest deadline.
+    fn next_timer(&self) -> Option<Duration> {
+        let mut earliest: Option<Instant> = None;
+        self.each_timer(|at, _| earliest = Some(earliest.map_or(at, |e| e.min(at))));
+        earliest.map(|at| at.saturating_duration_since(Instant::now()))
+    }
+
+    /// Debug builds: no deadline older than this turn's timers may be left,
+    /// or the next wait returns at once, forever (a spin).
+    #[cfg(debug_assertions)]
+    fn check_no_timer_left_due(&self, timers_ran_at: Instant) {
+        self.each_timer(|at, what| {
+            assert!(at >= timers_ran_at, "the loop would spin: \"{what}\" is past due and nothing acts on it");
+        });
+    }
+
+    fn on_timers(&mut self) -> Instant {
         let now = Instant::now();
         let resumed: Vec<u32> = self
             .listeners
@@ -1429,6 +1508,7 @@ impl EventLoop {
         self.escalate_stops(now);
         self.check_heartbeats(now);
         self.check_ack_deadlines(now);
+        self.notify_ready_if_serving();
         if self.shutdown.is_none() {
             self.restart_due_slots(now);
             self.expire_replacements(now);
@@ -1438,6 +1518,7 @@ impl EventLoop {
         for id in unwatched {
             self.on_worker_exit(id);
         }
+        now
     }
 
     fn escalate_stops(&mut self, now: Instant) {
@@ -1593,6 +1674,7 @@ impl EventLoop {
         if self.shutdown.is_some() {
             return;
         }
+        self.notifier.notify("STOPPING=1");
         self.reload = None;
         self.reload_again = false;
         // Take what the kernel has already queued, then close the listeners:

@@ -54,7 +54,30 @@ impl Listener {
     /// close-on-exec) when the primary accepts or shares it; for per-worker
     /// sockets, a bound `SO_REUSEPORT` socket that does not listen and only
     /// holds the port.
-    pub fn bind(id: u32, address: SocketAddr, backlog: i32, policy: Box<dyn Policy>) -> Result<Listener> {
+    ///
+    /// `inherited`: a listening socket systemd passed for this address, taken
+    /// in place of a new one where the policy can use it (the primary
+    /// accepting, or one socket every worker shares). Per-worker
+    /// `SO_REUSEPORT` sockets cannot join a socket bound without that
+    /// option, so `reuseport` binds as usual and says so.
+    pub fn bind(
+        id: u32,
+        address: SocketAddr,
+        backlog: i32,
+        policy: Box<dyn Policy>,
+        inherited: Option<OwnedFd>,
+    ) -> Result<Listener> {
+        if let Some(fd) = inherited {
+            if policy.sockets() != Sockets::PerWorker {
+                let socket = TcpListener::from(fd);
+                socket.set_nonblocking(true).map_err(|e| Error::os("set_nonblocking on listener", e))?;
+                let address = socket.local_addr().map_err(|e| Error::os("getsockname on listener", e))?;
+                return Ok(Listener::new(id, socket, address, policy));
+            }
+            eprintln!(
+                "rcluster: the socket systemd passed for {address} is not used: reuseport binds a socket per worker"
+            );
+        }
         let socket = match policy.sockets() {
             Sockets::PrimaryAccepts | Sockets::Shared => {
                 let socket = TcpListener::bind(address).map_err(|e| address_error(address, e))?;
@@ -67,7 +90,11 @@ impl Listener {
             Sockets::PerWorker => TcpListener::from(reuse_port_socket(address)?),
         };
         let address = socket.local_addr().map_err(|e| Error::os("getsockname on listener", e))?;
-        Ok(Listener {
+        Ok(Listener::new(id, socket, address, policy))
+    }
+
+    fn new(id: u32, socket: TcpListener, address: SocketAddr, policy: Box<dyn Policy>) -> Listener {
+        Listener {
             id,
             socket: Some(socket),
             address,
@@ -77,7 +104,7 @@ impl Listener {
             paused_until: None,
             declared: false,
             idle_since: None,
-        })
+        }
     }
 
     /// The listening socket to give a worker that will accept itself: a

@@ -14,6 +14,7 @@ mod listener;
 pub mod policy;
 mod signals;
 pub mod supervisor;
+mod systemd;
 
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
@@ -35,6 +36,7 @@ use event_loop::EventLoop;
 pub use listener::parse_address;
 pub use policy::PolicyKind;
 pub use supervisor::Supervision;
+pub(crate) use systemd::VARIABLES as SYSTEMD_VARIABLES;
 
 /// How a primary behaves. `Config::default()` gives the documented defaults.
 #[derive(Clone, Debug)]
@@ -72,6 +74,11 @@ pub struct Config {
     /// default: a program that forgets to check `is_worker` would otherwise
     /// have every worker start workers of its own (a fork bomb).
     pub allow_nested: bool,
+    /// Speak systemd's protocols (see `systemd.rs`): take the listening
+    /// sockets passed with `LISTEN_FDS` for their addresses instead of
+    /// binding, and report readiness, reloads and the stop to
+    /// `NOTIFY_SOCKET`. Default on: without those variables it does nothing.
+    pub systemd: bool,
 }
 
 /// Bounds on what workers may ask of the primary and on what it queues.
@@ -168,6 +175,7 @@ impl Default for Config {
             ack_timeout: Some(Duration::from_secs(30)),
             limits: Limits::default(),
             allow_nested: false,
+            systemd: true,
         }
     }
 }

@@ -30,7 +30,7 @@
 //! - `primary N [MODE]`: be a primary of N workers in MODE (default `http`);
 //!   print `ready PORT` and serve until killed (tests that kill the primary or
 //!   watch its fds and CPU). `TEST_MAX_PENDING` / `TEST_MAX_UNACKED` /
-//!   `TEST_HEARTBEAT_MS` set those options; `TEST_NOFILE` lowers its fd limit once the workers listen;
+//!   `TEST_HEARTBEAT_MS` set those options; `TEST_PRIMARY_PORT` is the port it listens on; `TEST_NOFILE` lowers its fd limit once the workers listen;
 //!   `TEST_SIGNALS=1` opts into signal handling; `TEST_CLOEXEC_STDIO=1` marks
 //!   its stdio close-on-exec first (as Node does). Exits 0 after shutdown.
 //!   With `TEST_ANNOUNCE=1`, `http` workers print `worker ID listening`.
@@ -266,7 +266,8 @@ fn run_primary(n: u32, mode: &str) {
     let mut p = ptr::null_mut();
     check(rcluster_primary_new2(&options, &mut p), "primary_new");
     let mut port = 0u16;
-    check(rcluster_primary_listen(p, c"127.0.0.1".as_ptr(), 0, &mut port), "primary_listen");
+    let wanted = knob("TEST_PRIMARY_PORT").unwrap_or(0) as u16;
+    check(rcluster_primary_listen(p, c"127.0.0.1".as_ptr(), wanted, &mut port), "primary_listen");
     for _ in 0..n {
         check(rcluster_primary_fork(p, ptr::null(), ptr::null_mut(), ptr::null_mut()), "fork");
     }
