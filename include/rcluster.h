@@ -7,6 +7,11 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+// The version of this header (the library's own: `rcluster_version()`).
+#define RCLUSTER_VERSION_MAJOR 0
+#define RCLUSTER_VERSION_MINOR 2
+#define RCLUSTER_VERSION_PATCH 0
+
 // Success.
 #define RCLUSTER_OK 0
 
@@ -153,9 +158,6 @@
 // or left on purpose (Node's `exitedAfterDisconnect`).
 #define RCLUSTER_EXIT_AFTER_DISCONNECT 1
 
-// Which policy a primary uses. The discriminants are the C constants.
-typedef struct PolicyKind PolicyKind;
-
 // A listening address served through the primary (opaque).
 typedef struct rcluster_listener rcluster_listener;
 
@@ -165,9 +167,18 @@ typedef struct rcluster_primary rcluster_primary;
 // This process's worker side (opaque).
 typedef struct rcluster_worker rcluster_worker;
 
-// Settings of a primary. Fill with `rcluster_primary_options_init`, then
-// change what you need. Strings are copied by `rcluster_primary_new`.
+// Settings of a primary. Fill with
+// `rcluster_primary_options_init2(&options, sizeof options)`, then change
+// what you need. Strings are copied by `rcluster_primary_new2`.
+//
+// The struct grows at its end only. A program built against an older
+// header passes its smaller `struct_size`, and the library reads just those
+// fields and takes the defaults for the rest; a program built against a
+// newer header may run on an older library as long as it leaves the fields
+// that library does not know at their initial zero.
 typedef struct {
+  // The size of the caller's struct, set by `rcluster_primary_options_init2`.
+  size_t struct_size;
   // Worker program and arguments, a NULL-terminated array of strings;
   // NULL (the default): this program with its own arguments, by the path
   // it was started by (`argv[0]` when that is a path to it, symlinks kept),
@@ -386,13 +397,16 @@ int rcluster_recv_handle(int sock,
 // same pointer and length. NULL is a no-op.
 int rcluster_buffer_free(void *data, size_t len);
 
-// Fills `options` with the defaults.
-int rcluster_primary_options_init(rcluster_primary_options *options);
+// Fills the caller's `options`, of `struct_size` bytes (pass
+// `sizeof options`), with the defaults and records `struct_size` in it.
+// Bytes past the fields this library knows are zeroed.
+int rcluster_primary_options_init2(rcluster_primary_options *options, size_t struct_size);
 
-// Creates a primary with `options` (NULL: the defaults) and stores its
+// Creates a primary with `options` (filled by
+// `rcluster_primary_options_init2`; NULL: the defaults) and stores its
 // handle in `*out`. No thread starts and no worker is spawned yet.
 // Free it with `rcluster_primary_free`.
-int rcluster_primary_new(const rcluster_primary_options *options, rcluster_primary **out);
+int rcluster_primary_new2(const rcluster_primary_options *options, rcluster_primary **out);
 
 // Starts one worker by exec of the configured argv, with the "KEY=VALUE"
 // strings of `env` (NULL-terminated, or NULL) added to its environment.

@@ -360,10 +360,10 @@ fn harmful_options_are_refused() {
     ];
     for (what, tweak) in cases {
         let mut options: rcluster_primary_options = unsafe { std::mem::zeroed() };
-        ok(rcluster_primary_options_init(&mut options), "init");
+        ok(rcluster_primary_options_init2(&mut options, size_of::<rcluster_primary_options>()), "init");
         tweak(&mut options);
         let mut handle = ptr::null_mut();
-        assert_eq!(rcluster_primary_new(&options, &mut handle), RCLUSTER_E_INVAL, "{what}");
+        assert_eq!(rcluster_primary_new2(&options, &mut handle), RCLUSTER_E_INVAL, "{what}");
         assert!(last_error().contains(what), "{what}: {}", last_error());
     }
 }

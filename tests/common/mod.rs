@@ -69,13 +69,13 @@ impl TestPrimary {
         let mut envp: Vec<*const i8> = strings[argc..].iter().map(|s| s.as_ptr()).collect();
         envp.push(ptr::null());
         let mut options: rcluster_primary_options = unsafe { std::mem::zeroed() };
-        ok(rcluster_primary_options_init(&mut options), "options_init");
+        ok(rcluster_primary_options_init2(&mut options, size_of::<rcluster_primary_options>()), "options_init");
         options.argv = argv.as_ptr();
         options.env = envp.as_ptr();
         options.stop_timeout_ms = 3000;
         tweak(&mut options);
         let mut handle = ptr::null_mut();
-        ok(rcluster_primary_new(&options, &mut handle), "primary_new");
+        ok(rcluster_primary_new2(&options, &mut handle), "primary_new");
         TestPrimary { handle, _strings: strings, seen: Vec::new() }
     }
 

@@ -249,7 +249,7 @@ fn run_primary(n: u32, mode: &str) {
     let mode = std::ffi::CString::new(mode).unwrap();
     let argv = [exe.as_ptr(), mode.as_ptr(), ptr::null()];
     let mut options: rcluster_primary_options = unsafe { std::mem::zeroed() };
-    check(rcluster_primary_options_init(&mut options), "options_init");
+    check(rcluster_primary_options_init2(&mut options, size_of::<rcluster_primary_options>()), "options_init");
     options.argv = argv.as_ptr();
     let knob = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u32>().ok());
     if let Some(v) = knob("TEST_MAX_PENDING") {
@@ -270,7 +270,7 @@ fn run_primary(n: u32, mode: &str) {
         }
     }
     let mut p = ptr::null_mut();
-    check(rcluster_primary_new(&options, &mut p), "primary_new");
+    check(rcluster_primary_new2(&options, &mut p), "primary_new");
     let mut port = 0u16;
     let wanted = knob("TEST_PRIMARY_PORT").unwrap_or(0) as u16;
     check(rcluster_primary_listen(p, c"127.0.0.1".as_ptr(), wanted, &mut port), "primary_listen");
@@ -320,8 +320,8 @@ fn main() {
         "stale-env" => {
             let mut p = ptr::null_mut();
             let mut options: rcluster_primary_options = unsafe { std::mem::zeroed() };
-            check(rcluster_primary_options_init(&mut options), "options_init");
-            let rc = rcluster_primary_new(&options, &mut p);
+            check(rcluster_primary_options_init2(&mut options, size_of::<rcluster_primary_options>()), "options_init");
+            let rc = rcluster_primary_new2(&options, &mut p);
             println!("is_worker={} primary_new={rc}", rcluster_is_worker());
             if rc == 0 {
                 rcluster_primary_free(p);
@@ -341,8 +341,8 @@ fn main() {
         "print-handle" => {
             let mut p = ptr::null_mut();
             let mut options: rcluster_primary_options = unsafe { std::mem::zeroed() };
-            check(rcluster_primary_options_init(&mut options), "options_init");
-            check(rcluster_primary_new(&options, &mut p), "primary_new");
+            check(rcluster_primary_options_init2(&mut options, size_of::<rcluster_primary_options>()), "options_init");
+            check(rcluster_primary_new2(&options, &mut p), "primary_new");
             println!("handle {}", p as usize);
             rcluster_primary_free(p);
             return;
@@ -569,8 +569,8 @@ fn main() {
             let seen = String::from_utf8_lossy(&child.stdout).trim().to_string();
             let mut p = ptr::null_mut();
             let mut options: rcluster_primary_options = unsafe { std::mem::zeroed() };
-            check(rcluster_primary_options_init(&mut options), "options_init");
-            let nested = rcluster_primary_new(&options, &mut p);
+            check(rcluster_primary_options_init2(&mut options, size_of::<rcluster_primary_options>()), "options_init");
+            let nested = rcluster_primary_new2(&options, &mut p);
             send(worker, &format!("child={seen} is_worker={} primary_new={nested}", rcluster_is_worker()));
             let mut ev = empty();
             rcluster_worker_wait_event(worker, &mut ev, 10_000);
