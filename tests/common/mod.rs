@@ -220,11 +220,13 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
 pub struct KeepAlive {
     port: u16,
     stream: Option<std::io::BufReader<TcpStream>>,
+    /// When the open connection was made.
+    pub connected_at: Option<Instant>,
 }
 
 impl KeepAlive {
     pub fn new(port: u16) -> KeepAlive {
-        KeepAlive { port, stream: None }
+        KeepAlive { port, stream: None, connected_at: None }
     }
 
     /// Whether the next request reuses an open connection.
@@ -236,6 +238,7 @@ impl KeepAlive {
     pub fn get(&mut self) -> std::io::Result<String> {
         use std::io::BufRead;
         if self.stream.is_none() {
+            self.connected_at = Some(Instant::now());
             let stream = TcpStream::connect(("127.0.0.1", self.port))?;
             stream.set_read_timeout(Some(Duration::from_secs(10)))?;
             self.stream = Some(std::io::BufReader::new(stream));
@@ -286,6 +289,8 @@ impl KeepAlive {
 #[derive(Clone, Debug)]
 pub struct Sample {
     pub started: Instant,
+    /// When the connection it was sent on was made (`started` for a new one).
+    pub connected: Instant,
     /// Sent on a reused keep-alive connection (else a new connection).
     pub keep_alive: bool,
     pub worker: Option<u32>,
@@ -311,12 +316,23 @@ impl Load {
                     while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                         let started = Instant::now();
                         let reused = i % 2 == 1 && keep_alive.is_connected();
+                        let connected = if reused { keep_alive.connected_at.unwrap_or(started) } else { started };
                         let result = if i % 2 == 0 { http_get(port) } else { keep_alive.get() };
                         samples.push(match result {
-                            Ok(body) => {
-                                Sample { started, keep_alive: reused, worker: Some(worker_of(&body)), error: None }
-                            }
-                            Err(e) => Sample { started, keep_alive: reused, worker: None, error: Some(e.to_string()) },
+                            Ok(body) => Sample {
+                                started,
+                                connected,
+                                keep_alive: reused,
+                                worker: Some(worker_of(&body)),
+                                error: None,
+                            },
+                            Err(e) => Sample {
+                                started,
+                                connected,
+                                keep_alive: reused,
+                                worker: None,
+                                error: Some(e.to_string()),
+                            },
                         });
                     }
                     samples
