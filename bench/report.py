@@ -326,7 +326,7 @@ def others_line(run: Run) -> str:
 def idle_line(m: dict) -> str:
     """How the machine's idle CPUs wait, where the run recorded it: on a
     virtual machine whose idle CPUs halt at once, every wake-up of a
-    sleeping CPU is an exit to the hypervisor (README, Performance)."""
+    sleeping CPU is an exit to the hypervisor (docs/performance.md)."""
     if "virtual" not in m:
         return ""
     parts = ["; a virtual machine" if m["virtual"] else "; not virtualized"]
@@ -401,7 +401,7 @@ def markdown(run: Run, png_note: str) -> str:
               "not a saturated one. Every connection then finds the processes asleep and nothing is batched: "
               "under `rr` the primary's thread wakes to accept it and then a worker to take it, two wake-ups "
               "where a shared socket needs one, and the workers take turns, so each one served has slept while "
-              "the others ran. The README's Performance section has what this costs and why.", ""]
+              "the others ran. docs/performance.md has what this costs and why.", ""]
         L += ["C workers (bench/c/bench_server.c):", ""] + http_table(run, "c-low", [("prefork", "prefork")],
                                                                         note_keepalive=False)
         L += ["Node workers (bench/node/app.js):", ""] + http_table(run, "node-low", [("node-none", "SCHED_NONE")],

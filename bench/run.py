@@ -653,7 +653,7 @@ def machine_info() -> dict:
         "cpus": os.cpu_count(),
         "mem_gib": round(int(mem) / 1024 / 1024, 1),
         "kernel": platform.release(),
-        # How an idle CPU waits matters to every cross-CPU wake-up (README, Performance).
+        # How an idle CPU waits matters to every cross-CPU wake-up (docs/performance.md).
         "virtual": virtual,
         "cpuidle_driver": sys_value("/sys/devices/system/cpu/cpuidle/current_driver"),
         "guest_halt_poll_ns": sys_value("/sys/module/haltpoll/parameters/guest_halt_poll_ns"),

@@ -1,4 +1,4 @@
-//! The recipes of the README's "Run any app", end to end with the real
+//! The recipes of docs/command.md, end to end with the real
 //! servers: an unmodified uvicorn (`--fd 3`) serving a real ASGI app, and an
 //! unmodified Express app doing `listen({ fd: 3 })`, each under
 //! `rcluster run` (reload, stop) and the daemon (SIGKILL of the daemon).

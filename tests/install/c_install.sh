@@ -1,7 +1,7 @@
 #!/bin/sh
 # `make install` into a temp prefix, then the C example built with nothing
 # but pkg-config and run against the installed library: the contract of
-# /work/shared/EXAMPLES.md (ready line, HTTP bodies, exit 0 on SIGTERM).
+# examples/README.md (ready line, HTTP bodies, exit 0 on SIGTERM).
 #
 # A standard prefix (/usr/local) is on the loader's path after the ldconfig
 # that `make install` runs there; a temp prefix is not, so the run below sets

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Runs an example server the way a user would and checks the contract of
-/work/shared/EXAMPLES.md that matters for an install: it prints its ready
+examples/README.md that matters for an install: it prints its ready
 line, answers HTTP requests with `worker <id> pid <pid>`, and exits 0 on
 SIGTERM with no process left behind.
 
