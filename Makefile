@@ -59,12 +59,17 @@ test-rust: test-tools cli-test-deps python node
 	RCLUSTER_TEST_BINDING_PYTHON=$(abspath $(VENV)/bin/python) RCLUSTER_TEST_BINDING_NODE=1 \
 	$(CARGO) test --all-targets
 
-# The real servers the Rust tests drive: systemd-socket-activate (Debian's
-# systemd package) stands in for systemd in tests/systemd.rs.
+# The real servers the Rust tests drive, installed when missing (as root):
+# systemd-socket-activate (Debian's systemd) stands in for systemd in
+# tests/systemd.rs; nginx balances two hosts in tests/nginx.rs.
+TEST_PACKAGES := systemd-socket-activate:systemd /usr/sbin/nginx:nginx
 test-tools:
-	@command -v systemd-socket-activate >/dev/null || { [ "$$(id -u)" = 0 ] && \
-		(apt-get install -y --no-install-recommends systemd || (apt-get update && apt-get install -y --no-install-recommends systemd)); } \
-		|| { echo "test: systemd-socket-activate is missing: apt-get install systemd" >&2; exit 1; }
+	@for pair in $(TEST_PACKAGES); do \
+		tool=$${pair%%:*}; package=$${pair##*:}; \
+		command -v $$tool >/dev/null || [ -x $$tool ] || { [ "$$(id -u)" = 0 ] && \
+			(apt-get install -y --no-install-recommends $$package || (apt-get update && apt-get install -y --no-install-recommends $$package)); } \
+			|| { echo "test: $$tool is missing: apt-get install $$package" >&2; exit 1; }; \
+	done
 
 test-c: lib
 	$(CC) $(CFLAGS) tests/c/raw_fork.c $(C_LINK) -Wl,-rpath,'$$ORIGIN' -o $(RELEASE)/raw_fork_test
