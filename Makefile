@@ -54,6 +54,8 @@ cli-test-deps: $(CLI_DEPS)/.installed
 # tests/cli_apps.rs also runs the Python and Node example servers under
 # `rcluster run`, so the bindings are built first.
 test-rust: test-tools cli-test-deps python node
+	@# tests/metrics.rs reads the metrics endpoint with prometheus_client's own parser.
+	$(VENV)/bin/python -c 'import prometheus_client' 2>/dev/null || $(VENV)/bin/pip install --quiet prometheus_client
 	RCLUSTER_TEST_PYTHON_BIN=$(abspath $(CLI_DEPS)/venv/bin) \
 	RCLUSTER_TEST_NODE_PATH=$(abspath $(CLI_DEPS)/npm/node_modules) \
 	RCLUSTER_TEST_BINDING_PYTHON=$(abspath $(VENV)/bin/python) RCLUSTER_TEST_BINDING_NODE=1 \

@@ -272,6 +272,15 @@ typedef struct {
   // 0: refused with `RCLUSTER_E_STATE`, since a program that forgets to
   // check `rcluster_is_worker` would make every worker start workers.
   int allow_nested;
+  // `"HOST:PORT"` to serve Prometheus metrics (`GET /metrics`) and a
+  // health check (`GET /healthz`: 200 only while the cluster serves) on,
+  // from a thread of their own; copied. NULL (default): no endpoint. An
+  // address in use fails `rcluster_primary_new2` with `RCLUSTER_E_ADDR`.
+  const char *metrics_address;
+  // Replace a worker gracefully once its resident memory passes this
+  // many MiB (checked every second), without dropping a connection.
+  // 0 (default): no limit.
+  uint32_t max_memory_mb;
 } rcluster_primary_options;
 
 // An event. Fields that do not apply to its `kind` are zero. Release every
@@ -325,6 +334,48 @@ typedef struct {
   // Milliseconds since it was started.
   uint64_t uptime_ms;
 } rcluster_worker_stats;
+
+// The primary's own numbers (`rcluster_primary_metrics`). Set
+// `struct_size` to `sizeof` it: the struct may grow at its end, and the
+// library fills only what the caller's size covers.
+typedef struct {
+  // `sizeof(rcluster_metrics)` as the caller knows it.
+  size_t struct_size;
+  // Accepted connections waiting for a worker (the dispatch queue).
+  uint32_t pending;
+  // Listening sockets open.
+  uint32_t listeners;
+  // How often accepting paused for lack of fds or memory.
+  uint64_t accept_pauses;
+  // The reload generation new workers are started with.
+  uint32_t generation;
+  // 1 while the cluster serves (not stopping, some worker listening), else 0.
+  int serving;
+  // Workers the primary knows (any state).
+  uint32_t workers;
+  // Of those, listening.
+  uint32_t workers_listening;
+  // CPU time and resident memory of the primary's process.
+  uint64_t cpu_ms;
+  uint64_t rss_bytes;
+  // The same, summed over the workers' processes.
+  uint64_t workers_cpu_ms;
+  uint64_t workers_rss_bytes;
+} rcluster_metrics;
+
+// One worker's use of the machine and of messages
+// (`rcluster_primary_worker_usage`); sized as `rcluster_metrics` is.
+typedef struct {
+  // `sizeof(rcluster_worker_usage)` as the caller knows it.
+  size_t struct_size;
+  // CPU time (user + system) of its process, in ms.
+  uint64_t cpu_ms;
+  // Its resident memory, in bytes.
+  uint64_t rss_bytes;
+  // Application messages it sent the primary, and was sent.
+  uint64_t messages_in;
+  uint64_t messages_out;
+} rcluster_worker_usage;
 
 
 
@@ -503,6 +554,18 @@ int rcluster_primary_stats(rcluster_primary *primary,
                            rcluster_worker_stats *stats,
                            size_t capacity,
                            size_t *count);
+
+// Fills `*out` (its `struct_size` set by the caller) with the primary's
+// own numbers and its workers' totals, CPU time and memory read from
+// `/proc` now.
+int rcluster_primary_metrics(rcluster_primary *primary, rcluster_metrics *out);
+
+// Fills `*out` (its `struct_size` set by the caller) with worker
+// `worker_id`'s CPU time, memory and message counts.
+// `RCLUSTER_E_CLOSED` if the primary knows no such worker.
+int rcluster_primary_worker_usage(rcluster_primary *primary,
+                                  uint32_t worker_id,
+                                  rcluster_worker_usage *out);
 
 // Frees the primary. Threads waiting in `rcluster_primary_wait_event`
 // return `RCLUSTER_E_CLOSED` at once. If it has not shut down, it shuts

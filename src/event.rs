@@ -99,6 +99,41 @@ pub struct WorkerStats {
     pub restarts: u32,
     /// Time since it was started.
     pub uptime: Duration,
+    /// Application messages it sent the primary.
+    pub messages_in: u64,
+    /// Application messages the primary sent it.
+    pub messages_out: u64,
+    /// CPU time (user + system) its process has used, from `/proc` (zero
+    /// once it has exited).
+    pub cpu: Duration,
+    /// Its resident memory, from `/proc`, in bytes (zero once it has exited).
+    pub rss_bytes: u64,
+}
+
+/// The primary's own numbers, beside its workers' (`Primary::metrics`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrimaryStats {
+    /// Accepted connections waiting for a worker (the dispatch queue).
+    pub pending: u32,
+    /// How often accepting paused for lack of fds or memory (EMFILE and the like).
+    pub accept_pauses: u64,
+    /// Listening sockets open.
+    pub listeners: u32,
+    /// The reload generation new workers are started with.
+    pub generation: u32,
+    /// Whether the cluster serves: not stopping, and some worker listens.
+    pub serving: bool,
+    /// CPU time the primary's process has used (the host's too: one process).
+    pub cpu: Duration,
+    /// The primary's process's resident memory, in bytes.
+    pub rss_bytes: u64,
+}
+
+/// A snapshot of the primary and every worker it knows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Metrics {
+    pub primary: PrimaryStats,
+    pub workers: Vec<WorkerStats>,
 }
 
 /// Something that happened, seen from a worker.

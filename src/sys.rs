@@ -228,3 +228,27 @@ pub fn sockopt_int(fd: BorrowedFd<'_>, level: libc::c_int, name: libc::c_int) ->
     })?;
     Ok(value)
 }
+
+/// What the kernel says a process has used: CPU time (user + system) and
+/// resident memory, from `/proc/PID/stat` and `/proc/PID/statm`. `None`
+/// once the process is gone.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcessUsage {
+    pub cpu: std::time::Duration,
+    pub rss_bytes: u64,
+}
+
+/// See [`ProcessUsage`].
+pub fn process_usage(pid: libc::pid_t) -> Option<ProcessUsage> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf only reads system constants.
+    let (hz, page) = unsafe { (libc::sysconf(libc::_SC_CLK_TCK), libc::sysconf(libc::_SC_PAGESIZE)) };
+    let hz = if hz > 0 { hz as u64 } else { 100 };
+    let cpu = std::time::Duration::from_micros(ticks * 1_000_000 / hz);
+    Some(ProcessUsage { cpu, rss_bytes: pages * page.max(1) as u64 })
+}

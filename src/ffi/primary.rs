@@ -202,6 +202,15 @@ pub struct rcluster_primary_options {
     /// 0: refused with `RCLUSTER_E_STATE`, since a program that forgets to
     /// check `rcluster_is_worker` would make every worker start workers.
     pub allow_nested: c_int,
+    /// `"HOST:PORT"` to serve Prometheus metrics (`GET /metrics`) and a
+    /// health check (`GET /healthz`: 200 only while the cluster serves) on,
+    /// from a thread of their own; copied. NULL (default): no endpoint. An
+    /// address in use fails `rcluster_primary_new2` with `RCLUSTER_E_ADDR`.
+    pub metrics_address: *const c_char,
+    /// Replace a worker gracefully once its resident memory passes this
+    /// many MiB (checked every second), without dropping a connection.
+    /// 0 (default): no limit.
+    pub max_memory_mb: u32,
 }
 
 /// One worker's numbers (`rcluster_primary_stats`).
@@ -227,6 +236,73 @@ pub struct rcluster_worker_stats {
     pub active: u32,
     /// Milliseconds since it was started.
     pub uptime_ms: u64,
+}
+
+/// The primary's own numbers (`rcluster_primary_metrics`). Set
+/// `struct_size` to `sizeof` it: the struct may grow at its end, and the
+/// library fills only what the caller's size covers.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct rcluster_metrics {
+    /// `sizeof(rcluster_metrics)` as the caller knows it.
+    pub struct_size: usize,
+    /// Accepted connections waiting for a worker (the dispatch queue).
+    pub pending: u32,
+    /// Listening sockets open.
+    pub listeners: u32,
+    /// How often accepting paused for lack of fds or memory.
+    pub accept_pauses: u64,
+    /// The reload generation new workers are started with.
+    pub generation: u32,
+    /// 1 while the cluster serves (not stopping, some worker listening), else 0.
+    pub serving: c_int,
+    /// Workers the primary knows (any state).
+    pub workers: u32,
+    /// Of those, listening.
+    pub workers_listening: u32,
+    /// CPU time and resident memory of the primary's process.
+    pub cpu_ms: u64,
+    pub rss_bytes: u64,
+    /// The same, summed over the workers' processes.
+    pub workers_cpu_ms: u64,
+    pub workers_rss_bytes: u64,
+}
+
+/// One worker's use of the machine and of messages
+/// (`rcluster_primary_worker_usage`); sized as `rcluster_metrics` is.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct rcluster_worker_usage {
+    /// `sizeof(rcluster_worker_usage)` as the caller knows it.
+    pub struct_size: usize,
+    /// CPU time (user + system) of its process, in ms.
+    pub cpu_ms: u64,
+    /// Its resident memory, in bytes.
+    pub rss_bytes: u64,
+    /// Application messages it sent the primary, and was sent.
+    pub messages_in: u64,
+    pub messages_out: u64,
+}
+
+/// Copies `value` into the caller's `out`, a struct whose first field is
+/// its `struct_size`: at most that many bytes (the caller may know an
+/// older, smaller struct).
+fn write_sized<T: Copy>(out: *mut T, value: T) -> Result<()> {
+    if out.is_null() {
+        return Err(Error::new(Code::InvalidArgument, "out is NULL"));
+    }
+    // SAFETY: every such struct starts with its size, a usize the caller set.
+    let size = unsafe { std::ptr::read_unaligned(out as *const usize) };
+    if size < size_of::<usize>() || size > 1 << 16 {
+        return Err(Error::new(Code::InvalidArgument, format!("struct_size {size} is not sizeof the struct")));
+    }
+    // SAFETY: the caller promises `size` writable bytes; `value` is plain data.
+    unsafe {
+        let bytes = (&value as *const T as *const u8).add(size_of::<usize>());
+        let room = size.min(size_of::<T>()) - size_of::<usize>();
+        std::ptr::copy_nonoverlapping(bytes, (out as *mut u8).add(size_of::<usize>()), room);
+    }
+    Ok(())
 }
 
 /// An event. Fields that do not apply to its `kind` are zero. Release every
@@ -342,6 +418,10 @@ fn config_from(options: &rcluster_primary_options) -> Result<Config> {
     l.max_event_bytes = options.max_event_bytes;
     l.max_message = options.max_message;
     config.allow_nested = options.allow_nested != 0;
+    config.supervision.max_memory = (options.max_memory_mb > 0).then(|| options.max_memory_mb as u64 * 1024 * 1024);
+    if !options.metrics_address.is_null() {
+        config.metrics_address = Some(c_str(options.metrics_address, "metrics_address")?.to_owned());
+    }
     Ok(config)
 }
 
@@ -392,6 +472,8 @@ fn default_options() -> rcluster_primary_options {
         max_event_bytes: d.limits.max_event_bytes,
         max_message: d.limits.max_message,
         allow_nested: d.allow_nested as c_int,
+        metrics_address: std::ptr::null(),
+        max_memory_mb: 0,
     }
 }
 
@@ -746,6 +828,59 @@ pub extern "C" fn rcluster_primary_stats(
             unsafe { stats.add(i).write(entry) };
         }
         Ok(())
+    })
+}
+
+/// Fills `*out` (its `struct_size` set by the caller) with the primary's
+/// own numbers and its workers' totals, CPU time and memory read from
+/// `/proc` now.
+#[no_mangle]
+pub extern "C" fn rcluster_primary_metrics(primary: *mut rcluster_primary, out: *mut rcluster_metrics) -> c_int {
+    guard(|| {
+        let m = PRIMARIES.get(primary)?.metrics()?;
+        let p = &m.primary;
+        let value = rcluster_metrics {
+            struct_size: size_of::<rcluster_metrics>(),
+            pending: p.pending,
+            listeners: p.listeners,
+            accept_pauses: p.accept_pauses,
+            generation: p.generation,
+            serving: p.serving as c_int,
+            workers: m.workers.len() as u32,
+            workers_listening: m.workers.iter().filter(|w| w.state == crate::WorkerState::Listening).count() as u32,
+            cpu_ms: p.cpu.as_millis() as u64,
+            rss_bytes: p.rss_bytes,
+            workers_cpu_ms: m.workers.iter().map(|w| w.cpu.as_millis() as u64).sum(),
+            workers_rss_bytes: m.workers.iter().map(|w| w.rss_bytes).sum(),
+        };
+        write_sized(out, value)
+    })
+}
+
+/// Fills `*out` (its `struct_size` set by the caller) with worker
+/// `worker_id`'s CPU time, memory and message counts.
+/// `RCLUSTER_E_CLOSED` if the primary knows no such worker.
+#[no_mangle]
+pub extern "C" fn rcluster_primary_worker_usage(
+    primary: *mut rcluster_primary,
+    worker_id: u32,
+    out: *mut rcluster_worker_usage,
+) -> c_int {
+    guard(|| {
+        let m = PRIMARIES.get(primary)?.metrics()?;
+        let w = m
+            .workers
+            .iter()
+            .find(|w| w.id == worker_id)
+            .ok_or_else(|| Error::new(Code::Closed, format!("no worker {worker_id}")))?;
+        let value = rcluster_worker_usage {
+            struct_size: size_of::<rcluster_worker_usage>(),
+            cpu_ms: w.cpu.as_millis() as u64,
+            rss_bytes: w.rss_bytes,
+            messages_in: w.messages_in,
+            messages_out: w.messages_out,
+        };
+        write_sized(out, value)
     })
 }
 

@@ -45,7 +45,7 @@ use super::upgrade::{self, Upgrade};
 use super::{Command, Config, Shared, WorkerInfo};
 use crate::channel::{self, Reassembler};
 use crate::error::{Code, Error, Result};
-use crate::event::{Event, Exit, WorkerState, WorkerStats};
+use crate::event::{Event, Exit, Metrics, PrimaryStats, WorkerState, WorkerStats};
 use crate::spawn::{self, Spawned};
 use crate::sys::{self, ExitStatus};
 use crate::wire::Frame;
@@ -58,6 +58,8 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// workers one call at a time is reported ready once all of them listen,
 /// not after the first.
 const READY_SETTLE: Duration = Duration::from_millis(100);
+/// How often workers' memory is checked against `max_memory`.
+const MEMORY_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// Queued connections closed when a worker cannot start for lack of fds:
 /// enough for a spawn (a socketpair, a pidfd, exec's error pipe) and more.
 const SHED_ON_EMFILE: usize = 16;
@@ -151,6 +153,9 @@ struct WorkerEntry {
     /// It could not receive connections' fds (at its fd limit): none are
     /// handed to it until then.
     starved_until: Option<Instant>,
+    /// Application messages it sent, and was sent.
+    messages_in: u64,
+    messages_out: u64,
 }
 
 impl WorkerEntry {
@@ -236,6 +241,10 @@ pub(crate) struct EventLoop {
     slot_added_at: Instant,
     /// A new primary being started to replace this one (SIGUSR2).
     upgrade: Option<Upgrade>,
+    /// How often accepting paused (EMFILE and the like).
+    accept_pauses: u64,
+    /// When workers' memory is next checked (with `max_memory` set).
+    next_memory_check: Instant,
 }
 
 impl EventLoop {
@@ -291,6 +300,8 @@ impl EventLoop {
             ready_notified: false,
             slot_added_at: Instant::now(),
             upgrade: None,
+            accept_pauses: 0,
+            next_memory_check: Instant::now() + MEMORY_CHECK_INTERVAL,
         })
     }
 
@@ -390,7 +401,10 @@ impl EventLoop {
                     let _ = reply.send(self.listen(&host, port));
                 }
                 Command::Send { .. } => unreachable!("sends are batched above"),
-                Command::SendFrames { worker, frames } => {
+                Command::SendFrames { worker, frames, count } => {
+                    if let Some(entry) = self.workers.get_mut(&worker) {
+                        entry.messages_out += count as u64;
+                    }
                     for frame in frames {
                         self.send_frame(worker, &frame, &[]);
                     }
@@ -407,6 +421,9 @@ impl EventLoop {
                 Command::Stats { reply } => {
                     let _ = reply.send(self.stats());
                 }
+                Command::Metrics { reply } => {
+                    let _ = reply.send(self.metrics());
+                }
             }
         }
         self.send_user_messages(&mut messages);
@@ -417,7 +434,7 @@ impl EventLoop {
     fn unreserve(&self, command: &Command) {
         let (worker, bytes) = match command {
             Command::Send { worker, data } => (*worker, data.len()),
-            Command::SendFrames { worker, frames } => (*worker, frames.iter().map(Vec::len).sum()),
+            Command::SendFrames { worker, frames, .. } => (*worker, frames.iter().map(Vec::len).sum()),
             _ => return,
         };
         if let Some(link) = self.workers.get(&worker).and_then(|w| w.link.as_ref()) {
@@ -427,6 +444,9 @@ impl EventLoop {
 
     fn send_user_messages(&mut self, messages: &mut Vec<(u32, Vec<Vec<u8>>)>) {
         for (worker, queued) in messages.drain(..) {
+            if let Some(entry) = self.workers.get_mut(&worker) {
+                entry.messages_out += queued.len() as u64;
+            }
             let slices: Vec<&[u8]> = queued.iter().map(|m| &m[..]).collect();
             for frame in Frame::pack_users(&slices) {
                 self.send_frame(worker, &frame, &[]);
@@ -531,6 +551,8 @@ impl EventLoop {
                 next_ping: None,
                 ack_expired: false,
                 starved_until: None,
+                messages_in: 0,
+                messages_out: 0,
             },
         );
         self.shared.lock_connected().insert(id, queued);
@@ -683,10 +705,36 @@ impl EventLoop {
                 active: w.active,
                 restarts: w.slot.and_then(|s| self.slots.get(&s)).map_or(0, |s| s.restarts),
                 uptime: now.duration_since(w.started),
+                messages_in: w.messages_in,
+                messages_out: w.messages_out,
+                cpu: Duration::ZERO,
+                rss_bytes: 0,
             })
             .collect();
         stats.sort_by_key(|s| s.id);
         stats
+    }
+
+    /// `stats` with each process's CPU time and memory, and the primary's own numbers.
+    fn metrics(&self) -> Metrics {
+        let mut workers = self.stats();
+        for w in &mut workers {
+            let usage = sys::process_usage(w.pid).unwrap_or_default();
+            (w.cpu, w.rss_bytes) = (usage.cpu, usage.rss_bytes);
+        }
+        // SAFETY: getpid has no arguments and cannot fail.
+        let me = sys::process_usage(unsafe { libc::getpid() }).unwrap_or_default();
+        let serving = self.shutdown.is_none() && workers.iter().any(|w| w.state == WorkerState::Listening);
+        let primary = PrimaryStats {
+            pending: self.pending.len() as u32,
+            accept_pauses: self.accept_pauses,
+            listeners: self.listeners.values().filter(|l| l.socket.is_some()).count() as u32,
+            generation: self.generation,
+            serving,
+            cpu: me.cpu,
+            rss_bytes: me.rss_bytes,
+        };
+        Metrics { primary, workers }
     }
 
     // ----- rolling reload and replacements ---------------------------------
@@ -829,6 +877,25 @@ impl EventLoop {
         self.notifier.notify(&format!("READY=1\n{status}"));
     }
 
+    /// Recycles (gracefully) each slot whose serving worker's resident
+    /// memory passed `max_memory`, one replacement per slot at a time.
+    fn check_memory(&mut self) {
+        let Some(limit) = self.config.supervision.max_memory else { return };
+        for slot in self.slots.values() {
+            if slot.replacement.is_some() {
+                continue;
+            }
+            let Some(entry) = slot.worker.and_then(|w| self.workers.get(&w)) else { continue };
+            if entry.leaving || !entry.ready {
+                continue;
+            }
+            if sys::process_usage(entry.pid).is_some_and(|u| u.rss_bytes > limit) {
+                self.recycle_due.push(slot.index);
+            }
+        }
+        self.start_due_recycles();
+    }
+
     fn start_due_recycles(&mut self) {
         for index in std::mem::take(&mut self.recycle_due) {
             let busy = self.slots.get(&index).is_none_or(|s| s.replacement.is_some());
@@ -914,6 +981,7 @@ impl EventLoop {
                 // Out of fds or memory: pause this listener instead of spinning.
                 _ => {
                     listener.paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
+                    self.accept_pauses += 1;
                     return;
                 }
             }
@@ -1179,8 +1247,14 @@ impl EventLoop {
                     self.on_worker_ready(worker);
                 }
             }
-            Frame::User(data) => self.shared.emit(Event::Message { worker, pid, data }),
-            Frame::Users(messages) => self.shared.emit_messages(worker, pid, messages),
+            Frame::User(data) => {
+                entry.messages_in += 1;
+                self.shared.emit(Event::Message { worker, pid, data });
+            }
+            Frame::Users(messages) => {
+                entry.messages_in += messages.len() as u64;
+                self.shared.emit_messages(worker, pid, messages);
+            }
             other => self.worker_error(
                 worker,
                 Error::new(Code::Protocol, format!("worker sent a primary-only frame {other:?}")),
@@ -1554,6 +1628,9 @@ impl EventLoop {
         if self.upgrade.is_some() {
             timer(self.now + REAP_POLL_INTERVAL, "the new primary is watched until it takes over");
         }
+        if self.config.supervision.max_memory.is_some() && self.shutdown.is_none() && !self.slots.is_empty() {
+            timer(self.next_memory_check, "workers' memory is checked");
+        }
     }
 
     /// How long the loop may sleep: until the earliest deadline.
@@ -1595,6 +1672,10 @@ impl EventLoop {
         self.check_ack_deadlines(now);
         self.notify_ready_if_serving();
         self.watch_upgrade(now);
+        if self.shutdown.is_none() && now >= self.next_memory_check {
+            self.next_memory_check = now + MEMORY_CHECK_INTERVAL;
+            self.check_memory();
+        }
         if self.shutdown.is_none() {
             self.restart_due_slots(now);
             self.expire_replacements(now);

@@ -11,6 +11,7 @@
 
 mod event_loop;
 mod listener;
+mod metrics;
 pub mod policy;
 mod signals;
 pub mod supervisor;
@@ -29,7 +30,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::error::{Code, Error, Result};
-use crate::event::{Event, EventQueue, WorkerStats};
+use crate::event::{Event, EventQueue, Metrics, WorkerStats};
 use crate::spawn::{self, SpawnSpec};
 use crate::sys::Flag;
 use crate::wire::Frame;
@@ -75,6 +76,10 @@ pub struct Config {
     /// default: a program that forgets to check `is_worker` would otherwise
     /// have every worker start workers of its own (a fork bomb).
     pub allow_nested: bool,
+    /// Serve Prometheus metrics (`GET /metrics`) and a health check
+    /// (`GET /healthz`: 200 only while the cluster serves) on this
+    /// `HOST:PORT`, from a thread of their own. `None` (default): no endpoint.
+    pub metrics_address: Option<String>,
     /// Speak systemd's protocols (see `systemd.rs`): take the listening
     /// sockets passed with `LISTEN_FDS` for their addresses instead of
     /// binding, and report readiness, reloads and the stop to
@@ -177,6 +182,7 @@ impl Default for Config {
             limits: Limits::default(),
             allow_nested: false,
             systemd: true,
+            metrics_address: None,
         }
     }
 }
@@ -218,6 +224,8 @@ pub(crate) enum Command {
     SendFrames {
         worker: u32,
         frames: Vec<Vec<u8>>,
+        /// How many messages the frames hold.
+        count: usize,
     },
     Disconnect {
         worker: u32,
@@ -238,6 +246,9 @@ pub(crate) enum Command {
     },
     Stats {
         reply: mpsc::SyncSender<Vec<WorkerStats>>,
+    },
+    Metrics {
+        reply: mpsc::SyncSender<Metrics>,
     },
 }
 
@@ -309,6 +320,19 @@ impl Shared {
         }
     }
 
+    /// Queues a command for the loop and wakes it; false once it has stopped.
+    fn submit(&self, command: Command) -> bool {
+        if self.stopped.load(Ordering::SeqCst) {
+            return false;
+        }
+        let mut commands = self.commands.lock().unwrap_or_else(|p| p.into_inner());
+        if commands.is_empty() {
+            self.wake.set();
+        }
+        commands.push_back(command);
+        true
+    }
+
     fn lock_connected(&self) -> MutexGuard<'_, HashMap<u32, Arc<AtomicUsize>>> {
         self.connected.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -324,6 +348,8 @@ pub struct Primary {
     started: AtomicBool,
     thread: Mutex<Option<JoinHandle<()>>>,
     stop_timeout: Duration,
+    /// The metrics endpoint, if asked for (stopped first when the primary ends).
+    metrics: Mutex<Option<metrics::MetricsServer>>,
 }
 
 impl Primary {
@@ -350,6 +376,7 @@ impl Primary {
             in_child: AtomicBool::new(false),
         });
         let stop_timeout = config.stop_timeout;
+        let metrics = config.metrics_address.as_deref().map(|a| metrics::start(a, shared.clone())).transpose()?;
         let event_loop = EventLoop::new(config, shared.clone())?;
         Ok(Primary {
             shared,
@@ -357,6 +384,7 @@ impl Primary {
             started: AtomicBool::new(false),
             thread: Mutex::new(None),
             stop_timeout,
+            metrics: Mutex::new(metrics),
         })
     }
 
@@ -454,7 +482,7 @@ impl Primary {
         }
         let frames = Frame::pack_users(messages);
         self.reserve_send(worker, frames.iter().map(Vec::len).sum())?;
-        self.command(Command::SendFrames { worker, frames })
+        self.command(Command::SendFrames { worker, frames, count: messages.len() })
     }
 
     /// Asks a worker to finish what it holds and leave; it gets no new
@@ -511,6 +539,14 @@ impl Primary {
     pub fn stats(&self) -> Result<Vec<WorkerStats>> {
         let (reply, answer) = mpsc::sync_channel(1);
         self.command(Command::Stats { reply })?;
+        answer.recv().map_err(|_| self.stopped_error())
+    }
+
+    /// The primary's own numbers and every worker's, CPU time and memory
+    /// included (read from `/proc` now).
+    pub fn metrics(&self) -> Result<Metrics> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.command(Command::Metrics { reply })?;
         answer.recv().map_err(|_| self.stopped_error())
     }
 
@@ -616,6 +652,7 @@ impl Primary {
             return;
         }
         self.shared.events.close();
+        drop(self.metrics.lock().unwrap_or_else(|p| p.into_inner()).take());
         let _ = self.shutdown(self.stop_timeout);
         if let Some(handle) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = handle.join();
@@ -630,6 +667,7 @@ impl Drop for Primary {
         if self.shared.in_child.load(Ordering::SeqCst) {
             return;
         }
+        drop(self.metrics.lock().unwrap_or_else(|p| p.into_inner()).take());
         let _ = self.shutdown(self.stop_timeout);
         if let Some(handle) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = handle.join();

@@ -49,6 +49,12 @@ pub struct Supervision {
     /// Up to this many connections are added at random to each worker's
     /// `recycle_after`, so workers do not all recycle together. Default 0.
     pub recycle_jitter: u64,
+    /// Replace a worker gracefully once its resident memory passes this
+    /// many bytes (checked every second, from `/proc`), as pm2's
+    /// `max_memory_restart` does but without dropping a connection: the
+    /// replacement starts, and the old worker leaves once it is ready.
+    /// `None` (default): no limit.
+    pub max_memory: Option<u64>,
 }
 
 impl Default for Supervision {
@@ -68,6 +74,7 @@ impl Default for Supervision {
             heartbeat_timeout: Duration::from_secs(30),
             recycle_after: 0,
             recycle_jitter: 0,
+            max_memory: None,
         }
     }
 }

@@ -30,7 +30,7 @@
 //! - `primary N [MODE]`: be a primary of N workers in MODE (default `http`);
 //!   print `ready PORT PID` and serve until killed (tests that kill the primary or
 //!   watch its fds and CPU). `TEST_MAX_PENDING` / `TEST_MAX_UNACKED` /
-//!   `TEST_HEARTBEAT_MS` set those options; `TEST_PRIMARY_PORT` is the port it listens on; `TEST_NOFILE` lowers its fd limit once the workers listen;
+//!   `TEST_HEARTBEAT_MS` / `TEST_METRICS` (its metrics address) set those options; `TEST_PRIMARY_PORT` is the port it listens on; `TEST_NOFILE` lowers its fd limit once the workers listen;
 //!   `TEST_SIGNALS=1` opts into signal handling; `TEST_UPGRADE_FAILS=1` makes
 //!   a primary started with `LISTEN_FDS` (a SIGUSR2 upgrade) exit at once; `TEST_CLOEXEC_STDIO=1` marks
 //!   its stdio close-on-exec first (as Node does). Exits 0 after shutdown.
@@ -48,7 +48,8 @@
 //! `http` also takes `TEST_LINGER_MS` (stay that long after draining, as a
 //! slow leaver), `TEST_STARVE=1` (after listening, fill this process's fd
 //! table, so handed-over descriptors cannot be received) and
-//! `TEST_HANG_UNLESS=PATH` (take no connection until PATH exists).
+//! `TEST_HANG_UNLESS=PATH` (take no connection until PATH exists), and
+//! `TEST_GROW_WORKER=ID` with `TEST_GROW_MB=N` (worker ID holds N MiB more).
 //!
 //! `http` serves each connection on its own thread (`TEST_DELAY_MS` makes
 //! every answer that much slower) and reports each finished connection. Asked to leave, it takes
@@ -262,6 +263,13 @@ fn run_primary(n: u32, mode: &str) {
     if let Some(ms) = knob("TEST_HEARTBEAT_MS") {
         options.heartbeat_interval_ms = ms;
     }
+    if let Some(mb) = knob("TEST_MAX_MEMORY_MB") {
+        options.max_memory_mb = mb;
+    }
+    let metrics = std::env::var("TEST_METRICS").ok().map(|a| CString::new(a).unwrap());
+    if let Some(address) = &metrics {
+        options.metrics_address = address.as_ptr();
+    }
     if std::env::var_os("TEST_CLOEXEC_STDIO").is_some() {
         // As Node does: the workers must still inherit them.
         for fd in 0..3 {
@@ -373,6 +381,12 @@ fn main() {
             }
             if std::env::var_os("TEST_STARVE").is_some() {
                 starve_fds();
+            }
+            if std::env::var("TEST_GROW_WORKER").is_ok_and(|w| w == id.to_string()) {
+                // A worker whose memory grows past the primary's max_memory.
+                let mb: usize = std::env::var("TEST_GROW_MB").ok().and_then(|n| n.parse().ok()).unwrap_or(100);
+                let hog = vec![1u8; mb << 20];
+                std::mem::forget(std::hint::black_box(hog));
             }
             if let Some(marker) = std::env::var_os("TEST_HANG_UNLESS") {
                 // Until the marker exists, a worker that never takes a connection.
