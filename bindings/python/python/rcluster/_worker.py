@@ -13,7 +13,9 @@ from __future__ import annotations
 import errno as _errno
 import ipaddress
 import json
+import logging
 import socket
+import sys
 import threading
 import weakref
 from typing import Any, Callable, Optional, TypeVar, Union
@@ -35,6 +37,8 @@ __all__ = [
     "make_server",
     "split_address",
 ]
+
+_log = logging.getLogger("rcluster")
 
 Address = Union[tuple[str, int], tuple[str, int, int, int], int]
 
@@ -286,6 +290,8 @@ class Listener:
         self._timeout: Optional[float] = None
         self._done = False
         self._on_done: list[Callable[[], Any]] = []
+        #: Set by servers that stop by themselves at the end (rcluster.aio's).
+        self._stopped_by_owner = False
         self._lock = threading.Lock()
         self._finalizer = weakref.finalize(self, lib.rcluster_listener_close, handle)
         # Known now that this listen was answered; the policy never changes.
@@ -375,7 +381,17 @@ class Listener:
                 continue  # every one was reset before we saw it: take the next
             if rc != lib.RCLUSTER_E_AGAIN:
                 error = last_error(rc)
-                self._finish()
+                unwatched = self._unwatch_from_event_loop()
+                stopped = self._finish()
+                if unwatched and not stopped and not self._stopped_by_owner:
+                    _log.warning(
+                        "rcluster: worker %s stops taking connections on %s:%d (%s); the asyncio "
+                        "server serving this Listener no longer accepts, but nothing stops it, so "
+                        "the primary will SIGTERM this worker after its stop timeout. Stop it with "
+                        "listener.on_done(server.close), or serve with rcluster.aio.create_server / "
+                        "rcluster.run_asgi, which stop by themselves.",
+                        self._worker.id, *self.address, error.message,
+                    )
                 raise error
             if self._timeout == 0.0:
                 raise WouldBlock(lib.RCLUSTER_E_AGAIN, "no connection is waiting", _errno.EAGAIN)
@@ -407,6 +423,28 @@ class Listener:
                 sock.close()  # reset before we saw it
         return taken
 
+    def _unwatch_from_event_loop(self) -> bool:
+        """The end came (asked to leave and drained, primary gone): if an
+        asyncio loop running on this thread watches our fd, stop it watching.
+
+        ``fileno()`` stays readable after the end, so that any poller wakes
+        up to see it; asyncio's own accept loop (``loop.create_server(sock=
+        listener)``, uvicorn's ``sockets=``) would otherwise call ``accept``
+        again at every turn of the loop, for ever. The reader can only be
+        the code that is calling us (asyncio's, or :mod:`rcluster.aio`'s),
+        since a loop's callbacks run on its thread. True if one was removed."""
+        asyncio = sys.modules.get("asyncio")
+        if asyncio is None or self._handle == ffi.NULL:
+            return False
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        try:
+            return bool(loop.remove_reader(self._fd))
+        except (ValueError, NotImplementedError, RuntimeError):
+            return False
+
     def on_done(self, callback: Callable[[], Any]) -> None:
         """Calls ``callback()`` once, when ``accept`` reports the end (the
         worker was asked to leave and its queue is drained, or the primary is
@@ -417,14 +455,16 @@ class Listener:
                 return
         callback()
 
-    def _finish(self) -> None:
+    def _finish(self) -> bool:
+        """Marks the end and runs the ``on_done`` callbacks; True if there was one."""
         with self._lock:
             if self._done:
-                return
+                return True
             self._done = True
             callbacks, self._on_done = self._on_done, []
         for callback in callbacks:
             callback()
+        return bool(callbacks)
 
     def close(self) -> None:
         """Stops taking this address's connections (those queued here go to

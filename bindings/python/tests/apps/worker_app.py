@@ -16,6 +16,11 @@
 - aio: asyncio: a protocol server (upper-cases lines) from
   rcluster.aio.create_server, and messages from rcluster.aio.events
   ("ping" -> "pong"); leaves when asked.
+- aio_sock: a listener handed to asyncio itself, `loop.create_server(sock=...)`
+  (what uvicorn's `sockets=` does), answering "ok" over HTTP/1.0; stderr goes
+  to $TEST_LOG. With TEST_ON_DONE=1 it stops the server from
+  `listener.on_done` and leaves; else it leaves nothing to stop it (the
+  primary's SIGTERM ends it).
 """
 
 from __future__ import annotations
@@ -226,10 +231,37 @@ async def aio() -> None:
     me.close()
 
 
+class Ok(asyncio.Protocol):
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if b"\r\n\r\n" in data:
+            self.transport.write(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            self.transport.close()
+
+
+async def aio_sock() -> None:
+    listener = rcluster.listen(("127.0.0.1", 0))
+    server = await asyncio.get_running_loop().create_server(Ok, sock=listener)
+    if os.environ.get("TEST_ON_DONE") == "1":
+        listener.on_done(server.close)
+    try:
+        await server.serve_forever()
+    except asyncio.CancelledError:
+        pass  # server.close() from on_done ends serve_forever this way
+    rcluster.worker().close()
+
+
 if __name__ == "__main__":
     mode = sys.argv[1]
+    if "TEST_LOG" in os.environ:
+        log = os.open(os.environ["TEST_LOG"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(log, 2)
     if mode == "aio":
         asyncio.run(aio())
+    elif mode == "aio_sock":
+        asyncio.run(aio_sock())
     else:
         modes = {"echo": echo, "bind": bind, "misuse": misuse, "hold": hold, "two": two, "batch": batch, "attach": attach}
         modes[mode]()
