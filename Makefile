@@ -40,14 +40,17 @@ test-c: lib
 	timeout 60 $(RELEASE)/raw_fork_test
 
 # Python: .venv with the rcluster package (pip builds the Rust library through
-# maturin and bundles it: no LD_LIBRARY_PATH) plus pytest.
+# maturin and bundles it: no LD_LIBRARY_PATH), pytest, and the servers the
+# tests run real apps on (bindings/python/tests/test_servers.py: FastAPI on
+# uvicorn workers, Flask on gunicorn workers; the bench compares them too).
 PYTHON ?= python3
 VENV   := .venv
+PY_SERVERS := fastapi uvicorn flask gunicorn
 
 $(VENV)/.rcluster-installed: Cargo.toml build.rs $(wildcard src/*.rs src/*/*.rs src/*/*/*.rs) \
 		bindings/python/pyproject.toml $(wildcard bindings/python/python/rcluster/*)
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet ./bindings/python pytest
+	$(VENV)/bin/pip install --quiet ./bindings/python pytest $(PY_SERVERS)
 	touch $@
 
 python: $(VENV)/.rcluster-installed

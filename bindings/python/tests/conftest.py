@@ -59,10 +59,15 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.02):
 class Cluster:
     """An example server (primary + workers) started as a subprocess."""
 
-    def __init__(self, script: Path, *args: str, ready_timeout: float = 30.0) -> None:
+    def __init__(self, script: Path, *args: str, ready_timeout: float = 30.0, log: Optional[Path] = None,
+                 env: Optional[dict] = None) -> None:
         self.argv = [PYTHON, str(script), *args]
+        # A chatty cluster (uvicorn, gunicorn) logs to a file: a pipe nobody
+        # reads until the end would fill up and stall it.
+        self.log = log
         self.proc = subprocess.Popen(
-            self.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(ROOT)
+            self.argv, stdout=subprocess.PIPE, stderr=open(log, "wb") if log else subprocess.PIPE, cwd=str(ROOT),
+            env={**os.environ, **(env or {})},
         )
         self.seen_workers: set[int] = set()
         self.ready_line = self._read_line(ready_timeout)
@@ -85,6 +90,8 @@ class Cluster:
         return line.decode().strip()
 
     def stderr(self) -> str:
+        if self.log is not None:
+            return self.log.read_text(errors="replace")
         if self.proc.poll() is None:
             return "(still running)"
         return self.proc.stderr.read().decode(errors="replace")
@@ -135,7 +142,8 @@ class Cluster:
         else:
             self.kill()
         for stream in (self.proc.stdout, self.proc.stderr):
-            stream.close()
+            if stream is not None:
+                stream.close()
 
 
 @pytest.fixture

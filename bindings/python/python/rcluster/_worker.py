@@ -229,6 +229,19 @@ def worker() -> Worker:
         return _current
 
 
+def _abandon_current() -> None:
+    """Lets this process exit without the graceful goodbye: its channel just
+    hangs up, so the primary counts a crash (restart with backoff,
+    crash-loop detection) instead of a worker that left on purpose. For a
+    worker that failed to start (see ``_serve.fail_startup``)."""
+    current = _current
+    if current is None:
+        return
+    for listener in list(current._listeners):
+        listener._finalizer.detach()
+    current._finalizer.detach()
+
+
 def listen(address: Address, *, timeout: Optional[float] = None) -> "Listener":
     """``rcluster.worker().listen(address)``: a :class:`Listener` served by the primary."""
     return worker().listen(address, timeout=timeout)
