@@ -226,7 +226,25 @@ def worker() -> Worker:
                     lib.RCLUSTER_E_STATE, "this process is not an rcluster worker (RCLUSTER_WORKER_ID is not set)"
                 )
             _current = Worker()
+            _count_uncaught_exceptions_as_crashes()
         return _current
+
+
+def _count_uncaught_exceptions_as_crashes() -> None:
+    """A worker that dies of an uncaught exception (an import error, a
+    failed ``listen``...) has not left on purpose, but at exit the Worker's
+    finalizer would say a graceful goodbye, and the primary replaces a
+    worker that left on purpose at once, without backoff or crash-loop
+    detection: a failing worker would be restarted as fast as it can fail.
+    So the goodbye is dropped when an exception ends the program (the
+    channel then just hangs up, and the primary counts a crash)."""
+    previous = sys.excepthook
+
+    def excepthook(exc_type: Any, exc: Any, tb: Any) -> None:
+        _abandon_current()
+        previous(exc_type, exc, tb)
+
+    sys.excepthook = excepthook
 
 
 def _abandon_current() -> None:

@@ -16,6 +16,8 @@
 - aio: asyncio: a protocol server (upper-cases lines) from
   rcluster.aio.create_server, and messages from rcluster.aio.events
   ("ping" -> "pong"); leaves when asked.
+- fail_listen: listen on $TEST_PORT (taken by the test), and fail: exit 1
+  (TEST_FAIL=exit) or an uncaught AddressError (TEST_FAIL=raise);
 - aio_sock: a listener handed to asyncio itself, `loop.create_server(sock=...)`
   (what uvicorn's `sockets=` does), answering "ok" over HTTP/1.0; stderr goes
   to $TEST_LOG. With TEST_ON_DONE=1 it stops the server from
@@ -177,6 +179,20 @@ def bind() -> None:
     me.close()
 
 
+def fail_listen() -> None:
+    """Fails before it listens: $TEST_PORT is in use. TEST_FAIL=exit: catches
+    the error and exits 1 (the Worker's finalizer says goodbye first);
+    TEST_FAIL=raise: leaves the AddressError uncaught."""
+    rcluster.worker()
+    try:
+        rcluster.listen(("127.0.0.1", int(os.environ["TEST_PORT"])), timeout=10)
+    except rcluster.AddressError as e:
+        if os.environ.get("TEST_FAIL") == "exit":
+            print(f"worker_app: {e}", file=sys.stderr)
+            sys.exit(1)
+        raise
+
+
 def misuse() -> None:
     me = rcluster.worker()
     report: dict[str, str] = {}
@@ -263,5 +279,6 @@ if __name__ == "__main__":
     elif mode == "aio_sock":
         asyncio.run(aio_sock())
     else:
-        modes = {"echo": echo, "bind": bind, "misuse": misuse, "hold": hold, "two": two, "batch": batch, "attach": attach}
+        modes = {"echo": echo, "bind": bind, "misuse": misuse, "hold": hold, "two": two, "batch": batch, "attach": attach,
+                 "fail_listen": fail_listen}
         modes[mode]()
