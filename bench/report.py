@@ -375,6 +375,27 @@ def markdown(run: Run, png_note: str) -> str:
     L += http_table(run, "python", [("prefork", "prefork")])
     L += ["Keep-alive runs are one round of 2 s each (noisier than the five rounds of the headline column); once a "
           "connection is handed over, the cluster is out of its path.", ""]
+    if run.worker_counts("asgi") or run.worker_counts("wsgi"):
+        L += ["## Python web servers", "",
+              "Real apps on the servers Python users run (bench/python/servers.py; every server's access log off, "
+              "other settings its defaults). rcluster rows: `rcluster.run_asgi` (uvicorn's `Server` in each "
+              "worker) and `rcluster.run_wsgi` (gunicorn's own worker classes in each worker), the primary "
+              "handing each connection over (`rr`). The others: uvicorn's and gunicorn's own process managers, "
+              "whose workers accept on one shared socket. uvicorn runs asyncio + h11 in every ASGI row "
+              "(uvloop/httptools are not installed).", ""]
+        for name in ("asgi", "wsgi"):
+            for n in run.worker_counts(name):
+                r = run.group(name, n).get("run")
+                if r:
+                    L += [f"{name.upper()}, {n} workers: run on its own, `{r['command']}`, {r['date']}, commit "
+                          f"{r['commit']}; load average before {', '.join(f'{x:.2f}' for x in r['load_before'])}, "
+                          f"after {', '.join(f'{x:.2f}' for x in r['load_after'])}.", ""]
+                    break
+        L += ["ASGI: a FastAPI app answering `/` with plain text.", ""]
+        L += http_table(run, "asgi", [("uvicorn", "uvicorn --workers"), ("gunicorn-uvicorn", "gunicorn + UvicornWorker")])
+        L += ["WSGI: a Flask app answering `/` with plain text; gunicorn's sync worker class serves one request at "
+              "a time and closes every connection (no keep-alive), gthread keeps connections alive (2 s).", ""]
+        L += http_table(run, "wsgi", [("gunicorn-sync", "gunicorn sync"), ("gunicorn-gthread", "gunicorn gthread")])
     if run.worker_counts("c-low") or run.worker_counts("node-low"):
         L += ["## A few connections at a time", "",
               f"The same C and Node servers under wrk `-t1 -c{cfg['low_connections']}` "
