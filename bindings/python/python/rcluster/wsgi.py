@@ -54,6 +54,7 @@ import errno
 import logging
 import os
 import signal
+import socket
 from typing import Any, Callable, Mapping, Optional, Union
 
 from ._serve import fail_startup, run_primary
@@ -215,11 +216,20 @@ class _GunicornListener:
         from ._errors import Closed
 
         try:
-            return self.listener.accept()
+            sock, address = self.listener.accept()
         except Closed as e:
             if self.worker is not None and self.worker.alive:
                 self.worker.alive = False
             raise BlockingIOError(errno.EAGAIN, f"rcluster: {e.message}") from None
+        # gunicorn sets TCP_NODELAY on its listening socket, which accepted
+        # sockets inherit; the primary's socket is not gunicorn's, so set it
+        # here. Without it a kept-alive response written in two parts
+        # (headers, body) waits for the client's delayed ACK (40 ms).
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass  # reset meanwhile: the worker finds out when it reads
+        return sock, address
 
     def fileno(self) -> int:
         return int(self.listener.fileno())
