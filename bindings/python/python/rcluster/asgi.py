@@ -48,6 +48,7 @@ watcher) is not offered; send SIGHUP for a rolling reload.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import logging
 import signal
@@ -152,6 +153,7 @@ def _serve_worker(app: Any, host: str, port: int, options: dict[str, Any]) -> No
     except rcluster.Error as e:
         log.error("rcluster: %s", e.message)
         fail_startup(e.message)
+    config.http_protocol_class = _noting_first_request(config.http_protocol_class)
     server = _WorkerServer(config, listener)
     try:
         server.run(sockets=[listener])  # type: ignore[list-item]  # a Listener is socket-shaped
@@ -173,6 +175,28 @@ class _LastError(logging.Handler):
         self.message = record.getMessage().splitlines()[0][:500]
 
 
+def _noting_first_request(base: type) -> type:
+    """uvicorn's HTTP protocol class (h11 or httptools), noting whether a
+    connection has started a request yet (see ``WorkerServer.shutdown``):
+    both keep the request in progress in ``self.cycle``."""
+
+    class Protocol(base):  # type: ignore[misc, valid-type]
+        rcluster_waiting = True  # no request started on this connection yet
+
+        @property
+        def cycle(self) -> Any:
+            return self.__dict__.get("cycle")
+
+        @cycle.setter
+        def cycle(self, value: Any) -> None:
+            self.__dict__["cycle"] = value
+            if value is not None:
+                self.rcluster_waiting = False
+
+    Protocol.__name__ = Protocol.__qualname__ = base.__name__
+    return Protocol
+
+
 def _server_class() -> type:
     import uvicorn
 
@@ -189,6 +213,26 @@ def _server_class() -> type:
 
         def _leave(self) -> None:
             self.should_exit = True
+
+        async def shutdown(self, sockets: Any = None) -> None:
+            # uvicorn's shutdown closes every connection without a request in
+            # progress. One the primary handed us just before we were asked
+            # to leave may not have sent its request yet (a slow or
+            # descheduled client): closing it would lose that request, which
+            # no client retries on a new connection. So, accepting nothing
+            # more, wait until every connection has started a request (then
+            # uvicorn answers it and closes), for as long as uvicorn would
+            # keep an idle connection (timeout_keep_alive). Connections that
+            # were served and sit idle (keep-alive) are closed as uvicorn does.
+            for server in getattr(self, "servers", []):
+                server.close()
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.config.timeout_keep_alive
+            while not self.force_exit and loop.time() < deadline and any(
+                getattr(c, "rcluster_waiting", False) for c in self.server_state.connections
+            ):
+                await asyncio.sleep(0.01)
+            await super().shutdown(sockets=sockets)
 
         async def startup(self, sockets: Any = None) -> None:
             await super().startup(sockets=sockets)
