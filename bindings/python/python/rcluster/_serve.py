@@ -12,6 +12,7 @@ and serve. So the call must be reached the same way in both, normally from
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Callable, Mapping, NoReturn, Optional
 
 from ._errors import Error
@@ -79,7 +80,7 @@ def run_primary(
         log.info(
             "rcluster: %s on http://%s:%d with %d workers (policy %s, primary pid %d; "
             "SIGHUP: rolling reload, SIGTERM/SIGINT: graceful stop)",
-            what, _bracket(shown), port, len(primary.workers), primary.policy, _pid(),
+            what, _bracket(shown), port, len(primary.workers), primary.policy, os.getpid(),
         )
         if on_ready is not None:
             on_ready(shown, port)
@@ -88,12 +89,6 @@ def run_primary(
 
 def _bracket(host: str) -> str:
     return f"[{host}]" if ":" in host else host
-
-
-def _pid() -> int:
-    import os
-
-    return os.getpid()
 
 
 def quiet_sigint() -> None:

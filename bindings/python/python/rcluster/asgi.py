@@ -50,6 +50,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import sys
@@ -154,7 +155,7 @@ def _serve_worker(app: Any, host: str, port: int, options: dict[str, Any]) -> No
         log.error("rcluster: %s", e.message)
         fail_startup(e.message)
     config.http_protocol_class = _noting_first_request(config.http_protocol_class)
-    server = _WorkerServer(config, listener)
+    server = _server_class()(config, listener)
     try:
         server.run(sockets=[listener])  # type: ignore[list-item]  # a Listener is socket-shaped
     except SystemExit as e:
@@ -197,7 +198,10 @@ def _noting_first_request(base: type) -> type:
     return Protocol
 
 
+@functools.lru_cache(maxsize=None)
 def _server_class() -> type:
+    """``uvicorn.Server`` as a worker runs it (made on first use: uvicorn is
+    imported only where it serves)."""
     import uvicorn
 
     import rcluster
@@ -266,10 +270,6 @@ def _server_class() -> type:
                     signal.signal(sig, handler)
 
     return WorkerServer
-
-
-def _WorkerServer(config: Any, listener: Any) -> Any:  # noqa: N802 - a class, made on first use
-    return _server_class()(config, listener)
 
 
 def main(argv: Optional[list[str]] = None) -> None:
