@@ -56,6 +56,17 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.02):
         time.sleep(interval)
 
 
+def _stop_with_parent() -> None:
+    """In the cluster's primary, before exec: SIGTERM it (a graceful stop;
+    its workers follow it) if this test process dies without cleaning up,
+    killed from outside. Seen once on this shared machine: a pytest run
+    vanished mid-test and left a cluster running."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 class Cluster:
     """An example server (primary + workers) started as a subprocess."""
 
@@ -65,10 +76,15 @@ class Cluster:
         # A chatty cluster (uvicorn, gunicorn) logs to a file: a pipe nobody
         # reads until the end would fill up and stall it.
         self.log = log
-        self.proc = subprocess.Popen(
-            self.argv, stdout=subprocess.PIPE, stderr=open(log, "wb") if log else subprocess.PIPE, cwd=str(ROOT),
-            env={**os.environ, **(env or {})},
-        )
+        err = open(log, "wb") if log else subprocess.PIPE
+        try:
+            self.proc = subprocess.Popen(
+                self.argv, stdout=subprocess.PIPE, stderr=err, cwd=str(ROOT), env={**os.environ, **(env or {})},
+                preexec_fn=_stop_with_parent,
+            )
+        finally:
+            if log:
+                err.close()
         self.seen_workers: set[int] = set()
         self.ready_line = self._read_line(ready_timeout)
         assert self.ready_line.startswith("ready http://"), self.ready_line
