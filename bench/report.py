@@ -292,6 +292,8 @@ def others_line(run: Run) -> str:
     """How busy the rest of the machine was during the measured runs (other tenants)."""
     xs = []
     for g in run.groups:
+        if "run" in g:
+            continue  # run on its own and merged in (bench/merge.py): its own line says how busy it was
         for c in g["contenders"]:
             for mode in ("close", "keepalive"):
                 xs += [r["others_busy"] for r in c.get(mode, {}).get("runs", []) if "others_busy" in r]
@@ -385,12 +387,16 @@ def markdown(run: Run, png_note: str) -> str:
               "(uvloop/httptools are not installed).", ""]
         for name in ("asgi", "wsgi"):
             for n in run.worker_counts(name):
-                r = run.group(name, n).get("run")
+                g = run.group(name, n)
+                r = g.get("run")
                 if r:
-                    L += [f"{name.upper()}, {n} workers: run on its own, `{r['command']}`, {r['date']}, commit "
-                          f"{r['commit']}; load average before {', '.join(f'{x:.2f}' for x in r['load_before'])}, "
-                          f"after {', '.join(f'{x:.2f}' for x in r['load_after'])}.", ""]
-                    break
+                    others = [c["close"]["others_busy"] for c in g["contenders"] if c.get("close")]
+                    busy = f"; other tenants kept {100 * statistics.median(others):.0f}% of the CPUs busy " \
+                           f"(median over contenders)" if others else ""
+                    L += [f"{name.upper()}, {n} workers: not part of the run above; run on its own "
+                          f"(`{r['command']}`, {r['profile']} profile) on {r['date']}, commit {r['commit']}; load "
+                          f"average before {', '.join(f'{x:.2f}' for x in r['load_before'])}, after "
+                          f"{', '.join(f'{x:.2f}' for x in r['load_after'])}{busy}.", ""]
         L += ["ASGI: a FastAPI app answering `/` with plain text.", ""]
         L += http_table(run, "asgi", [("uvicorn", "uvicorn --workers"), ("gunicorn-uvicorn", "gunicorn + UvicornWorker")])
         L += ["WSGI: a Flask app answering `/` with plain text; gunicorn's sync worker class serves one request at "
