@@ -23,6 +23,7 @@
   to $TEST_LOG. With TEST_ON_DONE=1 it stops the server from
   `listener.on_done` and leaves; else it leaves nothing to stop it (the
   primary's SIGTERM ends it).
+- uvicorn_sock: the same through uvicorn's own `Server.run(sockets=[listener])`.
 """
 
 from __future__ import annotations
@@ -269,6 +270,21 @@ async def aio_sock() -> None:
     rcluster.worker().close()
 
 
+async def hello_asgi(scope, receive, send) -> None:
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def uvicorn_sock() -> None:
+    import uvicorn
+
+    listener = rcluster.listen(("127.0.0.1", 0))
+    config = uvicorn.Config(hello_asgi, lifespan="off", log_level="warning", loop="asyncio")
+    uvicorn.Server(config).run(sockets=[listener])
+
+
 if __name__ == "__main__":
     mode = sys.argv[1]
     if "TEST_LOG" in os.environ:
@@ -278,6 +294,8 @@ if __name__ == "__main__":
         asyncio.run(aio())
     elif mode == "aio_sock":
         asyncio.run(aio_sock())
+    elif mode == "uvicorn_sock":
+        uvicorn_sock()
     else:
         modes = {"echo": echo, "bind": bind, "misuse": misuse, "hold": hold, "two": two, "batch": batch, "attach": attach,
                  "fail_listen": fail_listen}
