@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping, NoReturn, Optional
 from ._errors import Error
 from ._primary import Primary
 
-__all__ = ["run_primary", "fail_startup", "quiet_sigint", "READY_TIMEOUT"]
+__all__ = ["run_primary", "fail_startup", "READY_TIMEOUT"]
 
 #: Seconds a replacement has to become ready (app imported, listening,
 #: lifespan started) during a reload before the reload is abandoned.
@@ -89,15 +89,3 @@ def run_primary(
 
 def _bracket(host: str) -> str:
     return f"[{host}]" if ":" in host else host
-
-
-def quiet_sigint() -> None:
-    """In a worker: Ctrl-C reaches the whole terminal's process group, so the
-    primary gets it too and asks every worker to leave, gracefully. A worker
-    that also acted on it would race that (and stop before its queue is
-    drained), so workers ignore SIGINT."""
-    import signal
-    import threading
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -248,8 +248,9 @@ def _server_class() -> type:
             # uvicorn's own re-raises a caught signal after the shutdown (the
             # worker would then die of it rather than leave); here SIGTERM
             # (the primary's, once the stop timeout has passed) stops
-            # gracefully, or at once if already stopping, and SIGINT is left
-            # to the primary (see rcluster._serve.quiet_sigint).
+            # gracefully, or at once if already stopping, and SIGINT is
+            # ignored: a Ctrl-C reaches the primary too (same terminal),
+            # which asks every worker to leave in order.
             if threading.current_thread() is not threading.main_thread():
                 yield
                 return

@@ -57,6 +57,7 @@ import signal
 import socket
 from typing import Any, Callable, Mapping, Optional, Union
 
+from ._errors import Closed
 from ._serve import fail_startup, run_primary
 
 __all__ = ["run_wsgi", "main"]
@@ -213,8 +214,6 @@ class _GunicornListener:
         self.proto = listener.proto
 
     def accept(self) -> Any:
-        from ._errors import Closed
-
         try:
             sock, address = self.listener.accept()
         except Closed as e:
