@@ -68,6 +68,28 @@ def test_four_workers_serve_and_stop_cleanly(cluster, kind, tmp_path):
         assert {int(line.split()[2]) for line in text.splitlines() if line.startswith("lifespan shutdown")} == set(workers)
 
 
+def test_least_policy_sees_connections_finish(cluster, kind, tmp_path):
+    # Under "least" the primary sends each connection to the worker holding
+    # the fewest, counting a connection until the worker closes it (the
+    # server's close reports it). One request at a time, each finished before
+    # the next: ties go to the worker picked last, so one warm worker serves
+    # most. Were the closes not reported, the counts would only grow and
+    # the requests would go round the four workers (a quarter each).
+    c = start(cluster, kind, tmp_path, "--workers", "4", "--port", "0", "--policy", "least")
+    served = collections.Counter(pid_of(get(c.port)) for _ in range(24))
+    assert max(served.values()) >= 12, served
+    # And concurrent slow requests spread over the workers.
+    results: list[object] = []
+    threads = [threading.Thread(target=lambda: results.append(pid_of(get(c.port, "/slow?s=0.5")))) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(results) == 8 and len(set(results)) >= 3, results
+    assert c.stop() == 0
+    assert_clean_log(c.stderr())
+
+
 def test_ten_rolling_reloads_under_16_clients_lose_nothing(cluster, kind, tmp_path):
     c = start(cluster, kind, tmp_path, "--workers", "4", "--port", "0")
     stop = threading.Event()
