@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import http.client
+import os
 import signal
 import threading
 import time
@@ -54,6 +55,11 @@ def test_four_workers_serve_and_stop_cleanly(cluster, kind, tmp_path):
     pids = {pid_of(b) for b in bodies}
     assert pids == set(workers), (pids, workers)  # rr: every worker answered
     assert len({worker_of(b) for b in bodies}) == 4
+    # A worker killed from outside is replaced, and the primary's log says so.
+    victim = workers[0]
+    os.kill(victim, signal.SIGKILL)
+    workers = wait_until(lambda: (lambda w: len(w) == 4 and victim not in w and w)(c.workers()), 30, "a replacement")
+    wait_until(lambda: {pid_of(get(c.port)) for _ in range(8)} == set(workers), 30, "the replacement serving")
     if kind == "fastapi":
         conn = http.client.HTTPConnection("127.0.0.1", c.port, timeout=10)
         try:  # the lifespan startup ran in the worker that answers
@@ -64,6 +70,8 @@ def test_four_workers_serve_and_stop_cleanly(cluster, kind, tmp_path):
     assert c.stop() == 0
     text = c.stderr()
     assert_clean_log(text)
+    died = [line for line in text.splitlines() if "died" in line]
+    assert len(died) == 1 and f"(pid {victim}) died (signal 9)" in died[0], died
     if kind == "fastapi":  # every worker ran its lifespan shutdown
         assert {int(line.split()[2]) for line in text.splitlines() if line.startswith("lifespan shutdown")} == set(workers)
 
@@ -132,7 +140,10 @@ def test_ten_rolling_reloads_under_16_clients_lose_nothing(cluster, kind, tmp_pa
     assert all(g.isdisjoint(last) for g in generations)
     assert len([p for p in served if p in last]) == 4, "every worker of the last generation served"
     assert c.stop() == 0
-    assert_clean_log(c.stderr(), max_lines=1000)  # 44 workers started and stopped
+    text = c.stderr()
+    assert_clean_log(text, max_lines=1000)  # 44 workers started and stopped
+    assert len([line for line in text.splitlines() if "rolling reload done" in line]) == 10
+    assert "died" not in text and "reload stopped" not in text
 
 
 def test_sigterm_with_requests_in_flight_answers_them_all(cluster, kind, tmp_path):

@@ -82,9 +82,39 @@ def run_primary(
             "SIGHUP: rolling reload, SIGTERM/SIGINT: graceful stop)",
             what, _bracket(shown), port, len(primary.workers), primary.policy, os.getpid(),
         )
+        _log_supervision(primary, log)
         if on_ready is not None:
             on_ready(shown, port)
         primary.run()
+
+
+def _log_supervision(primary: Primary, log: logging.Logger) -> None:
+    """What an operator wants in the primary's log: reloads, workers that
+    died unasked (and were restarted), crash loops, hung workers."""
+
+    @primary.on("reload_done")
+    def reload_done(event: Any) -> None:
+        log.info("rcluster: rolling reload done: every worker runs generation %d", event.generation)
+
+    @primary.on("reload_failed")
+    def reload_failed(event: Any) -> None:
+        log.error("rcluster: rolling reload stopped (%s); the workers not yet replaced keep serving",
+                  event.text() or "a replacement did not become ready")
+
+    @primary.on("exit")
+    def exited(event: Any) -> None:
+        if not event.after_disconnect:
+            how = f"exit code {event.exit_code}" if event.exit_code is not None else f"signal {event.signal}"
+            log.warning("rcluster: worker %d (pid %d) died (%s); it is restarted", event.worker_id, event.pid, how)
+
+    @primary.on("crash_loop")
+    def crash_loop(event: Any) -> None:
+        log.error("rcluster: worker slot %s crash-loops; it is not restarted until a reload (SIGHUP)", event.slot)
+
+    @primary.on("unresponsive")
+    def unresponsive(event: Any) -> None:
+        log.error("rcluster: worker %d (pid %d) stopped answering; it is killed and replaced",
+                  event.worker_id, event.pid)
 
 
 def _bracket(host: str) -> str:
