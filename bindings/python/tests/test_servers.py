@@ -160,6 +160,28 @@ def test_sigterm_answers_what_sync_workers_have_queued(cluster, tmp_path):
     sigterm_with_requests_in_flight(c)
 
 
+def test_a_sync_worker_stuck_past_gunicorns_timeout_is_replaced(cluster, tmp_path):
+    # gunicorn's timeout, kept without its arbiter: a worker whose loop has
+    # not checked in for `timeout` seconds is killed and replaced.
+    needs("flask")
+    c = start(cluster, "flask", tmp_path, "--workers", "2", "--port", "0",
+              env={"TEST_WORKER_CLASS": "sync", "TEST_TIMEOUT": "2"})
+    workers = wait_until(lambda: (lambda w: len(w) == 2 and w)(c.workers()), 20, "two workers")
+    conn = http.client.HTTPConnection("127.0.0.1", c.port, timeout=30)
+    try:
+        conn.request("GET", "/slow?s=20", headers={"Connection": "close"})
+        with pytest.raises((http.client.RemoteDisconnected, ConnectionError)):
+            conn.getresponse().read()  # the stuck worker is killed under it
+    finally:
+        conn.close()
+    now = wait_until(lambda: (lambda w: len(w) == 2 and set(w) != set(workers) and w)(c.workers()), 30, "a replacement")
+    assert len(set(now) & set(workers)) == 1
+    assert get(c.port).startswith("worker")
+    assert c.stop() == 0
+    text = c.stderr()
+    assert "stopped answering" in text, text[-3000:]
+
+
 def sigterm_with_requests_in_flight(c) -> None:
     workers = wait_until(lambda: (lambda w: len(w) == 4 and w)(c.workers()), 20, "four worker processes")
     results: list[object] = [None] * 16

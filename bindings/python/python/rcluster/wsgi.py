@@ -42,6 +42,8 @@ gracefully: the one in flight (``sync``) or every one (``gthread``, within
 - **A worker that cannot start** (import error, address in use) exits as a
   crash: restarted with backoff; if it keeps failing the cluster does not
   start and says why.
+- gunicorn's ``timeout`` (a worker silent that long is killed and
+  replaced) is rcluster's heartbeat: ``heartbeat_timeout=timeout``.
 - gunicorn's arbiter hooks (``on_starting``, ``pre_fork``, ``post_fork``,
   ``when_ready``...) do not run: there is no arbiter. ``post_worker_init``,
   ``pre_request``, ``post_request``, ``worker_exit`` do.
@@ -112,6 +114,17 @@ def run_wsgi(
         return
     application.cfg.logger_class(application.cfg)  # gunicorn's logging, for the primary's lines too
     worker_class = application.cfg.worker_class_str
+    timeout = application.cfg.timeout
+    if timeout > 0:
+        # gunicorn's timeout: its arbiter kills a worker whose main loop has
+        # not checked in for that long (a request stuck in a sync worker).
+        # rcluster's heartbeat does the same: the worker's loop answers it
+        # whenever it polls its listener.
+        primary_options = {
+            "heartbeat_interval": max(0.5, timeout / 4),
+            "heartbeat_timeout": timeout,
+            **(primary_options or {}),
+        }
     run_primary(
         f"WSGI app {app if isinstance(app, str) else getattr(app, '__name__', type(app).__name__)!r} "
         f"(gunicorn {worker_class} workers)",

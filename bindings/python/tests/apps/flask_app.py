@@ -1,6 +1,7 @@
 """A Flask app served by rcluster.run_wsgi (gunicorn workers):
 `flask_app.py --workers N --port P [--policy rr|least]`; the worker class
-is $TEST_WORKER_CLASS (default gthread, 4 threads).
+is $TEST_WORKER_CLASS (default gthread, 4 threads), gunicorn's timeout
+$TEST_TIMEOUT (default 30 s).
 
 Prints `ready http://HOST:PORT` once every worker listens. Routes: `/`
 answers `worker <id> pid <pid>`; `/slow?s=0.5` sleeps first. TEST_FAIL=import
@@ -47,5 +48,6 @@ if __name__ == "__main__":
         stop_timeout=10.0,
         worker_class=os.environ.get("TEST_WORKER_CLASS", "gthread"),
         threads=4 if os.environ.get("TEST_WORKER_CLASS", "gthread") == "gthread" else 1,
+        timeout=int(os.environ.get("TEST_TIMEOUT", "30")),
         on_ready=lambda host, port: print(f"ready http://{host}:{port}", flush=True),
     )
