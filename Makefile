@@ -85,7 +85,7 @@ test-node: node $(NODE_RUNTIMES)
 	$(NODE) --test bindings/node/test/
 
 # Benchmarks (bench/, see bench/README.md). `make bench`: the full side-by-side
-# run, about 9 minutes on 2 CPUs, writes bench/results/latest.{md,png,json};
+# run, about 13 minutes on 2 CPUs (4 of them the Python web servers), writes bench/results/latest.{md,png,json};
 # `make bench-quick`: fewer contenders, shorter runs, bench/tmp/quick/. Needs
 # wrk (installed with apt-get when missing). Run it on a quiet machine: every
 # ratio compares runs of the same moment, but other work widens the spread.

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """rcluster's side-by-side benchmark (`make bench`, `make bench-quick`).
 
-    python3 bench/run.py            # full run, about 9 minutes: bench/results/latest.{json,md,png}
-    python3 bench/run.py --quick    # about 1.5 minutes: bench/tmp/quick/latest.{json,md,png}
+    python3 bench/run.py            # full run, about 13 minutes: bench/results/latest.{json,md,png}
+    python3 bench/run.py --quick    # about 2 minutes: bench/tmp/quick/latest.{json,md,png}
     python3 bench/run.py --only c,ipc --workers 2
     python3 bench/run.py --only asgi,wsgi --out bench/tmp/servers   # the Python web servers only
 
