@@ -107,15 +107,23 @@ def test_ten_rolling_reloads_under_16_clients_lose_nothing(cluster, kind, tmp_pa
 
     def client(n: int) -> None:
         path = "/slow?s=0.05" if n % 4 == 0 else "/"  # some requests are in flight when a worker is asked to leave
+        # Half the clients keep their connection alive (http.client opens a
+        # new one when a response said "Connection: close"), half open one
+        # per request.
+        conn = http.client.HTTPConnection("127.0.0.1", c.port, timeout=20) if n % 2 else None
         while not stop.is_set():
             try:
-                body = get(c.port, path, timeout=20)
+                body = get(c.port, path, timeout=20, close=conn is None, conn=conn)
                 with lock:
                     served[pid_of(body)] += 1
             except Exception as e:  # noqa: BLE001 - any failure is a lost request
                 with lock:
                     failures.append(repr(e))
+                if conn is not None:
+                    conn.close()
             time.sleep(0.005)
+        if conn is not None:
+            conn.close()
 
     threads = [threading.Thread(target=client, args=(n,)) for n in range(16)]
     for t in threads:

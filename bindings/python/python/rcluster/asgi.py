@@ -176,10 +176,33 @@ class _LastError(logging.Handler):
         self.message = record.getMessage().splitlines()[0][:500]
 
 
+#: How long a leaving worker keeps its kept-alive connections open (as
+#: gunicorn's gthread worker does, and for as long): a request arriving on
+#: one meanwhile is answered with "Connection: close" instead of the
+#: connection being closed under it.
+KEEPALIVE_LINGER = 2.0
+
+_CLOSE_HEADER = (b"connection", b"close")
+
+
+def _close_after(cycle: Any) -> None:
+    """Makes a request whose response has not started yet the connection's
+    last, and says so in the response ("Connection: close"): httptools adds
+    the header when ``keep_alive`` is off, h11 when the request carried it."""
+    if getattr(cycle, "response_started", True) or getattr(cycle, "response_complete", True):
+        return
+    cycle.keep_alive = False
+    headers = getattr(cycle, "scope", {}).get("headers")
+    if isinstance(headers, list) and _CLOSE_HEADER not in headers:
+        headers.append(_CLOSE_HEADER)
+
+
 def _noting_first_request(base: type) -> type:
     """uvicorn's HTTP protocol class (h11 or httptools), noting whether a
-    connection has started a request yet (see ``WorkerServer.shutdown``):
-    both keep the request in progress in ``self.cycle``."""
+    connection has started a request yet, and making every request that
+    starts once the worker is leaving its connection's last (see
+    ``WorkerServer.shutdown``): both keep the request in progress in
+    ``self.cycle``."""
 
     class Protocol(base):  # type: ignore[misc, valid-type]
         rcluster_waiting = True  # no request started on this connection yet
@@ -193,6 +216,8 @@ def _noting_first_request(base: type) -> type:
             self.__dict__["cycle"] = value
             if value is not None:
                 self.rcluster_waiting = False
+                if getattr(self.server_state, "rcluster_leaving", False):
+                    _close_after(value)
 
     Protocol.__name__ = Protocol.__qualname__ = base.__name__
     return Protocol
@@ -220,21 +245,32 @@ def _server_class() -> type:
 
         async def shutdown(self, sockets: Any = None) -> None:
             # uvicorn's shutdown closes every connection without a request in
-            # progress. One the primary handed us just before we were asked
-            # to leave may not have sent its request yet (a slow or
-            # descheduled client): closing it would lose that request, which
-            # no client retries on a new connection. So, accepting nothing
-            # more, wait until every connection has started a request (then
-            # uvicorn answers it and closes), for as long as uvicorn would
-            # keep an idle connection (timeout_keep_alive). Connections that
-            # were served and sit idle (keep-alive) are closed as uvicorn does.
+            # progress, and lets a response in progress end without saying
+            # "Connection: close". Either way a client may send a request on
+            # a connection that is being closed, and lose it: no HTTP client
+            # retries a request it has sent. So, accepting nothing more:
+            # - a connection the primary handed us that has not sent its
+            #   request yet (a slow or descheduled client) is waited for, as
+            #   long as uvicorn would keep an idle one (timeout_keep_alive);
+            # - from now on every request is its connection's last and its
+            #   response says "Connection: close", so clients stop reusing
+            #   them; kept-alive connections stay open KEEPALIVE_LINGER
+            #   seconds for a request already on its way;
+            # then uvicorn's shutdown closes what is left.
             for server in getattr(self, "servers", []):
                 server.close()
+            self.server_state.rcluster_leaving = True  # read by the protocols' cycle setter
+            for connection in list(self.server_state.connections):
+                cycle = getattr(connection, "cycle", None)
+                if cycle is not None:
+                    _close_after(cycle)
             loop = asyncio.get_running_loop()
-            deadline = loop.time() + self.config.timeout_keep_alive
-            while not self.force_exit and loop.time() < deadline and any(
-                getattr(c, "rcluster_waiting", False) for c in self.server_state.connections
-            ):
+            start = loop.time()
+            while not self.force_exit and self.server_state.connections:
+                waited = loop.time() - start
+                fresh = any(getattr(c, "rcluster_waiting", False) for c in self.server_state.connections)
+                if waited >= KEEPALIVE_LINGER and not (fresh and waited < self.config.timeout_keep_alive):
+                    break
                 await asyncio.sleep(0.01)
             await super().shutdown(sockets=sockets)
 
