@@ -176,12 +176,6 @@ class _LastError(logging.Handler):
         self.message = record.getMessage().splitlines()[0][:500]
 
 
-#: How long a leaving worker keeps its kept-alive connections open (as
-#: gunicorn's gthread worker does, and for as long): a request arriving on
-#: one meanwhile is answered with "Connection: close" instead of the
-#: connection being closed under it.
-KEEPALIVE_LINGER = 2.0
-
 _CLOSE_HEADER = (b"connection", b"close")
 
 
@@ -197,16 +191,20 @@ def _close_after(cycle: Any) -> None:
         headers.append(_CLOSE_HEADER)
 
 
+def _idle_or_waiting(connection: Any) -> bool:
+    """A connection uvicorn's shutdown would close under a client: it has no
+    request in progress (none yet, or kept alive after a response)."""
+    cycle = getattr(connection, "cycle", None)
+    return cycle is None or bool(getattr(cycle, "response_complete", True))
+
+
 def _noting_first_request(base: type) -> type:
-    """uvicorn's HTTP protocol class (h11 or httptools), noting whether a
-    connection has started a request yet, and making every request that
-    starts once the worker is leaving its connection's last (see
+    """uvicorn's HTTP protocol class (h11 or httptools), making every request
+    that starts once the worker is leaving its connection's last (see
     ``WorkerServer.shutdown``): both keep the request in progress in
     ``self.cycle``."""
 
     class Protocol(base):  # type: ignore[misc, valid-type]
-        rcluster_waiting = True  # no request started on this connection yet
-
         @property
         def cycle(self) -> Any:
             return self.__dict__.get("cycle")
@@ -215,7 +213,6 @@ def _noting_first_request(base: type) -> type:
         def cycle(self, value: Any) -> None:
             self.__dict__["cycle"] = value
             if value is not None:
-                self.rcluster_waiting = False
                 if getattr(self.server_state, "rcluster_leaving", False):
                     _close_after(value)
 
@@ -254,9 +251,12 @@ def _server_class() -> type:
             #   long as uvicorn would keep an idle one (timeout_keep_alive);
             # - from now on every request is its connection's last and its
             #   response says "Connection: close", so clients stop reusing
-            #   them; kept-alive connections stay open KEEPALIVE_LINGER
-            #   seconds for a request already on its way;
-            # then uvicorn's shutdown closes what is left.
+            #   them; an idle kept-alive connection is left to uvicorn's own
+            #   keep-alive timer, which closes it after timeout_keep_alive
+            #   as it always does: a stop adds no close of its own, so no
+            #   race with a request on its way that uvicorn did not have;
+            # then (timeout_keep_alive + 1 s at most) uvicorn's shutdown
+            # closes what is left and waits for the requests in flight.
             for server in getattr(self, "servers", []):
                 server.close()
             self.server_state.rcluster_leaving = True  # read by the protocols' cycle setter
@@ -265,12 +265,10 @@ def _server_class() -> type:
                 if cycle is not None:
                     _close_after(cycle)
             loop = asyncio.get_running_loop()
-            start = loop.time()
-            while not self.force_exit and self.server_state.connections:
-                waited = loop.time() - start
-                fresh = any(getattr(c, "rcluster_waiting", False) for c in self.server_state.connections)
-                if waited >= KEEPALIVE_LINGER and not (fresh and waited < self.config.timeout_keep_alive):
-                    break
+            deadline = loop.time() + self.config.timeout_keep_alive + 1.0
+            while not self.force_exit and loop.time() < deadline and any(
+                _idle_or_waiting(c) for c in self.server_state.connections
+            ):
                 await asyncio.sleep(0.01)
             await super().shutdown(sockets=sockets)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import sys
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -28,7 +27,7 @@ started = {"lifespan": False}
 async def lifespan(app: FastAPI):
     started["lifespan"] = True
     yield
-    print(f"lifespan shutdown {os.getpid()}", file=sys.stderr, flush=True)
+    os.write(2, f"lifespan shutdown {os.getpid()}\n".encode())  # one write: workers share the log file
 
 
 app = FastAPI(lifespan=lifespan)
