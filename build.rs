@@ -5,6 +5,12 @@
 //! the committed file). It is also written to `include/rcluster.h`, unless
 //! `CI` or `RCLUSTER_CHECK_HEADER` is set: there the committed header must
 //! already be current, and the test fails if it is stale.
+//!
+//! It also gives the shared library its SONAME, `librcluster.so.MAJOR`, so
+//! an installed program records the major version it was linked against
+//! (`make install` adds the `.so.MAJOR.MINOR.PATCH` file and the symlinks),
+//! and puts the version in the header as `RCLUSTER_VERSION_*` macros, taken
+//! from Cargo.toml so the two cannot disagree.
 
 use std::path::PathBuf;
 
@@ -15,7 +21,19 @@ fn main() {
     println!("cargo:rerun-if-env-changed=RCLUSTER_CHECK_HEADER");
     let crate_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").unwrap());
-    let config = cbindgen::Config::from_file(crate_dir.join("cbindgen.toml")).expect("cbindgen.toml is valid");
+    let major = std::env::var("CARGO_PKG_VERSION_MAJOR").unwrap();
+    let minor = std::env::var("CARGO_PKG_VERSION_MINOR").unwrap();
+    let patch = std::env::var("CARGO_PKG_VERSION_PATCH").unwrap();
+    // Applies to this package's cdylib only (not to the Node addon, which
+    // links the rlib into a cdylib of its own).
+    println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,librcluster.so.{major}");
+    let mut config = cbindgen::Config::from_file(crate_dir.join("cbindgen.toml")).expect("cbindgen.toml is valid");
+    config.after_includes = Some(format!(
+        "\n// The version of this header (the library's own: `rcluster_version()`).\n\
+         #define RCLUSTER_VERSION_MAJOR {major}\n\
+         #define RCLUSTER_VERSION_MINOR {minor}\n\
+         #define RCLUSTER_VERSION_PATCH {patch}"
+    ));
     let bindings = cbindgen::Builder::new()
         .with_crate(&crate_dir)
         .with_config(config)

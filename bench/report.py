@@ -288,6 +288,25 @@ def ipc_table(run: Run) -> list[str]:
     return lines
 
 
+def queue_table(run: Run) -> list[str]:
+    """The queue-worker example: jobs/s by language and worker count (median over rounds)."""
+    q = run.data.get("queue")
+    if not q:
+        return []
+    if q.get("not_run"):
+        return [f"Not run: {q['not_run']}", ""]
+    counts = sorted({r["workers"] for r in q["runs"]})
+    L = ["| version | " + " | ".join(f"{n} worker{'s' if n > 1 else ''}" for n in counts) + f" | {counts[-1]} vs 1 |",
+         "|---|" + "---|" * (len(counts) + 1)]
+    for lang in sorted({r["lang"] for r in q["runs"]}, key=lambda x: (x != "python", x)):
+        med = {n: statistics.median([r["jobs_per_s"] for r in q["runs"] if r["lang"] == lang and r["workers"] == n])
+               for n in counts if any(r["lang"] == lang and r["workers"] == n for r in q["runs"])}
+        scale = med[counts[-1]] / med[counts[0]] if counts[-1] in med and counts[0] in med else None
+        L.append(f"| {lang} | " + " | ".join(f"{fmt_rate(med.get(n))} jobs/s" for n in counts)
+                 + f" | {fmt_ratio(scale)} |")
+    return L + [""]
+
+
 def others_line(run: Run) -> str:
     """How busy the rest of the machine was during the measured runs (other tenants)."""
     xs = []
@@ -309,7 +328,7 @@ def others_line(run: Run) -> str:
 def idle_line(m: dict) -> str:
     """How the machine's idle CPUs wait, where the run recorded it: on a
     virtual machine whose idle CPUs halt at once, every wake-up of a
-    sleeping CPU is an exit to the hypervisor (README, Performance)."""
+    sleeping CPU is an exit to the hypervisor (docs/performance.md)."""
     if "virtual" not in m:
         return ""
     parts = ["; a virtual machine" if m["virtual"] else "; not virtualized"]
@@ -409,11 +428,22 @@ def markdown(run: Run, png_note: str) -> str:
               "not a saturated one. Every connection then finds the processes asleep and nothing is batched: "
               "under `rr` the primary's thread wakes to accept it and then a worker to take it, two wake-ups "
               "where a shared socket needs one, and the workers take turns, so each one served has slept while "
-              "the others ran. The README's Performance section has what this costs and why.", ""]
+              "the others ran. docs/performance.md has what this costs and why.", ""]
         L += ["C workers (bench/c/bench_server.c):", ""] + http_table(run, "c-low", [("prefork", "prefork")],
                                                                         note_keepalive=False)
         L += ["Node workers (bench/node/app.js):", ""] + http_table(run, "node-low", [("node-none", "SCHED_NONE")],
                                                                       note_keepalive=False)
+    if run.worker_counts("cmd-python") or run.worker_counts("cmd-node"):
+        L += ["## The `rcluster` command", "",
+              "The same unmodified app on both sides (bench/cmd/app.py, bench/cmd/app.js, access logs off), "
+              "started by bench/cmd/launch.py: uvicorn taking its socket from `rcluster run --listen` (fd 3, "
+              "every worker accepting on it) against uvicorn's own `--workers`; a plain Node http app on fd 3 "
+              "under `rcluster run` against pm2's cluster mode (`pm2 start app.js -i 2 --no-daemon`: Node's "
+              "cluster, SCHED_RR, the primary accepting and handing over). The 'primary' here is the launcher "
+              "(idle); the workers' CPU column counts every process of the contender (rcluster's primary, "
+              "pm2's daemon, uvicorn's supervisor and the workers).", ""]
+        L += http_table(run, "cmd-python", [("uvicorn", "uvicorn --workers")], note_keepalive=False)
+        L += http_table(run, "cmd-node", [("pm2", "pm2 -i")], note_keepalive=False)
     u = d.get("uneven", {})
     L += ["## Uneven workers", "",
           f"Every request takes {u.get('work_us')} µs more (the worker's loop waits), and {u.get('slow_work_us')} µs "
@@ -435,6 +465,15 @@ def markdown(run: Run, png_note: str) -> str:
           "both processes on one CPU (`taskset -c 1`), which takes the cross-CPU wake-up latency out of the round "
           "trip.", ""]
     L += ipc_table(run)
+    if run.data.get("queue"):
+        q = run.data["queue"]
+        L += ["", "## Queue workers", "",
+              f"`examples/queue` (a Redis list into MariaDB, no job lost; bench/queue_bench.py): {q['jobs']:,} "
+              "jobs per run, timed from the first LPUSH to the last row, with a fresh database and queue each; "
+              "each job is an LMOVE (a blocking BLMOVE when the queue is empty), an autocommit INSERT and an LREM. Redis, MariaDB "
+              "(`innodb_flush_log_at_trx_commit=2`) and the workers share the machine's CPUs, so more workers "
+              "than CPUs mostly hide the round trips' latency. Medians over rounds.", ""]
+        L += queue_table(run)
     return "\n".join(L) + "\n"
 
 

@@ -55,12 +55,12 @@ PROFILES = {
     "full": dict(
         workers=[2, 4], seconds=2, warmup=1, rounds=5, ka_rounds=1,
         uneven_seconds=5, uneven_rounds=2, ipc_seconds=1.0, ipc_rounds=2,
-        connections=32, low_connections=4, low_rounds=3, full=True,
+        connections=32, low_connections=4, low_rounds=3, full=True, queue_jobs=5000, queue_rounds=2,
     ),
     "quick": dict(
         workers=[2], seconds=2, warmup=1, rounds=1, ka_rounds=0,
         uneven_seconds=3, uneven_rounds=1, ipc_seconds=0.5, ipc_rounds=1,
-        connections=32, low_connections=4, low_rounds=1, full=False,
+        connections=32, low_connections=4, low_rounds=1, full=False, queue_jobs=2000, queue_rounds=1,
     ),
 }
 IPC_WINDOWS = [16, 256, 1024, 4096]
@@ -401,6 +401,31 @@ def wsgi_contenders(n: int, full: bool) -> list[Contender]:  # noqa: ARG001
     return out
 
 
+def cmd_missing(need: list[Path]) -> str | None:
+    for path in need:
+        if not path.exists():
+            return f"not run: {path.relative_to(ROOT)} missing (make bench-build)"
+    return None
+
+
+def cmd_contenders(kind: str, n: int) -> list[Contender]:
+    """The `rcluster` command against what users run today, the same unmodified app on both sides:
+    uvicorn under `rcluster run -i N --listen` (socket at fd 3) vs `uvicorn --workers N`; a Node app
+    under `rcluster run` vs `pm2 start -i N` (bench/cmd/launch.py starts each)."""
+    launch = [sys.executable, str(BENCH / "cmd" / "launch.py")]
+    rcluster = ROOT / "target" / "release" / "rcluster"
+    deps = ROOT / "target" / "cli-deps"
+    if kind == "python":
+        miss = cmd_missing([rcluster, deps / "venv" / "bin" / "uvicorn"])
+        return [Contender("rcluster-uvicorn", f"rcluster run -i {n} -- uvicorn --fd 3", [*launch, "rcluster-uvicorn", str(n)],
+                          missing=miss),
+                Contender("uvicorn", f"uvicorn --workers {n}", [*launch, "uvicorn", str(n)], missing=miss)]
+    miss = cmd_missing([rcluster, deps / "npm" / "node_modules" / ".bin" / "pm2"])
+    return [Contender("rcluster-node", f"rcluster run -i {n} -- node app.js", [*launch, "rcluster-node", str(n)],
+                      missing=miss),
+            Contender("pm2", f"pm2 start app.js -i {n}", [*launch, "pm2", str(n)], missing=miss)]
+
+
 def uneven_contenders(n: int, full: bool) -> list[Contender]:  # noqa: ARG001
     env = {"BENCH_WORK_US": str(UNEVEN_WORK_US), "BENCH_SLOW_WORK_US": str(UNEVEN_SLOW_WORK_US),
            "BENCH_SLOW_WORKER": "1"}
@@ -601,6 +626,38 @@ def run_ipc(cfg: dict) -> dict:
     return result
 
 
+def run_queue(cfg: dict) -> dict:
+    """The queue-worker example (examples/queue): jobs/s with 1, 2 and 4
+    workers, Python and Node, against a throwaway redis-server and MariaDB
+    (bench/queue_bench.py, run with the .venv that has the clients)."""
+    log(f"group queue: examples/queue, {cfg['queue_jobs']} jobs per run, workers 1, 2, 4, Python and Node")
+    result: dict = {"load_before": loadavg(), "jobs": cfg["queue_jobs"], "runs": []}
+    venv_py = ROOT / ".venv" / "bin" / "python"
+    argv = [str(venv_py), str(BENCH / "queue_bench.py"), "--jobs", str(cfg["queue_jobs"]),
+            "--rounds", str(cfg["queue_rounds"]), "--workers", "1,2,4"]
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = "", "timed out after 600 s"
+    try:
+        out, err = proc.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        if proc.poll() is None:  # timed out, or this harness is stopping: SIGTERM stops its servers too
+            proc.terminate()
+            proc.wait(60)
+    for line in err.splitlines():
+        if line.startswith("queue_bench: "):
+            log("  " + line[len("queue_bench: "):])
+    line = next((x for x in out.splitlines() if x.startswith("BENCH_JSON ")), None)
+    if line is None:
+        result["not_run"] = f"failed: {err[-300:]}"
+        log(f"  queue: failed: {err[-300:]}")
+    else:
+        result["runs"] = json.loads(line[len("BENCH_JSON "):])["runs"]
+    result["load_after"] = loadavg()
+    return result
+
+
 # --------------------------------------------------------------------------
 
 
@@ -634,7 +691,7 @@ def machine_info() -> dict:
         "cpus": os.cpu_count(),
         "mem_gib": round(int(mem) / 1024 / 1024, 1),
         "kernel": platform.release(),
-        # How an idle CPU waits matters to every cross-CPU wake-up (README, Performance).
+        # How an idle CPU waits matters to every cross-CPU wake-up (docs/performance.md).
         "virtual": virtual,
         "cpuidle_driver": sys_value("/sys/devices/system/cpu/cpuidle/current_driver"),
         "guest_halt_poll_ns": sys_value("/sys/module/haltpoll/parameters/guest_halt_poll_ns"),
@@ -649,14 +706,14 @@ def machine_info() -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer contenders, shorter runs (bench-quick)")
-    parser.add_argument("--only", default="c,node,python,asgi,wsgi,low,uneven,ipc",
+    parser.add_argument("--only", default="c,node,python,asgi,wsgi,low,uneven,cmd,ipc,queue",
                         help="groups to run (comma-separated)")
     parser.add_argument("--workers", default=None, help="worker counts, e.g. 2,4 (default: the profile's)")
     parser.add_argument("--out", default=None, help="output directory (default: bench/results, quick: bench/tmp/quick)")
     parser.add_argument("--no-report", action="store_true", help="write latest.json only")
     args = parser.parse_args()
 
-    if not shutil.which("wrk"):
+    if not shutil.which("wrk") and set(args.only.split(",")) - {"ipc", "queue"}:
         print("bench: wrk is not installed (apt-get install wrk)", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _on_signal)
@@ -707,8 +764,15 @@ def main() -> int:
             n = cfg["workers"][0]
             results["groups"].append(run_group("uneven-closed", n, uneven_contenders(n, full), cfg, logdir,
                                                1, 0, cfg["seconds"]))
+    if "cmd" in only:
+        # The rcluster command, 2 workers (the issue's comparison): unmodified uvicorn and Node apps.
+        for kind in ("python", "node"):
+            results["groups"].append(run_group(f"cmd-{kind}", 2, cmd_contenders(kind, 2), cfg, logdir,
+                                               cfg["rounds"], 0, cfg["seconds"]))
     if "ipc" in only:
         results["ipc"] = run_ipc(cfg)
+    if "queue" in only:
+        results["queue"] = run_queue(cfg)
     results["load_end"] = loadavg()
     results["elapsed_s"] = round(time.monotonic() - started, 1)
     path = out / "latest.json"

@@ -7,6 +7,11 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+// The version of this header (the library's own: `rcluster_version()`).
+#define RCLUSTER_VERSION_MAJOR 0
+#define RCLUSTER_VERSION_MINOR 2
+#define RCLUSTER_VERSION_PATCH 0
+
 // Success.
 #define RCLUSTER_OK 0
 
@@ -121,6 +126,19 @@
 // not become ready (reason in `data`); workers not yet replaced keep serving.
 #define RCLUSTER_EVENT_RELOAD_FAILED 13
 
+// Primary: a worker for `slot` could not be started (out of fds or
+// processes, the program missing); the reason and the retry time are in
+// `data`. Not a crash: the slot keeps retrying with a growing delay.
+#define RCLUSTER_EVENT_SPAWN_FAILED 14
+
+// Primary: a new primary (`pid`), started on SIGUSR2, took over the
+// listening sockets and its workers listen; this one stops gracefully.
+#define RCLUSTER_EVENT_UPGRADED 15
+
+// Primary: the new primary did not take over (the reason is in `data`);
+// it was stopped and this one keeps serving.
+#define RCLUSTER_EVENT_UPGRADE_FAILED 16
+
 // Worker state in `rcluster_worker_stats`: started, not yet online.
 #define RCLUSTER_WORKER_STARTING 0
 
@@ -140,9 +158,6 @@
 // or left on purpose (Node's `exitedAfterDisconnect`).
 #define RCLUSTER_EXIT_AFTER_DISCONNECT 1
 
-// Which policy a primary uses. The discriminants are the C constants.
-typedef struct PolicyKind PolicyKind;
-
 // A listening address served through the primary (opaque).
 typedef struct rcluster_listener rcluster_listener;
 
@@ -152,9 +167,18 @@ typedef struct rcluster_primary rcluster_primary;
 // This process's worker side (opaque).
 typedef struct rcluster_worker rcluster_worker;
 
-// Settings of a primary. Fill with `rcluster_primary_options_init`, then
-// change what you need. Strings are copied by `rcluster_primary_new`.
+// Settings of a primary. Fill with
+// `rcluster_primary_options_init2(&options, sizeof options)`, then change
+// what you need. Strings are copied by `rcluster_primary_new2`.
+//
+// The struct grows at its end only. A program built against an older
+// header passes its smaller `struct_size`, and the library reads just those
+// fields and takes the defaults for the rest; a program built against a
+// newer header may run on an older library as long as it leaves the fields
+// that library does not know at their initial zero.
 typedef struct {
+  // The size of the caller's struct, set by `rcluster_primary_options_init2`.
+  size_t struct_size;
   // Worker program and arguments, a NULL-terminated array of strings;
   // NULL (the default): this program with its own arguments, by the path
   // it was started by (`argv[0]` when that is a path to it, symlinks kept),
@@ -219,6 +243,35 @@ typedef struct {
   // Up to this many connections added at random to each worker's
   // `recycle_after`, so they do not recycle together. Default 0.
   uint32_t recycle_jitter;
+  // A worker holding a handed-over connection unacknowledged this long is
+  // treated as hung: killed (`RCLUSTER_EVENT_UNRESPONSIVE`), its
+  // connections handed to other workers once it is reaped, its slot
+  // restarted. 0: no deadline. Default 30000.
+  uint32_t ack_timeout_ms;
+  // Listeners workers' listen requests may have the primary bind, in
+  // all; past it a request for a new address fails with `EMFILE`. Default 1024.
+  uint32_t max_listeners;
+  // Listeners one worker may hold. Default 64.
+  uint32_t max_listeners_per_worker;
+  // A listener bound for workers that no live worker has used for this
+  // long is closed (listeners from `rcluster_primary_listen` stay). Default 60000.
+  uint32_t listener_idle_ms;
+  // Bytes of messages queued for one worker that does not read them;
+  // past it `rcluster_primary_send` fails with `RCLUSTER_E_TOOBIG` and
+  // sends nothing. Default 64 MiB.
+  size_t max_send_queue;
+  // Bytes of worker messages waiting for the host in the event queue;
+  // past it the primary stops reading workers' channels (nothing is
+  // dropped; they wait) until the host has taken half. Default 64 MiB.
+  size_t max_event_bytes;
+  // Largest message a worker may send (at most, and by default,
+  // `RCLUSTER_MAX_MESSAGE`); a larger one cuts the worker off
+  // (`RCLUSTER_EVENT_WORKER_ERROR`).
+  size_t max_message;
+  // Nonzero: allow a primary in a process started as a worker. Default
+  // 0: refused with `RCLUSTER_E_STATE`, since a program that forgets to
+  // check `rcluster_is_worker` would make every worker start workers.
+  int allow_nested;
 } rcluster_primary_options;
 
 // An event. Fields that do not apply to its `kind` are zero. Release every
@@ -344,13 +397,16 @@ int rcluster_recv_handle(int sock,
 // same pointer and length. NULL is a no-op.
 int rcluster_buffer_free(void *data, size_t len);
 
-// Fills `options` with the defaults.
-int rcluster_primary_options_init(rcluster_primary_options *options);
+// Fills the caller's `options`, of `struct_size` bytes (pass
+// `sizeof options`), with the defaults and records `struct_size` in it.
+// Bytes past the fields this library knows are zeroed.
+int rcluster_primary_options_init2(rcluster_primary_options *options, size_t struct_size);
 
-// Creates a primary with `options` (NULL: the defaults) and stores its
+// Creates a primary with `options` (filled by
+// `rcluster_primary_options_init2`; NULL: the defaults) and stores its
 // handle in `*out`. No thread starts and no worker is spawned yet.
 // Free it with `rcluster_primary_free`.
-int rcluster_primary_new(const rcluster_primary_options *options, rcluster_primary **out);
+int rcluster_primary_new2(const rcluster_primary_options *options, rcluster_primary **out);
 
 // Starts one worker by exec of the configured argv, with the "KEY=VALUE"
 // strings of `env` (NULL-terminated, or NULL) added to its environment.
@@ -448,9 +504,11 @@ int rcluster_primary_stats(rcluster_primary *primary,
                            size_t capacity,
                            size_t *count);
 
-// Frees the primary. If it has not shut down, shuts it down first with the
-// stop timeout as grace and waits until every worker has exited and been
-// reaped (this may block that long). The handle is invalid afterwards.
+// Frees the primary. Threads waiting in `rcluster_primary_wait_event`
+// return `RCLUSTER_E_CLOSED` at once. If it has not shut down, it shuts
+// down with the stop timeout as grace, and this waits until every worker
+// has exited and been reaped (it may block that long). The handle is
+// invalid afterwards.
 int rcluster_primary_free(rcluster_primary *primary);
 
 // Frees what an event owns (`data`) and zeroes it. Safe to call twice and

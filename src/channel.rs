@@ -12,9 +12,15 @@
 //! never empty).
 //!
 //! Receiving uses `MSG_CMSG_CLOEXEC` and wraps every fd in an `OwnedFd` at once.
-//! `MSG_TRUNC` or `MSG_CTRUNC` is an error and every fd that did arrive is
-//! closed. A record out of sequence (a continuation with no message started, or
-//! a new message before the last ended) is a protocol error.
+//! `MSG_TRUNC` (the bytes were cut) is an error and every fd that did arrive
+//! is closed. `MSG_CTRUNC` alone means the bytes are whole but some fds did
+//! not arrive — most often because this process is at its fd limit, when the
+//! kernel installs what it can, in order, and drops the rest: the message is
+//! delivered with the fds that came and [`Message::fds_lost`] set, and the
+//! reader decides (a worker refuses the connections whose fds are missing;
+//! see docs/decisions). A record out of sequence (a continuation with no
+//! message started, or a new message before the last ended) is a protocol
+//! error.
 //!
 //! All socket calls use `MSG_DONTWAIT`, so one socket serves blocking callers
 //! (who wait in poll(2) with a deadline) and non-blocking ones alike, whatever
@@ -50,8 +56,11 @@ pub const LAST: u8 = 2;
 pub struct Message {
     /// The bytes.
     pub data: Vec<u8>,
-    /// The descriptors, close-on-exec.
+    /// The descriptors that arrived, close-on-exec, in the order sent.
     pub fds: Vec<OwnedFd>,
+    /// Some descriptors sent with it did not arrive (`MSG_CTRUNC`): those
+    /// in `fds` are the first ones sent, the rest are lost.
+    pub fds_lost: bool,
 }
 
 /// Creates a connected `SOCK_SEQPACKET | SOCK_CLOEXEC` socketpair.
@@ -142,8 +151,9 @@ pub fn send_record(fd: BorrowedFd<'_>, header: u8, payload: &[u8], fds: &[RawFd]
 /// What one read of the socket gave.
 #[derive(Debug)]
 pub enum RecordIn {
-    /// A record: its header byte, payload length (in the caller's buffer), fds.
-    Record { header: u8, len: usize, fds: Vec<OwnedFd> },
+    /// A record: its header byte, payload length (in the caller's buffer),
+    /// fds, and whether some fds sent with it did not arrive (`MSG_CTRUNC`).
+    Record { header: u8, len: usize, fds: Vec<OwnedFd>, fds_lost: bool },
     /// The peer hung up.
     Eof,
 }
@@ -177,18 +187,16 @@ pub fn recv_record(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<RecordIn> {
     };
     // Take ownership of every fd first, so any error path below closes them.
     let fds = take_fds(&msg);
-    if msg.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0 {
+    if msg.msg_flags & libc::MSG_TRUNC != 0 {
         drop(fds);
-        return Err(Error::new(
-            Code::Truncated,
-            "channel record or its descriptors were truncated; the fds that arrived were closed",
-        ));
+        return Err(Error::new(Code::Truncated, "channel record was truncated; the fds that arrived were closed"));
     }
     if received == 0 {
         drop(fds);
         return Ok(RecordIn::Eof);
     }
-    Ok(RecordIn::Record { header, len: received - 1, fds })
+    let fds_lost = msg.msg_flags & libc::MSG_CTRUNC != 0;
+    Ok(RecordIn::Record { header, len: received - 1, fds, fds_lost })
 }
 
 /// Wraps every SCM_RIGHTS fd in `msg`'s control data in an OwnedFd.
@@ -313,6 +321,8 @@ pub enum Read {
 pub struct Reassembler {
     partial: Option<Message>,
     buf: Vec<u8>,
+    /// Largest message accepted (at most [`MAX_MESSAGE`]).
+    limit: usize,
 }
 
 impl Default for Reassembler {
@@ -324,15 +334,21 @@ impl Default for Reassembler {
 impl Reassembler {
     /// An empty reassembler.
     pub fn new() -> Reassembler {
-        Reassembler { partial: None, buf: vec![0; RECORD_PAYLOAD] }
+        Reassembler::with_limit(MAX_MESSAGE)
+    }
+
+    /// One that refuses messages over `limit` bytes (capped at [`MAX_MESSAGE`]):
+    /// a peer can make it hold at most that much of an unfinished message.
+    pub fn with_limit(limit: usize) -> Reassembler {
+        Reassembler { partial: None, buf: vec![0; RECORD_PAYLOAD], limit: limit.min(MAX_MESSAGE) }
     }
 
     /// Reads records (non-blocking) until a message is whole, the socket is
     /// empty, or the peer hung up.
     pub fn read(&mut self, fd: BorrowedFd<'_>) -> Result<Read> {
         loop {
-            let (header, len, fds) = match recv_record(fd, &mut self.buf) {
-                Ok(RecordIn::Record { header, len, fds }) => (header, len, fds),
+            let (header, len, fds, fds_lost) = match recv_record(fd, &mut self.buf) {
+                Ok(RecordIn::Record { header, len, fds, fds_lost }) => (header, len, fds, fds_lost),
                 Ok(RecordIn::Eof) => {
                     self.partial = None;
                     return Ok(Read::Eof);
@@ -352,17 +368,22 @@ impl Reassembler {
                     return Err(Error::new(Code::Protocol, "a continuation record arrived with no message started"));
                 }
                 (false, Some(mut partial)) => {
-                    if !fds.is_empty() {
+                    if !fds.is_empty() || fds_lost {
                         return Err(Error::new(Code::Protocol, "descriptors attached to a continuation record"));
                     }
-                    if partial.data.len() + payload.len() > MAX_MESSAGE {
-                        return Err(Error::new(Code::TooBig, format!("peer sent a message over {MAX_MESSAGE} bytes")));
+                    if partial.data.len() + payload.len() > self.limit {
+                        let limit = self.limit;
+                        return Err(Error::new(Code::TooBig, format!("peer sent a message over {limit} bytes")));
                     }
                     partial.data.extend_from_slice(payload);
                     self.partial = Some(partial);
                 }
                 (true, None) => {
-                    self.partial = Some(Message { data: payload.to_vec(), fds });
+                    if payload.len() > self.limit {
+                        let limit = self.limit;
+                        return Err(Error::new(Code::TooBig, format!("peer sent a message over {limit} bytes")));
+                    }
+                    self.partial = Some(Message { data: payload.to_vec(), fds, fds_lost });
                 }
             }
             if header & LAST != 0 {

@@ -4,10 +4,11 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::error::{Error, Result};
+use crate::error::{Code, Error, Result};
 use crate::sys::{self, Deadline, Flag};
 
 /// How a worker process ended.
@@ -41,13 +42,23 @@ pub enum Event {
     WorkerError { worker: u32, pid: i32, message: String },
     /// A slot's worker kept exiting unexpectedly: restarts of that slot stopped.
     CrashLoop { slot: u32, worker: u32, pid: i32 },
-    /// A worker did not answer the heartbeat in time: it is killed and replaced.
+    /// A worker did not answer the heartbeat, or did not acknowledge a
+    /// handed-over connection, in time: it is killed and replaced.
     Unresponsive { worker: u32, pid: i32 },
+    /// A worker for `slot` could not be started (`message` says why and
+    /// when it is retried). Not a crash: the slot keeps retrying.
+    SpawnFailed { slot: u32, message: String },
     /// A rolling reload finished: every slot runs a worker of `generation`.
     ReloadDone { generation: u32 },
     /// A rolling reload stopped: a replacement did not become ready. The
     /// workers not yet replaced keep serving.
     ReloadFailed { generation: u32, message: String },
+    /// A new primary (`pid`), started on SIGUSR2, took over the listening
+    /// sockets and all its workers listen: this one now stops gracefully.
+    Upgraded { pid: i32 },
+    /// The new primary did not take over (`message` says why): it was
+    /// stopped, and this one keeps serving.
+    UpgradeFailed { message: String },
     /// Shutdown finished: every worker is gone, the listeners are closed.
     Shutdown,
 }
@@ -106,17 +117,40 @@ pub enum WorkerEvent {
 pub struct EventQueue<T> {
     items: Mutex<VecDeque<T>>,
     flag: Flag,
+    /// Closed by its owner's free: waiters return `Closed`, pushes are dropped.
+    closed: AtomicBool,
 }
 
 impl<T> EventQueue<T> {
     /// An empty queue.
     pub fn new() -> Result<EventQueue<T>> {
-        Ok(EventQueue { items: Mutex::new(VecDeque::new()), flag: Flag::new().map_err(|e| Error::os("eventfd", e))? })
+        Ok(EventQueue {
+            items: Mutex::new(VecDeque::new()),
+            flag: Flag::new().map_err(|e| Error::os("eventfd", e))?,
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    /// Closes the queue: every waiter, now and later, returns a `Closed`
+    /// error (the fd stays readable so pollers wake too), and what is
+    /// pushed from now on is dropped.
+    pub fn close(&self) {
+        let mut items = self.items.lock().unwrap_or_else(|p| p.into_inner());
+        self.closed.store(true, Ordering::SeqCst);
+        items.clear();
+        self.flag.set();
+    }
+
+    fn closed_error() -> Error {
+        Error::new(Code::Closed, "the object was freed while waiting for an event")
     }
 
     /// Appends an item; the fd becomes readable.
     pub fn push(&self, item: T) {
         let mut items = self.items.lock().unwrap_or_else(|p| p.into_inner());
+        if self.closed.load(Ordering::Relaxed) {
+            return;
+        }
         if items.is_empty() {
             self.flag.set();
         }
@@ -126,6 +160,9 @@ impl<T> EventQueue<T> {
     /// Adds several items under one lock (one wake-up of a waiting reader).
     pub fn push_many(&self, new: impl IntoIterator<Item = T>) {
         let mut items = self.items.lock().unwrap_or_else(|p| p.into_inner());
+        if self.closed.load(Ordering::Relaxed) {
+            return;
+        }
         let was_empty = items.is_empty();
         items.extend(new);
         if was_empty && !items.is_empty() {
@@ -137,7 +174,7 @@ impl<T> EventQueue<T> {
     pub fn pop(&self) -> Option<T> {
         let mut items = self.items.lock().unwrap_or_else(|p| p.into_inner());
         let item = items.pop_front();
-        if item.is_some() && items.is_empty() {
+        if item.is_some() && items.is_empty() && !self.closed.load(Ordering::Relaxed) {
             self.flag.clear();
         }
         item
@@ -152,6 +189,9 @@ impl<T> EventQueue<T> {
         loop {
             if let Some(item) = self.pop() {
                 return Ok(Some(item));
+            }
+            if self.closed.load(Ordering::SeqCst) {
+                return Err(Self::closed_error());
             }
             if deadline.expired() {
                 return Ok(None); // just looked: a poll(0) would say the same

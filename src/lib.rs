@@ -28,7 +28,7 @@ pub mod worker;
 
 pub use error::{Code, Error, Result};
 pub use event::{Event, Exit, WorkerEvent, WorkerState, WorkerStats};
-pub use primary::{Config, PolicyKind, Primary, RawFork, Supervision, WorkerInfo};
+pub use primary::{Config, Limits, PolicyKind, Primary, RawFork, Supervision, WorkerInfo};
 pub use spawn::SpawnSpec;
 pub use worker::{is_worker, worker_id, Listener, Worker};
 

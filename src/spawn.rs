@@ -10,8 +10,8 @@
 //! - [`ENV_WORKER_ID`]: the worker's id, a decimal number ≥ 1;
 //! - [`ENV_CHANNEL_FD`]: the fd number of its channel end.
 //!
-//! [`crate::Worker::open`] reads them, marks the fd close-on-exec (so the
-//! worker's own children do not inherit it) and removes nothing else.
+//! [`crate::Worker::open`] reads them, marks the fd close-on-exec and removes
+//! both variables, so the worker's own children are ordinary processes.
 //!
 //! The child also gets `PR_SET_PDEATHSIG(SIGTERM)`, so it is told to stop when
 //! the primary's thread that spawned it dies even if the channel hang-up goes
@@ -114,6 +114,12 @@ pub fn spawn(spec: &SpawnSpec, id: u32) -> Result<Spawned> {
     command.envs(spec.env.iter().map(|(k, v)| (k, v)));
     command.env(ENV_WORKER_ID, id.to_string());
     command.env(ENV_CHANNEL_FD, CHILD_CHANNEL_FD.to_string());
+    // The service's sockets and its readiness are the primary's business.
+    for variable in crate::primary::SYSTEMD_VARIABLES {
+        if !spec.env.iter().any(|(k, _)| k == variable) {
+            command.env_remove(variable);
+        }
+    }
     if let Some(cwd) = &spec.cwd {
         command.current_dir(cwd);
     }
@@ -209,6 +215,7 @@ pub fn fork_raw(id: u32) -> Result<Forked> {
                                      // Single-threaded (checked before fork), so mutating the environment is sound.
         std::env::set_var(ENV_WORKER_ID, id.to_string());
         std::env::set_var(ENV_CHANNEL_FD, fd.to_string());
+        crate::worker::become_worker(id, fd);
         return Ok(Forked::Child);
     }
     drop(child_end);

@@ -17,6 +17,7 @@ const PONG: u8 = 6;
 const READY: u8 = 7;
 const DONE: u8 = 8;
 const ACKS: u8 = 9;
+const LOST: u8 = 10;
 const LISTEN_OK: u8 = 16;
 const LISTEN_ERR: u8 = 17;
 const CONN: u8 = 18;
@@ -44,6 +45,10 @@ pub enum Frame {
     /// Worker → primary: these connections were taken (one frame for a batch
     /// a worker took at once, so the primary wakes once for all of them).
     Acks { conns: Vec<u64> },
+    /// Worker → primary: these connections' fds did not arrive (the worker
+    /// is at its fd limit): the primary hands them to a worker again and
+    /// gives this one a moment before the next. Not a refusal.
+    Lost { conns: Vec<u64> },
     /// Worker → primary: the worker is leaving on purpose (graceful disconnect).
     Goodbye,
     /// Worker → primary: answer to `Ping`, sent by whichever host call
@@ -100,8 +105,8 @@ impl Frame {
                 out.extend_from_slice(&conn.to_le_bytes());
                 out.push(*accepted as u8);
             }
-            Frame::Acks { conns } => {
-                out.push(ACKS);
+            Frame::Acks { conns } | Frame::Lost { conns } => {
+                out.push(if matches!(self, Frame::Acks { .. }) { ACKS } else { LOST });
                 out.extend_from_slice(&(conns.len() as u32).to_le_bytes());
                 for conn in conns {
                     out.extend_from_slice(&conn.to_le_bytes());
@@ -169,7 +174,7 @@ impl Frame {
         while start < messages.len() {
             let mut end = start;
             let mut size = 0;
-            while end < messages.len() && size + 4 + messages[end].len() <= ROOM {
+            while end < messages.len() && size + 4 + messages[end].len().min(ROOM) <= ROOM {
                 size += 4 + messages[end].len();
                 end += 1;
             }
@@ -186,8 +191,9 @@ impl Frame {
 
     /// Encodes several messages as one `Users` frame.
     pub fn encode_users<'a>(messages: impl Iterator<Item = &'a [u8]> + Clone) -> Vec<u8> {
-        let total: usize = messages.clone().map(|m| 4 + m.len()).sum();
-        let mut out = Vec::with_capacity(5 + total);
+        // Saturating: a capacity too large to allocate fails loudly, never wraps small.
+        let total = messages.clone().fold(5usize, |sum, m| sum.saturating_add(4).saturating_add(m.len()));
+        let mut out = Vec::with_capacity(total);
         out.push(USERS);
         out.extend_from_slice(&(messages.clone().count() as u32).to_le_bytes());
         for message in messages {
@@ -218,12 +224,17 @@ impl Frame {
             },
             UNLISTEN => Frame::Unlisten { listener: r.u32()? },
             ACK => Frame::Ack { conn: r.u64()?, accepted: r.bool()? },
-            ACKS => {
+            ACKS | LOST => {
                 let count = r.u32()? as usize;
                 if count > r.bytes.len() / 8 {
                     return Err(protocol("acks frame shorter than its count"));
                 }
-                Frame::Acks { conns: (0..count).map(|_| r.u64()).collect::<Result<Vec<u64>>>()? }
+                let conns = (0..count).map(|_| r.u64()).collect::<Result<Vec<u64>>>()?;
+                if kind == ACKS {
+                    Frame::Acks { conns }
+                } else {
+                    Frame::Lost { conns }
+                }
             }
             GOODBYE => Frame::Goodbye,
             PONG => Frame::Pong { seq: r.u64()? },
@@ -264,11 +275,19 @@ impl Frame {
     }
 }
 
+/// Longest string a frame carries, in bytes. Callers that send a string the
+/// peer must see whole (a listen request's host) refuse longer ones first.
+pub const MAX_STR: usize = u16::MAX as usize;
+
 fn put_str(out: &mut Vec<u8>, s: &str) {
-    // Strings in frames are addresses and error messages; cap them rather than fail.
-    let bytes = &s.as_bytes()[..s.len().min(u16::MAX as usize)];
-    out.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
-    out.extend_from_slice(bytes);
+    // Only text whose tail may go (an error message) gets here over the
+    // limit: cut it at a character boundary, so it stays valid UTF-8.
+    let mut cut = s.len().min(MAX_STR);
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    out.extend_from_slice(&(cut as u16).to_le_bytes());
+    out.extend_from_slice(&s.as_bytes()[..cut]);
 }
 
 fn protocol(what: &str) -> Error {
@@ -327,6 +346,7 @@ mod tests {
             Frame::Ack { conn: u64::MAX, accepted: true },
             Frame::Acks { conns: vec![1, u64::MAX, 3] },
             Frame::Acks { conns: vec![] },
+            Frame::Lost { conns: vec![7, 8] },
             Frame::Goodbye,
             Frame::ListenOk {
                 request: 7,
@@ -351,6 +371,20 @@ mod tests {
         ];
         for frame in frames {
             assert_eq!(Frame::decode(frame.encode()).unwrap(), frame);
+        }
+    }
+
+    #[test]
+    fn an_over_long_string_is_cut_at_a_character_boundary() {
+        // 'é' is two bytes: the limit falls inside one.
+        let message = "é".repeat(MAX_STR);
+        let frame = Frame::ListenErr { request: 1, errno: 22, message: message.clone() };
+        match Frame::decode(frame.encode()).unwrap() {
+            Frame::ListenErr { message: cut, .. } => {
+                assert_eq!(cut.len(), MAX_STR - 1);
+                assert!(message.starts_with(&cut));
+            }
+            other => panic!("{other:?}"),
         }
     }
 

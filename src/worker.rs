@@ -40,14 +40,65 @@ const DRAINING: i32 = libc::ESHUTDOWN;
 /// How long queued events may be handed out without reading the channel.
 const PUMP_EVERY_US: u64 = 1000;
 
-/// Whether this process was started as an rcluster worker (its environment names one).
+/// What this process is, read once from the environment and kept: the
+/// variables are removed when the worker opens (so its own children are
+/// ordinary processes), and the answer must not change then.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Identity {
+    Unknown,
+    NotWorker,
+    Worker { id: u32, fd: RawFd },
+}
+
+static IDENTITY: Mutex<Identity> = Mutex::new(Identity::Unknown);
+
+fn identity() -> Identity {
+    let mut identity = IDENTITY.lock().unwrap_or_else(|p| p.into_inner());
+    if *identity == Identity::Unknown {
+        *identity = identity_from_env();
+    }
+    *identity
+}
+
+/// A worker is a process whose environment names a worker id and a channel
+/// fd that is really an open channel. Variables that outlived their
+/// channel (inherited by a child of a worker that never opened, say) make
+/// an ordinary process, not an error.
+fn identity_from_env() -> Identity {
+    let id: Option<u32> = std::env::var(ENV_WORKER_ID).ok().and_then(|v| v.parse().ok()).filter(|&id| id > 0);
+    let fd: Option<RawFd> = std::env::var(ENV_CHANNEL_FD).ok().and_then(|v| v.parse().ok()).filter(|&fd| fd >= 0);
+    match (id, fd) {
+        (Some(id), Some(fd)) if sys::fd_is_open(fd) => {
+            // SAFETY: only borrowed for the check, and `fd_is_open` said it is open.
+            let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            match channel::check_socket(borrowed) {
+                Ok(()) => Identity::Worker { id, fd },
+                Err(_) => Identity::NotWorker,
+            }
+        }
+        _ => Identity::NotWorker,
+    }
+}
+
+/// Makes this process worker `id` on channel `fd` (a raw fork's child, which
+/// the identity read before the fork would call the primary).
+pub(crate) fn become_worker(id: u32, fd: RawFd) {
+    *IDENTITY.lock().unwrap_or_else(|p| p.into_inner()) = Identity::Worker { id, fd };
+}
+
+/// Whether this process was started as an rcluster worker: its environment
+/// named a worker id and a channel fd that is an open channel. The answer
+/// stays the same after the worker opens and removes those variables.
 pub fn is_worker() -> bool {
     worker_id().is_some()
 }
 
-/// This worker's id from the environment, or `None` in a primary or a plain process.
+/// This worker's id, or `None` in a primary or a plain process.
 pub fn worker_id() -> Option<u32> {
-    std::env::var(ENV_WORKER_ID).ok()?.parse().ok().filter(|&id| id > 0)
+    match identity() {
+        Identity::Worker { id, .. } => Some(id),
+        _ => None,
+    }
 }
 
 /// This process's side of the cluster. Cheap to clone; all clones share one channel.
@@ -133,13 +184,12 @@ impl Worker {
     /// `RCLUSTER_CHANNEL_FD`) and tells the primary we are online.
     /// Once per process.
     pub fn open() -> Result<Worker> {
-        let id = worker_id().ok_or_else(|| {
-            Error::new(Code::State, format!("not a worker: {ENV_WORKER_ID} is not set to a worker id"))
-        })?;
-        let fd: RawFd = std::env::var(ENV_CHANNEL_FD)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| Error::new(Code::State, format!("not a worker: {ENV_CHANNEL_FD} is not set to an fd")))?;
+        let Identity::Worker { id, fd } = identity() else {
+            return Err(Error::new(
+                Code::State,
+                format!("not a worker: {ENV_WORKER_ID} and {ENV_CHANNEL_FD} do not name an open channel"),
+            ));
+        };
         if !sys::fd_is_open(fd) {
             return Err(Error::new(Code::State, format!("{ENV_CHANNEL_FD}={fd} is not an open fd in this process")));
         }
@@ -149,20 +199,44 @@ impl Worker {
         // SAFETY: the environment protocol hands fd `fd` to this process's
         // worker, and OPENED guarantees we take it exactly once.
         let channel = unsafe { OwnedFd::from_raw_fd(fd) };
-        if let Err(e) = channel::check_socket(channel.as_fd()) {
-            std::mem::forget(channel); // not ours to close: it is not our channel
-            OPENED.store(false, Ordering::SeqCst);
-            return Err(e);
+        let checked = channel::check_socket(channel.as_fd()).and_then(|()| {
+            sys::set_cloexec(channel.as_fd(), true).map_err(|e| Error::os("fcntl(FD_CLOEXEC) on channel", e))
+        });
+        let opened = match checked {
+            Ok(()) => Worker::build(id, channel),
+            Err(e) => Err((e, channel)),
+        };
+        match opened {
+            Ok(worker) => {
+                // This process's children are ordinary processes (as Node
+                // removes NODE_UNIQUE_ID): they neither inherit the channel
+                // (close-on-exec) nor the variables that name it.
+                std::env::remove_var(ENV_WORKER_ID);
+                std::env::remove_var(ENV_CHANNEL_FD);
+                Ok(worker)
+            }
+            Err((e, channel)) => {
+                // Not opened: leave the fd as we found it and the process
+                // unopened, so a later open says what is really wrong again
+                // rather than "already open".
+                std::mem::forget(channel);
+                OPENED.store(false, Ordering::SeqCst);
+                Err(e)
+            }
         }
-        sys::set_cloexec(channel.as_fd(), true).map_err(|e| Error::os("fcntl(FD_CLOEXEC) on channel", e))?;
-        Worker::from_channel(id, channel)
     }
 
     /// Builds a worker over an already-open channel end (tests, raw fork).
     pub fn from_channel(id: u32, channel: OwnedFd) -> Result<Worker> {
-        let events = EventQueue::new()?;
-        let replies_flag = Flag::new().map_err(|e| Error::os("eventfd", e))?;
-        let poll = PollSet::new(&[channel.as_raw_fd(), events.fd()]).map_err(|e| Error::os("epoll", e))?;
+        Worker::build(id, channel).map_err(|(e, _channel)| e)
+    }
+
+    /// Builds a worker and says hello; on failure the channel comes back.
+    fn build(id: u32, channel: OwnedFd) -> std::result::Result<Worker, (Error, OwnedFd)> {
+        let (events, replies_flag, poll) = match Worker::queues(&channel) {
+            Ok(parts) => parts,
+            Err(e) => return Err((e, channel)),
+        };
         // SAFETY: getpid is always safe.
         let pid = unsafe { libc::getpid() };
         let worker = Worker {
@@ -181,8 +255,20 @@ impl Worker {
                 born: Instant::now(),
             }),
         };
-        worker.send_frame(&Frame::Hello { pid })?;
+        if let Err(e) = worker.send_frame(&Frame::Hello { pid }) {
+            // Nothing else holds the worker yet: take the channel back.
+            let inner = Arc::try_unwrap(worker.inner).unwrap_or_else(|_| unreachable!("the worker was not shared"));
+            return Err((e, inner.channel));
+        }
         Ok(worker)
+    }
+
+    /// The worker's event queue, reply flag and poll set over `channel`.
+    fn queues(channel: &OwnedFd) -> Result<(EventQueue<WorkerEvent>, Flag, PollSet)> {
+        let events = EventQueue::new()?;
+        let replies_flag = Flag::new().map_err(|e| Error::os("eventfd", e))?;
+        let poll = PollSet::new(&[channel.as_raw_fd(), events.fd()]).map_err(|e| Error::os("epoll", e))?;
+        Ok((events, replies_flag, poll))
     }
 
     /// This worker's id (≥ 1).
@@ -213,6 +299,11 @@ impl Worker {
     /// place). The primary's own `listen(host, 0)` is the first.
     pub fn listen(&self, host: &str, port: u16, timeout: Option<Duration>) -> Result<Listener> {
         self.check_open()?;
+        if host.len() > crate::wire::MAX_STR {
+            let what =
+                format!("host is {} bytes long; at most {} fit a listen request", host.len(), crate::wire::MAX_STR);
+            return Err(Error::new(Code::InvalidArgument, what));
+        }
         let port_zero = {
             let mut state = self.inner.lock();
             // An address that does not parse gets index 0: the primary refuses it.
@@ -382,7 +473,7 @@ impl Worker {
     /// Sends application bytes to the primary (blocks while the channel is full).
     pub fn send(&self, data: &[u8]) -> Result<()> {
         self.check_open()?;
-        channel::check_limits(data.len() + 1, 0)?;
+        channel::check_limits(data.len().saturating_add(1), 0)?;
         self.send_frame(&Frame::User(data.to_vec()))
     }
 
@@ -392,7 +483,7 @@ impl Worker {
     pub fn send_many(&self, messages: &[&[u8]]) -> Result<()> {
         self.check_open()?;
         for message in messages {
-            channel::check_limits(message.len() + 1, 0)?;
+            channel::check_limits(message.len().saturating_add(1), 0)?;
         }
         let frames = Frame::pack_users(messages);
         let _guard = self.inner.send_lock.lock().unwrap_or_else(|p| p.into_inner());
@@ -417,8 +508,10 @@ impl Worker {
             }
             refusals
         };
-        self.inner.refuse(refusals);
+        // Goodbye first: the primary then knows these refusals come from a
+        // worker that is leaving, not from one that will not serve them.
         let _ = self.inner.send_frame(&Frame::Goodbye);
+        self.inner.refuse(refusals);
         // shutdown (not close) so other threads still polling the fd wake up
         // and see it hung up; the fd is closed when the last handle drops.
         // SAFETY: shutdown on a socket fd we own.
@@ -492,6 +585,7 @@ impl Inner {
                 }
             };
             let mut fds = message.fds;
+            let fds_lost = message.fds_lost;
             let frame = match Frame::decode(message.data) {
                 Ok(frame) => frame,
                 Err(e) => {
@@ -500,11 +594,22 @@ impl Inner {
                 }
             };
             match frame {
-                Frame::Conns { listener, conns } => {
-                    if fds.len() != conns.len() {
+                Frame::Conns { listener, mut conns } => {
+                    if fds.len() > conns.len() || (fds.len() < conns.len() && !fds_lost) {
                         let what = format!("{} connections came with {} fds", conns.len(), fds.len());
                         self.mark_gone(state, Error::new(Code::Protocol, what));
                         break;
+                    }
+                    // At our fd limit the kernel installs the first fds and
+                    // drops the rest: the connections whose fd did not
+                    // arrive go back to the primary, which hands them out
+                    // again. The channel itself is fine.
+                    let missing = conns.split_off(fds.len());
+                    if !missing.is_empty() {
+                        refusals.push(Frame::Lost { conns: missing });
+                    }
+                    if conns.is_empty() {
+                        continue;
                     }
                     match state.listeners.get_mut(&listener) {
                         Some(queue) if !state.draining => {
@@ -529,6 +634,14 @@ impl Inner {
                     }
                     if shared {
                         let Some(fd) = fds.pop() else {
+                            if fds_lost {
+                                // At our fd limit: this listen fails, the channel is fine.
+                                let message = "could not receive the listening socket: out of file descriptors".into();
+                                let reply = Frame::ListenErr { request, errno: libc::EMFILE, message };
+                                state.replies.insert(request, reply);
+                                self.replies_flag.set();
+                                continue;
+                            }
                             self.mark_gone(state, Error::new(Code::Protocol, "shared listener came without its fd"));
                             break;
                         };
@@ -645,6 +758,18 @@ impl Listener {
     /// `reuseport` policies).
     pub fn is_shared(&self) -> bool {
         matches!(self.mode, Mode::Shared { .. })
+    }
+
+    /// The listening socket itself when this worker accepts on it (`shared`
+    /// and `reuseport`), `None` when the primary hands connections over.
+    /// Owned by the listener (close-on-exec). The `rcluster` command uses it
+    /// to pass the socket on to a program that does not use rcluster
+    /// (systemd socket activation).
+    pub fn socket_fd(&self) -> Option<RawFd> {
+        match &self.mode {
+            Mode::Shared { socket, .. } => Some(socket.as_raw_fd()),
+            Mode::Dispatched { .. } => None,
+        }
     }
 
     /// An fd that is readable when [`Listener::accept`] may have a connection.

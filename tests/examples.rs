@@ -41,6 +41,10 @@ struct Binaries {
     rust: PathBuf,
 }
 
+/// The name the library's SONAME gives it (build.rs): what programs linked
+/// with -lrcluster ask the loader for.
+const SONAME: &str = concat!("librcluster.so.", env!("CARGO_PKG_VERSION_MAJOR"));
+
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
@@ -106,6 +110,12 @@ fn build() -> Binaries {
     run_bounded(command, BUILD_TIMEOUT, "cargo build --release --lib --example hello_server");
     let library = release.join("librcluster.so");
     assert!(library.exists(), "{} is missing after the build", library.display());
+    // The C example asks for the library by its SONAME (as `make lib` links it).
+    let soname = release.join(SONAME);
+    if std::fs::read_link(&soname).ok().as_deref() != Some(Path::new("librcluster.so")) {
+        let _ = std::fs::remove_file(&soname);
+        std::os::unix::fs::symlink("librcluster.so", &soname).expect("link librcluster.so.MAJOR");
+    }
 
     // The same command as `make examples`, with paths made absolute; written
     // under a temporary name and renamed, so a running copy is never overwritten.
@@ -612,7 +622,7 @@ fn reloads_the_deployed_program(binary: &Path, deploy: Deploy) {
             let library = library.clone().filter(|l| l.exists()).expect("the C example's librcluster.so");
             let staged = release.join("librcluster.so.staged");
             std::fs::copy(library, &staged).expect("copy the library");
-            std::fs::rename(&staged, release.join("librcluster.so")).expect("put the library in place");
+            std::fs::rename(&staged, release.join(SONAME)).expect("put the library in place");
         }
     };
     let (program, new_program) = match deploy {

@@ -18,8 +18,8 @@ const COVERED: &[&str] = &[
     "rcluster_send_handle",
     "rcluster_recv_handle",
     "rcluster_buffer_free",
-    "rcluster_primary_options_init",
-    "rcluster_primary_new",
+    "rcluster_primary_options_init2",
+    "rcluster_primary_new2",
     "rcluster_primary_fork",
     "rcluster_primary_fork_raw",
     "rcluster_primary_listen",
@@ -107,8 +107,12 @@ fn primary_functions_refuse_null_and_bogus_handles() {
         expect(rcluster_primary_stats(h, null_mut(), 0, &mut count), RCLUSTER_E_HANDLE, "stats");
         expect(rcluster_primary_free(h), RCLUSTER_E_HANDLE, "free");
     }
-    expect(rcluster_primary_options_init(null_mut()), RCLUSTER_E_INVAL, "options_init(NULL)");
-    expect(rcluster_primary_new(null(), null_mut()), RCLUSTER_E_INVAL, "new(out=NULL)");
+    expect(
+        rcluster_primary_options_init2(null_mut(), size_of::<rcluster_primary_options>()),
+        RCLUSTER_E_INVAL,
+        "options_init(NULL)",
+    );
+    expect(rcluster_primary_new2(null(), null_mut()), RCLUSTER_E_INVAL, "new(out=NULL)");
     expect(rcluster_event_release(null_mut()), RCLUSTER_E_INVAL, "event_release(NULL)");
 }
 
@@ -116,7 +120,7 @@ fn primary_functions_refuse_null_and_bogus_handles() {
 fn stale_and_wrong_type_handles_are_refused() {
     let _serial = serial();
     let mut p = null_mut();
-    ok(rcluster_primary_new(null(), &mut p), "new");
+    ok(rcluster_primary_new2(null(), &mut p), "new");
     // A primary handle where a worker or listener handle is expected.
     let mut fd = 0;
     expect(rcluster_worker_fd(p as *mut rcluster_worker, &mut fd), RCLUSTER_E_HANDLE, "worker_fd(primary handle)");
@@ -158,13 +162,55 @@ fn stale_and_wrong_type_handles_are_refused() {
     expect(rcluster_primary_fd(p, &mut fd), RCLUSTER_E_HANDLE, "fd(stale)");
     expect(rcluster_primary_free(p), RCLUSTER_E_HANDLE, "free twice");
     let mut bad_opts: rcluster_primary_options = unsafe { std::mem::zeroed() };
-    ok(rcluster_primary_options_init(&mut bad_opts), "options_init");
+    ok(rcluster_primary_options_init2(&mut bad_opts, size_of::<rcluster_primary_options>()), "options_init");
     bad_opts.policy = 77;
-    expect(rcluster_primary_new(&bad_opts, &mut p), RCLUSTER_E_INVAL, "new(bad policy)");
+    expect(rcluster_primary_new2(&bad_opts, &mut p), RCLUSTER_E_INVAL, "new(bad policy)");
     bad_opts.policy = RCLUSTER_POLICY_RR;
     bad_opts.restart_backoff = f64::NAN;
-    expect(rcluster_primary_new(&bad_opts, &mut p), RCLUSTER_E_INVAL, "new(NaN backoff)");
+    expect(rcluster_primary_new2(&bad_opts, &mut p), RCLUSTER_E_INVAL, "new(NaN backoff)");
     assert!(p.is_null(), "no handle on failure");
+    // 0.1's entry points (not in the header) refuse NULL the same way.
+    expect(rcluster_primary_options_init(null_mut()), RCLUSTER_E_INVAL, "options_init v1(NULL)");
+    expect(rcluster_primary_new(null(), null_mut()), RCLUSTER_E_INVAL, "new v1(out=NULL)");
+}
+
+/// The options struct carries its size: an older caller's smaller struct
+/// gets the defaults for the fields it lacks; a newer caller's larger one is
+/// accepted while the fields this library does not know are left zero.
+#[test]
+fn options_struct_size_is_checked_and_a_newer_struct_must_leave_unknown_fields_zero() {
+    let _serial = serial();
+    const SIZE: usize = size_of::<rcluster_primary_options>();
+    let mut p = null_mut();
+    let mut opts: rcluster_primary_options = unsafe { std::mem::zeroed() };
+    for bad in [0, 8, SIZE - 1, 1 << 20] {
+        expect(rcluster_primary_options_init2(&mut opts, bad), RCLUSTER_E_INVAL, "init2(bad size)");
+    }
+    ok(rcluster_primary_options_init2(&mut opts, SIZE), "init2");
+    assert_eq!(opts.struct_size, SIZE);
+    assert_eq!(opts.max_unacked, 8, "defaults filled");
+    opts.struct_size = 3;
+    expect(rcluster_primary_new2(&opts, &mut p), RCLUSTER_E_INVAL, "new2(garbage struct_size)");
+    assert!(last_error().contains("rcluster_primary_options_init2"), "{}", last_error());
+
+    // A program built against a newer header: 32 more bytes.
+    #[repr(C)]
+    struct Newer {
+        base: rcluster_primary_options,
+        extra: [u64; 4],
+    }
+    let mut newer: Newer = unsafe { std::mem::zeroed() };
+    newer.extra = [7; 4];
+    ok(rcluster_primary_options_init2(&mut newer.base, size_of::<Newer>()), "init2(newer)");
+    assert_eq!(newer.extra, [0; 4], "fields it does not know are zeroed");
+    assert_eq!(newer.base.struct_size, size_of::<Newer>());
+    ok(rcluster_primary_new2(&newer.base, &mut p), "new2(newer, unknown fields zero)");
+    ok(rcluster_primary_free(p), "free");
+    p = null_mut();
+    newer.extra[3] = 1;
+    expect(rcluster_primary_new2(&newer.base, &mut p), RCLUSTER_E_INVAL, "new2(newer, unknown field set)");
+    assert!(last_error().contains("newer rcluster.h"), "{}", last_error());
+    assert!(p.is_null());
 }
 
 #[test]

@@ -148,8 +148,8 @@ static uint32_t bench_worker_id(void)
 #define rcluster_primary_fork pf_primary_fork
 #define rcluster_primary_free pf_primary_free
 #define rcluster_primary_listen pf_primary_listen
-#define rcluster_primary_new pf_primary_new
-#define rcluster_primary_options_init pf_primary_options_init
+#define rcluster_primary_new2 pf_primary_new
+#define rcluster_primary_options_init2 pf_primary_options_init
 #define rcluster_primary_shutdown pf_primary_shutdown
 #define rcluster_primary_wait_event pf_primary_wait_event
 #define main example_main
@@ -215,7 +215,7 @@ int pf_listener_accept_many(rcluster_listener *l, int timeout_ms, int *fds, size
 }
 
 /* Primary side: never used (main below is the primary), refused if it were. */
-int pf_primary_options_init(rcluster_primary_options *o) { (void)o; return RCLUSTER_E_STATE; }
+int pf_primary_options_init(rcluster_primary_options *o, size_t n) { (void)o; (void)n; return RCLUSTER_E_STATE; }
 int pf_primary_new(const rcluster_primary_options *o, rcluster_primary **p) { (void)o; (void)p; return RCLUSTER_E_STATE; }
 int pf_primary_listen(rcluster_primary *p, const char *h, uint16_t port, uint16_t *b) { (void)p; (void)h; (void)port; (void)b; return RCLUSTER_E_STATE; }
 int pf_primary_fork(rcluster_primary *p, const char *const *e, uint32_t *id, int32_t *pid) { (void)p; (void)e; (void)id; (void)pid; return RCLUSTER_E_STATE; }

@@ -175,10 +175,10 @@ int main(int argc, char **argv)
     }
 
     rcluster_primary_options o;
-    rcluster_primary_options_init(&o);
+    rcluster_primary_options_init2(&o, sizeof o);
     o.restart = 0;
     rcluster_primary *p;
-    int rc = rcluster_primary_new(&o, &p);
+    int rc = rcluster_primary_new2(&o, &p);
     if (rc != RCLUSTER_OK)
         die("rcluster_primary_new", rc);
     uint32_t id = 0;

@@ -1,3 +1,4 @@
+/// <reference types="node" />
 // Types for rcluster's Node binding: Node's `cluster` module surface, plus
 // rcluster's extras (reload, scale, stats, shutdown, supervision settings,
 // the reuseport and least policies).

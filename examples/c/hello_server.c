@@ -329,13 +329,13 @@ static int run_primary(const struct options *opts)
     struct primary_state s = {.opts = opts};
 
     rcluster_primary_options po;
-    rcluster_primary_options_init(&po);
+    rcluster_primary_options_init2(&po, sizeof po);
     po.policy = opts->policy;
     po.handle_signals = 1; /* SIGTERM/SIGINT: shutdown, SIGHUP: reload, SIGTTIN/SIGTTOU: scale */
     po.argv = NULL;        /* workers run this program with these arguments */
-    int rc = rcluster_primary_new(&po, &s.primary);
+    int rc = rcluster_primary_new2(&po, &s.primary);
     if (rc != RCLUSTER_OK) {
-        report("rcluster_primary_new", rc);
+        report("rcluster_primary_new2", rc);
         return 1;
     }
 

@@ -1,5 +1,5 @@
 'use strict';
-// The hello server of ../shared/EXAMPLES.md, written the way a Node cluster
+// The hello server of examples/README.md, written the way a Node cluster
 // app is written. The only rcluster-specific line is the require: with
 // `require('cluster')` it is a plain Node cluster app.
 //

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The hello server of ../../shared/EXAMPLES.md on asyncio streams.
+"""The hello server of ../examples/README.md on asyncio streams.
 
     .venv/bin/python examples/python/asyncio_server.py --workers 2 --port 8080
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The hello server of ../../shared/EXAMPLES.md, in Python, on http.server.
+"""The hello server of ../examples/README.md, in Python, on http.server.
 
     .venv/bin/python examples/python/hello_server.py --workers 2 --port 8080
 
@@ -27,7 +27,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def parse_args(prog: str = "hello_server") -> argparse.Namespace:
-    """The arguments every example server takes (../../shared/EXAMPLES.md)."""
+    """The arguments every example server takes (../examples/README.md)."""
     parser = ArgumentParser(prog=prog, description="rcluster hello server (Python)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--port", type=int, default=8080)

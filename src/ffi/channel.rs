@@ -124,6 +124,13 @@ pub extern "C" fn rcluster_recv_handle(
             Read::WouldBlock => return Err(Error::new(Code::WouldBlock, "no message is waiting")),
             Read::Eof => return Err(Error::new(Code::Closed, "the peer hung up")),
         };
+        if message.fds_lost {
+            drop(message);
+            return Err(Error::new(
+                Code::Truncated,
+                "some descriptors sent with the message did not arrive (at the fd limit?); those that did were closed",
+            ));
+        }
         if message.fds.len() > max_fds {
             let n = message.fds.len();
             drop(message);

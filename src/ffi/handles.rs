@@ -2,7 +2,9 @@
 //!
 //! A handle is `(serial << 4) | tag` cast to a pointer type. It is never
 //! dereferenced; serials are never reused, so a stale handle cannot alias a
-//! newer object, and the tag catches a handle of the wrong type.
+//! newer object, and the tag catches a handle of the wrong type. Serials
+//! start at a random point of a 2^40 range in each process, so a handle
+//! cannot be guessed (the first primary is not always the same number).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -11,7 +13,18 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::{Code, Error, Result};
 
-static SERIAL: AtomicUsize = AtomicUsize::new(1);
+static SERIAL: AtomicUsize = AtomicUsize::new(0);
+static SERIAL_BASE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+
+/// This process's first serial: random (std's hash keys are seeded from
+/// the OS's random source), at least 1, leaving room to count up.
+fn serial_base() -> usize {
+    *SERIAL_BASE.get_or_init(|| {
+        use std::hash::BuildHasher;
+        let random = std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64) as usize;
+        1 + (random & ((1 << 40) - 1))
+    })
+}
 
 /// Keys are serial numbers we made ourselves (never chosen by a caller), so
 /// a multiplicative hash is enough; SipHash would cost every call into the
@@ -47,7 +60,7 @@ impl<T> Registry<T> {
 
     /// Registers `object` and returns its handle.
     pub fn insert<H>(&self, object: T) -> *mut H {
-        let key = (SERIAL.fetch_add(1, Ordering::Relaxed) << 4) | self.tag;
+        let key = ((serial_base() + SERIAL.fetch_add(1, Ordering::Relaxed)) << 4) | self.tag;
         self.objects.lock().unwrap_or_else(|p| p.into_inner()).insert(key, Arc::new(object));
         key as *mut H
     }

@@ -122,11 +122,23 @@ fn c_str<'a>(ptr: *const c_char, name: &str) -> Result<&'a str> {
         .map_err(|_| Error::new(Code::InvalidArgument, format!("{name} is not valid UTF-8")))
 }
 
+/// A length from C: over the largest message is refused before any slice
+/// is made (a slice longer than `isize::MAX` bytes is undefined behaviour
+/// even unread, and `SIZE_MAX` wraps any sum it enters).
+fn check_len(len: usize, name: &str) -> Result<()> {
+    if len > crate::channel::MAX_MESSAGE {
+        let limit = crate::channel::MAX_MESSAGE;
+        return Err(Error::new(Code::TooBig, format!("{name} is {len} bytes; the limit is {limit}")));
+    }
+    Ok(())
+}
+
 /// A byte buffer argument: (NULL, 0) is the empty buffer.
 fn bytes<'a>(data: *const u8, len: usize, name: &str) -> Result<&'a [u8]> {
     if len == 0 {
         return Ok(&[]);
     }
+    check_len(len, name)?;
     if data.is_null() {
         return Err(Error::new(Code::InvalidArgument, format!("{name} is NULL but its length is {len}")));
     }
@@ -143,10 +155,22 @@ fn message_list<'a>(data: *const *const c_void, lens: *const usize, count: usize
     if data.is_null() || lens.is_null() {
         return Err(Error::new(Code::InvalidArgument, format!("data or lens is NULL but count is {count}")));
     }
+    if count > crate::channel::MAX_MESSAGE / 4 {
+        return Err(Error::new(
+            Code::TooBig,
+            format!("{count} messages in one call; the limit is {}", crate::channel::MAX_MESSAGE / 4),
+        ));
+    }
     // SAFETY: non-NULL; the caller promises `count` entries in each array (header).
     let (data, lens) = unsafe { (std::slice::from_raw_parts(data, count), std::slice::from_raw_parts(lens, count)) };
     let mut messages = Vec::with_capacity(count);
+    let mut total: usize = 0;
     for (i, (&d, &len)) in data.iter().zip(lens).enumerate() {
+        check_len(len, &format!("message {i}"))?;
+        total = total.saturating_add(len);
+        if total > isize::MAX as usize / 2 {
+            return Err(Error::new(Code::TooBig, "the messages add up to more than memory can hold"));
+        }
         if len == 0 {
             messages.push(&[][..]);
         } else if d.is_null() {

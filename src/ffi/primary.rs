@@ -70,6 +70,16 @@ pub const RCLUSTER_EVENT_RELOAD_DONE: c_int = 12;
 /// Primary: a rolling reload of `generation` stopped because a replacement did
 /// not become ready (reason in `data`); workers not yet replaced keep serving.
 pub const RCLUSTER_EVENT_RELOAD_FAILED: c_int = 13;
+/// Primary: a worker for `slot` could not be started (out of fds or
+/// processes, the program missing); the reason and the retry time are in
+/// `data`. Not a crash: the slot keeps retrying with a growing delay.
+pub const RCLUSTER_EVENT_SPAWN_FAILED: c_int = 14;
+/// Primary: a new primary (`pid`), started on SIGUSR2, took over the
+/// listening sockets and its workers listen; this one stops gracefully.
+pub const RCLUSTER_EVENT_UPGRADED: c_int = 15;
+/// Primary: the new primary did not take over (the reason is in `data`);
+/// it was stopped and this one keeps serving.
+pub const RCLUSTER_EVENT_UPGRADE_FAILED: c_int = 16;
 
 /// Worker state in `rcluster_worker_stats`: started, not yet online.
 pub const RCLUSTER_WORKER_STARTING: c_int = 0;
@@ -86,10 +96,19 @@ pub const RCLUSTER_WORKER_DISCONNECTED: c_int = 4;
 /// or left on purpose (Node's `exitedAfterDisconnect`).
 pub const RCLUSTER_EXIT_AFTER_DISCONNECT: u32 = 1;
 
-/// Settings of a primary. Fill with `rcluster_primary_options_init`, then
-/// change what you need. Strings are copied by `rcluster_primary_new`.
+/// Settings of a primary. Fill with
+/// `rcluster_primary_options_init2(&options, sizeof options)`, then change
+/// what you need. Strings are copied by `rcluster_primary_new2`.
+///
+/// The struct grows at its end only. A program built against an older
+/// header passes its smaller `struct_size`, and the library reads just those
+/// fields and takes the defaults for the rest; a program built against a
+/// newer header may run on an older library as long as it leaves the fields
+/// that library does not know at their initial zero.
 #[repr(C)]
 pub struct rcluster_primary_options {
+    /// The size of the caller's struct, set by `rcluster_primary_options_init2`.
+    pub struct_size: usize,
     /// Worker program and arguments, a NULL-terminated array of strings;
     /// NULL (the default): this program with its own arguments, by the path
     /// it was started by (`argv[0]` when that is a path to it, symlinks kept),
@@ -154,6 +173,35 @@ pub struct rcluster_primary_options {
     /// Up to this many connections added at random to each worker's
     /// `recycle_after`, so they do not recycle together. Default 0.
     pub recycle_jitter: u32,
+    /// A worker holding a handed-over connection unacknowledged this long is
+    /// treated as hung: killed (`RCLUSTER_EVENT_UNRESPONSIVE`), its
+    /// connections handed to other workers once it is reaped, its slot
+    /// restarted. 0: no deadline. Default 30000.
+    pub ack_timeout_ms: u32,
+    /// Listeners workers' listen requests may have the primary bind, in
+    /// all; past it a request for a new address fails with `EMFILE`. Default 1024.
+    pub max_listeners: u32,
+    /// Listeners one worker may hold. Default 64.
+    pub max_listeners_per_worker: u32,
+    /// A listener bound for workers that no live worker has used for this
+    /// long is closed (listeners from `rcluster_primary_listen` stay). Default 60000.
+    pub listener_idle_ms: u32,
+    /// Bytes of messages queued for one worker that does not read them;
+    /// past it `rcluster_primary_send` fails with `RCLUSTER_E_TOOBIG` and
+    /// sends nothing. Default 64 MiB.
+    pub max_send_queue: usize,
+    /// Bytes of worker messages waiting for the host in the event queue;
+    /// past it the primary stops reading workers' channels (nothing is
+    /// dropped; they wait) until the host has taken half. Default 64 MiB.
+    pub max_event_bytes: usize,
+    /// Largest message a worker may send (at most, and by default,
+    /// `RCLUSTER_MAX_MESSAGE`); a larger one cuts the worker off
+    /// (`RCLUSTER_EVENT_WORKER_ERROR`).
+    pub max_message: usize,
+    /// Nonzero: allow a primary in a process started as a worker. Default
+    /// 0: refused with `RCLUSTER_E_STATE`, since a program that forgets to
+    /// check `rcluster_is_worker` would make every worker start workers.
+    pub allow_nested: c_int,
 }
 
 /// One worker's numbers (`rcluster_primary_stats`).
@@ -285,64 +333,192 @@ fn config_from(options: &rcluster_primary_options) -> Result<Config> {
     s.heartbeat_timeout = duration_ms(options.heartbeat_timeout_ms);
     s.recycle_after = options.recycle_after as u64;
     s.recycle_jitter = options.recycle_jitter as u64;
+    config.ack_timeout = (options.ack_timeout_ms > 0).then(|| duration_ms(options.ack_timeout_ms));
+    let l = &mut config.limits;
+    l.max_listeners = options.max_listeners;
+    l.max_listeners_per_worker = options.max_listeners_per_worker;
+    l.listener_idle = duration_ms(options.listener_idle_ms);
+    l.max_send_queue = options.max_send_queue;
+    l.max_event_bytes = options.max_event_bytes;
+    l.max_message = options.max_message;
+    config.allow_nested = options.allow_nested != 0;
     Ok(config)
 }
 
-/// Fills `options` with the defaults.
+/// The options struct of 0.1, which had no `struct_size`: its bytes are
+/// those of `rcluster_primary_options` after that first field. Frozen.
+const OPTIONS_V1_SIZE: usize = 160;
+/// The first struct that carried its size (0.2): the smallest size accepted.
+const OPTIONS_MIN_SIZE: usize = size_of::<usize>() + OPTIONS_V1_SIZE;
+/// More than any header will ever declare; a larger size is garbage.
+const OPTIONS_MAX_SIZE: usize = 1 << 16;
+const _: () = assert!(std::mem::offset_of!(rcluster_primary_options, argv) == size_of::<usize>());
+const _: () = assert!(std::mem::offset_of!(rcluster_primary_options, allow_nested) == size_of::<usize>() + 152);
+const _: () = assert!(size_of::<rcluster_primary_options>() >= OPTIONS_MIN_SIZE);
+
+fn default_options() -> rcluster_primary_options {
+    let d = Config::default();
+    rcluster_primary_options {
+        struct_size: size_of::<rcluster_primary_options>(),
+        argv: std::ptr::null(),
+        env: std::ptr::null(),
+        cwd: std::ptr::null(),
+        policy: d.policy as c_int,
+        max_unacked: d.max_unacked,
+        max_pending: d.max_pending,
+        backlog: d.backlog,
+        stop_timeout_ms: d.stop_timeout.as_millis() as u32,
+        handle_signals: d.handle_signals as c_int,
+        own_process_group: d.spawn.own_process_group as c_int,
+        restart: d.supervision.restart as c_int,
+        restart_delay_ms: d.supervision.restart_delay.as_millis() as u32,
+        restart_delay_max_ms: d.supervision.restart_delay_max.as_millis() as u32,
+        restart_backoff: d.supervision.restart_backoff,
+        stable_after_ms: d.supervision.stable_after.as_millis() as u32,
+        crash_loop_count: d.supervision.crash_loop_count,
+        crash_loop_window_ms: d.supervision.crash_loop_window.as_millis() as u32,
+        ready_timeout_ms: d.supervision.ready_timeout.as_millis() as u32,
+        wait_ready: d.supervision.wait_ready as c_int,
+        reload_concurrency: d.supervision.reload_concurrency,
+        heartbeat_interval_ms: d.supervision.heartbeat_interval.map_or(0, |i| i.as_millis() as u32),
+        heartbeat_timeout_ms: d.supervision.heartbeat_timeout.as_millis() as u32,
+        recycle_after: d.supervision.recycle_after as u32,
+        recycle_jitter: d.supervision.recycle_jitter as u32,
+        ack_timeout_ms: d.ack_timeout.map_or(0, |t| t.as_millis() as u32),
+        max_listeners: d.limits.max_listeners,
+        max_listeners_per_worker: d.limits.max_listeners_per_worker,
+        listener_idle_ms: d.limits.listener_idle.as_millis() as u32,
+        max_send_queue: d.limits.max_send_queue,
+        max_event_bytes: d.limits.max_event_bytes,
+        max_message: d.limits.max_message,
+        allow_nested: d.allow_nested as c_int,
+    }
+}
+
+fn checked_size(size: usize) -> Result<usize> {
+    if !(OPTIONS_MIN_SIZE..=OPTIONS_MAX_SIZE).contains(&size) {
+        return Err(Error::new(
+            Code::InvalidArgument,
+            format!("options struct_size {size} is not a size of rcluster_primary_options: fill it with rcluster_primary_options_init2(&options, sizeof options)"),
+        ));
+    }
+    Ok(size)
+}
+
+/// Fills the caller's `options`, of `struct_size` bytes (pass
+/// `sizeof options`), with the defaults and records `struct_size` in it.
+/// Bytes past the fields this library knows are zeroed.
 #[no_mangle]
-pub extern "C" fn rcluster_primary_options_init(options: *mut rcluster_primary_options) -> c_int {
+pub extern "C" fn rcluster_primary_options_init2(options: *mut rcluster_primary_options, struct_size: usize) -> c_int {
     guard(|| {
-        let options = non_null(options, "options")?;
-        let d = Config::default();
-        *options = rcluster_primary_options {
-            argv: std::ptr::null(),
-            env: std::ptr::null(),
-            cwd: std::ptr::null(),
-            policy: d.policy as c_int,
-            max_unacked: d.max_unacked,
-            max_pending: d.max_pending,
-            backlog: d.backlog,
-            stop_timeout_ms: d.stop_timeout.as_millis() as u32,
-            handle_signals: d.handle_signals as c_int,
-            own_process_group: d.spawn.own_process_group as c_int,
-            restart: d.supervision.restart as c_int,
-            restart_delay_ms: d.supervision.restart_delay.as_millis() as u32,
-            restart_delay_max_ms: d.supervision.restart_delay_max.as_millis() as u32,
-            restart_backoff: d.supervision.restart_backoff,
-            stable_after_ms: d.supervision.stable_after.as_millis() as u32,
-            crash_loop_count: d.supervision.crash_loop_count,
-            crash_loop_window_ms: d.supervision.crash_loop_window.as_millis() as u32,
-            ready_timeout_ms: d.supervision.ready_timeout.as_millis() as u32,
-            wait_ready: d.supervision.wait_ready as c_int,
-            reload_concurrency: d.supervision.reload_concurrency,
-            heartbeat_interval_ms: d.supervision.heartbeat_interval.map_or(0, |i| i.as_millis() as u32),
-            heartbeat_timeout_ms: d.supervision.heartbeat_timeout.as_millis() as u32,
-            recycle_after: d.supervision.recycle_after as u32,
-            recycle_jitter: d.supervision.recycle_jitter as u32,
-        };
+        // No reference to it: an older caller's struct is smaller than ours.
+        if options.is_null() {
+            return Err(Error::new(Code::InvalidArgument, "options is NULL"));
+        }
+        let size = checked_size(struct_size)?;
+        let mut defaults = default_options();
+        defaults.struct_size = size;
+        let known = size.min(size_of::<rcluster_primary_options>());
+        // SAFETY: the caller promises `struct_size` writable bytes at `options`;
+        // we write at most that many, from a struct of plain integers and pointers.
+        unsafe {
+            let dst = options as *mut u8;
+            std::ptr::write_bytes(dst, 0, size);
+            std::ptr::copy_nonoverlapping(&defaults as *const _ as *const u8, dst, known);
+        }
         Ok(())
     })
 }
 
-/// Creates a primary with `options` (NULL: the defaults) and stores its
+/// Reads the caller's options: the fields its `struct_size` covers, the
+/// defaults for the rest.
+///
+/// # Safety
+/// `options` points at `struct_size` readable bytes (its first field).
+unsafe fn read_options(options: *const rcluster_primary_options) -> Result<rcluster_primary_options> {
+    // SAFETY: every version of the struct starts with `struct_size`.
+    let size = checked_size(unsafe { std::ptr::read_unaligned(options as *const usize) })?;
+    let mut local = default_options();
+    let known = size_of::<rcluster_primary_options>();
+    let src = options as *const u8;
+    // SAFETY: the caller's struct has `size` readable bytes; every field is a
+    // plain integer, float or pointer, so any bytes are a valid value.
+    unsafe {
+        std::ptr::copy_nonoverlapping(src, &mut local as *mut _ as *mut u8, size.min(known));
+        if size > known && std::slice::from_raw_parts(src.add(known), size - known).iter().any(|&b| b != 0) {
+            return Err(Error::new(
+                Code::InvalidArgument,
+                format!(
+                    "options set fields this library ({}) does not know: the program was built against a newer rcluster.h",
+                    env!("CARGO_PKG_VERSION")
+                ),
+            ));
+        }
+    }
+    local.struct_size = size;
+    Ok(local)
+}
+
+/// Creates a primary with `options` (filled by
+/// `rcluster_primary_options_init2`; NULL: the defaults) and stores its
 /// handle in `*out`. No thread starts and no worker is spawned yet.
 /// Free it with `rcluster_primary_free`.
 #[no_mangle]
-pub extern "C" fn rcluster_primary_new(
+pub extern "C" fn rcluster_primary_new2(
     options: *const rcluster_primary_options,
     out: *mut *mut rcluster_primary,
 ) -> c_int {
     guard(|| {
         let out = non_null(out, "out")?;
         *out = std::ptr::null_mut();
-        // SAFETY: NULL is allowed (defaults); otherwise the caller promises a valid struct.
-        let config = match unsafe { options.as_ref() } {
-            Some(options) => config_from(options)?,
-            None => Config::default(),
+        let config = if options.is_null() {
+            Config::default()
+        } else {
+            // SAFETY: the caller promises a struct of its `struct_size`.
+            config_from(&unsafe { read_options(options) }?)?
         };
         *out = PRIMARIES.insert(Primary::new(config)?);
         Ok(())
     })
+}
+
+/// 0.1's entry point, for programs built against its header (not in the
+/// header any more): fills 0.1's options struct, which had no
+/// `struct_size` and is laid out as `rcluster_primary_options` after it.
+#[no_mangle]
+pub extern "C" fn rcluster_primary_options_init(options: *mut c_void) -> c_int {
+    guard(|| {
+        if options.is_null() {
+            return Err(Error::new(Code::InvalidArgument, "options is NULL"));
+        }
+        let options = options as *mut u8;
+        let defaults = default_options();
+        // SAFETY: a 0.1 caller's struct has OPTIONS_V1_SIZE bytes, which are
+        // ours after `struct_size` (checked by the layout asserts above).
+        unsafe {
+            let src = (&defaults as *const rcluster_primary_options as *const u8).add(size_of::<usize>());
+            std::ptr::copy_nonoverlapping(src, options, OPTIONS_V1_SIZE);
+        }
+        Ok(())
+    })
+}
+
+/// 0.1's entry point, for programs built against its header (not in the
+/// header any more): `rcluster_primary_new2` with 0.1's options struct.
+#[no_mangle]
+pub extern "C" fn rcluster_primary_new(options: *const c_void, out: *mut *mut rcluster_primary) -> c_int {
+    if options.is_null() {
+        return rcluster_primary_new2(std::ptr::null(), out);
+    }
+    let mut sized = default_options();
+    // SAFETY: a 0.1 caller's struct has OPTIONS_V1_SIZE readable bytes of
+    // plain fields, laid out as ours after `struct_size`.
+    unsafe {
+        let dst = (&mut sized as *mut rcluster_primary_options as *mut u8).add(size_of::<usize>());
+        std::ptr::copy_nonoverlapping(options as *const u8, dst, OPTIONS_V1_SIZE);
+    }
+    sized.struct_size = OPTIONS_MIN_SIZE;
+    rcluster_primary_new2(&sized, out)
 }
 
 /// Starts one worker by exec of the configured argv, with the "KEY=VALUE"
@@ -573,13 +749,15 @@ pub extern "C" fn rcluster_primary_stats(
     })
 }
 
-/// Frees the primary. If it has not shut down, shuts it down first with the
-/// stop timeout as grace and waits until every worker has exited and been
-/// reaped (this may block that long). The handle is invalid afterwards.
+/// Frees the primary. Threads waiting in `rcluster_primary_wait_event`
+/// return `RCLUSTER_E_CLOSED` at once. If it has not shut down, it shuts
+/// down with the stop timeout as grace, and this waits until every worker
+/// has exited and been reaped (it may block that long). The handle is
+/// invalid afterwards.
 #[no_mangle]
 pub extern "C" fn rcluster_primary_free(primary: *mut rcluster_primary) -> c_int {
     guard(|| {
-        drop(PRIMARIES.remove(primary)?);
+        PRIMARIES.remove(primary)?.close();
         Ok(())
     })
 }
@@ -660,10 +838,16 @@ fn primary_event(event: Event) -> rcluster_event {
             rcluster_event { slot: slot as i32, ..base(RCLUSTER_EVENT_CRASH_LOOP, worker, pid) }
         }
         Event::Unresponsive { worker, pid } => base(RCLUSTER_EVENT_UNRESPONSIVE, worker, pid),
+        Event::SpawnFailed { slot, message } => with_data(
+            rcluster_event { slot: slot as i32, ..base(RCLUSTER_EVENT_SPAWN_FAILED, 0, 0) },
+            message.into_bytes(),
+        ),
         Event::ReloadDone { generation } => rcluster_event { generation, ..base(RCLUSTER_EVENT_RELOAD_DONE, 0, 0) },
         Event::ReloadFailed { generation, message } => {
             with_data(rcluster_event { generation, ..base(RCLUSTER_EVENT_RELOAD_FAILED, 0, 0) }, message.into_bytes())
         }
+        Event::Upgraded { pid } => base(RCLUSTER_EVENT_UPGRADED, 0, pid),
+        Event::UpgradeFailed { message } => with_data(base(RCLUSTER_EVENT_UPGRADE_FAILED, 0, 0), message.into_bytes()),
         Event::Shutdown => base(RCLUSTER_EVENT_SHUTDOWN, 0, 0),
     }
 }

@@ -29,6 +29,7 @@ use std::ffi::OsString;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,6 +40,8 @@ use super::listener::{parse_address, Listener};
 use super::policy::Sockets;
 use super::signals::SignalPipe;
 use super::supervisor::{AfterCrash, Cause, Jitter, Reload, Replacement, Slot};
+use super::systemd::{self, InheritedSocket, Notifier};
+use super::upgrade::{self, Upgrade};
 use super::{Command, Config, Shared, WorkerInfo};
 use crate::channel::{self, Reassembler};
 use crate::error::{Code, Error, Result};
@@ -51,6 +54,13 @@ use crate::wire::Frame;
 const REAP_POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// How long accepting pauses after EMFILE/ENFILE/ENOBUFS/ENOMEM, so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// READY=1 waits this long after the last new slot, so a host forking its
+/// workers one call at a time is reported ready once all of them listen,
+/// not after the first.
+const READY_SETTLE: Duration = Duration::from_millis(100);
+/// Queued connections closed when a worker cannot start for lack of fds:
+/// enough for a spawn (a socketpair, a pidfd, exec's error pipe) and more.
+const SHED_ON_EMFILE: usize = 16;
 
 // Tokens: the low two bits say what, the rest which.
 const KIND_SPECIAL: usize = 0;
@@ -58,6 +68,7 @@ const KIND_LISTENER: usize = 1;
 const KIND_CHANNEL: usize = 2;
 const TOKEN_WAKE: Token = Token(0);
 const TOKEN_SIGNALS: Token = Token(1 << 2);
+const TOKEN_UPGRADE: Token = Token(2 << 2);
 const KIND_PIDFD: usize = 3;
 
 fn token(kind: usize, id: u32) -> Token {
@@ -69,8 +80,11 @@ struct Handoff {
     conn: u64,
     listener: u32,
     fd: Arc<OwnedFd>,
-    /// How many workers refused it.
-    refusals: u32,
+    /// The workers that refused it: it is not offered to them again, and it
+    /// is closed once every worker of its listener has refused it.
+    refused_by: Vec<u32>,
+    /// When it was last handed to a worker (for the acknowledgement deadline).
+    handed_at: Instant,
 }
 
 /// A record waiting for room in a worker's socket buffer.
@@ -86,6 +100,10 @@ struct Link {
     reassembler: Reassembler,
     outbox: VecDeque<Outgoing>,
     writable_armed: bool,
+    /// Bytes queued for the worker, shared with the host's `send` (which
+    /// adds what it queues; we take that off as we take its commands, and
+    /// count the outbox in while it holds records).
+    queued: Arc<AtomicUsize>,
 }
 
 /// The next signal a stopping worker gets, and when.
@@ -128,11 +146,31 @@ struct WorkerEntry {
     /// Outstanding heartbeat: its sequence number and when it was sent.
     ping: Option<(u64, Instant)>,
     next_ping: Option<Instant>,
+    /// It held a connection unacknowledged past `ack_timeout` and was killed.
+    ack_expired: bool,
+    /// It could not receive connections' fds (at its fd limit): none are
+    /// handed to it until then.
+    starved_until: Option<Instant>,
 }
 
 impl WorkerEntry {
-    fn can_take_connections(&self, max_unacked: usize) -> bool {
-        self.link.is_some() && !self.leaving && self.unacked.len() < max_unacked
+    fn can_take_connections(&self, max_unacked: usize, now: Instant) -> bool {
+        self.link.is_some()
+            && !self.leaving
+            && self.unacked.len() < max_unacked
+            && self.starved_until.is_none_or(|until| until <= now)
+    }
+
+    /// Whether the heartbeat watches it: online and connected, not leaving.
+    /// `next_timer` and `check_heartbeats` both ask this, so a deadline is
+    /// only ever waited for when a check will act on it.
+    fn heartbeat_watched(&self) -> bool {
+        self.link.is_some() && self.online && !self.leaving
+    }
+
+    /// When its oldest unacknowledged connection was handed over.
+    fn oldest_unacked(&self) -> Option<Instant> {
+        self.unacked.values().map(|h| h.handed_at).min()
     }
 
     fn state(&self) -> WorkerState {
@@ -184,6 +222,20 @@ pub(crate) struct EventLoop {
     jitter: Jitter,
     signals: Option<SignalPipe>,
     shutdown: Option<ShutdownState>,
+    /// The time this turn started (read once per turn, not per connection).
+    now: Instant,
+    /// Workers whose channels went unread while the host was behind on events.
+    unread: Vec<u32>,
+    /// Listening sockets systemd passed and no listener has taken yet.
+    inherited: Vec<InheritedSocket>,
+    /// Where readiness is reported (systemd's `NOTIFY_SOCKET`).
+    notifier: Notifier,
+    /// `READY=1` was sent for the current state (start, or the last reload).
+    ready_notified: bool,
+    /// When the last slot was added (see `READY_SETTLE`).
+    slot_added_at: Instant,
+    /// A new primary being started to replace this one (SIGUSR2).
+    upgrade: Option<Upgrade>,
 }
 
 impl EventLoop {
@@ -196,6 +248,7 @@ impl EventLoop {
                 config.spawn.argv = argv;
             }
         }
+        let systemd_on = config.systemd;
         let poll = Poll::new().map_err(|e| Error::os("epoll", e))?;
         poll.registry()
             .register(&mut SourceFd(&shared.wake.raw()), TOKEN_WAKE, Interest::READABLE)
@@ -231,6 +284,13 @@ impl EventLoop {
             jitter: Jitter::new(),
             signals,
             shutdown: None,
+            now: Instant::now(),
+            unread: Vec::new(),
+            inherited: if systemd_on { systemd::take_listen_fds() } else { Vec::new() },
+            notifier: if systemd_on { Notifier::from_env() } else { Notifier::from_nothing() },
+            ready_notified: false,
+            slot_added_at: Instant::now(),
+            upgrade: None,
         })
     }
 
@@ -245,11 +305,13 @@ impl EventLoop {
                     self.begin_shutdown(Duration::ZERO);
                 }
             }
+            self.now = Instant::now();
             for event in events.iter() {
                 let Token(raw) = event.token();
                 let id = (raw >> 2) as u32;
                 match raw & 3 {
                     KIND_SPECIAL if event.token() == TOKEN_WAKE => self.on_commands(),
+                    KIND_SPECIAL if event.token() == TOKEN_UPGRADE => self.on_upgrade_news(),
                     KIND_SPECIAL => self.on_signals(),
                     KIND_LISTENER => self.on_listener_ready(id),
                     KIND_CHANNEL => {
@@ -263,14 +325,22 @@ impl EventLoop {
                     _ => self.on_worker_exit(id),
                 }
             }
+            // Timers before the hand-out: what they start (a paused
+            // listener resumes and accepts, a reaped worker's connections go
+            // back to the queue) is dispatched and sent in this same turn,
+            // never left waiting for a wake-up that may not come.
+            let timers_ran_at = self.on_timers();
             self.dispatch_pending();
             self.accept_ready();
-            self.send_handed_connections();
             self.start_due_recycles();
-            self.on_timers();
+            self.send_handed_connections();
             if self.advance_shutdown() {
                 break;
             }
+            #[cfg(debug_assertions)]
+            self.check_no_timer_left_due(timers_ran_at);
+            #[cfg(not(debug_assertions))]
+            let _ = timers_ran_at;
             if !events.is_empty() {
                 // After a turn with work, let whatever else is runnable on
                 // this CPU (the workers, most often) go first. Under load the
@@ -296,9 +366,13 @@ impl EventLoop {
             self.shared.wake.clear();
             queue.drain(..).collect()
         };
+        // The host also wakes us when it has caught up on events (after the
+        // clear above, so such a wake-up is never lost).
+        self.resume_reads();
         // Messages to the same worker queued together travel together.
         let mut messages: Vec<(u32, Vec<Vec<u8>>)> = Vec::new();
         for command in commands {
+            self.unreserve(&command);
             if let Command::Send { worker, data } = command {
                 match messages.iter_mut().find(|(w, _)| *w == worker) {
                     Some((_, queued)) => queued.push(data),
@@ -338,6 +412,19 @@ impl EventLoop {
         self.send_user_messages(&mut messages);
     }
 
+    /// A send command's bytes leave the host's count as we take it (what
+    /// cannot be written at once is counted again while in the outbox).
+    fn unreserve(&self, command: &Command) {
+        let (worker, bytes) = match command {
+            Command::Send { worker, data } => (*worker, data.len()),
+            Command::SendFrames { worker, frames } => (*worker, frames.iter().map(Vec::len).sum()),
+            _ => return,
+        };
+        if let Some(link) = self.workers.get(&worker).and_then(|w| w.link.as_ref()) {
+            link.queued.fetch_sub(bytes, Ordering::Relaxed);
+        }
+    }
+
     fn send_user_messages(&mut self, messages: &mut Vec<(u32, Vec<Vec<u8>>)>) {
         for (worker, queued) in messages.drain(..) {
             let slices: Vec<&[u8]> = queued.iter().map(|m| &m[..]).collect();
@@ -360,6 +447,7 @@ impl EventLoop {
         let index = self.next_slot;
         self.next_slot += 1;
         self.slots.insert(index, Slot::new(index, env));
+        self.slot_added_at = self.now;
         match self.start_worker(index) {
             Ok(info) => {
                 if let Some(slot) = self.slots.get_mut(&index) {
@@ -407,8 +495,14 @@ impl EventLoop {
         let supervision = &self.config.supervision;
         let recycle_at = (supervision.recycle_after > 0)
             .then(|| supervision.recycle_after + self.jitter.upto(supervision.recycle_jitter));
-        let link =
-            Link { fd: channel, reassembler: Reassembler::new(), outbox: VecDeque::new(), writable_armed: false };
+        let queued = Arc::new(AtomicUsize::new(0));
+        let link = Link {
+            fd: channel,
+            reassembler: Reassembler::with_limit(self.config.limits.max_message),
+            outbox: VecDeque::new(),
+            writable_armed: false,
+            queued: queued.clone(),
+        };
         self.workers.insert(
             id,
             WorkerEntry {
@@ -435,9 +529,11 @@ impl EventLoop {
                 recycle_at,
                 ping: None,
                 next_ping: None,
+                ack_expired: false,
+                starved_until: None,
             },
         );
-        self.shared.lock_connected().insert(id);
+        self.shared.lock_connected().insert(id, queued);
         self.shared.emit(Event::Fork { worker: id, pid, slot, generation: self.generation });
         Ok(WorkerInfo { id, pid })
     }
@@ -445,23 +541,55 @@ impl EventLoop {
     /// Finds or binds the listener for `host:port` (for port 0, the one
     /// every worker's first port-0 listen at `host` gets).
     pub(crate) fn listen(&mut self, host: &str, port: u16) -> Result<SocketAddr> {
-        let id = self.listener_for(host, port, 0)?;
-        Ok(self.listeners[&id].address)
+        let id = self.listener_for(host, port, 0, None)?;
+        let listener = self.listeners.get_mut(&id).expect("listener_for returned a known id");
+        listener.declared = true;
+        Ok(listener.address)
     }
 
     /// Finds or binds the listener for `host:port`; for port 0, the
     /// `index`-th (each worker's n-th port-0 listen at a host shares one).
-    fn listener_for(&mut self, host: &str, port: u16, index: u16) -> Result<u32> {
+    /// `worker`: the worker asking, held to `max_listeners_per_worker`
+    /// (`None`: the host, whose listeners are not counted).
+    fn listener_for(&mut self, host: &str, port: u16, index: u16, worker: Option<u32>) -> Result<u32> {
         if self.shutdown.is_some() {
             return Err(Error::new(Code::State, "the primary is shutting down").with_errno(libc::ESHUTDOWN));
         }
         let requested = parse_address(host, port)?;
         let key = (requested, if port == 0 { index } else { 0 });
-        if let Some(&id) = self.by_address.get(&key) {
+        let existing = self.by_address.get(&key).copied();
+        let limits = &self.config.limits;
+        if let Some(entry) = worker.and_then(|w| self.workers.get(&w)) {
+            let already = existing.is_some_and(|id| entry.listening_on.contains(&id));
+            if !already && entry.listening_on.len() >= limits.max_listeners_per_worker as usize {
+                let max = limits.max_listeners_per_worker;
+                let message = format!("worker {} already holds {max} listeners (max_listeners_per_worker)", entry.id);
+                return Err(Error::new(Code::Address, message).with_errno(libc::EMFILE));
+            }
+        }
+        if let Some(id) = existing {
             return Ok(id);
         }
+        if worker.is_some() && self.listeners.values().filter(|l| !l.declared).count() >= limits.max_listeners as usize
+        {
+            let message =
+                format!("the primary already holds {} listeners for workers (max_listeners)", limits.max_listeners);
+            return Err(Error::new(Code::Address, message).with_errno(libc::EMFILE));
+        }
         let id = self.next_listener;
-        let listener = Listener::bind(id, requested, self.config.backlog, self.config.policy.instantiate())?;
+        // A socket systemd passed for this very address is taken instead of
+        // binding; for port 0, the one a primary being replaced named for
+        // this place (see `systemd::port_zero_name`).
+        let inherited = self
+            .inherited
+            .iter()
+            .position(|s| match port {
+                0 => s.name == systemd::port_zero_name(index) && s.address.ip() == requested.ip(),
+                _ => s.address == requested,
+            })
+            .map(|i| self.inherited.remove(i).socket);
+        let policy = self.config.policy.instantiate();
+        let listener = Listener::bind(id, requested, self.config.backlog, policy, inherited)?;
         if let (Some(socket), Sockets::PrimaryAccepts) = (&listener.socket, listener.policy.sockets()) {
             self.poll
                 .registry()
@@ -572,6 +700,8 @@ impl EventLoop {
         self.generation += 1;
         let queue = self.slots.keys().copied().collect();
         self.reload = Some(Reload { generation: self.generation, queue });
+        self.notifier.notify(&format!("RELOADING=1\nMONOTONIC_USEC={}", systemd::monotonic_usec()));
+        self.ready_notified = false;
         self.advance_reload();
         Ok(self.generation)
     }
@@ -591,6 +721,7 @@ impl EventLoop {
                     let generation = reload.generation;
                     self.reload = None;
                     self.shared.emit(Event::ReloadDone { generation });
+                    self.notify_ready_if_serving();
                     if std::mem::take(&mut self.reload_again) {
                         let _ = self.reload();
                     }
@@ -651,6 +782,8 @@ impl EventLoop {
             self.abandon_worker(worker);
         }
         self.shared.emit(Event::ReloadFailed { generation: reload.generation, message });
+        // The old workers keep serving: ready again, with the reason.
+        self.notify_ready_if_serving();
     }
 
     /// The worker is ready (listening, or said so with `wait_ready`): if it
@@ -671,6 +804,29 @@ impl EventLoop {
         if replacement.cause == Cause::Reload {
             self.advance_reload();
         }
+    }
+
+    /// When `READY=1` is due, if it is: every slot's worker listens (at
+    /// start, or after a reload; not during one), the slots settled.
+    fn ready_due_at(&self) -> Option<Instant> {
+        if self.ready_notified || self.reload.is_some() || self.shutdown.is_some() || !self.notifier.active() {
+            return None;
+        }
+        let serving = |s: &Slot| s.worker.and_then(|w| self.workers.get(&w)).is_some_and(|w| w.listening);
+        if self.slots.is_empty() || !self.slots.values().all(serving) {
+            return None;
+        }
+        Some(self.slot_added_at + READY_SETTLE)
+    }
+
+    /// Tells systemd `READY=1` (with a status line) once it is due.
+    fn notify_ready_if_serving(&mut self) {
+        if self.ready_due_at().is_none_or(|at| at > Instant::now()) {
+            return;
+        }
+        self.ready_notified = true;
+        let status = format!("STATUS={} workers listening, generation {}", self.slots.len(), self.generation);
+        self.notifier.notify(&format!("READY=1\n{status}"));
     }
 
     fn start_due_recycles(&mut self) {
@@ -735,7 +891,7 @@ impl EventLoop {
                 let fd = Arc::new(unsafe { OwnedFd::from_raw_fd(ret) });
                 let conn = self.next_conn;
                 self.next_conn += 1;
-                self.dispatch(Handoff { conn, listener: id, fd, refusals: 0 });
+                self.dispatch(Handoff { conn, listener: id, fd, refused_by: Vec::new(), handed_at: self.now });
                 continue;
             }
             let errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
@@ -766,29 +922,33 @@ impl EventLoop {
 
     /// Hands a connection to the worker the policy picks, or queues it.
     fn dispatch(&mut self, handoff: Handoff) {
-        match self.pick_worker(handoff.listener) {
+        match self.pick_worker(handoff.listener, &handoff.refused_by) {
             Some(worker) => self.hand_to(worker, handoff),
             None => self.pending.push_back(handoff),
         }
     }
 
-    fn pick_worker(&mut self, listener: u32) -> Option<u32> {
+    /// The worker the listener's policy picks, never one in `refused_by`.
+    fn pick_worker(&mut self, listener: u32, refused_by: &[u32]) -> Option<u32> {
         let listener = self.listeners.get_mut(&listener)?;
         let workers = &self.workers;
         let max_unacked = self.config.max_unacked as usize;
+        let now = self.now;
         listener.policy.pick(&listener.members, &mut |id| {
             let entry = workers.get(&id)?;
-            entry.can_take_connections(max_unacked).then_some(entry.unacked.len() as u32 + entry.active)
+            let can = entry.can_take_connections(max_unacked, now) && !refused_by.contains(&id);
+            can.then_some(entry.unacked.len() as u32 + entry.active)
         })
     }
 
     /// Gives a connection to a worker. It is sent with the others handed to
     /// that worker this turn, in one record, at the end of the turn.
-    fn hand_to(&mut self, worker: u32, handoff: Handoff) {
+    fn hand_to(&mut self, worker: u32, mut handoff: Handoff) {
         let Some(entry) = self.workers.get_mut(&worker) else {
             self.pending.push_back(handoff);
             return;
         };
+        handoff.handed_at = self.now;
         if entry.handing.is_empty() {
             self.handing_to.push(worker);
         }
@@ -834,7 +994,7 @@ impl EventLoop {
         }
         let mut waiting = VecDeque::new();
         while let Some(handoff) = self.pending.pop_front() {
-            match self.pick_worker(handoff.listener) {
+            match self.pick_worker(handoff.listener, &handoff.refused_by) {
                 Some(worker) => self.hand_to(worker, handoff),
                 None => waiting.push_back(handoff),
             }
@@ -873,6 +1033,7 @@ impl EventLoop {
                     }
                 }
             }
+            link.queued.fetch_add(payload.len(), Ordering::Relaxed);
             link.outbox.push_back(Outgoing { header, payload: payload.to_vec(), fds: attached.to_vec() });
         }
         if broken {
@@ -903,6 +1064,7 @@ impl EventLoop {
             let raw: Vec<RawFd> = record.fds.iter().map(|fd| fd.as_raw_fd()).collect();
             match channel::send_record(link.fd.as_fd(), record.header, &record.payload, &raw) {
                 Ok(()) => {
+                    link.queued.fetch_sub(record.payload.len(), Ordering::Relaxed);
                     link.outbox.pop_front();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -919,7 +1081,38 @@ impl EventLoop {
         }
     }
 
+    /// Reads what the worker sent, unless the host has fallen behind on
+    /// events (`max_event_bytes`): then the worker waits (its channel
+    /// fills and its sends block; nothing is dropped) until the host has
+    /// taken half, and `resume_reads` reads it.
     fn on_worker_readable(&mut self, worker: u32) {
+        if self.shared.events_over_limit() {
+            self.shared.reads_paused.store(true, Ordering::SeqCst);
+            if !self.unread.contains(&worker) {
+                self.unread.push(worker);
+            }
+            // The host may have caught up between the check and the flag.
+            if !self.shared.events_over_limit() && self.shared.reads_paused.swap(false, Ordering::SeqCst) {
+                self.shared.wake.set();
+            }
+            return;
+        }
+        self.drain_channel(worker);
+    }
+
+    /// Reads the channels left unread while the host was behind.
+    fn resume_reads(&mut self) {
+        if self.unread.is_empty() || self.shared.events_over_limit() {
+            return;
+        }
+        for worker in std::mem::take(&mut self.unread) {
+            self.on_worker_readable(worker);
+        }
+    }
+
+    /// Reads everything the worker sent, whatever the host's backlog (an
+    /// exiting worker's last acknowledgements must be seen).
+    fn drain_channel(&mut self, worker: u32) {
         loop {
             let Some(link) = self.workers.get_mut(&worker).and_then(|w| w.link.as_mut()) else { return };
             match link.reassembler.read(link.fd.as_fd()) {
@@ -935,7 +1128,7 @@ impl EventLoop {
     }
 
     fn on_frame(&mut self, worker: u32, message: channel::Message) {
-        if !message.fds.is_empty() {
+        if !message.fds.is_empty() || message.fds_lost {
             // Workers never send fds; the ones that came are closed with the message.
             return self.worker_error(worker, Error::new(Code::Protocol, "worker sent file descriptors"));
         }
@@ -970,6 +1163,7 @@ impl EventLoop {
                     self.worker_error(worker, Error::new(Code::Protocol, message));
                 }
             }
+            Frame::Lost { conns } => self.on_lost(worker, conns),
             Frame::Done { count } => entry.active = entry.active.saturating_sub(count),
             Frame::Goodbye => {
                 entry.leaving = true;
@@ -986,9 +1180,7 @@ impl EventLoop {
                 }
             }
             Frame::User(data) => self.shared.emit(Event::Message { worker, pid, data }),
-            Frame::Users(messages) => {
-                self.shared.emit_many(messages.into_iter().map(|data| Event::Message { worker, pid, data }));
-            }
+            Frame::Users(messages) => self.shared.emit_messages(worker, pid, messages),
             other => self.worker_error(
                 worker,
                 Error::new(Code::Protocol, format!("worker sent a primary-only frame {other:?}")),
@@ -997,7 +1189,7 @@ impl EventLoop {
     }
 
     fn on_listen_request(&mut self, worker: u32, request: u32, host: &str, port: u16, index: u16) {
-        let id = match self.listener_for(host, port, index) {
+        let id = match self.listener_for(host, port, index, Some(worker)) {
             Ok(id) => id,
             Err(e) => {
                 let reply = Frame::ListenErr { request, errno: e.errno(), message: e.message().to_owned() };
@@ -1033,11 +1225,13 @@ impl EventLoop {
             if !listener.members.contains(&worker) {
                 listener.members.push(worker);
             }
+            listener.idle_since = None;
         }
         self.shared.emit(Event::Listening { worker, pid, address });
         if !self.config.supervision.wait_ready {
             self.on_worker_ready(worker);
         }
+        self.notify_ready_if_serving();
     }
 
     fn leave_listener(&mut self, worker: u32, listener: u32) {
@@ -1063,13 +1257,41 @@ impl EventLoop {
             }
             return; // dropping the handoff closes the primary's copy
         }
-        handoff.refusals += 1;
-        let members = self.listeners.get(&handoff.listener).map_or(0, |l| l.members.len());
-        if handoff.refusals as usize > members.max(1) * 2 {
-            // Every worker keeps refusing it: closing it is all that is left.
+        let leaving = entry.leaving;
+        let Some(listener) = self.listeners.get(&handoff.listener) else { return };
+        // A worker that is leaving or left the listener gives back what it
+        // was sent meanwhile: that says nothing about the connection.
+        if !leaving && listener.members.contains(&worker) && !handoff.refused_by.contains(&worker) {
+            handoff.refused_by.push(worker);
+        }
+        // Distinct workers count, not refusals: one worker that refuses
+        // everything must not get a connection closed while others have room.
+        let mut serving =
+            listener.members.iter().filter(|m| self.workers.get(m).is_some_and(|w| !w.leaving)).peekable();
+        let everyone_refused = serving.peek().is_some() && serving.all(|m| handoff.refused_by.contains(m));
+        if everyone_refused {
+            // Every worker serving its listener refused it: closing it is all that is left.
             return;
         }
         self.pending.push_back(handoff);
+    }
+
+    /// The worker could not receive these connections (at its fd limit):
+    /// they go back to the front of the queue, not counted as refusals, and
+    /// the worker gets none for a moment while its fds free up.
+    fn on_lost(&mut self, worker: u32, mut conns: Vec<u64>) {
+        let Some(entry) = self.workers.get_mut(&worker) else { return };
+        entry.starved_until = Some(self.now + ACCEPT_BACKOFF);
+        conns.sort_unstable_by(|a, b| b.cmp(a));
+        for conn in conns {
+            match entry.unacked.remove(&conn) {
+                Some(handoff) => self.pending.push_front(handoff), // oldest first
+                None => {
+                    let message = format!("worker reported unknown connection {conn} lost");
+                    return self.worker_error(worker, Error::new(Code::Protocol, message));
+                }
+            }
+        }
     }
 
     /// The worker's channel closed (or broke): its connections go back to
@@ -1124,7 +1346,7 @@ impl EventLoop {
         };
         let Some(status) = status else { return };
         // Read what it sent before dying (acks first), then the hang-up.
-        self.on_worker_readable(worker);
+        self.drain_channel(worker);
         self.hang_up(worker);
         let Some(entry) = self.workers.remove(&worker) else { return };
         if let Some(fd) = &entry.pidfd {
@@ -1136,11 +1358,11 @@ impl EventLoop {
             ExitStatus::Unknown => Exit::Unknown,
         };
         self.shared.emit(Event::Exit { worker, pid: entry.pid, exit, after_disconnect: entry.after_disconnect });
-        self.supervise_exit(&entry);
+        self.supervise_exit(&entry, exit);
     }
 
     /// Decides what a worker's exit means for its slot.
-    fn supervise_exit(&mut self, entry: &WorkerEntry) {
+    fn supervise_exit(&mut self, entry: &WorkerEntry, exit: Exit) {
         let Some(index) = entry.slot else { return };
         let Some(slot) = self.slots.get_mut(&index) else { return };
         if slot.replacement.is_some_and(|r| r.worker == entry.id) {
@@ -1156,16 +1378,88 @@ impl EventLoop {
         }
         let now = Instant::now();
         let policy = &self.config.supervision;
-        if entry.after_disconnect {
+        if entry.after_disconnect && exit == Exit::Code(0) {
             // It left on its own, gracefully: replace it at once, no penalty.
             if policy.restart {
                 slot.restart_at = Some(now);
             }
             return;
         }
+        // Anything else is a crash, whatever came before it: a worker that
+        // said goodbye and then failed (a listen error, say) must meet the
+        // backoff and the crash-loop limit, not be restarted at once forever.
         if let AfterCrash::CrashLoop = slot.on_crash(now, now.duration_since(entry.started), policy) {
             self.shared.emit(Event::CrashLoop { slot: index, worker: entry.id, pid: entry.pid });
         }
+    }
+
+    // ----- replacing the primary itself ------------------------------------
+
+    /// Starts a new primary from the program's current file with our
+    /// listening sockets (see `upgrade.rs`). One at a time; not while stopping.
+    fn start_upgrade(&mut self) {
+        if self.shutdown.is_some() || self.upgrade.is_some() {
+            return;
+        }
+        // A listener bound for port 0 is named by its place among port-0
+        // listeners: the new primary's workers ask for port 0 again.
+        let port_zero: HashMap<u32, u16> = self
+            .by_address
+            .iter()
+            .filter(|((address, _), _)| address.port() == 0)
+            .map(|(&(_, index), &id)| (id, index))
+            .collect();
+        let sockets: Vec<(SocketAddr, String, RawFd)> = self
+            .listeners
+            .values()
+            .filter(|l| l.policy.sockets() != Sockets::PerWorker)
+            .filter_map(|l| {
+                let name = port_zero.get(&l.id).map_or_else(|| "listener".to_owned(), |&i| systemd::port_zero_name(i));
+                l.socket.as_ref().map(|s| (l.address, name, s.as_raw_fd()))
+            })
+            .collect();
+        let deadline = Instant::now() + self.config.supervision.ready_timeout;
+        match upgrade::start(&sockets, deadline) {
+            Ok(up) => {
+                let registered =
+                    self.poll.registry().register(&mut SourceFd(&up.fd()), TOKEN_UPGRADE, Interest::READABLE);
+                if let Err(e) = registered {
+                    return self.upgrade_failed(up, format!("cannot watch the new primary: {e}"));
+                }
+                self.upgrade = Some(up);
+            }
+            Err(e) => self.shared.emit(Event::UpgradeFailed { message: e.message().to_owned() }),
+        }
+    }
+
+    /// The new primary spoke: once it says READY=1, this one stops.
+    fn on_upgrade_news(&mut self) {
+        let Some(up) = &self.upgrade else { return };
+        if !up.heard_ready() {
+            return;
+        }
+        let Some(up) = self.upgrade.take() else { return };
+        let _ = self.poll.registry().deregister(&mut SourceFd(&up.fd()));
+        self.shared.emit(Event::Upgraded { pid: up.pid() });
+        drop(up); // the new primary outlives us: not waited for, not signalled
+        self.begin_shutdown(self.config.stop_timeout);
+    }
+
+    /// Checks on a new primary that has not said it is ready.
+    fn watch_upgrade(&mut self, now: Instant) {
+        self.on_upgrade_news();
+        let Some(up) = &mut self.upgrade else { return };
+        let Some(why) = up.failed(now) else { return };
+        let Some(up) = self.upgrade.take() else { return };
+        let _ = self.poll.registry().deregister(&mut SourceFd(&up.fd()));
+        self.upgrade_failed(up, why);
+    }
+
+    fn upgrade_failed(&mut self, mut up: Upgrade, why: String) {
+        // It stops its own workers gracefully on SIGTERM.
+        let _ = sys::kill(up.pid(), libc::SIGTERM);
+        let _ = up.child.try_wait();
+        self.shared.emit(Event::UpgradeFailed { message: format!("{why}; this primary keeps serving") });
     }
 
     // ----- signals, timers, shutdown -------------------------------------
@@ -1191,56 +1485,94 @@ impl EventLoop {
                 libc::SIGTTOU => {
                     let _ = self.scale((self.slots.len() as u32).saturating_sub(1).max(1));
                 }
+                libc::SIGUSR2 => self.start_upgrade(),
                 _ => {}
             }
         }
     }
 
-    fn next_timer(&self) -> Option<Duration> {
-        let now = Instant::now();
-        let mut earliest: Option<Instant> = None;
-        let mut consider = |at: Instant| earliest = Some(earliest.map_or(at, |e: Instant| e.min(at)));
+    /// Every deadline the loop waits for, and what it is: the one place
+    /// that says when the loop must wake. Each is waited for only while
+    /// `on_timers` will act on it once due (and so move it or clear it):
+    /// a deadline that stays in the past makes the loop spin, which debug
+    /// builds check at the end of every turn (`check_no_timer_left_due`).
+    fn each_timer(&self, mut timer: impl FnMut(Instant, &'static str)) {
         for listener in self.listeners.values() {
             if let Some(at) = listener.paused_until {
-                consider(at);
+                timer(at, "a paused listener resumes");
             }
         }
         let heartbeat_timeout = self.config.supervision.heartbeat_timeout;
         for entry in self.workers.values() {
             if let Some(esc) = entry.escalation {
-                consider(esc.at);
+                timer(esc.at, "a stopping worker gets its next signal");
             }
             if entry.pidfd.is_none() {
-                consider(now + REAP_POLL_INTERVAL);
+                timer(self.now + REAP_POLL_INTERVAL, "a worker without a pidfd is polled for its exit");
             }
-            if entry.link.is_some() {
-                if let Some(at) = entry.next_ping {
-                    consider(at);
+            if entry.heartbeat_watched() {
+                match entry.ping {
+                    // Only one ping outstanding: the next is due once it is answered.
+                    Some((_, sent)) => timer(sent + heartbeat_timeout, "an unanswered ping times out"),
+                    None => {
+                        if let Some(at) = entry.next_ping {
+                            timer(at, "the next ping");
+                        }
+                    }
                 }
-                if let Some((_, sent)) = entry.ping {
-                    consider(sent + heartbeat_timeout);
+            }
+            if let Some(until) = entry.starved_until.filter(|_| !self.pending.is_empty()) {
+                timer(until, "a worker out of fds may be handed connections again");
+            }
+            if let (Some(timeout), false) = (self.config.ack_timeout, entry.ack_expired) {
+                if let Some(oldest) = entry.oldest_unacked() {
+                    timer(oldest + timeout, "an unacknowledged connection's deadline");
                 }
             }
         }
         if self.shutdown.is_none() {
+            for listener in self.listeners.values() {
+                if let Some(since) = listener.idle_since {
+                    timer(since + self.config.limits.listener_idle, "an unused listener closes");
+                }
+            }
             for slot in self.slots.values() {
-                if let Some(at) = slot.restart_at {
-                    consider(at);
+                if let Some(at) = slot.restart_at.filter(|_| slot.worker.is_none() && !slot.failed) {
+                    timer(at, "a slot's restart");
                 }
                 if let Some(replacement) = slot.replacement {
-                    consider(replacement.deadline);
+                    timer(replacement.deadline, "a replacement's ready deadline");
                 }
             }
         }
-        if let Some(shutdown) = &self.shutdown {
-            if !shutdown.disconnects_sent {
-                consider(shutdown.drain_until);
-            }
+        if let Some(shutdown) = self.shutdown.as_ref().filter(|s| !s.disconnects_sent) {
+            timer(shutdown.drain_until, "the shutdown stops draining");
         }
-        earliest.map(|at| at.saturating_duration_since(now))
+        if let Some(at) = self.ready_due_at() {
+            timer(at, "systemd is told the cluster is ready");
+        }
+        if self.upgrade.is_some() {
+            timer(self.now + REAP_POLL_INTERVAL, "the new primary is watched until it takes over");
+        }
     }
 
-    fn on_timers(&mut self) {
+    /// How long the loop may sleep: until the earliest deadline.
+    fn next_timer(&self) -> Option<Duration> {
+        let mut earliest: Option<Instant> = None;
+        self.each_timer(|at, _| earliest = Some(earliest.map_or(at, |e| e.min(at))));
+        earliest.map(|at| at.saturating_duration_since(Instant::now()))
+    }
+
+    /// Debug builds: no deadline older than this turn's timers may be left,
+    /// or the next wait returns at once, forever (a spin).
+    #[cfg(debug_assertions)]
+    fn check_no_timer_left_due(&self, timers_ran_at: Instant) {
+        self.each_timer(|at, what| {
+            assert!(at >= timers_ran_at, "the loop would spin: \"{what}\" is past due and nothing acts on it");
+        });
+    }
+
+    fn on_timers(&mut self) -> Instant {
         let now = Instant::now();
         let resumed: Vec<u32> = self
             .listeners
@@ -1254,16 +1586,25 @@ impl EventLoop {
         for id in resumed {
             self.accept_from(id, false);
         }
+        for entry in self.workers.values_mut() {
+            // Past: forget it, so no timer waits for it again.
+            entry.starved_until = entry.starved_until.filter(|&until| until > now);
+        }
         self.escalate_stops(now);
         self.check_heartbeats(now);
+        self.check_ack_deadlines(now);
+        self.notify_ready_if_serving();
+        self.watch_upgrade(now);
         if self.shutdown.is_none() {
             self.restart_due_slots(now);
             self.expire_replacements(now);
+            self.close_idle_listeners(now);
         }
         let unwatched: Vec<u32> = self.workers.values().filter(|w| w.pidfd.is_none()).map(|w| w.id).collect();
         for id in unwatched {
             self.on_worker_exit(id);
         }
+        now
     }
 
     fn escalate_stops(&mut self, now: Instant) {
@@ -1283,7 +1624,7 @@ impl EventLoop {
         let mut to_ping = Vec::new();
         let mut hung = Vec::new();
         for entry in self.workers.values_mut() {
-            if entry.link.is_none() || !entry.online || entry.leaving {
+            if !entry.heartbeat_watched() {
                 continue;
             }
             match entry.ping {
@@ -1313,6 +1654,27 @@ impl EventLoop {
         }
     }
 
+    /// A worker holding a connection unacknowledged past `ack_timeout` is
+    /// treated as hung: it is killed, and its connections go to other
+    /// workers once it is reaped (not before: until then it could still
+    /// take one, and a connection must never be served twice).
+    fn check_ack_deadlines(&mut self, now: Instant) {
+        let Some(timeout) = self.config.ack_timeout else { return };
+        let mut hung = Vec::new();
+        for entry in self.workers.values_mut() {
+            if entry.ack_expired || entry.oldest_unacked().is_none_or(|at| now.duration_since(at) < timeout) {
+                continue;
+            }
+            entry.ack_expired = true;
+            entry.leaving = true; // no new connections meanwhile
+            hung.push((entry.id, entry.pid));
+        }
+        for (worker, pid) in hung {
+            self.shared.emit(Event::Unresponsive { worker, pid });
+            let _ = sys::kill(pid, libc::SIGKILL);
+        }
+    }
+
     fn restart_due_slots(&mut self, now: Instant) {
         let due: Vec<u32> = self
             .slots
@@ -1328,14 +1690,57 @@ impl EventLoop {
                 Ok(info) => {
                     slot.worker = Some(info.id);
                     slot.restarts += 1;
+                    slot.spawn_succeeded();
                 }
-                Err(_) => {
-                    // Could not even spawn: counts as a crash at start-up.
-                    if let AfterCrash::CrashLoop = slot.on_crash(now, Duration::ZERO, &self.config.supervision) {
-                        self.shared.emit(Event::CrashLoop { slot: index, worker: 0, pid: 0 });
-                    }
-                }
+                Err(e) => self.spawn_failed(index, e, now),
             }
+        }
+    }
+
+    /// Could not even start a worker (out of fds or processes, the program
+    /// gone): no worker ran, so it is not a crash and never crash-loops the
+    /// slot. It is retried on a backoff of its own, and the host is told.
+    fn spawn_failed(&mut self, index: u32, error: Error, now: Instant) {
+        let Some(slot) = self.slots.get_mut(&index) else { return };
+        let retry_at = slot.on_spawn_failure(now, &self.config.supervision);
+        let mut message = format!("could not start a worker for slot {index}: {}", error.message());
+        if matches!(error.errno(), libc::EMFILE | libc::ENFILE) && !self.pending.is_empty() {
+            // Out of fds while connections wait for a worker: nobody can
+            // serve them until a worker starts, and none can start while
+            // they hold the fds. Close the newest few (the oldest are next
+            // in line) so the retry can succeed.
+            let shed = self.pending.len().min(SHED_ON_EMFILE);
+            self.pending.truncate(self.pending.len() - shed);
+            message.push_str(&format!("; closed {shed} queued connections to free file descriptors"));
+        }
+        message.push_str(&format!("; retrying in {:?}", retry_at.saturating_duration_since(now)));
+        self.shared.emit(Event::SpawnFailed { slot: index, message });
+    }
+
+    /// Closes listeners bound for workers that no worker has used for
+    /// `listener_idle`: a worker that asked for thousands of ports, then
+    /// left, must not leave the primary holding their fds for good.
+    fn close_idle_listeners(&mut self, now: Instant) {
+        let idle_for = self.config.limits.listener_idle;
+        let mut expired = Vec::new();
+        for listener in self.listeners.values_mut() {
+            if listener.declared || !listener.members.is_empty() {
+                listener.idle_since = None;
+                continue;
+            }
+            let since = *listener.idle_since.get_or_insert(now);
+            if now.duration_since(since) >= idle_for {
+                expired.push(listener.id);
+            }
+        }
+        for id in expired {
+            let Some(mut listener) = self.listeners.remove(&id) else { continue };
+            if let Some(socket) = listener.socket.take() {
+                let _ = self.poll.registry().deregister(&mut SourceFd(&socket.as_raw_fd()));
+            }
+            self.by_address.retain(|_, l| *l != id);
+            // Nobody served them for that long: close them rather than keep them forever.
+            self.pending.retain(|h| h.listener != id);
         }
     }
 
@@ -1355,6 +1760,7 @@ impl EventLoop {
         if self.shutdown.is_some() {
             return;
         }
+        self.notifier.notify("STOPPING=1");
         self.reload = None;
         self.reload_again = false;
         // Take what the kernel has already queued, then close the listeners:

@@ -41,6 +41,12 @@ pub struct Listener {
     pub ready: bool,
     /// Accepting is paused (after EMFILE and the like) until then.
     pub paused_until: Option<Instant>,
+    /// The host declared it (`Primary::listen`): it stays open while the
+    /// primary runs. Others were bound for workers' requests and close
+    /// once no worker has used them for `listener_idle`.
+    pub declared: bool,
+    /// Since when no worker has been a member (for the idle close).
+    pub idle_since: Option<Instant>,
 }
 
 impl Listener {
@@ -48,7 +54,30 @@ impl Listener {
     /// close-on-exec) when the primary accepts or shares it; for per-worker
     /// sockets, a bound `SO_REUSEPORT` socket that does not listen and only
     /// holds the port.
-    pub fn bind(id: u32, address: SocketAddr, backlog: i32, policy: Box<dyn Policy>) -> Result<Listener> {
+    ///
+    /// `inherited`: a listening socket systemd passed for this address, taken
+    /// in place of a new one where the policy can use it (the primary
+    /// accepting, or one socket every worker shares). Per-worker
+    /// `SO_REUSEPORT` sockets cannot join a socket bound without that
+    /// option, so `reuseport` binds as usual and says so.
+    pub fn bind(
+        id: u32,
+        address: SocketAddr,
+        backlog: i32,
+        policy: Box<dyn Policy>,
+        inherited: Option<OwnedFd>,
+    ) -> Result<Listener> {
+        if let Some(fd) = inherited {
+            if policy.sockets() != Sockets::PerWorker {
+                let socket = TcpListener::from(fd);
+                socket.set_nonblocking(true).map_err(|e| Error::os("set_nonblocking on listener", e))?;
+                let address = socket.local_addr().map_err(|e| Error::os("getsockname on listener", e))?;
+                return Ok(Listener::new(id, socket, address, policy));
+            }
+            eprintln!(
+                "rcluster: the socket systemd passed for {address} is not used: reuseport binds a socket per worker"
+            );
+        }
         let socket = match policy.sockets() {
             Sockets::PrimaryAccepts | Sockets::Shared => {
                 let socket = TcpListener::bind(address).map_err(|e| address_error(address, e))?;
@@ -61,7 +90,21 @@ impl Listener {
             Sockets::PerWorker => TcpListener::from(reuse_port_socket(address)?),
         };
         let address = socket.local_addr().map_err(|e| Error::os("getsockname on listener", e))?;
-        Ok(Listener { id, socket: Some(socket), address, members: Vec::new(), policy, ready: true, paused_until: None })
+        Ok(Listener::new(id, socket, address, policy))
+    }
+
+    fn new(id: u32, socket: TcpListener, address: SocketAddr, policy: Box<dyn Policy>) -> Listener {
+        Listener {
+            id,
+            socket: Some(socket),
+            address,
+            members: Vec::new(),
+            policy,
+            ready: true,
+            paused_until: None,
+            declared: false,
+            idle_since: None,
+        }
     }
 
     /// The listening socket to give a worker that will accept itself: a

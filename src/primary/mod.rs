@@ -14,13 +14,15 @@ mod listener;
 pub mod policy;
 mod signals;
 pub mod supervisor;
+pub(crate) mod systemd;
+mod upgrade;
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
 use std::mem::ManuallyDrop;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -35,6 +37,7 @@ use event_loop::EventLoop;
 pub use listener::parse_address;
 pub use policy::PolicyKind;
 pub use supervisor::Supervision;
+pub(crate) use systemd::VARIABLES as SYSTEMD_VARIABLES;
 
 /// How a primary behaves. `Config::default()` gives the documented defaults.
 #[derive(Clone, Debug)]
@@ -61,6 +64,102 @@ pub struct Config {
     pub handle_signals: bool,
     /// Restarts, reloads, heartbeat, recycling.
     pub supervision: Supervision,
+    /// A worker holding a handed-over connection unacknowledged this long
+    /// is treated as hung: it is killed (an `Unresponsive` event says so),
+    /// its connections go to other workers once it is reaped, and its slot
+    /// restarts it. `None`: no deadline. Default 30 s.
+    pub ack_timeout: Option<Duration>,
+    /// What workers may ask of the primary, and how much it queues.
+    pub limits: Limits,
+    /// Allow a primary in a process that was started as a worker. Off by
+    /// default: a program that forgets to check `is_worker` would otherwise
+    /// have every worker start workers of its own (a fork bomb).
+    pub allow_nested: bool,
+    /// Speak systemd's protocols (see `systemd.rs`): take the listening
+    /// sockets passed with `LISTEN_FDS` for their addresses instead of
+    /// binding, and report readiness, reloads and the stop to
+    /// `NOTIFY_SOCKET`. Default on: without those variables it does nothing.
+    pub systemd: bool,
+}
+
+/// Bounds on what workers may ask of the primary and on what it queues.
+/// `Default` gives the documented defaults; each must be at least 1.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Listeners workers' listen requests may have the primary bind, in all.
+    /// Beyond it a listen request for a new address fails with `EMFILE`.
+    /// Default 1024.
+    pub max_listeners: u32,
+    /// Listeners one worker may hold. Default 64.
+    pub max_listeners_per_worker: u32,
+    /// A listener bound for workers' requests that no live worker has used
+    /// for this long is closed (long enough that restarts and reloads keep
+    /// it; listeners the host declared with `Primary::listen` stay open).
+    /// Default 60 s.
+    pub listener_idle: Duration,
+    /// Bytes of messages queued for one worker that is not reading its
+    /// channel; past it `send` fails with `TooBig` and sends nothing.
+    /// Default 64 MiB.
+    pub max_send_queue: usize,
+    /// Bytes of worker messages waiting in the event queue for the host;
+    /// past it the primary stops reading workers' channels (they wait,
+    /// nothing is dropped) until the host has taken half. Default 64 MiB.
+    pub max_event_bytes: usize,
+    /// Largest message a worker may send; a larger one is a protocol
+    /// error that cuts the worker off. At most (and by default)
+    /// `channel::MAX_MESSAGE`.
+    pub max_message: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_listeners: 1024,
+            max_listeners_per_worker: 64,
+            listener_idle: Duration::from_secs(60),
+            max_send_queue: 64 << 20,
+            max_event_bytes: 64 << 20,
+            max_message: crate::channel::MAX_MESSAGE,
+        }
+    }
+}
+
+impl Config {
+    /// Refuses settings that cannot work: nothing would ever be accepted
+    /// or handed out, or healthy workers would be killed.
+    pub fn validate(&self) -> Result<()> {
+        let refuse = |what: &str| Err(Error::new(Code::InvalidArgument, what.to_owned()));
+        let s = &self.supervision;
+        let l = &self.limits;
+        if self.max_unacked == 0 {
+            return refuse("max_unacked must be at least 1 (no worker could be handed a connection)");
+        }
+        if self.max_pending == 0 {
+            return refuse("max_pending must be at least 1 (the primary would never accept a connection)");
+        }
+        if s.heartbeat_interval.is_some_and(|i| i.is_zero()) {
+            return refuse("heartbeat_interval must be above 0 (leave it unset for no heartbeat)");
+        }
+        if s.heartbeat_timeout.is_zero() {
+            return refuse("heartbeat_timeout must be above 0 (every worker would be killed as hung)");
+        }
+        if self.ack_timeout.is_some_and(|t| t.is_zero()) {
+            return refuse("ack_timeout must be above 0 (leave it unset for no deadline)");
+        }
+        if !(s.restart_backoff.is_finite() && s.restart_backoff >= 1.0) {
+            return refuse("restart_backoff must be a number >= 1");
+        }
+        if l.max_listeners == 0 || l.max_listeners_per_worker == 0 {
+            return refuse("max_listeners and max_listeners_per_worker must be at least 1");
+        }
+        if l.max_send_queue == 0 || l.max_event_bytes == 0 {
+            return refuse("max_send_queue and max_event_bytes must be at least 1");
+        }
+        if l.max_message == 0 || l.max_message > crate::channel::MAX_MESSAGE {
+            return refuse("max_message must be between 1 and the channel's limit (256 MiB)");
+        }
+        Ok(())
+    }
 }
 
 impl Default for Config {
@@ -74,6 +173,10 @@ impl Default for Config {
             stop_timeout: Duration::from_secs(10),
             handle_signals: false,
             supervision: Supervision::default(),
+            ack_timeout: Some(Duration::from_secs(30)),
+            limits: Limits::default(),
+            allow_nested: false,
+            systemd: true,
         }
     }
 }
@@ -144,8 +247,17 @@ pub(crate) struct Shared {
     commands: Mutex<VecDeque<Command>>,
     /// Readable while commands wait; watched by the loop.
     wake: ManuallyDrop<Flag>,
-    /// Workers whose channel is open (for send()'s synchronous check).
-    connected: Mutex<HashSet<u32>>,
+    /// Workers whose channel is open (for send()'s synchronous check), with
+    /// the bytes queued for each: in commands not yet taken by the loop,
+    /// plus in its outbox (the loop adds and takes away its part).
+    connected: Mutex<HashMap<u32, Arc<AtomicUsize>>>,
+    /// Bytes of worker messages in the event queue not yet taken by the host.
+    event_bytes: AtomicUsize,
+    /// The loop stopped reading worker channels (`max_event_bytes`): the
+    /// host wakes it when it has taken half.
+    reads_paused: AtomicBool,
+    max_send_queue: usize,
+    max_event_bytes: usize,
     /// The loop has finished (after shutdown).
     stopped: AtomicBool,
     /// This process is a raw-forked child: the fds above were closed by hand.
@@ -167,14 +279,37 @@ impl Drop for Shared {
 
 impl Shared {
     pub(crate) fn emit(&self, event: Event) {
+        if let Event::Message { data, .. } = &event {
+            self.event_bytes.fetch_add(data.len(), Ordering::Relaxed);
+        }
         self.events.push(event);
     }
 
-    pub(crate) fn emit_many(&self, events: impl IntoIterator<Item = Event>) {
-        self.events.push_many(events);
+    /// Emits worker messages (counted against `max_event_bytes`).
+    pub(crate) fn emit_messages(&self, worker: u32, pid: i32, messages: Vec<Vec<u8>>) {
+        let bytes: usize = messages.iter().map(Vec::len).sum();
+        self.event_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.events.push_many(messages.into_iter().map(|data| Event::Message { worker, pid, data }));
     }
 
-    fn lock_connected(&self) -> MutexGuard<'_, HashSet<u32>> {
+    /// Whether the host has fallen so far behind that the loop must stop
+    /// reading workers' messages.
+    pub(crate) fn events_over_limit(&self) -> bool {
+        self.event_bytes.load(Ordering::Relaxed) > self.max_event_bytes
+    }
+
+    /// The host took `event`: count its bytes off, and wake a paused loop
+    /// once half the limit is free again.
+    fn taken(&self, event: &Event) {
+        if let Event::Message { data, .. } = event {
+            let left = self.event_bytes.fetch_sub(data.len(), Ordering::Relaxed) - data.len();
+            if left <= self.max_event_bytes / 2 && self.reads_paused.swap(false, Ordering::SeqCst) {
+                self.wake.set();
+            }
+        }
+    }
+
+    fn lock_connected(&self) -> MutexGuard<'_, HashMap<u32, Arc<AtomicUsize>>> {
         self.connected.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -194,14 +329,23 @@ pub struct Primary {
 impl Primary {
     /// Creates a primary. No thread starts and no worker is spawned yet.
     pub fn new(config: Config) -> Result<Primary> {
-        if config.max_unacked == 0 {
-            return Err(Error::new(Code::InvalidArgument, "max_unacked must be at least 1"));
+        config.validate()?;
+        if crate::worker::is_worker() && !config.allow_nested {
+            return Err(Error::new(
+                Code::State,
+                "this process is an rcluster worker: a primary here would start workers of its own (check \
+                 is_worker before creating one, or set allow_nested if that is really wanted)",
+            ));
         }
         let shared = Arc::new(Shared {
             events: ManuallyDrop::new(EventQueue::new()?),
             commands: Mutex::new(VecDeque::new()),
             wake: ManuallyDrop::new(Flag::new().map_err(|e| Error::os("eventfd", e))?),
-            connected: Mutex::new(HashSet::new()),
+            connected: Mutex::new(HashMap::new()),
+            event_bytes: AtomicUsize::new(0),
+            reads_paused: AtomicBool::new(false),
+            max_send_queue: config.limits.max_send_queue,
+            max_event_bytes: config.limits.max_event_bytes,
             stopped: AtomicBool::new(false),
             in_child: AtomicBool::new(false),
         });
@@ -282,13 +426,19 @@ impl Primary {
     pub fn next_event(&self, timeout: Option<Duration>) -> Result<Option<Event>> {
         self.check_usable()?;
         self.ensure_started()?;
-        self.shared.events.pop_wait(timeout)
+        let event = self.shared.events.pop_wait(timeout)?;
+        if let Some(event) = &event {
+            self.shared.taken(event);
+        }
+        Ok(event)
     }
 
     /// Sends application bytes to a worker (queued; never blocks).
+    /// Fails with `TooBig` and sends nothing when the worker does not read
+    /// and `max_send_queue` bytes already wait for it.
     pub fn send(&self, worker: u32, data: &[u8]) -> Result<()> {
-        crate::channel::check_limits(data.len() + 1, 0)?;
-        self.check_connected(worker)?;
+        crate::channel::check_limits(data.len().saturating_add(1), 0)?;
+        self.reserve_send(worker, data.len())?;
         self.command(Command::Send { worker, data: data.to_vec() })
     }
 
@@ -297,13 +447,14 @@ impl Primary {
     /// The worker sees each as its own message. Queued; never blocks.
     pub fn send_many(&self, worker: u32, messages: &[&[u8]]) -> Result<()> {
         for message in messages {
-            crate::channel::check_limits(message.len() + 1, 0)?;
+            crate::channel::check_limits(message.len().saturating_add(1), 0)?;
         }
-        self.check_connected(worker)?;
         if messages.is_empty() {
-            return Ok(());
+            return self.check_connected(worker);
         }
-        self.command(Command::SendFrames { worker, frames: Frame::pack_users(messages) })
+        let frames = Frame::pack_users(messages);
+        self.reserve_send(worker, frames.iter().map(Vec::len).sum())?;
+        self.command(Command::SendFrames { worker, frames })
     }
 
     /// Asks a worker to finish what it holds and leave; it gets no new
@@ -380,8 +531,31 @@ impl Primary {
 
     fn check_connected(&self, worker: u32) -> Result<()> {
         self.check_usable()?;
-        if !self.shared.lock_connected().contains(&worker) {
+        if !self.shared.lock_connected().contains_key(&worker) {
             return Err(Error::new(Code::Closed, format!("worker {worker} is not connected")));
+        }
+        Ok(())
+    }
+
+    /// Counts `bytes` as queued for `worker`, unless that would pass
+    /// `max_send_queue` (a worker that does not read its channel).
+    fn reserve_send(&self, worker: u32, bytes: usize) -> Result<()> {
+        self.check_usable()?;
+        let connected = self.shared.lock_connected();
+        let Some(queued) = connected.get(&worker) else {
+            return Err(Error::new(Code::Closed, format!("worker {worker} is not connected")));
+        };
+        let limit = self.shared.max_send_queue;
+        let before = queued.fetch_add(bytes, Ordering::Relaxed);
+        if before.saturating_add(bytes) > limit && before > 0 {
+            queued.fetch_sub(bytes, Ordering::Relaxed);
+            return Err(Error::new(
+                Code::TooBig,
+                format!(
+                    "worker {worker} is not reading its channel: {before} bytes already wait for it \
+                     (max_send_queue {limit}); nothing was sent"
+                ),
+            ));
         }
         Ok(())
     }
@@ -429,6 +603,23 @@ impl Primary {
         // Started now or before, or dropped unstarted: nothing is left to start.
         self.started.store(true, Ordering::Release);
         Ok(())
+    }
+}
+
+impl Primary {
+    /// Ends this primary for good, whoever else still holds it: every
+    /// thread waiting for an event returns a `Closed` error at once, then it
+    /// shuts down (the stop timeout as grace) and waits for the loop to
+    /// finish: no worker is left running, none unreaped. The C ABI's free.
+    pub fn close(&self) {
+        if self.shared.in_child.load(Ordering::SeqCst) {
+            return;
+        }
+        self.shared.events.close();
+        let _ = self.shutdown(self.stop_timeout);
+        if let Some(handle) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = handle.join();
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! Opt-in signal handling for the primary: SIGTERM and SIGINT start a
 //! graceful shutdown (a second one stops the workers at once), SIGHUP a
-//! rolling reload, SIGTTIN and SIGTTOU add and remove a worker.
+//! rolling reload, SIGTTIN and SIGTTOU add and remove a worker, SIGUSR2
+//! replaces the primary itself (`upgrade.rs`).
 //!
 //! Installed only when the host asks (`Config::handle_signals`); the
 //! previous handlers are restored when the primary ends. The handler does
@@ -14,7 +15,8 @@ use crate::error::{Code, Error, Result};
 use crate::sys;
 
 /// The signals a primary handles when asked to.
-pub const HANDLED: [libc::c_int; 5] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGTTIN, libc::SIGTTOU];
+pub const HANDLED: [libc::c_int; 6] =
+    [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGTTIN, libc::SIGTTOU, libc::SIGUSR2];
 
 static PIPE_WRITE_FD: AtomicI32 = AtomicI32::new(-1);
 

@@ -116,6 +116,8 @@ pub struct Slot {
     pub failed: bool,
     crashes: VecDeque<Instant>,
     next_delay: Option<Duration>,
+    /// Spawns that failed in a row (no worker ran: not crashes).
+    spawn_failures: u32,
 }
 
 impl Slot {
@@ -130,7 +132,27 @@ impl Slot {
             failed: false,
             crashes: VecDeque::new(),
             next_delay: None,
+            spawn_failures: 0,
         }
+    }
+
+    /// Records a failed spawn and sets the retry: `restart_delay` grown by
+    /// `restart_backoff` per failure in a row, up to `restart_delay_max`.
+    /// It touches neither the crash history nor `failed`: a worker that
+    /// could not start did not crash, and the slot keeps trying (once the
+    /// fds, processes or program it lacked are back, it recovers by itself).
+    pub fn on_spawn_failure(&mut self, now: Instant, policy: &Supervision) -> Instant {
+        let growth = policy.restart_backoff.max(1.0).powi(self.spawn_failures.min(64) as i32);
+        let delay = (policy.restart_delay.as_secs_f64() * growth).min(policy.restart_delay_max.as_secs_f64());
+        self.spawn_failures = self.spawn_failures.saturating_add(1);
+        let at = now + Duration::from_secs_f64(delay);
+        self.restart_at = Some(at);
+        at
+    }
+
+    /// A worker started: the next spawn failure starts its backoff over.
+    pub fn spawn_succeeded(&mut self) {
+        self.spawn_failures = 0;
     }
 
     /// Records an unexpected exit of this slot's worker after `uptime` and
@@ -265,6 +287,21 @@ mod tests {
             let r = slot.on_crash(t0 + Duration::from_secs(i * 10), Duration::ZERO, &p);
             assert_ne!(r, AfterCrash::CrashLoop, "crash {i}: at most 4 within any 30 s");
         }
+    }
+
+    #[test]
+    fn spawn_failures_back_off_and_never_crash_loop() {
+        let p = policy();
+        let mut slot = Slot::new(0, vec![]);
+        let t0 = Instant::now();
+        let delays: Vec<u128> = (0..8).map(|_| (slot.on_spawn_failure(t0, &p) - t0).as_millis()).collect();
+        assert_eq!(delays, [100, 200, 400, 800, 1000, 1000, 1000, 1000]);
+        assert!(!slot.failed, "failed spawns are not crashes");
+        assert_eq!(slot.restart_at, Some(t0 + Duration::from_millis(1000)));
+        slot.spawn_succeeded();
+        assert_eq!(slot.on_spawn_failure(t0, &p), t0 + Duration::from_millis(100));
+        // Nor do they count toward a later crash loop.
+        assert!(matches!(slot.on_crash(t0, Duration::ZERO, &p), AfterCrash::RestartAt(_)));
     }
 
     #[test]

@@ -63,9 +63,9 @@ static unsigned ask(uint16_t port) {
 int main(void) {
     rcluster_primary *p;
     rcluster_primary_options o;
-    CHECK(rcluster_primary_options_init(&o));
+    CHECK(rcluster_primary_options_init2(&o, sizeof o));
     o.stop_timeout_ms = 3000;
-    CHECK(rcluster_primary_new(&o, &p));
+    CHECK(rcluster_primary_new2(&o, &p));
     uint16_t port;
     CHECK(rcluster_primary_listen(p, "127.0.0.1", 0, &port));
     for (int i = 0; i < 2; i++) {

@@ -69,13 +69,13 @@ impl TestPrimary {
         let mut envp: Vec<*const i8> = strings[argc..].iter().map(|s| s.as_ptr()).collect();
         envp.push(ptr::null());
         let mut options: rcluster_primary_options = unsafe { std::mem::zeroed() };
-        ok(rcluster_primary_options_init(&mut options), "options_init");
+        ok(rcluster_primary_options_init2(&mut options, size_of::<rcluster_primary_options>()), "options_init");
         options.argv = argv.as_ptr();
         options.env = envp.as_ptr();
         options.stop_timeout_ms = 3000;
         tweak(&mut options);
         let mut handle = ptr::null_mut();
-        ok(rcluster_primary_new(&options, &mut handle), "primary_new");
+        ok(rcluster_primary_new2(&options, &mut handle), "primary_new");
         TestPrimary { handle, _strings: strings, seen: Vec::new() }
     }
 
@@ -84,6 +84,17 @@ impl TestPrimary {
         let mut bound = 0;
         ok(rcluster_primary_listen(self.handle, host.as_ptr(), port, &mut bound), "primary_listen");
         bound
+    }
+
+    /// Forks a worker with extra `KEY=VALUE` environment (`TEST_MODE` picks
+    /// another mode than the primary's for this one).
+    pub fn fork_with(&self, env: &[&str]) -> (u32, i32) {
+        let strings: Vec<CString> = env.iter().map(|e| CString::new(*e).unwrap()).collect();
+        let mut envp: Vec<*const i8> = strings.iter().map(|s| s.as_ptr()).collect();
+        envp.push(ptr::null());
+        let (mut id, mut pid) = (0, 0);
+        ok(rcluster_primary_fork(self.handle, envp.as_ptr(), &mut id, &mut pid), "primary_fork");
+        (id, pid)
     }
 
     pub fn fork(&self) -> (u32, i32) {
@@ -209,11 +220,13 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
 pub struct KeepAlive {
     port: u16,
     stream: Option<std::io::BufReader<TcpStream>>,
+    /// When the open connection was made.
+    pub connected_at: Option<Instant>,
 }
 
 impl KeepAlive {
     pub fn new(port: u16) -> KeepAlive {
-        KeepAlive { port, stream: None }
+        KeepAlive { port, stream: None, connected_at: None }
     }
 
     /// Whether the next request reuses an open connection.
@@ -225,6 +238,7 @@ impl KeepAlive {
     pub fn get(&mut self) -> std::io::Result<String> {
         use std::io::BufRead;
         if self.stream.is_none() {
+            self.connected_at = Some(Instant::now());
             let stream = TcpStream::connect(("127.0.0.1", self.port))?;
             stream.set_read_timeout(Some(Duration::from_secs(10)))?;
             self.stream = Some(std::io::BufReader::new(stream));
@@ -275,6 +289,8 @@ impl KeepAlive {
 #[derive(Clone, Debug)]
 pub struct Sample {
     pub started: Instant,
+    /// When the connection it was sent on was made (`started` for a new one).
+    pub connected: Instant,
     /// Sent on a reused keep-alive connection (else a new connection).
     pub keep_alive: bool,
     pub worker: Option<u32>,
@@ -300,12 +316,23 @@ impl Load {
                     while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                         let started = Instant::now();
                         let reused = i % 2 == 1 && keep_alive.is_connected();
+                        let connected = if reused { keep_alive.connected_at.unwrap_or(started) } else { started };
                         let result = if i % 2 == 0 { http_get(port) } else { keep_alive.get() };
                         samples.push(match result {
-                            Ok(body) => {
-                                Sample { started, keep_alive: reused, worker: Some(worker_of(&body)), error: None }
-                            }
-                            Err(e) => Sample { started, keep_alive: reused, worker: None, error: Some(e.to_string()) },
+                            Ok(body) => Sample {
+                                started,
+                                connected,
+                                keep_alive: reused,
+                                worker: Some(worker_of(&body)),
+                                error: None,
+                            },
+                            Err(e) => Sample {
+                                started,
+                                connected,
+                                keep_alive: reused,
+                                worker: None,
+                                error: Some(e.to_string()),
+                            },
                         });
                     }
                     samples
@@ -319,6 +346,11 @@ impl Load {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
         self.threads.into_iter().flat_map(|t| t.join().unwrap()).collect()
     }
+}
+
+/// The port in the test primary's `ready PORT PID` line.
+pub fn ready_port(line: &str) -> u16 {
+    line.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("not a ready line: {line:?}"))
 }
 
 /// Whether `pid` has exited (gone, or a zombie waiting for its reaper).
@@ -363,8 +395,8 @@ impl PrimaryProcess {
                 let _ = child.kill();
                 panic!("no ready line within 15 s; output: {output:?}")
             });
-            if let Some(port) = line.trim().strip_prefix("ready ") {
-                break port.parse().expect("ready line");
+            if line.starts_with("ready ") {
+                break ready_port(&line);
             }
             output.push(line);
         };

@@ -14,16 +14,41 @@
 //! - `hang`: listen, then never call into the library again (a stuck loop);
 //! - `late-ready`: listen, wait 300 ms, say ready, serve HTTP;
 //! - `never-ready`: listen and serve HTTP, never say ready;
+//! - `goodbye-exit`: open, close the worker gracefully, exit with `TEST_EXIT_CODE` (default 1);
+//! - `listen-flood`: listen on port 0 `TEST_FLOOD` times (keeping every
+//!   listener) and report "flood ok=K err=E errno=X" (the last error's errno);
+//! - `no-ack`: listen, then keep reading events (pings are answered) but
+//!   never accept: connections stay unacknowledged;
+//! - `refuse-all`: listen, then read the channel itself and refuse every
+//!   connection handed over (answering pings), never serving one;
+//! - `child-env`: report what a child process sees of the worker variables,
+//!   whether this is still a worker, and what creating a primary here gives;
+//! - `flood-messages`: send `TEST_COUNT` messages of `TEST_SIZE` bytes, each
+//!   starting with its decimal sequence number and a space;
+//! - `send-fds`: write a frame with fds attached straight onto the channel;
+//! - `random-frames`: write `TEST_COUNT` random records straight onto the channel;
 //! - `primary N [MODE]`: be a primary of N workers in MODE (default `http`);
-//!   print `ready PORT` and serve until killed (tests that kill the primary or
-//!   watch its fds and CPU). `TEST_MAX_PENDING` / `TEST_MAX_UNACKED` set those
-//!   options; `TEST_NOFILE` lowers its fd limit once the workers listen;
-//!   `TEST_SIGNALS=1` opts into signal handling; `TEST_CLOEXEC_STDIO=1` marks
+//!   print `ready PORT PID` and serve until killed (tests that kill the primary or
+//!   watch its fds and CPU). `TEST_MAX_PENDING` / `TEST_MAX_UNACKED` /
+//!   `TEST_HEARTBEAT_MS` set those options; `TEST_PRIMARY_PORT` is the port it listens on; `TEST_NOFILE` lowers its fd limit once the workers listen;
+//!   `TEST_SIGNALS=1` opts into signal handling; `TEST_UPGRADE_FAILS=1` makes
+//!   a primary started with `LISTEN_FDS` (a SIGUSR2 upgrade) exit at once; `TEST_CLOEXEC_STDIO=1` marks
 //!   its stdio close-on-exec first (as Node does). Exits 0 after shutdown.
 //!   With `TEST_ANNOUNCE=1`, `http` workers print `worker ID listening`.
 //!   `TEST_ACCEPT_BATCH=N` makes `http` take connections N at a time
 //!   (`rcluster_listener_accept_many`, reporting `batch K` for K > 1);
 //!   `TEST_ACCEPT_AFTER_MS` delays its first accept.
+//!
+//! Not workers (run directly by a test):
+//! - `stale-env`: report `rcluster_is_worker()` and whether a primary can be
+//!   created, in a process whose environment names a channel that is not one;
+//! - `open-twice`: try `rcluster_worker_open` twice and report both results;
+//! - `print-handle`: create a primary and print its handle's value.
+//!
+//! `http` also takes `TEST_LINGER_MS` (stay that long after draining, as a
+//! slow leaver), `TEST_STARVE=1` (after listening, fill this process's fd
+//! table, so handed-over descriptors cannot be received) and
+//! `TEST_HANG_UNLESS=PATH` (take no connection until PATH exists).
 //!
 //! `http` serves each connection on its own thread (`TEST_DELAY_MS` makes
 //! every answer that much slower) and reports each finished connection. Asked to leave, it takes
@@ -163,16 +188,68 @@ fn serve_http(worker: *mut rcluster_worker, listener: *mut rcluster_listener, id
         std::thread::sleep(Duration::from_millis(10));
     }
     rcluster_listener_close(listener);
+    if let Some(ms) = std::env::var("TEST_LINGER_MS").ok().and_then(|n| n.parse().ok()) {
+        std::thread::sleep(Duration::from_millis(ms)); // a worker slow to leave
+    }
     rcluster_worker_close(worker);
+}
+
+/// Fills this process's fd table: the limit is lowered to just above the
+/// highest fd in use and every free number below it is taken.
+fn starve_fds() {
+    let highest = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+        .max()
+        .unwrap_or(2);
+    let rlim = libc::rlimit { rlim_cur: highest + 1, rlim_max: highest + 1 };
+    // SAFETY: setrlimit with a valid struct; open of a static path.
+    unsafe {
+        libc::setrlimit(libc::RLIMIT_NOFILE, &rlim);
+        while libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY) >= 0 {}
+    }
+}
+
+/// Reads the channel directly (the library is not called again) and
+/// refuses every connection handed over; answers pings so the heartbeat
+/// sees a live worker.
+fn refuse_all(channel_fd: i32) -> ! {
+    use rcluster::channel::{self, Reassembler};
+    use rcluster::wire::Frame;
+    // SAFETY: the channel fd stays open for the life of the process.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(channel_fd) };
+    let mut reassembler = Reassembler::new();
+    loop {
+        let message = match reassembler.read_blocking(fd, None) {
+            Ok(channel::Read::Message(message)) => message,
+            _ => std::process::exit(0),
+        };
+        let reply = match Frame::decode(message.data) {
+            Ok(Frame::Conns { conns, .. }) => {
+                conns.into_iter().map(|conn| Frame::Ack { conn, accepted: false }).collect()
+            }
+            Ok(Frame::Ping { seq }) => vec![Frame::Pong { seq }],
+            Ok(Frame::Disconnect) => std::process::exit(0),
+            _ => vec![],
+        };
+        for frame in reply {
+            let _ = channel::send_message(fd, &frame.encode(), &[], None);
+        }
+    }
 }
 
 /// A primary of N workers, for tests that watch or kill the primary itself.
 fn run_primary(n: u32, mode: &str) {
+    if std::env::var_os("TEST_UPGRADE_FAILS").is_some() && std::env::var_os("LISTEN_FDS").is_some() {
+        // A broken new version, started by SIGUSR2 (which passes the sockets).
+        eprintln!("testworker: this version fails at start");
+        std::process::exit(5);
+    }
     let exe = std::ffi::CString::new(std::env::current_exe().unwrap().into_os_string().into_encoded_bytes()).unwrap();
     let mode = std::ffi::CString::new(mode).unwrap();
     let argv = [exe.as_ptr(), mode.as_ptr(), ptr::null()];
     let mut options: rcluster_primary_options = unsafe { std::mem::zeroed() };
-    check(rcluster_primary_options_init(&mut options), "options_init");
+    check(rcluster_primary_options_init2(&mut options, size_of::<rcluster_primary_options>()), "options_init");
     options.argv = argv.as_ptr();
     let knob = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u32>().ok());
     if let Some(v) = knob("TEST_MAX_PENDING") {
@@ -182,6 +259,9 @@ fn run_primary(n: u32, mode: &str) {
         options.max_unacked = v;
     }
     options.handle_signals = knob("TEST_SIGNALS").unwrap_or(0) as i32;
+    if let Some(ms) = knob("TEST_HEARTBEAT_MS") {
+        options.heartbeat_interval_ms = ms;
+    }
     if std::env::var_os("TEST_CLOEXEC_STDIO").is_some() {
         // As Node does: the workers must still inherit them.
         for fd in 0..3 {
@@ -190,9 +270,10 @@ fn run_primary(n: u32, mode: &str) {
         }
     }
     let mut p = ptr::null_mut();
-    check(rcluster_primary_new(&options, &mut p), "primary_new");
+    check(rcluster_primary_new2(&options, &mut p), "primary_new");
     let mut port = 0u16;
-    check(rcluster_primary_listen(p, c"127.0.0.1".as_ptr(), 0, &mut port), "primary_listen");
+    let wanted = knob("TEST_PRIMARY_PORT").unwrap_or(0) as u16;
+    check(rcluster_primary_listen(p, c"127.0.0.1".as_ptr(), wanted, &mut port), "primary_listen");
     for _ in 0..n {
         check(rcluster_primary_fork(p, ptr::null(), ptr::null_mut(), ptr::null_mut()), "fork");
     }
@@ -206,12 +287,16 @@ fn run_primary(n: u32, mode: &str) {
         rcluster_event_release(&mut ev);
     }
     if let Some(limit) = knob("TEST_NOFILE") {
+        // The soft limit only: workers started later raise theirs back.
         let open = std::fs::read_dir("/proc/self/fd").unwrap().count() as u64;
-        let rlim = libc::rlimit { rlim_cur: open + limit as u64, rlim_max: open + limit as u64 };
+        let mut rlim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit into a valid struct.
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rlim) };
+        rlim.rlim_cur = open + limit as u64;
         // SAFETY: setrlimit with a valid struct.
         unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &rlim) };
     }
-    println!("ready {port}");
+    println!("ready {port} {}", std::process::id());
     loop {
         if rcluster_primary_wait_event(p, &mut ev, -1) == 0 {
             let kind = ev.kind;
@@ -231,8 +316,53 @@ fn main() {
         let n = std::env::args().nth(2).and_then(|n| n.parse().ok()).unwrap_or(2);
         return run_primary(n, &std::env::args().nth(3).unwrap_or_else(|| "http".into()));
     }
+    match mode.as_str() {
+        "stale-env" => {
+            let mut p = ptr::null_mut();
+            let mut options: rcluster_primary_options = unsafe { std::mem::zeroed() };
+            check(rcluster_primary_options_init2(&mut options, size_of::<rcluster_primary_options>()), "options_init");
+            let rc = rcluster_primary_new2(&options, &mut p);
+            println!("is_worker={} primary_new={rc}", rcluster_is_worker());
+            if rc == 0 {
+                rcluster_primary_free(p);
+            }
+            return;
+        }
+        "open-twice" => {
+            for attempt in 1..=2 {
+                let mut worker = ptr::null_mut();
+                let rc = rcluster_worker_open(&mut worker);
+                // SAFETY: rcluster_last_error returns a valid NUL-terminated string.
+                let msg = unsafe { std::ffi::CStr::from_ptr(rcluster_last_error()) }.to_string_lossy().into_owned();
+                println!("open {attempt}: {rc} {msg}");
+            }
+            return;
+        }
+        "print-handle" => {
+            let mut p = ptr::null_mut();
+            let mut options: rcluster_primary_options = unsafe { std::mem::zeroed() };
+            check(rcluster_primary_options_init2(&mut options, size_of::<rcluster_primary_options>()), "options_init");
+            check(rcluster_primary_new2(&options, &mut p), "primary_new");
+            println!("handle {}", p as usize);
+            rcluster_primary_free(p);
+            return;
+        }
+        _ => {}
+    }
     let mut id = 0u32;
     check(rcluster_worker_id(&mut id), "rcluster_worker_id");
+    // A worker restarted by a primary that lowered its own soft fd limit
+    // (TEST_NOFILE) takes the usual one back.
+    let mut rlim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with a valid struct.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut rlim);
+        rlim.rlim_cur = rlim.rlim_max.min(1024);
+        libc::setrlimit(libc::RLIMIT_NOFILE, &rlim);
+    }
+    // Read before open, which removes it from the environment: the modes
+    // that play a misbehaving worker write on the channel fd directly.
+    let channel_fd: i32 = std::env::var("RCLUSTER_CHANNEL_FD").ok().and_then(|v| v.parse().ok()).unwrap_or(-1);
     let worker = open();
     match mode.as_str() {
         "http" | "never-ready" => {
@@ -240,6 +370,15 @@ fn main() {
             check(rc, "rcluster_worker_listen");
             if std::env::var_os("TEST_ANNOUNCE").is_some() {
                 println!("worker {id} listening");
+            }
+            if std::env::var_os("TEST_STARVE").is_some() {
+                starve_fds();
+            }
+            if let Some(marker) = std::env::var_os("TEST_HANG_UNLESS") {
+                // Until the marker exists, a worker that never takes a connection.
+                while !std::path::Path::new(&marker).exists() {
+                    std::thread::sleep(Duration::from_secs(1));
+                }
             }
             // TEST_SAY_REPORTS_DONE: tell the primary whether it wants done reports.
             if std::env::var_os("TEST_SAY_REPORTS_DONE").is_some() {
@@ -365,10 +504,116 @@ fn main() {
             rcluster_worker_wait_event(worker, &mut ev, 10_000);
         }
         "bad-frame" => {
-            let fd: i32 = std::env::var("RCLUSTER_CHANNEL_FD").unwrap().parse().unwrap();
+            let fd = channel_fd;
             let junk = [1u8 | 2u8, 250, 1, 2, 3];
             // SAFETY: writes a local buffer to our channel fd.
             unsafe { libc::send(fd, junk.as_ptr() as *const _, junk.len(), 0) };
+            let mut ev = empty();
+            rcluster_worker_wait_event(worker, &mut ev, 10_000);
+        }
+        "goodbye-exit" => {
+            rcluster_worker_close(worker);
+            std::process::exit(std::env::var("TEST_EXIT_CODE").ok().and_then(|c| c.parse().ok()).unwrap_or(1));
+        }
+        "listen-flood" => {
+            let count: usize = std::env::var("TEST_FLOOD").ok().and_then(|n| n.parse().ok()).unwrap_or(200);
+            let (mut ok, mut err, mut errno) = (0, 0, 0);
+            let mut listeners = Vec::new();
+            let host = CString::new(std::env::var("TEST_FLOOD_HOST").unwrap_or_else(|_| "127.0.0.1".into())).unwrap();
+            for _ in 0..count {
+                let mut listener = ptr::null_mut();
+                match rcluster_worker_listen(worker, host.as_ptr(), 0, 5000, &mut listener) {
+                    0 => {
+                        ok += 1;
+                        listeners.push(listener);
+                    }
+                    _ => {
+                        err += 1;
+                        errno = rcluster_last_errno();
+                    }
+                }
+            }
+            send(worker, &format!("flood ok={ok} err={err} errno={errno}"));
+            let mut ev = empty();
+            while rcluster_worker_wait_event(worker, &mut ev, -1) == 0 {
+                let kind = ev.kind;
+                rcluster_event_release(&mut ev);
+                if kind != RCLUSTER_EVENT_MESSAGE {
+                    break;
+                }
+            }
+        }
+        "no-ack" => {
+            let (rc, _listener) = listen(worker);
+            check(rc, "rcluster_worker_listen");
+            let mut ev = empty();
+            loop {
+                // Reading events answers pings; nobody ever accepts.
+                let rc = rcluster_worker_wait_event(worker, &mut ev, 50);
+                rcluster_event_release(&mut ev);
+                if rc == RCLUSTER_E_CLOSED {
+                    break;
+                }
+            }
+        }
+        "refuse-all" => {
+            let (rc, _listener) = listen(worker);
+            check(rc, "rcluster_worker_listen");
+            refuse_all(channel_fd);
+        }
+        "child-env" => {
+            let child = std::process::Command::new("sh")
+                .args(["-c", "echo \"${RCLUSTER_WORKER_ID:-unset} ${RCLUSTER_CHANNEL_FD:-unset}\""])
+                .output()
+                .unwrap();
+            let seen = String::from_utf8_lossy(&child.stdout).trim().to_string();
+            let mut p = ptr::null_mut();
+            let mut options: rcluster_primary_options = unsafe { std::mem::zeroed() };
+            check(rcluster_primary_options_init2(&mut options, size_of::<rcluster_primary_options>()), "options_init");
+            let nested = rcluster_primary_new2(&options, &mut p);
+            send(worker, &format!("child={seen} is_worker={} primary_new={nested}", rcluster_is_worker()));
+            let mut ev = empty();
+            rcluster_worker_wait_event(worker, &mut ev, 10_000);
+        }
+        "flood-messages" => {
+            let knob =
+                |name: &str, default: usize| std::env::var(name).ok().and_then(|n| n.parse().ok()).unwrap_or(default);
+            let (count, size) = (knob("TEST_COUNT", 1000), knob("TEST_SIZE", 1000));
+            for seq in 0..count {
+                let mut message = format!("{seq} ").into_bytes();
+                message.resize(size.max(message.len()), b'x');
+                check(rcluster_worker_send(worker, message.as_ptr() as *const _, message.len()), "send");
+            }
+            let mut ev = empty();
+            rcluster_worker_wait_event(worker, &mut ev, 60_000);
+        }
+        "send-fds" => {
+            use rcluster::wire::Frame;
+            let fds = [0, 1, 2];
+            // SAFETY: the channel fd stays open; fds 0-2 are this process's stdio.
+            let channel = unsafe { std::os::fd::BorrowedFd::borrow_raw(channel_fd) };
+            let _ = rcluster::channel::send_message(channel, &Frame::User(b"with fds".to_vec()).encode(), &fds, None);
+            let mut ev = empty();
+            rcluster_worker_wait_event(worker, &mut ev, 10_000);
+        }
+        "random-frames" => {
+            let count: usize = std::env::var("TEST_COUNT").ok().and_then(|n| n.parse().ok()).unwrap_or(100);
+            let mut state = std::process::id() as u64 | 1;
+            let mut next = move || {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state
+            };
+            for _ in 0..count {
+                let len = (next() % 64) as usize;
+                let record: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+                // SAFETY: writes a local buffer to our channel fd.
+                if unsafe { libc::send(channel_fd, record.as_ptr() as *const _, record.len(), libc::MSG_NOSIGNAL) } < 0
+                {
+                    break;
+                }
+            }
             let mut ev = empty();
             rcluster_worker_wait_event(worker, &mut ev, 10_000);
         }

@@ -57,6 +57,11 @@ function usePollMode(native) {
 
 function setupChild(cluster, native) {
   const channel = native.NativeWorker.open();
+  // As Node deletes NODE_UNIQUE_ID: this worker's children are ordinary
+  // processes. The library removed the variables from the C environment;
+  // runtimes that keep a copy of it (Bun, Deno) need this too.
+  delete process.env.RCLUSTER_WORKER_ID;
+  delete process.env.RCLUSTER_CHANNEL_FD;
   const pollMode = usePollMode(native);
   const keepAlive = new runtime.KeepAlive();
   const servers = new Set(); // ClusterServer

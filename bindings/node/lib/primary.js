@@ -386,8 +386,19 @@ function setupPrimary(cluster, native) {
         cluster.emit('crashloop', worker, event.slot);
         break;
       case 'unresponsive':
-        // rcluster: no heartbeat answer; the core kills and replaces it.
+        // rcluster: no heartbeat answer or acknowledgement; the core kills and replaces it.
         cluster.emit('unresponsive', worker);
+        break;
+      case 'spawnfailed':
+        // rcluster: a worker could not be started; the core retries with backoff.
+        cluster.emit('spawnfailed', event.slot, new Error(`rcluster: ${event.message}`));
+        break;
+      case 'upgraded':
+        // rcluster: a new primary took over (SIGUSR2); this one is stopping.
+        cluster.emit('upgraded', event.pid);
+        break;
+      case 'upgradefailed':
+        cluster.emit('upgradefailed', new Error(`rcluster: ${event.message}`));
         break;
       case 'reload':
         settleReloads(event.generation, null);

@@ -177,6 +177,9 @@ impl ClusterEvent {
                 ClusterEvent { slot: Some(slot), ..ClusterEvent::new("crashloop", Some(worker), Some(pid)) }
             }
             Event::Unresponsive { worker, pid } => ClusterEvent::new("unresponsive", Some(worker), Some(pid)),
+            Event::SpawnFailed { slot, message } => {
+                ClusterEvent { slot: Some(slot), message: Some(message), ..ClusterEvent::new("spawnfailed", None, None) }
+            }
             Event::ReloadDone { generation } => {
                 ClusterEvent { generation: Some(generation), ..ClusterEvent::new("reload", None, None) }
             }
@@ -185,6 +188,10 @@ impl ClusterEvent {
                 message: Some(message),
                 ..ClusterEvent::new("reloadfailed", None, None)
             },
+            Event::Upgraded { pid } => ClusterEvent::new("upgraded", None, Some(pid)),
+            Event::UpgradeFailed { message } => {
+                ClusterEvent { message: Some(message), ..ClusterEvent::new("upgradefailed", None, None) }
+            }
             Event::Shutdown => ClusterEvent::new("shutdown", None, None),
         }
     }
@@ -285,6 +292,7 @@ impl NativePrimary {
             // which works the same in Node, Bun and Deno.
             handle_signals: false,
             supervision,
+            ..defaults
         };
         Ok(NativePrimary { inner: Arc::new(Primary::new(config).map_err(to_js_error)?), started: false })
     }

@@ -1,5 +1,5 @@
 'use strict';
-// examples/node/hello_server.js keeps ../shared/EXAMPLES.md, in Node, Bun
+// examples/node/hello_server.js keeps examples/README.md, in Node, Bun
 // and Deno: workers share a port through the rcluster primary in each.
 
 const test = require('node:test');

@@ -44,6 +44,7 @@ test('fork -> online -> listening -> disconnect -> exit, with state transitions,
   assert.strictEqual(message.id, 1);
   assert.strictEqual(message.isWorker, true);
   assert.strictEqual(message.listening, true);
+  assert.strictEqual(message.childEnv, 'unset unset', "a worker's children are not workers");
   assert.deepStrictEqual(message.address, { address: '127.0.0.1', family: 'IPv4', port: listening.port });
 
   const asked = run.find((l) => l.ev === 'asked');

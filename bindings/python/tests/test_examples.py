@@ -1,5 +1,5 @@
 """The example servers, run as real clusters and checked with a real client
-(the contract of shared/EXAMPLES.md)."""
+(the contract of examples/README.md)."""
 
 from __future__ import annotations
 

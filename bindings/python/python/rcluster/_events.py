@@ -46,6 +46,15 @@ class EventKind(str, enum.Enum):
     #: Primary: a rolling reload stopped because a replacement did not become
     #: ready (reason in ``data``); workers not yet replaced keep serving.
     RELOAD_FAILED = "reload_failed"
+    #: Primary: a worker for slot ``event.slot`` could not be started (reason
+    #: and retry time in ``data``); not a crash, the slot keeps retrying.
+    SPAWN_FAILED = "spawn_failed"
+    #: Primary: a new primary (``event.pid``), started on SIGUSR2, took over
+    #: the listening sockets; this one now stops gracefully.
+    UPGRADED = "upgraded"
+    #: Primary: the new primary did not take over (reason in ``data``); this
+    #: one keeps serving.
+    UPGRADE_FAILED = "upgrade_failed"
 
     def __str__(self) -> str:
         return self.value
@@ -147,5 +156,5 @@ def _field(raw: Any, name: str, default: Any, convert: Any) -> Any:
     return convert(getattr(raw, name)) if name in _EVENT_FIELDS else default
 
 
-_SLOT_KINDS = (EventKind.FORK, EventKind.CRASH_LOOP)
+_SLOT_KINDS = (EventKind.FORK, EventKind.CRASH_LOOP, EventKind.SPAWN_FAILED)
 _EVENT_FIELDS = {name for name, _ in ffi.typeof("rcluster_event").fields}

@@ -197,14 +197,14 @@ class Primary(EventSource):
         self.policy = self._policy_name(policy)
 
         raw = ffi.new("rcluster_primary_options *")
-        check(lib.rcluster_primary_options_init(raw))
+        check(lib.rcluster_primary_options_init2(raw, ffi.sizeof("rcluster_primary_options")))
         options["policy"] = POLICIES[self.policy] if isinstance(policy, str) else policy
         options["handle_signals"] = handle_signals
         if stop_timeout is not None:
             options["stop_timeout"] = stop_timeout
         for name, value in options.items():
             _set_option(raw, name, value)
-        # These must outlive rcluster_primary_new, which copies the strings.
+        # These must outlive rcluster_primary_new2, which copies the strings.
         argv_c = CStrArray(self.argv)
         env_c = CStrArray([f"{k}={v}" for k, v in self.env.items()])
         cwd_c = cstr(os.fsdecode(cwd)) if cwd is not None else ffi.NULL
@@ -213,7 +213,7 @@ class Primary(EventSource):
         #: Whether the library replaces workers that exit unasked (``restart`` option).
         self.restart = bool(getattr(raw, "restart", 0))
         out = ffi.new("rcluster_primary **")
-        check(lib.rcluster_primary_new(raw, out))
+        check(lib.rcluster_primary_new2(raw, out))
         self._handle = out[0]
         fd = ffi.new("int *")
         check(lib.rcluster_primary_fd(self._handle, fd))
@@ -480,7 +480,8 @@ def _how_it_ended(event: Event) -> str:
 
 def _set_option(raw: Any, name: str, value: Any) -> None:
     """Sets ``rcluster_primary_options.<name>`` (or ``<name>_ms`` from seconds)."""
-    fields = dict(ffi.typeof("rcluster_primary_options").fields)
+    # struct_size is the library's to read, set by rcluster_primary_options_init2.
+    fields = {n: f for n, f in ffi.typeof("rcluster_primary_options").fields if n != "struct_size"}
     if name in ("argv", "env", "cwd"):
         raise TypeError(f"{name} is a named parameter")
     if name in fields:

@@ -15,6 +15,7 @@ import ipaddress
 import json
 import logging
 import socket
+import os
 import sys
 import threading
 import weakref
@@ -105,6 +106,11 @@ class Worker(EventSource):
         super().__init__()
         out = ffi.new("rcluster_worker **")
         check(lib.rcluster_worker_open(out))
+        # The library removed the worker variables from the C environment;
+        # os.environ is Python's own copy, which subprocesses inherit: this
+        # worker's children are ordinary processes, not workers.
+        os.environ.pop("RCLUSTER_WORKER_ID", None)
+        os.environ.pop("RCLUSTER_CHANNEL_FD", None)
         self._handle: Any = out[0]
         fd = ffi.new("int *")
         check(lib.rcluster_worker_fd(self._handle, fd))
