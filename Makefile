@@ -123,14 +123,17 @@ test-abi: lib
 	tests/abi/old_header.sh
 
 # Python: .venv with the rcluster package (pip builds the Rust library through
-# maturin and bundles it: no LD_LIBRARY_PATH) plus pytest.
+# maturin and bundles it: no LD_LIBRARY_PATH), pytest, and the servers the
+# tests run real apps on (bindings/python/tests/test_servers.py: FastAPI on
+# uvicorn workers, Flask on gunicorn workers; the bench compares them too).
 PYTHON ?= python3
 VENV   := .venv
+PY_SERVERS := fastapi uvicorn flask gunicorn
 
 $(VENV)/.rcluster-installed: Cargo.toml build.rs $(wildcard src/*.rs src/*/*.rs src/*/*/*.rs) \
 		bindings/python/pyproject.toml $(wildcard bindings/python/python/rcluster/*)
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet ./bindings/python pytest
+	$(VENV)/bin/pip install --quiet ./bindings/python pytest $(PY_SERVERS)
 	touch $@
 
 python: $(VENV)/.rcluster-installed
@@ -224,9 +227,9 @@ test-queue: queue-servers queue-deps
 	$(VENV)/bin/python -m pytest $(QUEUE)/tests -q
 
 # Benchmarks (bench/, see bench/README.md). `make bench`: the full side-by-side
-# run, about 10 minutes on 2 CPUs (the queue group is one of them), writes
-# bench/results/latest.{md,png,json}; `make bench-quick`: fewer contenders,
-# shorter runs, bench/tmp/quick/. Needs
+# run, about 14 minutes on 2 CPUs (the queue group is one of them, the
+# Python web servers four), writes bench/results/latest.{md,png,json};
+# `make bench-quick`: fewer contenders, shorter runs, bench/tmp/quick/. Needs
 # wrk (installed with apt-get when missing). Run it on a quiet machine: every
 # ratio compares runs of the same moment, but other work widens the spread.
 BENCH_TMP    := bench/tmp

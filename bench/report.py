@@ -311,6 +311,8 @@ def others_line(run: Run) -> str:
     """How busy the rest of the machine was during the measured runs (other tenants)."""
     xs = []
     for g in run.groups:
+        if "run" in g:
+            continue  # run on its own and merged in (bench/merge.py): its own line says how busy it was
         for c in g["contenders"]:
             for mode in ("close", "keepalive"):
                 xs += [r["others_busy"] for r in c.get(mode, {}).get("runs", []) if "others_busy" in r]
@@ -394,6 +396,31 @@ def markdown(run: Run, png_note: str) -> str:
     L += http_table(run, "python", [("prefork", "prefork")])
     L += ["Keep-alive runs are one round of 2 s each (noisier than the five rounds of the headline column); once a "
           "connection is handed over, the cluster is out of its path.", ""]
+    if run.worker_counts("asgi") or run.worker_counts("wsgi"):
+        L += ["## Python web servers", "",
+              "Real apps on the servers Python users run (bench/python/servers.py; every server's access log off, "
+              "other settings its defaults). rcluster rows: `rcluster.run_asgi` (uvicorn's `Server` in each "
+              "worker) and `rcluster.run_wsgi` (gunicorn's own worker classes in each worker), the primary "
+              "handing each connection over (`rr`). The others: uvicorn's and gunicorn's own process managers, "
+              "whose workers accept on one shared socket. uvicorn runs asyncio + h11 in every ASGI row "
+              "(uvloop/httptools are not installed).", ""]
+        for name in ("asgi", "wsgi"):
+            for n in run.worker_counts(name):
+                g = run.group(name, n)
+                r = g.get("run")
+                if r:
+                    others = [c["close"]["others_busy"] for c in g["contenders"] if c.get("close")]
+                    busy = f"; other tenants kept {100 * statistics.median(others):.0f}% of the CPUs busy " \
+                           f"(median over contenders)" if others else ""
+                    L += [f"{name.upper()}, {n} workers: not part of the run above; run on its own "
+                          f"(`{r['command']}`, {r['profile']} profile) on {r['date']}, commit {r['commit']}; load "
+                          f"average before {', '.join(f'{x:.2f}' for x in r['load_before'])}, after "
+                          f"{', '.join(f'{x:.2f}' for x in r['load_after'])}{busy}.", ""]
+        L += ["ASGI: a FastAPI app answering `/` with plain text.", ""]
+        L += http_table(run, "asgi", [("uvicorn", "uvicorn --workers"), ("gunicorn-uvicorn", "gunicorn + UvicornWorker")])
+        L += ["WSGI: a Flask app answering `/` with plain text; gunicorn's sync worker class serves one request at "
+              "a time and closes every connection (no keep-alive), gthread keeps connections alive (2 s).", ""]
+        L += http_table(run, "wsgi", [("gunicorn-sync", "gunicorn sync"), ("gunicorn-gthread", "gunicorn gthread")])
     if run.worker_counts("c-low") or run.worker_counts("node-low"):
         L += ["## A few connections at a time", "",
               f"The same C and Node servers under wrk `-t1 -c{cfg['low_connections']}` "

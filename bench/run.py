@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """rcluster's side-by-side benchmark (`make bench`, `make bench-quick`).
 
-    python3 bench/run.py            # full run, about 9 minutes: bench/results/latest.{json,md,png}
-    python3 bench/run.py --quick    # about 1.5 minutes: bench/tmp/quick/latest.{json,md,png}
+    python3 bench/run.py            # full run, about 13 minutes: bench/results/latest.{json,md,png}
+    python3 bench/run.py --quick    # about 2 minutes: bench/tmp/quick/latest.{json,md,png}
     python3 bench/run.py --only c,ipc --workers 2
+    python3 bench/run.py --only asgi,wsgi --out bench/tmp/servers   # the Python web servers only
 
 Contenders are started side by side (each group's servers all run at once,
 idle but one), loaded one after another over loopback by wrk, in rounds
@@ -363,6 +364,43 @@ def python_contenders(n: int, full: bool) -> list[Contender]:  # noqa: ARG001
     ]
 
 
+def servers_missing(modules: str) -> str | None:
+    """Why the web-server rows cannot run (the servers come with `make python`), or None."""
+    miss = python_missing()
+    if miss:
+        return miss
+    py = ROOT / ".venv" / "bin" / "python"
+    if subprocess.run([str(py), "-c", f"import {modules}"], capture_output=True).returncode != 0:
+        return f"not run: {modules} not installed in .venv (make python)"
+    return None
+
+
+def server_contender(key: str, label: str, n: int, miss: str | None) -> Contender:
+    py = str(ROOT / ".venv" / "bin" / "python")
+    return Contender(key, label, [py, "bench/python/servers.py", key, "--workers", str(n)], missing=miss)
+
+
+def asgi_contenders(n: int, full: bool) -> list[Contender]:  # noqa: ARG001
+    """A FastAPI app on uvicorn workers: rcluster.run_asgi against uvicorn's and gunicorn's own process managers."""
+    miss = servers_missing("fastapi, uvicorn, gunicorn")
+    out = [server_contender("rcluster-asgi", "rcluster run_asgi (uvicorn)", n, miss),
+           server_contender("uvicorn", "uvicorn --workers", n, miss)]
+    if full:
+        out.append(server_contender("gunicorn-uvicorn", "gunicorn + UvicornWorker", n, miss))
+    return out
+
+
+def wsgi_contenders(n: int, full: bool) -> list[Contender]:  # noqa: ARG001
+    """A Flask app on gunicorn's sync and gthread workers: under rcluster.run_wsgi and under gunicorn's arbiter."""
+    miss = servers_missing("flask, gunicorn")
+    out = [server_contender("rcluster-wsgi-gthread", "rcluster run_wsgi (gthread, 4 threads)", n, miss),
+           server_contender("gunicorn-gthread", "gunicorn -w -k gthread (4 threads)", n, miss)]
+    if full:
+        out += [server_contender("rcluster-wsgi-sync", "rcluster run_wsgi (sync)", n, miss),
+                server_contender("gunicorn-sync", "gunicorn -w (sync)", n, miss)]
+    return out
+
+
 def cmd_missing(need: list[Path]) -> str | None:
     for path in need:
         if not path.exists():
@@ -668,7 +706,8 @@ def machine_info() -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer contenders, shorter runs (bench-quick)")
-    parser.add_argument("--only", default="c,node,python,low,uneven,cmd,ipc,queue", help="groups to run (comma-separated)")
+    parser.add_argument("--only", default="c,node,python,asgi,wsgi,low,uneven,cmd,ipc,queue",
+                        help="groups to run (comma-separated)")
     parser.add_argument("--workers", default=None, help="worker counts, e.g. 2,4 (default: the profile's)")
     parser.add_argument("--out", default=None, help="output directory (default: bench/results, quick: bench/tmp/quick)")
     parser.add_argument("--no-report", action="store_true", help="write latest.json only")
@@ -698,7 +737,8 @@ def main() -> int:
                "groups": []}
     log(f"bench ({profile}), load average {results['load_start']}")
     full = cfg["full"]
-    kinds = [("c", c_contenders), ("node", node_contenders), ("python", python_contenders)]
+    kinds = [("c", c_contenders), ("node", node_contenders), ("python", python_contenders),
+             ("asgi", asgi_contenders), ("wsgi", wsgi_contenders)]
     for n in cfg["workers"]:
         for name, make in kinds:
             if name in only:

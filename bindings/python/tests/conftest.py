@@ -41,7 +41,7 @@ def alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone before the open, or between open and read
         return False
 
 
@@ -56,14 +56,35 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.02):
         time.sleep(interval)
 
 
+def _stop_with_parent() -> None:
+    """In the cluster's primary, before exec: SIGTERM it (a graceful stop;
+    its workers follow it) if this test process dies without cleaning up,
+    killed from outside. Seen once on this shared machine: a pytest run
+    vanished mid-test and left a cluster running."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 class Cluster:
     """An example server (primary + workers) started as a subprocess."""
 
-    def __init__(self, script: Path, *args: str, ready_timeout: float = 30.0) -> None:
+    def __init__(self, script: Path, *args: str, ready_timeout: float = 30.0, log: Optional[Path] = None,
+                 env: Optional[dict] = None) -> None:
         self.argv = [PYTHON, str(script), *args]
-        self.proc = subprocess.Popen(
-            self.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(ROOT)
-        )
+        # A chatty cluster (uvicorn, gunicorn) logs to a file: a pipe nobody
+        # reads until the end would fill up and stall it.
+        self.log = log
+        err = open(log, "wb") if log else subprocess.PIPE
+        try:
+            self.proc = subprocess.Popen(
+                self.argv, stdout=subprocess.PIPE, stderr=err, cwd=str(ROOT), env={**os.environ, **(env or {})},
+                preexec_fn=_stop_with_parent,
+            )
+        finally:
+            if log:
+                err.close()
         self.seen_workers: set[int] = set()
         self.ready_line = self._read_line(ready_timeout)
         assert self.ready_line.startswith("ready http://"), self.ready_line
@@ -85,6 +106,8 @@ class Cluster:
         return line.decode().strip()
 
     def stderr(self) -> str:
+        if self.log is not None:
+            return self.log.read_text(errors="replace")
         if self.proc.poll() is None:
             return "(still running)"
         return self.proc.stderr.read().decode(errors="replace")
@@ -135,7 +158,8 @@ class Cluster:
         else:
             self.kill()
         for stream in (self.proc.stdout, self.proc.stderr):
-            stream.close()
+            if stream is not None:
+                stream.close()
 
 
 @pytest.fixture

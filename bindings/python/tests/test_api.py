@@ -306,3 +306,36 @@ def test_attached_server_takes_queued_connections_as_one_batch():
         finally:
             for client in clients:
                 client.close()
+
+
+CORE_FIX = (
+    "needs the core fix in src/primary/ (hardening issue): a worker that closes gracefully "
+    "and then exits non-zero must count as a crash; until then it is restarted at once, "
+    "for ever, and never crash-loops"
+)
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        "raise",  # an uncaught exception: the binding drops the goodbye, the primary sees a crash
+        pytest.param("exit", marks=pytest.mark.xfail(strict=False, reason=CORE_FIX)),  # goodbye, then exit(1)
+    ],
+)
+def test_wait_listening_reports_workers_that_fail_before_listening(how):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    env = {"TEST_PORT": str(port), "TEST_FAIL": how}
+    try:
+        with primary("fail_listen", workers=2, env=env, restart_delay=0.05, crash_loop_count=3) as p:
+            with pytest.raises(rcluster.StateError) as info:
+                # With the fix: 3 crashes, 0.05 + 0.1 s of backoff. Without it the
+                # workers restart as fast as they fail: keep that storm short.
+                p.wait_listening(timeout=8)
+    finally:
+        taken.close()
+    message = str(info.value)
+    assert "crash-looped before the cluster was ready" in message, message
+    assert "exit before they listen" in message and "exited with code 1" in message, message

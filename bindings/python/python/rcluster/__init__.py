@@ -48,6 +48,24 @@ from ._worker import Listener, Worker, listen, make_server, send, send_json, wor
 from ._worker import is_worker as _is_worker
 from ._worker import worker_id as _worker_id
 
+
+
+def run_asgi(app, **options):  # type: ignore[no-untyped-def]
+    """Serves an ASGI app (FastAPI, Starlette...) with uvicorn workers; see
+    :func:`rcluster.asgi.run_asgi`. Needs uvicorn (``pip install uvicorn``)."""
+    from .asgi import run_asgi as run
+
+    return run(app, **options)
+
+
+def run_wsgi(app, **options):  # type: ignore[no-untyped-def]
+    """Serves a WSGI app (Flask, Django...) with gunicorn workers; see
+    :func:`rcluster.wsgi.run_wsgi`. Needs gunicorn (``pip install gunicorn``)."""
+    from .wsgi import run_wsgi as run
+
+    return run(app, **options)
+
+
 #: The bundled C library's version.
 __version__: str = _ffi.string(_lib.rcluster_version()).decode()
 
@@ -86,6 +104,8 @@ __all__ = [
     "is_worker",
     "listen",
     "make_server",
+    "run_asgi",
+    "run_wsgi",
     "send",
     "send_json",
     "worker",

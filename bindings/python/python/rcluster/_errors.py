@@ -99,9 +99,14 @@ class Timeout(Error, TimeoutError):
     """``E_TIMEOUT``: the wait ran out of time."""
 
 
-class Closed(Error):
+class Closed(Error, ConnectionAbortedError):
     """``E_CLOSED``: the peer hung up, the primary is gone, the worker was
-    asked to leave (after its queued connections), or the object is closed."""
+    asked to leave (after its queued connections), or the object is closed.
+
+    It is also a :class:`ConnectionAbortedError`: accept loops written for
+    sockets treat that as "nothing to accept now" rather than a crash, so a
+    :class:`~rcluster.Listener` handed to asyncio (``loop.create_server(sock=...)``)
+    ends without a traceback (the listener stops that loop watching it)."""
 
 
 class AddressError(Error):

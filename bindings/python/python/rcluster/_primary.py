@@ -186,6 +186,8 @@ class Primary(EventSource):
         self._count = (os.cpu_count() or 1) if workers is None else workers
         self._lock = threading.Lock()
         self._workers: dict[int, WorkerInfo] = {}
+        #: slot -> the last exit of a worker of that slot that never listened.
+        self._failed_starts: dict[int, Event] = {}
         self._started = False
         self._handle: Any = ffi.NULL
         self.argv = [os.fsdecode(a) for a in (default_argv() if argv is None else argv)]
@@ -410,14 +412,23 @@ class Primary(EventSource):
                         lib.RCLUSTER_E_TIMEOUT, f"{len(listening)} of {want} workers listening after {timeout} s"
                     )
                 continue
-            if event.kind == EventKind.CRASH_LOOP or (
-                event.kind == EventKind.EXIT and not event.after_disconnect and not self.restart
-            ):
-                how = "crash-looped" if event.kind == EventKind.CRASH_LOOP else (
-                    f"exited with code {event.exit_code}" if event.exit_code is not None
-                    else f"was killed by signal {event.signal}"
+            if event.kind == EventKind.CRASH_LOOP:
+                failed = self._failed_starts.get(event.slot) if event.slot is not None else None
+                why = (
+                    f": its workers exit before they listen (the last, worker {failed.worker_id} "
+                    f"pid {failed.pid}, {_how_it_ended(failed)})"
+                    if failed is not None else ""
                 )
-                raise StateError(lib.RCLUSTER_E_STATE, f"worker {event.worker_id} {how} before the cluster was ready")
+                raise StateError(
+                    lib.RCLUSTER_E_STATE,
+                    f"worker {event.worker_id} crash-looped before the cluster was ready "
+                    f"(slot {event.slot}){why}",
+                )
+            if event.kind == EventKind.EXIT and not event.after_disconnect and not self.restart:
+                raise StateError(
+                    lib.RCLUSTER_E_STATE,
+                    f"worker {event.worker_id} {_how_it_ended(event)} before the cluster was ready",
+                )
             if event.kind == EventKind.SHUTDOWN:
                 raise Closed(lib.RCLUSTER_E_CLOSED, "the cluster shut down before it was ready")
 
@@ -441,6 +452,9 @@ class Primary(EventSource):
             elif kind == EventKind.DISCONNECT and info.state != "exited":
                 info.state = "disconnected"
             elif kind == EventKind.EXIT:
+                if info.state != "listening" and info.slot is not None and not event.after_disconnect:
+                    # Why a slot crash-loops, for wait_listening (one entry per slot).
+                    self._failed_starts[info.slot] = event
                 info.state = "exited"
                 info.exit_code = event.exit_code
                 info.signal = event.signal
@@ -450,6 +464,18 @@ class Primary(EventSource):
     def __repr__(self) -> str:
         state = "closed" if self.closed else ("ended" if self.ended else "running")
         return f"<rcluster.Primary {state} policy={self.policy} workers={len(self.workers)}>"
+
+
+def _how_it_ended(event: Event) -> str:
+    if event.exit_code is not None:
+        return f"exited with code {event.exit_code}"
+    if event.signal:
+        try:
+            name = f" ({_signal.Signals(event.signal).name})"
+        except ValueError:
+            name = ""
+        return f"was killed by signal {event.signal}{name}"
+    return "exited"
 
 
 def _set_option(raw: Any, name: str, value: Any) -> None:

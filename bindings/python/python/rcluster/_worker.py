@@ -13,8 +13,10 @@ from __future__ import annotations
 import errno as _errno
 import ipaddress
 import json
+import logging
 import socket
 import os
+import sys
 import threading
 import weakref
 from typing import Any, Callable, Optional, TypeVar, Union
@@ -36,6 +38,8 @@ __all__ = [
     "make_server",
     "split_address",
 ]
+
+_log = logging.getLogger("rcluster")
 
 Address = Union[tuple[str, int], tuple[str, int, int, int], int]
 
@@ -228,7 +232,38 @@ def worker() -> Worker:
                     lib.RCLUSTER_E_STATE, "this process is not an rcluster worker (RCLUSTER_WORKER_ID is not set)"
                 )
             _current = Worker()
+            _count_uncaught_exceptions_as_crashes()
         return _current
+
+
+def _count_uncaught_exceptions_as_crashes() -> None:
+    """A worker that dies of an uncaught exception (an import error, a
+    failed ``listen``...) has not left on purpose, but at exit the Worker's
+    finalizer would say a graceful goodbye, and the primary replaces a
+    worker that left on purpose at once, without backoff or crash-loop
+    detection: a failing worker would be restarted as fast as it can fail.
+    So the goodbye is dropped when an exception ends the program (the
+    channel then just hangs up, and the primary counts a crash)."""
+    previous = sys.excepthook
+
+    def excepthook(exc_type: Any, exc: Any, tb: Any) -> None:
+        _abandon_current()
+        previous(exc_type, exc, tb)
+
+    sys.excepthook = excepthook
+
+
+def _abandon_current() -> None:
+    """Lets this process exit without the graceful goodbye: its channel just
+    hangs up, so the primary counts a crash (restart with backoff,
+    crash-loop detection) instead of a worker that left on purpose. For a
+    worker that failed to start (see ``_serve.fail_startup``)."""
+    current = _current
+    if current is None:
+        return
+    for listener in list(current._listeners):
+        listener._finalizer.detach()
+    current._finalizer.detach()
 
 
 def listen(address: Address, *, timeout: Optional[float] = None) -> "Listener":
@@ -292,6 +327,8 @@ class Listener:
         self._timeout: Optional[float] = None
         self._done = False
         self._on_done: list[Callable[[], Any]] = []
+        #: Set by servers that stop by themselves at the end (rcluster.aio's).
+        self._stopped_by_owner = False
         self._lock = threading.Lock()
         self._finalizer = weakref.finalize(self, lib.rcluster_listener_close, handle)
         # Known now that this listen was answered; the policy never changes.
@@ -381,7 +418,17 @@ class Listener:
                 continue  # every one was reset before we saw it: take the next
             if rc != lib.RCLUSTER_E_AGAIN:
                 error = last_error(rc)
-                self._finish()
+                unwatched = self._unwatch_from_event_loop()
+                stopped = self._finish()
+                if unwatched and not stopped and not self._stopped_by_owner:
+                    _log.warning(
+                        "rcluster: worker %s stops taking connections on %s:%d (%s); the asyncio "
+                        "server serving this Listener no longer accepts, but nothing stops it, so "
+                        "the primary will SIGTERM this worker after its stop timeout. Stop it with "
+                        "listener.on_done(server.close), or serve with rcluster.aio.create_server / "
+                        "rcluster.run_asgi, which stop by themselves.",
+                        self._worker.id, *self.address, error.message,
+                    )
                 raise error
             if self._timeout == 0.0:
                 raise WouldBlock(lib.RCLUSTER_E_AGAIN, "no connection is waiting", _errno.EAGAIN)
@@ -413,6 +460,28 @@ class Listener:
                 sock.close()  # reset before we saw it
         return taken
 
+    def _unwatch_from_event_loop(self) -> bool:
+        """The end came (asked to leave and drained, primary gone): if an
+        asyncio loop running on this thread watches our fd, stop it watching.
+
+        ``fileno()`` stays readable after the end, so that any poller wakes
+        up to see it; asyncio's own accept loop (``loop.create_server(sock=
+        listener)``, uvicorn's ``sockets=``) would otherwise call ``accept``
+        again at every turn of the loop, for ever. The reader can only be
+        the code that is calling us (asyncio's, or :mod:`rcluster.aio`'s),
+        since a loop's callbacks run on its thread. True if one was removed."""
+        asyncio = sys.modules.get("asyncio")
+        if asyncio is None or self._handle == ffi.NULL:
+            return False
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        try:
+            return bool(loop.remove_reader(self._fd))
+        except (ValueError, NotImplementedError, RuntimeError):
+            return False
+
     def on_done(self, callback: Callable[[], Any]) -> None:
         """Calls ``callback()`` once, when ``accept`` reports the end (the
         worker was asked to leave and its queue is drained, or the primary is
@@ -423,14 +492,16 @@ class Listener:
                 return
         callback()
 
-    def _finish(self) -> None:
+    def _finish(self) -> bool:
+        """Marks the end and runs the ``on_done`` callbacks; True if there was one."""
         with self._lock:
             if self._done:
-                return
+                return True
             self._done = True
             callbacks, self._on_done = self._on_done, []
         for callback in callbacks:
             callback()
+        return bool(callbacks)
 
     def close(self) -> None:
         """Stops taking this address's connections (those queued here go to

@@ -66,6 +66,7 @@ class Server:
         self._idle.set()
         self._tasks: set[asyncio.Task[Any]] = set()
         listener.setblocking(False)
+        listener._stopped_by_owner = True  # we close ourselves when accept reports the end
 
     # ----- asyncio.Server's interface ---------------------------------
 

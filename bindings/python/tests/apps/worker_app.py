@@ -16,6 +16,14 @@
 - aio: asyncio: a protocol server (upper-cases lines) from
   rcluster.aio.create_server, and messages from rcluster.aio.events
   ("ping" -> "pong"); leaves when asked.
+- fail_listen: listen on $TEST_PORT (taken by the test), and fail: exit 1
+  (TEST_FAIL=exit) or an uncaught AddressError (TEST_FAIL=raise);
+- aio_sock: a listener handed to asyncio itself, `loop.create_server(sock=...)`
+  (what uvicorn's `sockets=` does), answering "ok" over HTTP/1.0; stderr goes
+  to $TEST_LOG. With TEST_ON_DONE=1 it stops the server from
+  `listener.on_done` and leaves; else it leaves nothing to stop it (the
+  primary's SIGTERM ends it).
+- uvicorn_sock: the same through uvicorn's own `Server.run(sockets=[listener])`.
 """
 
 from __future__ import annotations
@@ -172,6 +180,20 @@ def bind() -> None:
     me.close()
 
 
+def fail_listen() -> None:
+    """Fails before it listens: $TEST_PORT is in use. TEST_FAIL=exit: catches
+    the error and exits 1 (the Worker's finalizer says goodbye first);
+    TEST_FAIL=raise: leaves the AddressError uncaught."""
+    rcluster.worker()
+    try:
+        rcluster.listen(("127.0.0.1", int(os.environ["TEST_PORT"])), timeout=10)
+    except rcluster.AddressError as e:
+        if os.environ.get("TEST_FAIL") == "exit":
+            print(f"worker_app: {e}", file=sys.stderr)
+            sys.exit(1)
+        raise
+
+
 def misuse() -> None:
     me = rcluster.worker()
     report: dict[str, str] = {}
@@ -226,10 +248,55 @@ async def aio() -> None:
     me.close()
 
 
+class Ok(asyncio.Protocol):
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if b"\r\n\r\n" in data:
+            self.transport.write(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            self.transport.close()
+
+
+async def aio_sock() -> None:
+    listener = rcluster.listen(("127.0.0.1", 0))
+    server = await asyncio.get_running_loop().create_server(Ok, sock=listener)
+    if os.environ.get("TEST_ON_DONE") == "1":
+        listener.on_done(server.close)
+    try:
+        await server.serve_forever()
+    except asyncio.CancelledError:
+        pass  # server.close() from on_done ends serve_forever this way
+    rcluster.worker().close()
+
+
+async def hello_asgi(scope, receive, send) -> None:
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def uvicorn_sock() -> None:
+    import uvicorn
+
+    listener = rcluster.listen(("127.0.0.1", 0))
+    config = uvicorn.Config(hello_asgi, lifespan="off", log_level="warning", loop="asyncio")
+    uvicorn.Server(config).run(sockets=[listener])
+
+
 if __name__ == "__main__":
     mode = sys.argv[1]
+    if "TEST_LOG" in os.environ:
+        log = os.open(os.environ["TEST_LOG"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(log, 2)
     if mode == "aio":
         asyncio.run(aio())
+    elif mode == "aio_sock":
+        asyncio.run(aio_sock())
+    elif mode == "uvicorn_sock":
+        uvicorn_sock()
     else:
-        modes = {"echo": echo, "bind": bind, "misuse": misuse, "hold": hold, "two": two, "batch": batch, "attach": attach}
+        modes = {"echo": echo, "bind": bind, "misuse": misuse, "hold": hold, "two": two, "batch": batch, "attach": attach,
+                 "fail_listen": fail_listen}
         modes[mode]()
