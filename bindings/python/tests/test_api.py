@@ -308,18 +308,11 @@ def test_attached_server_takes_queued_connections_as_one_batch():
                 client.close()
 
 
-CORE_FIX = (
-    "needs the core fix in src/primary/ (hardening issue): a worker that closes gracefully "
-    "and then exits non-zero must count as a crash; until then it is restarted at once, "
-    "for ever, and never crash-loops"
-)
-
-
 @pytest.mark.parametrize(
     "how",
     [
         "raise",  # an uncaught exception: the binding drops the goodbye, the primary sees a crash
-        pytest.param("exit", marks=pytest.mark.xfail(strict=False, reason=CORE_FIX)),  # goodbye, then exit(1)
+        "exit",  # goodbye, then exit(1): a crash all the same
     ],
 )
 def test_wait_listening_reports_workers_that_fail_before_listening(how):
@@ -331,8 +324,7 @@ def test_wait_listening_reports_workers_that_fail_before_listening(how):
     try:
         with primary("fail_listen", workers=2, env=env, restart_delay=0.05, crash_loop_count=3) as p:
             with pytest.raises(rcluster.StateError) as info:
-                # With the fix: 3 crashes, 0.05 + 0.1 s of backoff. Without it the
-                # workers restart as fast as they fail: keep that storm short.
+                # 3 crashes, 0.05 + 0.1 s of backoff, then the slot crash-loops.
                 p.wait_listening(timeout=8)
     finally:
         taken.close()

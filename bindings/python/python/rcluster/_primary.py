@@ -452,8 +452,11 @@ class Primary(EventSource):
             elif kind == EventKind.DISCONNECT and info.state != "exited":
                 info.state = "disconnected"
             elif kind == EventKind.EXIT:
-                if info.state != "listening" and info.slot is not None and not event.after_disconnect:
-                    # Why a slot crash-loops, for wait_listening (one entry per slot).
+                clean = event.after_disconnect and event.exit_code == 0
+                if info.state != "listening" and info.slot is not None and not clean:
+                    # Why a slot crash-loops, for wait_listening (one entry per
+                    # slot). As the core judges it: a non-zero exit is a crash,
+                    # even after the worker said goodbye.
                     self._failed_starts[info.slot] = event
                 info.state = "exited"
                 info.exit_code = event.exit_code
