@@ -444,6 +444,14 @@ def markdown(run: Run, png_note: str) -> str:
               "pm2's daemon, uvicorn's supervisor and the workers).", ""]
         L += http_table(run, "cmd-python", [("uvicorn", "uvicorn --workers")], note_keepalive=False)
         L += http_table(run, "cmd-node", [("pm2", "pm2 -i")], note_keepalive=False)
+    if run.worker_counts("nginx"):
+        L += ["## Behind nginx", "",
+              "The seed's alternative to a cluster: nginx in front of N single-process Node servers "
+              "(bench/cmd/app.js), against one rcluster Node cluster of N workers (examples/node/hello_server.js, "
+              "rr), and nginx in front of that cluster; bench/nginx/launch.py starts each (nginx with keep-alive "
+              "to its upstreams, one worker process, access logs off). The 'primary' is the launcher (idle); the "
+              "workers' CPU column counts every process of the contender, nginx's included.", ""]
+        L += http_table(run, "nginx", [("nginx-singles", "nginx -> singles")], note_keepalive=False)
     u = d.get("uneven", {})
     L += ["## Uneven workers", "",
           f"Every request takes {u.get('work_us')} µs more (the worker's loop waits), and {u.get('slow_work_us')} µs "

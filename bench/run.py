@@ -426,6 +426,18 @@ def cmd_contenders(kind: str, n: int) -> list[Contender]:
             Contender("pm2", f"pm2 start app.js -i {n}", [*launch, "pm2", str(n)], missing=miss)]
 
 
+def nginx_contenders(n: int) -> list[Contender]:
+    """The seed's alternative to a cluster, side by side (bench/nginx/launch.py starts each): nginx in front
+    of N single-process Node servers, one rcluster Node cluster of N workers, and nginx in front of that."""
+    launch = [sys.executable, str(BENCH / "nginx" / "launch.py")]
+    miss = node_rcluster_missing() or cmd_missing([Path("/usr/sbin/nginx")])
+    return [Contender("nginx-singles", f"nginx -> {n} single Node servers", [*launch, "nginx-singles", str(n)],
+                      missing=miss),
+            Contender("rcluster", f"rcluster Node cluster, {n} workers", [*launch, "rcluster", str(n)], missing=miss),
+            Contender("nginx-rcluster", f"nginx -> rcluster cluster of {n}", [*launch, "nginx-rcluster", str(n)],
+                      missing=miss)]
+
+
 def uneven_contenders(n: int, full: bool) -> list[Contender]:  # noqa: ARG001
     env = {"BENCH_WORK_US": str(UNEVEN_WORK_US), "BENCH_SLOW_WORK_US": str(UNEVEN_SLOW_WORK_US),
            "BENCH_SLOW_WORKER": "1"}
@@ -706,7 +718,7 @@ def machine_info() -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer contenders, shorter runs (bench-quick)")
-    parser.add_argument("--only", default="c,node,python,asgi,wsgi,low,uneven,cmd,ipc,queue",
+    parser.add_argument("--only", default="c,node,python,asgi,wsgi,low,uneven,cmd,nginx,ipc,queue",
                         help="groups to run (comma-separated)")
     parser.add_argument("--workers", default=None, help="worker counts, e.g. 2,4 (default: the profile's)")
     parser.add_argument("--out", default=None, help="output directory (default: bench/results, quick: bench/tmp/quick)")
@@ -769,6 +781,10 @@ def main() -> int:
         for kind in ("python", "node"):
             results["groups"].append(run_group(f"cmd-{kind}", 2, cmd_contenders(kind, 2), cfg, logdir,
                                                cfg["rounds"], 0, cfg["seconds"]))
+    if "nginx" in only:
+        # nginx in front of single servers against one cluster, 2 workers (the seed's comparison).
+        results["groups"].append(run_group("nginx", 2, nginx_contenders(2), cfg, logdir,
+                                           cfg["rounds"], 0, cfg["seconds"]))
     if "ipc" in only:
         results["ipc"] = run_ipc(cfg)
     if "queue" in only:

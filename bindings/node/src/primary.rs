@@ -87,6 +87,7 @@ fn supervision(options: &PrimaryOptions) -> Supervision {
         heartbeat_timeout: millis(options.heartbeat_timeout_ms, d.heartbeat_timeout),
         recycle_after: options.recycle_after.map_or(d.recycle_after, |n| n.max(0) as u64),
         recycle_jitter: options.recycle_jitter.map_or(d.recycle_jitter, |n| n.max(0) as u64),
+        max_memory: d.max_memory,
     }
 }
 
