@@ -451,6 +451,13 @@ def markdown(run: Run, png_note: str) -> str:
               "rr), and nginx in front of that cluster; bench/nginx/launch.py starts each (nginx with keep-alive "
               "to its upstreams, one worker process, access logs off). The 'primary' is the launcher (idle); the "
               "workers' CPU column counts every process of the contender, nginx's included.", ""]
+        for n in run.worker_counts("nginx"):
+            r = run.group("nginx", n).get("run")
+            if r:
+                L += [f"{n} workers: not part of the run above; run on its own (`{r['command']}`, {r['profile']} "
+                      f"profile) on {r['date']}, commit {r['commit']}; load average before "
+                      f"{', '.join(f'{x:.2f}' for x in r['load_before'])}, after "
+                      f"{', '.join(f'{x:.2f}' for x in r['load_after'])}.", ""]
         L += http_table(run, "nginx", [("nginx-singles", "nginx -> singles")], note_keepalive=False)
     u = d.get("uneven", {})
     L += ["## Uneven workers", "",
