@@ -55,6 +55,8 @@ const COVERED: &[&str] = &[
     "rcluster_worker_send",
     "rcluster_worker_send_many",
     "rcluster_worker_close",
+    "rcluster_primary_metrics",
+    "rcluster_primary_worker_usage",
 ];
 
 #[test]
@@ -105,6 +107,12 @@ fn primary_functions_refuse_null_and_bogus_handles() {
         expect(rcluster_primary_scale(h, 2), RCLUSTER_E_HANDLE, "scale");
         let mut count = 0usize;
         expect(rcluster_primary_stats(h, null_mut(), 0, &mut count), RCLUSTER_E_HANDLE, "stats");
+        let mut metrics: rcluster_metrics = unsafe { std::mem::zeroed() };
+        metrics.struct_size = size_of::<rcluster_metrics>();
+        expect(rcluster_primary_metrics(h, &mut metrics), RCLUSTER_E_HANDLE, "metrics");
+        let mut usage: rcluster_worker_usage = unsafe { std::mem::zeroed() };
+        usage.struct_size = size_of::<rcluster_worker_usage>();
+        expect(rcluster_primary_worker_usage(h, 1, &mut usage), RCLUSTER_E_HANDLE, "worker_usage");
         expect(rcluster_primary_free(h), RCLUSTER_E_HANDLE, "free");
     }
     expect(

@@ -81,6 +81,13 @@ declare namespace rcluster {
     active: number;
     restarts: number;
     uptimeMs: number;
+    /** CPU time of its process (user + system, from /proc), in ms. */
+    cpuMs: number;
+    /** Its resident memory, in bytes (from /proc). */
+    rssBytes: number;
+    /** Application messages it sent the primary, and the primary sent it. */
+    messagesIn: number;
+    messagesOut: number;
   }
 
   /** In the primary: what Node's ChildProcess offers a cluster app. */

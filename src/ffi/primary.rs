@@ -428,13 +428,15 @@ fn config_from(options: &rcluster_primary_options) -> Result<Config> {
 /// The options struct of 0.1, which had no `struct_size`: its bytes are
 /// those of `rcluster_primary_options` after that first field. Frozen.
 const OPTIONS_V1_SIZE: usize = 160;
-/// The first struct that carried its size (0.2): the smallest size accepted.
-const OPTIONS_MIN_SIZE: usize = size_of::<usize>() + OPTIONS_V1_SIZE;
+/// The first struct that carried its size (0.2, with `metrics_address` and
+/// `max_memory_mb` at its end): the smallest size accepted. Fields added
+/// later go after it, and sizes between it and ours are older headers.
+const OPTIONS_MIN_SIZE: usize = size_of::<usize>() + OPTIONS_V1_SIZE + 16;
 /// More than any header will ever declare; a larger size is garbage.
 const OPTIONS_MAX_SIZE: usize = 1 << 16;
 const _: () = assert!(std::mem::offset_of!(rcluster_primary_options, argv) == size_of::<usize>());
 const _: () = assert!(std::mem::offset_of!(rcluster_primary_options, allow_nested) == size_of::<usize>() + 152);
-const _: () = assert!(size_of::<rcluster_primary_options>() >= OPTIONS_MIN_SIZE);
+const _: () = assert!(size_of::<rcluster_primary_options>() == OPTIONS_MIN_SIZE);
 
 fn default_options() -> rcluster_primary_options {
     let d = Config::default();
@@ -599,7 +601,8 @@ pub extern "C" fn rcluster_primary_new(options: *const c_void, out: *mut *mut rc
         let dst = (&mut sized as *mut rcluster_primary_options as *mut u8).add(size_of::<usize>());
         std::ptr::copy_nonoverlapping(options as *const u8, dst, OPTIONS_V1_SIZE);
     }
-    sized.struct_size = OPTIONS_MIN_SIZE;
+    // The fields 0.1 did not have keep the defaults `sized` was made with.
+    sized.struct_size = size_of::<rcluster_primary_options>();
     rcluster_primary_new2(&sized, out)
 }
 

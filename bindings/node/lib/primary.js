@@ -289,7 +289,7 @@ function setupPrimary(cluster, native) {
     nativePrimary().scale(n);
   };
 
-  /** rcluster: a snapshot of every worker: id, pid, slot, state, generation, dispatched, inFlight, active, restarts, uptimeMs. */
+  /** rcluster: a snapshot of every worker: id, pid, slot, state, generation, dispatched, inFlight, active, restarts, uptimeMs, cpuMs, rssBytes, messagesIn, messagesOut. */
   cluster.stats = function stats() {
     return primary === null ? [] : primary.stats();
   };

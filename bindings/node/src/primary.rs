@@ -223,6 +223,13 @@ pub struct WorkerStatsJs {
     /// How many workers its slot had to restart.
     pub restarts: u32,
     pub uptime_ms: f64,
+    /// CPU time of its process (user + system, from /proc), in ms.
+    pub cpu_ms: f64,
+    /// Its resident memory, in bytes (from /proc).
+    pub rss_bytes: f64,
+    /// Application messages it sent the primary, and the primary sent it.
+    pub messages_in: f64,
+    pub messages_out: f64,
 }
 
 impl From<WorkerStats> for WorkerStatsJs {
@@ -245,6 +252,10 @@ impl From<WorkerStats> for WorkerStatsJs {
             active: s.active,
             restarts: s.restarts,
             uptime_ms: s.uptime.as_secs_f64() * 1000.0,
+            cpu_ms: s.cpu.as_secs_f64() * 1000.0,
+            rss_bytes: s.rss_bytes as f64,
+            messages_in: s.messages_in as f64,
+            messages_out: s.messages_out as f64,
         }
     }
 }
@@ -400,7 +411,7 @@ impl NativePrimary {
     /// A snapshot of every worker the primary knows.
     #[napi]
     pub fn stats(&self) -> Result<Vec<WorkerStatsJs>> {
-        Ok(self.inner.stats().map_err(to_js_error)?.into_iter().map(WorkerStatsJs::from).collect())
+        Ok(self.inner.metrics().map_err(to_js_error)?.workers.into_iter().map(WorkerStatsJs::from).collect())
     }
 
     /// Whether the shutdown is complete.

@@ -75,6 +75,7 @@ test('scale(n) and stats()', async (t) => {
   for (const s of stats) {
     assert.strictEqual(s.state, 'listening');
     assert.ok(s.pid > 0 && s.uptimeMs >= 0 && s.restarts === 0);
+    assert.ok(s.rssBytes > 1e6 && s.cpuMs >= 0 && s.messagesIn >= 0 && s.messagesOut >= 0, JSON.stringify(s));
     for (const key of ['id', 'slot', 'generation', 'dispatched', 'inFlight', 'active']) assert.ok(key in s, key);
   }
   const { port } = run.find((l) => l.ev === 'listening');

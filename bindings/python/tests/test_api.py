@@ -99,6 +99,7 @@ def test_scale_stats_and_reload():
         stats = p.stats()
         assert [s.worker_id for s in stats] == [1, 2, 3]
         assert all(s.state == "listening" and s.pid > 0 and s.uptime >= 0 for s in stats)
+        assert all(s.rss_bytes > 1_000_000 and s.cpu >= 0 for s in stats), stats
         generation = p.reload()
         assert generation == 1
         done = take(p, "reload_done", timeout=30)[0]

@@ -8,6 +8,8 @@ only pulls events (``Primary.next_event``, iteration, callbacks, or
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import os
 import signal as _signal
@@ -112,6 +114,13 @@ class WorkerStats:
     active: int
     #: Seconds since it was started.
     uptime: float
+    #: CPU time (user + system) its process has used, in seconds (from /proc).
+    cpu: float = 0.0
+    #: Its resident memory, in bytes (from /proc).
+    rss_bytes: int = 0
+    #: Application messages it sent the primary, and the primary sent it.
+    messages_in: int = 0
+    messages_out: int = 0
 
     @classmethod
     def from_c(cls, raw: Any) -> "WorkerStats":
@@ -384,8 +393,22 @@ class Primary(EventSource):
             buf = ffi.new("rcluster_worker_stats[]", capacity) if capacity else ffi.NULL
             check(lib.rcluster_primary_stats(self._h(), buf, capacity, count))
             if count[0] <= capacity:
-                return [WorkerStats.from_c(buf[i]) for i in range(count[0])]
+                return [self._with_usage(WorkerStats.from_c(buf[i])) for i in range(count[0])]
             capacity = count[0] + 4  # workers may have been added meanwhile
+
+    def _with_usage(self, stats: WorkerStats) -> WorkerStats:
+        """``stats`` with the worker's CPU time, memory and message counts."""
+        usage = ffi.new("rcluster_worker_usage *")
+        usage.struct_size = ffi.sizeof("rcluster_worker_usage")
+        if lib.rcluster_primary_worker_usage(self._h(), stats.worker_id, usage) != 0:
+            return stats  # gone meanwhile
+        return dataclasses.replace(
+            stats,
+            cpu=usage.cpu_ms / 1000.0,
+            rss_bytes=int(usage.rss_bytes),
+            messages_in=int(usage.messages_in),
+            messages_out=int(usage.messages_out),
+        )
 
     # ----- events -------------------------------------------------------
 
