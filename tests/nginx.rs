@@ -10,11 +10,6 @@ use common::*;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A port nobody listens on now (bound, read, released).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// nginx in the foreground with a configuration of the test's own; stopped
 /// (by pid) when dropped, its directory removed.
 struct Nginx {

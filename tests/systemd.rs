@@ -10,11 +10,6 @@ use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A port nobody listens on now (bound, read, released).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// A GET that waits for the server to come up (systemd-socket-activate
 /// starts it on the first connection, which the kernel queues meanwhile).
 fn get(port: u16) -> String {

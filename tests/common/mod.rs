@@ -348,6 +348,11 @@ impl Load {
     }
 }
 
+/// A port nobody listens on now (bound, read, released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
 /// The port in the test primary's `ready PORT PID` line.
 pub fn ready_port(line: &str) -> u16 {
     line.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("not a ready line: {line:?}"))
