@@ -49,6 +49,10 @@ declare namespace rcluster {
     recycleAfter?: number;
     /** Up to this many connections added at random to recycleAfter. Default 0. */
     recycleJitter?: number;
+    /** Replace a worker gracefully once its resident memory passes this many bytes (checked every second). Default: no limit. */
+    maxMemory?: number;
+    /** 'HOST:PORT' to serve Prometheus metrics (GET /metrics) and GET /healthz on. Default: none. */
+    metricsAddress?: string;
     /** How long a worker asked to leave may take before SIGTERM, then SIGKILL. Default 10000. */
     stopTimeout?: number;
     /** Connections a worker may hold handed-over but unacknowledged. Default 8. */

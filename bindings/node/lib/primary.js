@@ -73,6 +73,8 @@ function nativeTuning(settings) {
     heartbeatTimeoutMs: ms(settings.heartbeatTimeout),
     recycleAfter: settings.recycleAfter,
     recycleJitter: settings.recycleJitter,
+    maxMemoryMb: settings.maxMemory === undefined ? undefined : Math.ceil(Number(settings.maxMemory) / 1048576),
+    metricsAddress: settings.metricsAddress,
   };
 }
 

@@ -60,6 +60,10 @@ pub struct PrimaryOptions {
     pub recycle_after: Option<i64>,
     /// Up to this many connections added at random to recycleAfter (default 0).
     pub recycle_jitter: Option<i64>,
+    /// Replace a worker gracefully past this many MiB of resident memory (default: no limit).
+    pub max_memory_mb: Option<u32>,
+    /// `HOST:PORT` for the Prometheus endpoint (`/metrics`, `/healthz`); default none.
+    pub metrics_address: Option<String>,
 }
 
 fn millis(ms: Option<u32>, default: Duration) -> Duration {
@@ -87,7 +91,7 @@ fn supervision(options: &PrimaryOptions) -> Supervision {
         heartbeat_timeout: millis(options.heartbeat_timeout_ms, d.heartbeat_timeout),
         recycle_after: options.recycle_after.map_or(d.recycle_after, |n| n.max(0) as u64),
         recycle_jitter: options.recycle_jitter.map_or(d.recycle_jitter, |n| n.max(0) as u64),
-        max_memory: d.max_memory,
+        max_memory: options.max_memory_mb.filter(|&mb| mb > 0).map(|mb| mb as u64 * 1024 * 1024).or(d.max_memory),
     }
 }
 
@@ -304,6 +308,7 @@ impl NativePrimary {
             // which works the same in Node, Bun and Deno.
             handle_signals: false,
             supervision,
+            metrics_address: options.metrics_address.clone(),
             ..defaults
         };
         Ok(NativePrimary { inner: Arc::new(Primary::new(config).map_err(to_js_error)?), started: false })

@@ -111,3 +111,21 @@ test('least: workers report closed connections, so the primary counts them finis
   }
   assert.strictEqual(stats.reduce((n, s) => n + s.dispatched, 0), 6, 'every connection counted');
 });
+
+test('metricsAddress serves Prometheus metrics and /healthz', async (t) => {
+  const port = await new Promise((resolve) => {
+    const probe = require('net').createServer().listen(0, '127.0.0.1', () => {
+      const { port: p } = probe.address();
+      probe.close(() => resolve(p));
+    });
+  });
+  const run = fixture('supervision.js', [JSON.stringify({ metricsAddress: `127.0.0.1:${port}` }), '2']);
+  t.after(run.cleanup);
+  await waitUntil(() => count(run, 'listening') === 2, 15000, 'two workers to listen');
+  const health = await get(port, { path: '/healthz' });
+  assert.strictEqual(health.status, 200, health.body);
+  const metrics = await get(port, { path: '/metrics' });
+  assert.strictEqual(metrics.status, 200);
+  assert.match(metrics.body, /^rcluster_workers\{state="listening"\} 2$/m);
+  assert.match(metrics.body, /^rcluster_worker_resident_memory_bytes\{worker="1",/m);
+});
