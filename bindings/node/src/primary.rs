@@ -182,9 +182,11 @@ impl ClusterEvent {
                 ClusterEvent { slot: Some(slot), ..ClusterEvent::new("crashloop", Some(worker), Some(pid)) }
             }
             Event::Unresponsive { worker, pid } => ClusterEvent::new("unresponsive", Some(worker), Some(pid)),
-            Event::SpawnFailed { slot, message } => {
-                ClusterEvent { slot: Some(slot), message: Some(message), ..ClusterEvent::new("spawnfailed", None, None) }
-            }
+            Event::SpawnFailed { slot, message } => ClusterEvent {
+                slot: Some(slot),
+                message: Some(message),
+                ..ClusterEvent::new("spawnfailed", None, None)
+            },
             Event::ReloadDone { generation } => {
                 ClusterEvent { generation: Some(generation), ..ClusterEvent::new("reload", None, None) }
             }
