@@ -15,25 +15,18 @@ target/release (make lib). Both sides serve the same unmodified app
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
+sys.path.insert(0, str(HERE.parent))
+from launching import free_port, wait_serving  # noqa: E402
 DEPS = ROOT / "target" / "cli-deps"
 RCLUSTER = ROOT / "target" / "release" / "rcluster"
 UVICORN = DEPS / "venv" / "bin" / "uvicorn"
 PM2 = DEPS / "npm" / "node_modules" / ".bin" / "pm2"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> int:
@@ -68,15 +61,8 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    pids, deadline = set(), time.monotonic() + 60
-    while len(pids) < int(workers):
-        if child.poll() is not None or time.monotonic() > deadline:
-            sys.exit(f"launch.py: {kind} did not serve with {workers} workers (exit {child.poll()})")
-        try:
-            body = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).read().decode()
-            pids.add(body.split()[3])
-        except OSError:
-            time.sleep(0.1)
+    if not wait_serving(port, int(workers), lambda: child.poll() is None):
+        sys.exit(f"launch.py: {kind} did not serve with {workers} workers (exit {child.poll()})")
     print(f"ready http://127.0.0.1:{port} workers={workers}", flush=True)
     while True:
         signal.pause()

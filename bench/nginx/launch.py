@@ -16,23 +16,16 @@ upstreams, one worker process, access logs off.
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
+sys.path.insert(0, str(HERE.parent))
+from launching import free_port, wait_serving  # noqa: E402
 NGINX = "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else "nginx"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def nginx_conf(directory: Path, port: int, upstreams: list[int]) -> Path:
@@ -83,7 +76,7 @@ def main() -> int:
     else:
         sys.exit(f"launch.py: unknown contender {kind}")
 
-    def stop(signum=None, frame=None):  # noqa: ARG001
+    def stop(code: int = 0) -> None:
         for child in reversed(children):
             if child.poll() is None:
                 # nginx stops gracefully on SIGQUIT, the Node servers on SIGTERM.
@@ -95,24 +88,17 @@ def main() -> int:
                 child.kill()
                 child.wait()
         shutil.rmtree(directory, ignore_errors=True)
-        sys.exit(0)
+        sys.exit(code)
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    pids, deadline = set(), time.monotonic() + 60
+    signal.signal(signal.SIGTERM, lambda *_: stop())
+    signal.signal(signal.SIGINT, lambda *_: stop())
     # Behind nginx's keep-alive one connection stays with one worker: every
     # worker answering is checked with new connections to nginx only where
     # nginx spreads them (the singles); the cluster's own spread is its own.
     want = workers if kind != "nginx-rcluster" else 1
-    while len(pids) < want:
-        if any(c.poll() is not None for c in children) or time.monotonic() > deadline:
-            stop()
-            sys.exit(f"launch.py: {kind} did not serve with {workers} workers")
-        try:
-            body = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).read().decode()
-            pids.add(body.split()[3])
-        except OSError:
-            time.sleep(0.1)
+    if not wait_serving(port, want, lambda: all(c.poll() is None for c in children)):
+        print(f"launch.py: {kind} did not serve with {workers} workers", file=sys.stderr)
+        stop(1)
     print(f"ready http://127.0.0.1:{port} workers={workers}", flush=True)
     while True:
         signal.pause()

@@ -603,14 +603,9 @@ impl Primary {
     fn command(&self, command: Command) -> Result<()> {
         self.check_usable()?;
         self.ensure_started()?;
-        if self.shared.stopped.load(Ordering::SeqCst) {
+        if !self.shared.submit(command) {
             return Err(self.stopped_error());
         }
-        let mut commands = self.shared.commands.lock().unwrap_or_else(|p| p.into_inner());
-        if commands.is_empty() {
-            self.shared.wake.set();
-        }
-        commands.push_back(command);
         Ok(())
     }
 

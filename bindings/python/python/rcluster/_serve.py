@@ -11,14 +11,15 @@ and serve. So the call must be reached the same way in both, normally from
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
-from typing import Any, Callable, Mapping, NoReturn, Optional
+from typing import Any, Callable, Mapping, MutableMapping, NoReturn, Optional
 
 from ._errors import Error
 from ._primary import Primary
 
-__all__ = ["run_primary", "fail_startup", "READY_TIMEOUT"]
+__all__ = ["run_primary", "fail_startup", "refuse_options", "app_name", "cluster_arguments", "READY_TIMEOUT"]
 
 #: Seconds a replacement has to become ready (app imported, listening,
 #: lifespan started) during a reload before the reload is abandoned.
@@ -27,6 +28,29 @@ READY_TIMEOUT = 60.0
 #: Message a worker sends the primary when it cannot start, so that the
 #: primary's error says why (the worker's own log has the details).
 _FAILED = b"rcluster-startup-failed:"
+
+
+def refuse_options(caller: str, options: MutableMapping[str, Any], refused: Mapping[str, str]) -> None:
+    """Raises :class:`TypeError` for an option of ``refused`` that is set
+    (its value says why), and drops the ones given as false or None."""
+    for name, why in refused.items():
+        if options.get(name):
+            raise TypeError(f"{caller}: {name}= is not supported: {why}")
+        options.pop(name, None)
+
+
+def app_name(app: Any) -> str:
+    """The app as the primary's log names it: its import string, or its name."""
+    return repr(app if isinstance(app, str) else getattr(app, "__name__", type(app).__name__))
+
+
+def cluster_arguments(parser: argparse.ArgumentParser, app_help: str) -> None:
+    """The arguments ``python -m rcluster.asgi`` and ``-m rcluster.wsgi`` share."""
+    parser.add_argument("app", help=app_help)
+    parser.add_argument("-w", "--workers", type=int, default=None, help="worker processes (default: one per CPU)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000, help="0: a free port")
+    parser.add_argument("--policy", default="rr", choices=["rr", "least"])
 
 
 def fail_startup(reason: str, code: int = 1) -> NoReturn:

@@ -480,6 +480,9 @@ class Listener:
         try:
             return bool(loop.remove_reader(self._fd))
         except (ValueError, NotImplementedError, RuntimeError):
+            # A loop that cannot watch fds (NotImplementedError), a closed
+            # loop (RuntimeError) or an fd it never watched (ValueError):
+            # nothing to stop, and the caller's shutdown goes on.
             return False
 
     def on_done(self, callback: Callable[[], Any]) -> None:

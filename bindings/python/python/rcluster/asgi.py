@@ -57,7 +57,7 @@ import sys
 import threading
 from typing import Any, Callable, Iterator, Mapping, Optional, Union
 
-from ._serve import fail_startup, run_primary
+from ._serve import app_name, cluster_arguments, fail_startup, refuse_options, run_primary
 
 __all__ = ["run_asgi", "main"]
 
@@ -99,10 +99,7 @@ def run_asgi(
     ``crash_loop_count``, ``recycle_after``, ...). Every other keyword is a
     ``uvicorn.Config`` option (``log_level``, ``access_log``,
     ``proxy_headers``, ``timeout_keep_alive``, ``limit_max_requests``...)."""
-    for name, why in _REFUSED.items():
-        if uvicorn_options.get(name):
-            raise TypeError(f"run_asgi: {name}= is not supported: {why}")
-        uvicorn_options.pop(name, None)
+    refuse_options("run_asgi", uvicorn_options, _REFUSED)
     loop = uvicorn_options.setdefault("loop", "asyncio")
     if loop != "asyncio":
         raise ValueError(
@@ -119,7 +116,7 @@ def run_asgi(
     # Validates the options here, once, and sets up uvicorn's logging (the primary logs like uvicorn).
     uvicorn.Config(app, host=host, port=port, **uvicorn_options)
     run_primary(
-        f"ASGI app {app if isinstance(app, str) else getattr(app, '__name__', type(app).__name__)!r} (uvicorn)",
+        f"ASGI app {app_name(app)} (uvicorn)",
         host,
         workers=workers,
         policy=policy,
@@ -313,11 +310,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         prog="python -m rcluster.asgi",
         description="Serve an ASGI app with uvicorn workers behind an rcluster primary.",
     )
-    parser.add_argument("app", help="the app as module:attribute, e.g. main:app")
-    parser.add_argument("--workers", type=int, default=None, help="worker processes (default: one per CPU)")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000, help="0: a free port")
-    parser.add_argument("--policy", default="rr", choices=["rr", "least"])
+    cluster_arguments(parser, "the app as module:attribute, e.g. main:app")
     parser.add_argument("--stop-timeout", type=float, default=30.0, help="seconds a stopping worker has")
     parser.add_argument("--log-level", default=None)
     parser.add_argument("--no-access-log", dest="access_log", action="store_false")

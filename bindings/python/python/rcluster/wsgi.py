@@ -60,7 +60,7 @@ import socket
 from typing import Any, Callable, Mapping, Optional, Union
 
 from ._errors import Closed
-from ._serve import fail_startup, run_primary
+from ._serve import app_name, cluster_arguments, fail_startup, refuse_options, run_primary
 
 __all__ = ["run_wsgi", "main"]
 
@@ -102,10 +102,7 @@ def run_wsgi(
     holding the fewest, so none waits behind a slow request while another
     worker is idle. ``port``, ``policy``, ``stop_timeout``,
     ``primary_options`` and ``on_ready`` are as for :func:`rcluster.run_asgi`."""
-    for name, why in _REFUSED.items():
-        if gunicorn_settings.get(name):
-            raise TypeError(f"run_wsgi: {name}= is not supported: {why}")
-        gunicorn_settings.pop(name, None)
+    refuse_options("run_wsgi", gunicorn_settings, _REFUSED)
     import rcluster
 
     application = _application(app, gunicorn_settings)  # validates the settings in both roles
@@ -126,7 +123,7 @@ def run_wsgi(
             **(primary_options or {}),
         }
     run_primary(
-        f"WSGI app {app if isinstance(app, str) else getattr(app, '__name__', type(app).__name__)!r} "
+        f"WSGI app {app_name(app)} "
         f"(gunicorn {worker_class} workers)",
         host,
         workers=workers,
@@ -266,11 +263,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         prog="python -m rcluster.wsgi",
         description="Serve a WSGI app with gunicorn workers behind an rcluster primary.",
     )
-    parser.add_argument("app", help="the app as module:attribute, e.g. main:app or mysite.wsgi:application")
-    parser.add_argument("-w", "--workers", type=int, default=None, help="worker processes (default: one per CPU)")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000, help="0: a free port")
-    parser.add_argument("--policy", default="rr", choices=["rr", "least"])
+    cluster_arguments(parser, "the app as module:attribute, e.g. main:app or mysite.wsgi:application")
     parser.add_argument("-k", "--worker-class", default="sync", help="gunicorn worker class: sync, gthread...")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--keep-alive", type=int, default=2)
