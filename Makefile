@@ -54,8 +54,6 @@ cli-test-deps: $(CLI_DEPS)/.installed
 # tests/cli_apps.rs also runs the Python and Node example servers under
 # `rcluster run`, so the bindings are built first.
 test-rust: test-tools cli-test-deps python node
-	@# tests/metrics.rs reads the metrics endpoint with prometheus_client's own parser.
-	$(VENV)/bin/python -c 'import prometheus_client' 2>/dev/null || $(VENV)/bin/pip install --quiet prometheus_client
 	RCLUSTER_TEST_PYTHON_BIN=$(abspath $(CLI_DEPS)/venv/bin) \
 	RCLUSTER_TEST_NODE_PATH=$(abspath $(CLI_DEPS)/npm/node_modules) \
 	RCLUSTER_TEST_BINDING_PYTHON=$(abspath $(VENV)/bin/python) RCLUSTER_TEST_BINDING_NODE=1 \
@@ -133,7 +131,8 @@ PY_SERVERS := fastapi uvicorn flask gunicorn
 $(VENV)/.rcluster-installed: Cargo.toml build.rs $(wildcard src/*.rs src/*/*.rs src/*/*/*.rs) \
 		bindings/python/pyproject.toml $(wildcard bindings/python/python/rcluster/*)
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet ./bindings/python pytest $(PY_SERVERS)
+	@# prometheus_client: the metrics tests read the endpoint with its own parser.
+	$(VENV)/bin/pip install --quiet ./bindings/python pytest prometheus_client $(PY_SERVERS)
 	touch $@
 
 python: $(VENV)/.rcluster-installed

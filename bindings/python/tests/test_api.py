@@ -332,3 +332,24 @@ def test_wait_listening_reports_workers_that_fail_before_listening(how):
     message = str(info.value)
     assert "crash-looped before the cluster was ready" in message, message
     assert "exit before they listen" in message and "exited with code 1" in message, message
+
+
+def test_metrics_address_serves_prometheus_and_healthz():
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    with primary("echo", workers=2, metrics_address=f"127.0.0.1:{port}", max_memory_mb=1024) as p:
+        p.wait_listening(timeout=15)
+        assert urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5).status == 200
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+        assert samples[("rcluster_workers", (("state", "listening"),))] == 2

@@ -161,8 +161,9 @@ class Primary(EventSource):
     ``restart_backoff``, ``stable_after``, ``crash_loop_count``,
     ``crash_loop_window``, ``ready_timeout``, ``wait_ready``,
     ``reload_concurrency``, ``heartbeat_interval``, ``heartbeat_timeout``,
-    ``recycle_after``, ``recycle_jitter``. An unknown option is a
-    :class:`TypeError`.
+    ``recycle_after``, ``recycle_jitter``, ``max_memory_mb``; operations:
+    ``metrics_address`` (``"HOST:PORT"``: Prometheus ``/metrics`` and
+    ``/healthz``). An unknown option is a :class:`TypeError`.
 
     Use it as a context manager: entering starts the workers; leaving shuts
     the cluster down gracefully and waits until every worker has exited::
@@ -211,6 +212,10 @@ class Primary(EventSource):
         options["handle_signals"] = handle_signals
         if stop_timeout is not None:
             options["stop_timeout"] = stop_timeout
+        # A string option: kept alive until rcluster_primary_new2 copies it.
+        metrics_address = options.pop("metrics_address", None)
+        metrics_c = cstr(str(metrics_address)) if metrics_address is not None else ffi.NULL
+        raw.metrics_address = metrics_c
         for name, value in options.items():
             _set_option(raw, name, value)
         # These must outlive rcluster_primary_new2, which copies the strings.
