@@ -475,10 +475,14 @@ fn a_reload_to_a_version_that_crashes_at_start_keeps_the_old_workers_and_fails()
         "2",
         "--listen",
         "127.0.0.1:0",
+        // The grace must cover a Python start on a loaded machine: a new
+        // worker that lives past it counts as started, and the old ones are
+        // stopped even though it crashes right after (CI saw a 500 ms grace
+        // pass before Python reached its crash check).
         "--reload-grace",
-        "500ms",
+        "2s",
         "--stop-timeout",
-        "3s",
+        "6s",
         "-e",
         &crash,
         "-e",
@@ -499,7 +503,7 @@ fn a_reload_to_a_version_that_crashes_at_start_keeps_the_old_workers_and_fails()
         })
     };
     // Past the grace, the new workers keep dying at start: the old ones still serve.
-    std::thread::sleep(Duration::from_millis(1500));
+    std::thread::sleep(Duration::from_millis(3000));
     let serving = serving_pids(port, 6);
     assert!(serving.is_subset(&old), "the old workers serve: {serving:?} (old {old:?})");
     let out = reload.join().unwrap();
