@@ -12,10 +12,39 @@
 //! and puts the version in the header as `RCLUSTER_VERSION_*` macros, taken
 //! from Cargo.toml so the two cannot disagree.
 
+use std::fmt::Write;
 use std::path::PathBuf;
+
+/// `src/tables/tables.in.rs` expanded into the header's `#define`s (the crate
+/// expands the same file into its enums: one table feeds both; see
+/// `src/tables/mod.rs`). cbindgen does not expand macros, so it cannot.
+fn table_defines() -> String {
+    let mut out = String::new();
+    macro_rules! tables {
+        ($(
+            $(#[doc = $type_doc:literal])*
+            enum $type:ident: $what:literal, $text_fn:ident {
+                $( $(#[doc = $doc:literal])* $variant:ident = $value:literal, $c_name:ident, $text:literal; )*
+            }
+        )*) => {{$(
+            if $what == "event kinds" {
+                out.push_str("// No event (the struct after `rcluster_event_release`).\n#define RCLUSTER_EVENT_NONE 0\n\n");
+            }
+            $(
+                $( writeln!(out, "//{}", $doc).unwrap(); )*
+                writeln!(out, "#define {} {}\n", stringify!($c_name), $value).unwrap();
+            )*
+        )*}};
+    }
+    // The two values beside the tables: success, and the released event.
+    out.push_str("// Success.\n#define RCLUSTER_OK 0\n\n");
+    include!("src/tables/tables.in.rs");
+    out
+}
 
 fn main() {
     println!("cargo:rerun-if-changed=src");
+    println!("cargo:rerun-if-changed=src/tables/tables.in.rs");
     println!("cargo:rerun-if-changed=cbindgen.toml");
     println!("cargo:rerun-if-env-changed=CI");
     println!("cargo:rerun-if-env-changed=RCLUSTER_CHECK_HEADER");
@@ -32,8 +61,10 @@ fn main() {
         "\n// The version of this header (the library's own: `rcluster_version()`).\n\
          #define RCLUSTER_VERSION_MAJOR {major}\n\
          #define RCLUSTER_VERSION_MINOR {minor}\n\
-         #define RCLUSTER_VERSION_PATCH {patch}"
+         #define RCLUSTER_VERSION_PATCH {patch}\n\n{}",
+        table_defines().trim_end()
     ));
+    write_cffi_header(&crate_dir, &out_dir, &config);
     let bindings = cbindgen::Builder::new()
         .with_crate(&crate_dir)
         .with_config(config)
@@ -50,4 +81,30 @@ fn main() {
             std::fs::write(&committed, new).unwrap();
         }
     }
+}
+
+/// The Python package's declarations come from a header too: maturin's cffi
+/// mode reads `<target dir>/header.h` when it exists, else runs cbindgen
+/// itself, which would miss the tables' constants (macro-made, see
+/// `table_defines`). So the header is written there as well, in the form
+/// cffi parses: no `#include`, include guard or C++ block (the settings
+/// maturin would force on its own cbindgen run).
+fn write_cffi_header(crate_dir: &std::path::Path, out_dir: &std::path::Path, config: &cbindgen::Config) {
+    // OUT_DIR is <target dir>/[<triple>/]<profile>/build/<package>-<hash>/out;
+    // cargo marks the target dir itself with CACHEDIR.TAG.
+    let Some(target_dir) = out_dir.ancestors().find(|dir| dir.join("CACHEDIR.TAG").is_file()) else {
+        return;
+    };
+    let mut config = config.clone();
+    config.no_includes = true;
+    config.sys_includes = Vec::new();
+    config.include_guard = None;
+    config.pragma_once = false;
+    config.cpp_compat = false;
+    let bindings = cbindgen::Builder::new()
+        .with_crate(crate_dir)
+        .with_config(config)
+        .generate()
+        .expect("cbindgen could not generate the cffi header");
+    bindings.write_to_file(target_dir.join("header.h"));
 }

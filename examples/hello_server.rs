@@ -97,7 +97,7 @@ fn parse_args() -> Options {
             "--workers" => options.workers = number(&flag, &value, 1, 1024) as usize,
             "--port" => options.port = number(&flag, &value, 0, 65535) as u16,
             "--host" => {
-                if rcluster::primary::parse_address(&value, 0).is_err() {
+                if rcluster::parse_address(&value, 0).is_err() {
                     bad_usage(format!(
                         "--host wants an IP address, \"localhost\" or \"\" (all interfaces), not {value:?}"
                     ));

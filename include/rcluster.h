@@ -51,33 +51,11 @@
 // A message or an fd list is larger than the protocol allows.
 #define RCLUSTER_E_TOOBIG -12
 
-// Largest message the channel carries, in bytes (256 MiB).
-#define RCLUSTER_MAX_MESSAGE 268435456
-
-// Most file descriptors one message carries.
-#define RCLUSTER_MAX_FDS 16
-
-// Policy `rr` (the default): the primary accepts and hands each connection
-// to the next worker in turn; a connection is the primary's until the
-// worker acknowledges it.
-#define RCLUSTER_POLICY_RR 0
-
-// Policy `shared`: the listening socket is given to the workers, which
-// accept themselves; the kernel decides which worker gets a connection.
-#define RCLUSTER_POLICY_SHARED 1
-
-// Policy `reuseport`: each worker gets its own `SO_REUSEPORT` socket and
-// accepts itself; the kernel spreads connections by a hash of the peer.
-// Connections queued on a crashed worker's socket are lost unless
-// `net.ipv4.tcp_migrate_req` is 1; a worker asked to leave takes what is
-// queued first.
-#define RCLUSTER_POLICY_REUSEPORT 2
-
-// Policy `least`: the primary accepts and hands each connection to the
-// worker holding the fewest (unacknowledged, plus accepted and not yet
-// reported finished with `rcluster_worker_done`); ties go to the worker
-// picked last (still warm), then to the ones after it in turn.
-#define RCLUSTER_POLICY_LEAST 3
+// This worker is leaving: it was asked to disconnect (accept returns
+// what was already queued for it, then this), or the cluster is
+// shutting down (a listen is refused with this). Not a failure: finish
+// what you hold and exit.
+#define RCLUSTER_E_LEAVING -13
 
 // No event (the struct after `rcluster_event_release`).
 #define RCLUSTER_EVENT_NONE 0
@@ -96,7 +74,7 @@
 
 // Primary: a worker's channel closed. Worker: the primary asks this worker
 // to finish what it holds and leave (accept returns the connections
-// already queued, then `RCLUSTER_E_CLOSED`).
+// already queued, then `RCLUSTER_E_LEAVING`).
 #define RCLUSTER_EVENT_DISCONNECT 5
 
 // Primary: a worker process ended (`exit_code` or `signal`; `flags` may
@@ -153,6 +131,34 @@
 
 // Its channel closed; not yet reaped.
 #define RCLUSTER_WORKER_DISCONNECTED 4
+
+// Policy `rr` (the default): the primary accepts and hands each connection
+// to the next worker in turn; a connection is the primary's until the
+// worker acknowledges it.
+#define RCLUSTER_POLICY_RR 0
+
+// Policy `shared`: the listening socket is given to the workers, which
+// accept themselves; the kernel decides which worker gets a connection.
+#define RCLUSTER_POLICY_SHARED 1
+
+// Policy `reuseport`: each worker gets its own `SO_REUSEPORT` socket and
+// accepts itself; the kernel spreads connections by a hash of the peer.
+// Connections queued on a crashed worker's socket are lost unless
+// `net.ipv4.tcp_migrate_req` is 1; a worker asked to leave takes what is
+// queued first.
+#define RCLUSTER_POLICY_REUSEPORT 2
+
+// Policy `least`: the primary accepts and hands each connection to the
+// worker holding the fewest (unacknowledged, plus accepted and not yet
+// reported finished with `rcluster_worker_done`); ties go to the worker
+// picked last (still warm), then to the ones after it in turn.
+#define RCLUSTER_POLICY_LEAST 3
+
+// Largest message the channel carries, in bytes (256 MiB).
+#define RCLUSTER_MAX_MESSAGE 268435456
+
+// Most file descriptors one message carries.
+#define RCLUSTER_MAX_FDS 16
 
 // `flags` bit of an exit event: the worker had been asked to disconnect,
 // or left on purpose (Node's `exitedAfterDisconnect`).
@@ -314,7 +320,9 @@ typedef struct {
 
 // One worker's numbers (`rcluster_primary_stats`).
 typedef struct {
+  // The worker's id.
   uint32_t worker_id;
+  // Its process id.
   int32_t pid;
   // Its slot, or -1 for a raw-forked worker.
   int32_t slot;
@@ -355,11 +363,13 @@ typedef struct {
   uint32_t workers;
   // Of those, listening.
   uint32_t workers_listening;
-  // CPU time and resident memory of the primary's process.
+  // CPU time of the primary's process, in ms.
   uint64_t cpu_ms;
+  // Resident memory of the primary's process, in bytes.
   uint64_t rss_bytes;
-  // The same, summed over the workers' processes.
+  // CPU time summed over the workers' processes, in ms.
   uint64_t workers_cpu_ms;
+  // Resident memory summed over the workers' processes, in bytes.
   uint64_t workers_rss_bytes;
 } rcluster_metrics;
 
@@ -372,12 +382,11 @@ typedef struct {
   uint64_t cpu_ms;
   // Its resident memory, in bytes.
   uint64_t rss_bytes;
-  // Application messages it sent the primary, and was sent.
+  // Application messages it sent the primary.
   uint64_t messages_in;
+  // Application messages the primary sent it.
   uint64_t messages_out;
 } rcluster_worker_usage;
-
-
 
 
 
@@ -395,6 +404,12 @@ int rcluster_last_errno(void);
 
 // A static description of an `RCLUSTER_E_*` code (never NULL; not to be freed).
 const char *rcluster_strerror(int code);
+
+// The name of an `RCLUSTER_EVENT_*` kind as every binding spells it
+// (`"crash_loop"` for `RCLUSTER_EVENT_CRASH_LOOP`: the constant's suffix in
+// lower case); "unknown" for a number that is not a kind. Static, never NULL,
+// not to be freed.
+const char *rcluster_event_name(int kind);
 
 // The library's version as a static NUL-terminated string (not to be freed).
 const char *rcluster_version(void);
@@ -603,7 +618,8 @@ int rcluster_worker_fd(rcluster_worker *worker, int *fd);
 // `rcluster_primary_listen` of port 0), its second another port with their
 // seconds, and so on; the count restarts once all of this worker's port-0
 // listeners at that host are closed. A bind failure comes
-// back as `RCLUSTER_E_ADDR` with the errno (EADDRINUSE, EACCES, EINVAL...).
+// back as `RCLUSTER_E_ADDR` with the errno (EADDRINUSE, EACCES, EINVAL...);
+// a listen while the primary shuts down as `RCLUSTER_E_LEAVING` (leave).
 // Free the listener with `rcluster_listener_close`.
 int rcluster_worker_listen(rcluster_worker *worker,
                            const char *host,
@@ -630,8 +646,8 @@ int rcluster_listener_fd(rcluster_listener *listener, int *fd);
 // `RCLUSTER_E_AGAIN` if none; negative: no limit). `*fd` receives a
 // connected, blocking, close-on-exec socket that the caller owns and must
 // close. After the primary asked this worker to disconnect, the connections
-// already queued are still returned, then `RCLUSTER_E_CLOSED`; likewise
-// when the primary is gone.
+// already queued are still returned, then `RCLUSTER_E_LEAVING`; when the
+// primary is gone, `RCLUSTER_E_CLOSED`.
 int rcluster_listener_accept(rcluster_listener *listener, int timeout_ms, int *fd);
 
 // Takes up to `capacity` connections at once (at least one), waiting up to

@@ -8,34 +8,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::io;
 
-/// What kind of failure an [`Error`] is. The discriminants are the C codes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Code {
-    /// A bad argument: NULL pointer, out-of-range value, malformed string.
-    InvalidArgument = -1,
-    /// A NULL, unknown, stale or already-freed handle.
-    BadHandle = -2,
-    /// The operating system refused; `errno` says why.
-    Os = -3,
-    /// The wait ran out of time.
-    Timeout = -4,
-    /// Non-blocking call: nothing is ready yet.
-    WouldBlock = -5,
-    /// The peer or the object is closed: the channel hung up, the primary went away.
-    Closed = -6,
-    /// The peer sent something that is not a valid frame.
-    Protocol = -7,
-    /// A record or its control data did not fit; every fd that arrived was closed.
-    Truncated = -8,
-    /// An address could not be parsed, bound or listened on; `errno` says why.
-    Address = -9,
-    /// The call is not valid in the current state (not a worker, shut down, threads exist).
-    State = -10,
-    /// A panic inside the library was caught at the boundary.
-    Panic = -11,
-    /// A message or an fd list is larger than the protocol allows.
-    TooBig = -12,
-}
+pub use crate::tables::Code;
 
 /// The crate's error: a code, an optional errno and a message.
 #[derive(Debug, Clone)]

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use crate::error::{Code, Error, Result};
 use crate::sys::{self, Deadline, Flag};
+pub use crate::tables::{EventKind, WorkerState};
 
 /// How a worker process ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,64 +28,132 @@ pub enum Exit {
 pub enum Event {
     /// A worker process was started, in `slot` (none for a raw fork), with
     /// the primary's current reload `generation`.
-    Fork { worker: u32, pid: i32, slot: Option<u32>, generation: u32 },
+    Fork {
+        /// The worker's id.
+        worker: u32,
+        /// Its process id.
+        pid: i32,
+        /// Its slot (none for a raw fork).
+        slot: Option<u32>,
+        /// The primary's reload generation when it started.
+        generation: u32,
+    },
     /// The worker opened its channel end and said hello.
-    Online { worker: u32, pid: i32 },
+    Online {
+        /// The worker's id.
+        worker: u32,
+        /// Its process id.
+        pid: i32,
+    },
     /// The worker is now served connections of `address`.
-    Listening { worker: u32, pid: i32, address: SocketAddr },
+    Listening {
+        /// The worker's id.
+        worker: u32,
+        /// Its process id.
+        pid: i32,
+        /// The address served.
+        address: SocketAddr,
+    },
     /// The worker sent application bytes.
-    Message { worker: u32, pid: i32, data: Vec<u8> },
+    Message {
+        /// The worker's id.
+        worker: u32,
+        /// Its process id.
+        pid: i32,
+        /// The bytes it sent.
+        data: Vec<u8>,
+    },
     /// The worker's channel closed.
-    Disconnect { worker: u32, pid: i32 },
+    Disconnect {
+        /// The worker's id.
+        worker: u32,
+        /// Its process id.
+        pid: i32,
+    },
     /// The worker process ended. `after_disconnect`: it had been asked to leave, or left on purpose.
-    Exit { worker: u32, pid: i32, exit: Exit, after_disconnect: bool },
+    Exit {
+        /// The worker's id.
+        worker: u32,
+        /// Its process id.
+        pid: i32,
+        /// How it ended.
+        exit: Exit,
+        /// It had been asked to leave, or left on purpose.
+        after_disconnect: bool,
+    },
     /// The worker broke the protocol; it is disconnected.
-    WorkerError { worker: u32, pid: i32, message: String },
+    WorkerError {
+        /// The worker's id.
+        worker: u32,
+        /// Its process id.
+        pid: i32,
+        /// What went wrong.
+        message: String,
+    },
     /// A slot's worker kept exiting unexpectedly: restarts of that slot stopped.
-    CrashLoop { slot: u32, worker: u32, pid: i32 },
+    CrashLoop {
+        /// The slot it runs in.
+        slot: u32,
+        /// The worker's id.
+        worker: u32,
+        /// Its process id.
+        pid: i32,
+    },
     /// A worker did not answer the heartbeat, or did not acknowledge a
     /// handed-over connection, in time: it is killed and replaced.
-    Unresponsive { worker: u32, pid: i32 },
+    Unresponsive {
+        /// The worker's id.
+        worker: u32,
+        /// Its process id.
+        pid: i32,
+    },
     /// A worker for `slot` could not be started (`message` says why and
     /// when it is retried). Not a crash: the slot keeps retrying.
-    SpawnFailed { slot: u32, message: String },
+    SpawnFailed {
+        /// The slot it runs in.
+        slot: u32,
+        /// What went wrong.
+        message: String,
+    },
     /// A rolling reload finished: every slot runs a worker of `generation`.
-    ReloadDone { generation: u32 },
+    ReloadDone {
+        /// The reload generation.
+        generation: u32,
+    },
     /// A rolling reload stopped: a replacement did not become ready. The
     /// workers not yet replaced keep serving.
-    ReloadFailed { generation: u32, message: String },
+    ReloadFailed {
+        /// The reload generation.
+        generation: u32,
+        /// What went wrong.
+        message: String,
+    },
     /// A new primary (`pid`), started on SIGUSR2, took over the listening
     /// sockets and all its workers listen: this one now stops gracefully.
-    Upgraded { pid: i32 },
+    Upgraded {
+        /// The new primary's process id.
+        pid: i32,
+    },
     /// The new primary did not take over (`message` says why): it was
     /// stopped, and this one keeps serving.
-    UpgradeFailed { message: String },
+    UpgradeFailed {
+        /// What went wrong.
+        message: String,
+    },
     /// Shutdown finished: every worker is gone, the listeners are closed.
     Shutdown,
-}
-
-/// Where a worker is in its life, as stats report it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WorkerState {
-    /// Started, not yet online.
-    Starting = 0,
-    /// Online (its channel is open), not yet listening.
-    Online = 1,
-    /// Listening: it is handed connections.
-    Listening = 2,
-    /// Asked to leave, or leaving on its own: no new connections.
-    Leaving = 3,
-    /// Its channel closed; the process has not been reaped yet.
-    Disconnected = 4,
 }
 
 /// One worker's numbers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkerStats {
+    /// The worker's id.
     pub id: u32,
+    /// Its process id.
     pub pid: i32,
     /// Its slot, or none for a raw-forked worker.
     pub slot: Option<u32>,
+    /// Where it is in its life.
     pub state: WorkerState,
     /// The reload generation it was started in.
     pub generation: u32,
@@ -132,8 +201,33 @@ pub struct PrimaryStats {
 /// A snapshot of the primary and every worker it knows.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Metrics {
+    /// The primary's own numbers.
     pub primary: PrimaryStats,
+    /// Every worker's.
     pub workers: Vec<WorkerStats>,
+}
+
+impl Event {
+    /// Its kind in the table every layer shares.
+    pub fn kind(&self) -> EventKind {
+        match self {
+            Event::Fork { .. } => EventKind::Fork,
+            Event::Online { .. } => EventKind::Online,
+            Event::Listening { .. } => EventKind::Listening,
+            Event::Message { .. } => EventKind::Message,
+            Event::Disconnect { .. } => EventKind::Disconnect,
+            Event::Exit { .. } => EventKind::Exit,
+            Event::WorkerError { .. } => EventKind::WorkerError,
+            Event::CrashLoop { .. } => EventKind::CrashLoop,
+            Event::Unresponsive { .. } => EventKind::Unresponsive,
+            Event::SpawnFailed { .. } => EventKind::SpawnFailed,
+            Event::ReloadDone { .. } => EventKind::ReloadDone,
+            Event::ReloadFailed { .. } => EventKind::ReloadFailed,
+            Event::Upgraded { .. } => EventKind::Upgraded,
+            Event::UpgradeFailed { .. } => EventKind::UpgradeFailed,
+            Event::Shutdown => EventKind::Shutdown,
+        }
+    }
 }
 
 /// Something that happened, seen from a worker.
@@ -145,6 +239,17 @@ pub enum WorkerEvent {
     Disconnect,
     /// The primary is gone (the channel hung up).
     PrimaryGone,
+}
+
+impl WorkerEvent {
+    /// Its kind in the table every layer shares.
+    pub fn kind(&self) -> EventKind {
+        match self {
+            WorkerEvent::Message(_) => EventKind::Message,
+            WorkerEvent::Disconnect => EventKind::Disconnect,
+            WorkerEvent::PrimaryGone => EventKind::PrimaryGone,
+        }
+    }
 }
 
 /// A queue whose fd is readable exactly while it holds something.

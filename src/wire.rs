@@ -62,8 +62,17 @@ pub enum Frame {
     /// and the worker accepts itself; otherwise connections come as `Conn`.
     /// `report_done`: the policy wants `Done` reports (else they are not sent).
     ListenOk { request: u32, listener: u32, shared: bool, report_done: bool, port: u16, address: String },
-    /// Primary → worker: the listen request failed with `errno`.
-    ListenErr { request: u32, errno: i32, message: String },
+    /// Primary → worker: the listen request failed: `code` (with the OS
+    /// `errno` when one was involved) and a message. Built by
+    /// [`Frame::listen_err`], which keeps it within what the wire carries.
+    ///
+    /// On the wire, one i32 holds both, so the frame is the one every
+    /// earlier version sends and reads: a positive number is an OS errno and
+    /// the code is `Address` (all an earlier worker knows); a negative number
+    /// is an `RCLUSTER_E_*` code without an errno (`Leaving`, `InvalidArgument`).
+    /// An earlier worker reads the latter as an `Address` error whose errno
+    /// is that negative number, with the message intact.
+    ListenErr { request: u32, code: Code, errno: i32, message: String },
     /// Primary → worker: connections of `listener`, their fds attached in
     /// the same order (at most `channel::MAX_FDS` per frame).
     Conns { listener: u32, conns: Vec<u64> },
@@ -79,6 +88,24 @@ pub enum Frame {
 }
 
 impl Frame {
+    /// The reply to listen request `request` that failed with `error`. An
+    /// error with an OS errno travels as `Address` with that errno (the
+    /// errno says what the OS refused); one without travels as its code.
+    pub fn listen_err(request: u32, error: &Error) -> Frame {
+        let (code, errno) = if error.errno() > 0 { (Code::Address, error.errno()) } else { (error.code(), 0) };
+        Frame::ListenErr { request, code, errno, message: error.message().to_owned() }
+    }
+
+    /// The error a `ListenErr` reply stands for (`None` for other frames).
+    pub fn listen_error(&self) -> Option<Error> {
+        match self {
+            Frame::ListenErr { code, errno, message, .. } => {
+                Some(Error::new(*code, message.clone()).with_errno(*errno))
+            }
+            _ => None,
+        }
+    }
+
     /// Encodes the frame into bytes.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(16);
@@ -135,10 +162,11 @@ impl Frame {
                 out.extend_from_slice(&port.to_le_bytes());
                 put_str(&mut out, address);
             }
-            Frame::ListenErr { request, errno, message } => {
+            Frame::ListenErr { request, code, errno, message } => {
                 out.push(LISTEN_ERR);
                 out.extend_from_slice(&request.to_le_bytes());
-                out.extend_from_slice(&errno.to_le_bytes());
+                let status = if *errno > 0 || *code == Code::Address { *errno } else { code.raw() };
+                out.extend_from_slice(&status.to_le_bytes());
                 put_str(&mut out, message);
             }
             Frame::Conns { listener, conns } => {
@@ -249,7 +277,15 @@ impl Frame {
                 port: r.u16()?,
                 address: r.string()?,
             },
-            LISTEN_ERR => Frame::ListenErr { request: r.u32()?, errno: r.i32()?, message: r.string()? },
+            LISTEN_ERR => {
+                let request = r.u32()?;
+                let (code, errno) = match r.i32()? {
+                    // A code this version does not know (a newer primary's) reads as Address.
+                    status if status < 0 => (Code::from_c(status).unwrap_or(Code::Address), 0),
+                    errno => (Code::Address, errno),
+                };
+                Frame::ListenErr { request, code, errno, message: r.string()? }
+            }
             USERS => {
                 let count = r.u32()? as usize;
                 let mut messages = Vec::with_capacity(count.min(r.bytes.len() / 4));
@@ -356,7 +392,9 @@ mod tests {
                 port: 9,
                 address: "::1".into(),
             },
-            Frame::ListenErr { request: 7, errno: 98, message: "in use".into() },
+            Frame::ListenErr { request: 7, code: Code::Address, errno: 98, message: "in use".into() },
+            Frame::ListenErr { request: 8, code: Code::Leaving, errno: 0, message: "shutting down".into() },
+            Frame::ListenErr { request: 9, code: Code::InvalidArgument, errno: 0, message: "bad host".into() },
             Frame::Conns { listener: 2, conns: vec![99] },
             Frame::Conns { listener: 2, conns: vec![1, 2, 3] },
             Frame::Disconnect,
@@ -378,7 +416,7 @@ mod tests {
     fn an_over_long_string_is_cut_at_a_character_boundary() {
         // 'é' is two bytes: the limit falls inside one.
         let message = "é".repeat(MAX_STR);
-        let frame = Frame::ListenErr { request: 1, errno: 22, message: message.clone() };
+        let frame = Frame::ListenErr { request: 1, code: Code::Address, errno: 22, message: message.clone() };
         match Frame::decode(frame.encode()).unwrap() {
             Frame::ListenErr { message: cut, .. } => {
                 assert_eq!(cut.len(), MAX_STR - 1);
@@ -386,6 +424,35 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// The frame an earlier version sends (errno, no code) reads as an
+    /// address error; a code travels in the same bytes, so an earlier
+    /// worker still decodes the frame (as an address error).
+    #[test]
+    fn a_listen_error_carries_its_code_in_the_frame_every_version_reads() {
+        let earlier =
+            [&[LISTEN_ERR][..], &5u32.to_le_bytes(), &98i32.to_le_bytes(), &2u16.to_le_bytes(), b"no"].concat();
+        let frame = Frame::decode(earlier.clone()).unwrap();
+        let error = frame.listen_error().unwrap();
+        assert_eq!((error.code(), error.errno(), error.message()), (Code::Address, 98, "no"));
+        assert_eq!(frame.encode(), earlier, "an address error is the frame an earlier version sends");
+
+        let leaving = Frame::listen_err(5, &Error::new(Code::Leaving, "no"));
+        let bytes = leaving.encode();
+        assert_eq!(bytes.len(), earlier.len(), "same layout: an earlier worker decodes it");
+        let error = Frame::decode(bytes).unwrap().listen_error().unwrap();
+        assert_eq!((error.code(), error.errno()), (Code::Leaving, 0));
+
+        // An OS failure travels as Address with its errno.
+        let os = Frame::listen_err(5, &Error::new(Code::Os, "dup").with_errno(libc::EMFILE));
+        let error = Frame::decode(os.encode()).unwrap().listen_error().unwrap();
+        assert_eq!((error.code(), error.errno()), (Code::Address, libc::EMFILE));
+
+        // A code from a newer primary that this version lacks: an address error, not a broken channel.
+        let newer = [&[LISTEN_ERR][..], &5u32.to_le_bytes(), &(-99i32).to_le_bytes(), &0u16.to_le_bytes()].concat();
+        let error = Frame::decode(newer).unwrap().listen_error().unwrap();
+        assert_eq!((error.code(), error.errno()), (Code::Address, 0));
     }
 
     #[test]

@@ -34,9 +34,6 @@ use crate::wire::Frame;
 
 static OPENED: AtomicBool = AtomicBool::new(false);
 
-/// The errno a `Closed` error carries when the worker is draining (asked to
-/// leave) rather than cut off.
-const DRAINING: i32 = libc::ESHUTDOWN;
 /// How long queued events may be handed out without reading the channel.
 const PUMP_EVERY_US: u64 = 1000;
 
@@ -405,7 +402,7 @@ impl Worker {
                     port_zero,
                 })
             }
-            (Frame::ListenErr { errno, message, .. }, _) => Err(Error::new(Code::Address, message).with_errno(errno)),
+            (reply @ Frame::ListenErr { .. }, _) => Err(reply.listen_error().expect("a ListenErr frame")),
             (other, _) => Err(Error::new(Code::Protocol, format!("unexpected listen reply {other:?}"))),
         }
     }
@@ -637,7 +634,8 @@ impl Inner {
                             if fds_lost {
                                 // At our fd limit: this listen fails, the channel is fine.
                                 let message = "could not receive the listening socket: out of file descriptors".into();
-                                let reply = Frame::ListenErr { request, errno: libc::EMFILE, message };
+                                let reply =
+                                    Frame::ListenErr { request, code: Code::Address, errno: libc::EMFILE, message };
                                 state.replies.insert(request, reply);
                                 self.replies_flag.set();
                                 continue;
@@ -666,9 +664,9 @@ impl Inner {
                     state.replies.insert(request, reply);
                     self.replies_flag.set();
                 }
-                Frame::ListenErr { request, errno, message } => {
+                Frame::ListenErr { request, code, errno, message } => {
                     if !state.abandoned.remove(&request) {
-                        state.replies.insert(request, Frame::ListenErr { request, errno, message });
+                        state.replies.insert(request, Frame::ListenErr { request, code, errno, message });
                         self.replies_flag.set();
                     }
                 }
@@ -831,9 +829,7 @@ impl Listener {
             }
             let stop = match (&state.gone, state.draining) {
                 (Some(gone), _) => Some(gone.clone()),
-                (None, true) => Some(
-                    Error::new(Code::Closed, "the worker is disconnecting: no more connections").with_errno(DRAINING),
-                ),
+                (None, true) => Some(Error::new(Code::Leaving, "the worker is disconnecting: no more connections")),
                 _ => None,
             };
             drop(state);
@@ -853,7 +849,7 @@ impl Listener {
             // already queued on its socket (a reuseport socket's queue would be
             // reset when it closes), then reports closed.
             let draining_own_socket =
-                matches!(self.mode, Mode::Shared { .. }) && matches!(&stop, Some(e) if e.errno() == DRAINING);
+                matches!(self.mode, Mode::Shared { .. }) && matches!(&stop, Some(e) if e.code() == Code::Leaving);
             if let Some(stop) = stop.filter(|_| !draining_own_socket) {
                 return Err(stop);
             }
@@ -893,7 +889,7 @@ impl Listener {
                     return Ok(fds);
                 }
                 if draining_own_socket && empty {
-                    return Err(Error::new(Code::Closed, "the worker is disconnecting: no more connections"));
+                    return Err(Error::new(Code::Leaving, "the worker is disconnecting: no more connections"));
                 }
                 if !empty {
                     continue; // interrupted or an aborted connection: try again

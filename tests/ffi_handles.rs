@@ -13,6 +13,7 @@ const COVERED: &[&str] = &[
     "rcluster_last_error",
     "rcluster_last_errno",
     "rcluster_strerror",
+    "rcluster_event_name",
     "rcluster_version",
     "rcluster_socketpair",
     "rcluster_send_handle",
@@ -309,8 +310,11 @@ fn plain_functions_behave_with_odd_input() {
         libc::close(fds[0]);
         libc::close(fds[1]);
     }
-    for code in [0, -1, -5, -12, -99, 7] {
+    for code in [0, -1, -5, -12, -13, -99, 7] {
         assert!(!rcluster_strerror(code).is_null());
+    }
+    for kind in [i32::MIN, -1, 0, 1, 16, 99, i32::MAX] {
+        assert!(!rcluster_event_name(kind).is_null());
     }
     assert!(!rcluster_version().is_null());
     let _ = rcluster_last_errno();

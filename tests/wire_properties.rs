@@ -8,7 +8,7 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use proptest::prelude::*;
 use rcluster::channel::{self, Read, Reassembler, FIRST, LAST, MAX_FDS, RECORD_PAYLOAD};
 use rcluster::wire::{Frame, MAX_STR};
-use rcluster::Code;
+use rcluster::{Code, Error};
 
 fn small_string() -> impl Strategy<Value = String> {
     prop_oneof![".{0,40}", "[a-z:.0-9]{0,16}"]
@@ -37,11 +37,9 @@ fn frame() -> impl Strategy<Value = Frame> {
                 address
             }
         ),
-        (any::<u32>(), any::<i32>(), small_string()).prop_map(|(request, errno, message)| Frame::ListenErr {
-            request,
-            errno,
-            message
-        }),
+        (any::<u32>(), prop::sample::select(Code::ALL), 0..4096i32, small_string()).prop_map(
+            |(request, code, errno, message)| Frame::listen_err(request, &Error::new(code, message).with_errno(errno))
+        ),
         (any::<u32>(), prop::collection::vec(any::<u64>(), 0..16))
             .prop_map(|(listener, conns)| Frame::Conns { listener, conns }),
         Just(Frame::Disconnect),
@@ -85,7 +83,7 @@ proptest! {
     #[test]
     fn strings_of_any_length_encode_as_valid_utf8(repeat in 0usize..40_000, wide in any::<bool>()) {
         let message = if wide { "é".repeat(repeat) } else { "a".repeat(repeat * 2) };
-        let frame = Frame::ListenErr { request: 1, errno: 0, message: message.clone() };
+        let frame = Frame::ListenErr { request: 1, code: Code::Address, errno: 0, message: message.clone() };
         match Frame::decode(frame.encode()).unwrap() {
             Frame::ListenErr { message: cut, .. } => {
                 prop_assert!(cut.len() <= MAX_STR);

@@ -4,9 +4,16 @@
 // the reuseport and least policies).
 
 import { EventEmitter } from 'events';
+import type { PrimaryOptions } from './native';
 
 declare namespace rcluster {
-  interface ClusterSettings {
+  /**
+   * The settings of setupPrimary(). rcluster's own (restart, heartbeat,
+   * maxUnacked...; durations in milliseconds) are defined once, with their
+   * defaults, by the addon's `PrimaryOptions` (src/primary.rs, generated
+   * into native.d.ts by the build).
+   */
+  interface ClusterSettings extends Omit<PrimaryOptions, 'argv' | 'cwd' | 'policy'> {
     /** Arguments to the worker script (default: process.argv.slice(2)). */
     args?: string[];
     /** The worker script (default: process.argv[1]). */
@@ -19,48 +26,6 @@ declare namespace rcluster {
     env?: NodeJS.ProcessEnv;
     /** Accepted; not supported yet (worker output is inherited, a warning says so). */
     silent?: boolean;
-
-    // ----- rcluster extras (durations in milliseconds) -----
-    /** Replace a worker that exits without being asked to. Default false (Node's semantics). */
-    restart?: boolean;
-    /** First restart delay. Default 100. */
-    restartDelay?: number;
-    /** Longest restart delay. Default 10000. */
-    restartDelayMax?: number;
-    /** Each unexpected exit multiplies the delay by this. Default 2. */
-    restartBackoff?: number;
-    /** A worker that ran this long resets the restart delay. Default 5000. */
-    stableAfter?: number;
-    /** This many unexpected exits within crashLoopWindow stop a slot's restarts ('crashloop'). Default 5. */
-    crashLoopCount?: number;
-    /** Default 30000. */
-    crashLoopWindow?: number;
-    /** How long a replacement (reload, recycling) has to become ready. Default 30000. */
-    readyTimeout?: number;
-    /** Ready means cluster.worker.ready() was called, not the first listen. Default false. */
-    waitReady?: boolean;
-    /** Workers replaced at once during reload(). Default 1. */
-    reloadConcurrency?: number;
-    /** Ping workers this often; 0 or unset: no heartbeat. */
-    heartbeatInterval?: number;
-    /** A worker silent this long is killed and replaced ('unresponsive'). Default 30000. */
-    heartbeatTimeout?: number;
-    /** Replace a worker after it was handed this many connections (rr, least). Default 0: never. */
-    recycleAfter?: number;
-    /** Up to this many connections added at random to recycleAfter. Default 0. */
-    recycleJitter?: number;
-    /** Replace a worker gracefully once its resident memory passes this many bytes (checked every second). Default: no limit. */
-    maxMemory?: number;
-    /** 'HOST:PORT' to serve Prometheus metrics (GET /metrics) and GET /healthz on. Default: none. */
-    metricsAddress?: string;
-    /** How long a worker asked to leave may take before SIGTERM, then SIGKILL. Default 10000. */
-    stopTimeout?: number;
-    /** Connections a worker may hold handed-over but unacknowledged. Default 8. */
-    maxUnacked?: number;
-    /** Connections the primary queues before it stops accepting. Default 1024. */
-    maxPending?: number;
-    /** listen(2) backlog. Default 511. */
-    backlog?: number;
   }
 
   interface Address {
@@ -175,13 +140,21 @@ declare namespace rcluster {
     on(event: 'message', listener: (worker: Worker, message: any, handle: undefined) => void): this;
     on(event: 'online', listener: (worker: Worker) => void): this;
     on(event: 'setup', listener: (settings: ClusterSettings) => void): this;
+    // rcluster's own events, named as in every layer (Python's EventKind,
+    // C's RCLUSTER_EVENT_*). 0.1's names (crashloop, spawnfailed,
+    // upgradefailed, reload, reloadfailed) still fire, deprecated.
     /** rcluster: a slot's worker kept dying; its restarts stopped. */
-    on(event: 'crashloop', listener: (worker: Worker | undefined, slot: number) => void): this;
+    on(event: 'crash_loop', listener: (worker: Worker | undefined, slot: number) => void): this;
     /** rcluster: a worker missed its heartbeat; it is killed and replaced. */
     on(event: 'unresponsive', listener: (worker: Worker | undefined) => void): this;
+    /** rcluster: a worker could not be started; the slot retries with backoff. */
+    on(event: 'spawn_failed', listener: (slot: number, error: Error) => void): this;
     /** rcluster: a rolling reload finished. */
-    on(event: 'reload', listener: (generation: number) => void): this;
-    on(event: 'reloadfailed', listener: (error: Error) => void): this;
+    on(event: 'reload_done', listener: (generation: number) => void): this;
+    on(event: 'reload_failed', listener: (error: Error) => void): this;
+    /** rcluster: a new primary took over (SIGUSR2); this one is stopping. */
+    on(event: 'upgraded', listener: (pid: number) => void): this;
+    on(event: 'upgrade_failed', listener: (error: Error) => void): this;
     on(event: string | symbol, listener: (...args: any[]) => void): this;
   }
 }

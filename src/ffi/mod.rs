@@ -19,6 +19,7 @@ mod handles;
 mod primary;
 mod worker;
 
+pub use crate::tables::c::*;
 pub use channel::*;
 pub use primary::*;
 pub use worker::*;
@@ -26,36 +27,14 @@ pub use worker::*;
 use std::cell::RefCell;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::LazyLock;
 
 use crate::error::{Code, Error, Result};
+use crate::tables::EventKind;
 
-/// Success.
+/// Success. Not a code of the table (`crate::tables`): `build.rs` writes it
+/// into the header beside them.
 pub const RCLUSTER_OK: c_int = 0;
-/// A bad argument: NULL pointer, out-of-range value, malformed string.
-pub const RCLUSTER_E_INVAL: c_int = -1;
-/// A NULL, unknown, stale or already-freed handle.
-pub const RCLUSTER_E_HANDLE: c_int = -2;
-/// The operating system refused; `rcluster_last_errno()` says why.
-pub const RCLUSTER_E_OS: c_int = -3;
-/// The wait ran out of time.
-pub const RCLUSTER_E_TIMEOUT: c_int = -4;
-/// Non-blocking call: nothing is ready yet; poll the object's fd and retry.
-pub const RCLUSTER_E_AGAIN: c_int = -5;
-/// Closed: the peer hung up, the primary is gone, or the object was closed.
-pub const RCLUSTER_E_CLOSED: c_int = -6;
-/// The peer sent something that is not a valid frame.
-pub const RCLUSTER_E_PROTOCOL: c_int = -7;
-/// A record or its descriptors were truncated; every fd that arrived was closed.
-pub const RCLUSTER_E_TRUNCATED: c_int = -8;
-/// An address could not be parsed, bound or listened on; `rcluster_last_errno()` says why.
-pub const RCLUSTER_E_ADDR: c_int = -9;
-/// Not valid in the current state (not a worker, shut down, threads exist).
-pub const RCLUSTER_E_STATE: c_int = -10;
-/// A panic inside the library was caught at the boundary (a bug: please report it).
-pub const RCLUSTER_E_PANIC: c_int = -11;
-/// A message or an fd list is larger than the protocol allows.
-pub const RCLUSTER_E_TOOBIG: c_int = -12;
-
 /// Largest message the channel carries, in bytes (256 MiB).
 pub const RCLUSTER_MAX_MESSAGE: usize = 268435456;
 /// Most file descriptors one message carries.
@@ -208,23 +187,32 @@ pub extern "C" fn rcluster_last_errno() -> c_int {
 /// A static description of an `RCLUSTER_E_*` code (never NULL; not to be freed).
 #[no_mangle]
 pub extern "C" fn rcluster_strerror(code: c_int) -> *const c_char {
-    let text: &'static CStr = match code {
-        RCLUSTER_OK => c"success",
-        RCLUSTER_E_INVAL => c"invalid argument",
-        RCLUSTER_E_HANDLE => c"bad handle (NULL, unknown or freed)",
-        RCLUSTER_E_OS => c"operating system error",
-        RCLUSTER_E_TIMEOUT => c"timed out",
-        RCLUSTER_E_AGAIN => c"nothing ready yet",
-        RCLUSTER_E_CLOSED => c"closed",
-        RCLUSTER_E_PROTOCOL => c"protocol error",
-        RCLUSTER_E_TRUNCATED => c"message or descriptors truncated",
-        RCLUSTER_E_ADDR => c"address error",
-        RCLUSTER_E_STATE => c"not valid in the current state",
-        RCLUSTER_E_PANIC => c"internal panic",
-        RCLUSTER_E_TOOBIG => c"too big",
-        _ => c"unknown error code",
-    };
-    text.as_ptr()
+    // The table's messages are Rust strings; their C copies are made once.
+    static MESSAGES: LazyLock<Vec<(c_int, CString)>> = LazyLock::new(|| {
+        Code::ALL.iter().map(|c| (c.raw(), CString::new(c.message()).expect("no NUL in a message"))).collect()
+    });
+    if code == RCLUSTER_OK {
+        return c"success".as_ptr();
+    }
+    match MESSAGES.iter().find(|(c, _)| *c == code) {
+        Some((_, text)) => text.as_ptr(),
+        None => c"unknown error code".as_ptr(),
+    }
+}
+
+/// The name of an `RCLUSTER_EVENT_*` kind as every binding spells it
+/// (`"crash_loop"` for `RCLUSTER_EVENT_CRASH_LOOP`: the constant's suffix in
+/// lower case); "unknown" for a number that is not a kind. Static, never NULL,
+/// not to be freed.
+#[no_mangle]
+pub extern "C" fn rcluster_event_name(kind: c_int) -> *const c_char {
+    static NAMES: LazyLock<Vec<(c_int, CString)>> = LazyLock::new(|| {
+        EventKind::ALL.iter().map(|k| (k.raw(), CString::new(k.name()).expect("no NUL in a name"))).collect()
+    });
+    match NAMES.iter().find(|(k, _)| *k == kind) {
+        Some((_, name)) => name.as_ptr(),
+        None => c"unknown".as_ptr(),
+    }
 }
 
 /// The library's version as a static NUL-terminated string (not to be freed).
@@ -238,29 +226,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn c_constants_match_the_rust_values() {
-        let pairs = [
-            (RCLUSTER_E_INVAL, Code::InvalidArgument),
-            (RCLUSTER_E_HANDLE, Code::BadHandle),
-            (RCLUSTER_E_OS, Code::Os),
-            (RCLUSTER_E_TIMEOUT, Code::Timeout),
-            (RCLUSTER_E_AGAIN, Code::WouldBlock),
-            (RCLUSTER_E_CLOSED, Code::Closed),
-            (RCLUSTER_E_PROTOCOL, Code::Protocol),
-            (RCLUSTER_E_TRUNCATED, Code::Truncated),
-            (RCLUSTER_E_ADDR, Code::Address),
-            (RCLUSTER_E_STATE, Code::State),
-            (RCLUSTER_E_PANIC, Code::Panic),
-            (RCLUSTER_E_TOOBIG, Code::TooBig),
-        ];
-        for (c, code) in pairs {
-            assert_eq!(c, code as c_int);
+    fn strerror_gives_the_table_message() {
+        for code in Code::ALL {
+            // SAFETY: rcluster_strerror returns a static NUL-terminated string.
+            let text = unsafe { CStr::from_ptr(rcluster_strerror(code.raw())) };
+            assert_eq!(text.to_str().unwrap(), code.message());
         }
         assert_eq!(RCLUSTER_MAX_MESSAGE, crate::channel::MAX_MESSAGE);
         assert_eq!(RCLUSTER_MAX_FDS, crate::channel::MAX_FDS);
-        assert_eq!(RCLUSTER_POLICY_RR, crate::PolicyKind::RoundRobin as c_int);
-        assert_eq!(RCLUSTER_POLICY_SHARED, crate::PolicyKind::Shared as c_int);
-        assert_eq!(RCLUSTER_POLICY_REUSEPORT, crate::PolicyKind::ReusePort as c_int);
-        assert_eq!(RCLUSTER_POLICY_LEAST, crate::PolicyKind::LeastLoaded as c_int);
     }
 }

@@ -10,6 +10,7 @@ use super::{bytes, c_str, guard, message_list, non_null, write_optional};
 use crate::error::{Code, Error, Result};
 use crate::event::{Event, Exit, WorkerEvent};
 use crate::primary::{Config, PolicyKind, Primary, RawFork};
+use crate::tables::c::*;
 
 static PRIMARIES: LazyLock<Registry<Primary>> = LazyLock::new(|| Registry::new(1, "primary"));
 
@@ -18,79 +19,9 @@ pub struct rcluster_primary {
     _private: [u8; 0],
 }
 
-/// Policy `rr` (the default): the primary accepts and hands each connection
-/// to the next worker in turn; a connection is the primary's until the
-/// worker acknowledges it.
-pub const RCLUSTER_POLICY_RR: c_int = 0;
-/// Policy `shared`: the listening socket is given to the workers, which
-/// accept themselves; the kernel decides which worker gets a connection.
-pub const RCLUSTER_POLICY_SHARED: c_int = 1;
-/// Policy `reuseport`: each worker gets its own `SO_REUSEPORT` socket and
-/// accepts itself; the kernel spreads connections by a hash of the peer.
-/// Connections queued on a crashed worker's socket are lost unless
-/// `net.ipv4.tcp_migrate_req` is 1; a worker asked to leave takes what is
-/// queued first.
-pub const RCLUSTER_POLICY_REUSEPORT: c_int = 2;
-/// Policy `least`: the primary accepts and hands each connection to the
-/// worker holding the fewest (unacknowledged, plus accepted and not yet
-/// reported finished with `rcluster_worker_done`); ties go to the worker
-/// picked last (still warm), then to the ones after it in turn.
-pub const RCLUSTER_POLICY_LEAST: c_int = 3;
-
-/// No event (the struct after `rcluster_event_release`).
+/// No event (the struct after `rcluster_event_release`). Not a kind of the
+/// table (`crate::tables`): `build.rs` writes it into the header beside them.
 pub const RCLUSTER_EVENT_NONE: c_int = 0;
-/// Primary: a worker process was started.
-pub const RCLUSTER_EVENT_FORK: c_int = 1;
-/// Primary: a worker opened its channel (Node's `online`).
-pub const RCLUSTER_EVENT_ONLINE: c_int = 2;
-/// Primary: a worker is served connections of `address`:`port`.
-pub const RCLUSTER_EVENT_LISTENING: c_int = 3;
-/// Both sides: a message arrived; its bytes are in `data`/`len`.
-pub const RCLUSTER_EVENT_MESSAGE: c_int = 4;
-/// Primary: a worker's channel closed. Worker: the primary asks this worker
-/// to finish what it holds and leave (accept returns the connections
-/// already queued, then `RCLUSTER_E_CLOSED`).
-pub const RCLUSTER_EVENT_DISCONNECT: c_int = 5;
-/// Primary: a worker process ended (`exit_code` or `signal`; `flags` may
-/// hold `RCLUSTER_EXIT_AFTER_DISCONNECT`).
-pub const RCLUSTER_EVENT_EXIT: c_int = 6;
-/// Primary: a worker broke the protocol and was cut off; the reason is in `data`.
-pub const RCLUSTER_EVENT_WORKER_ERROR: c_int = 7;
-/// Primary: the shutdown is complete; no worker is left, listeners are closed.
-pub const RCLUSTER_EVENT_SHUTDOWN: c_int = 8;
-/// Worker: the primary is gone; further event calls return `RCLUSTER_E_CLOSED`.
-pub const RCLUSTER_EVENT_PRIMARY_GONE: c_int = 9;
-/// Primary: slot `slot` crash-looped (too many unexpected exits within the
-/// window); it is not restarted until a reload or a scale. The others keep serving.
-pub const RCLUSTER_EVENT_CRASH_LOOP: c_int = 10;
-/// Primary: a worker did not answer the heartbeat in time; it is killed and replaced.
-pub const RCLUSTER_EVENT_UNRESPONSIVE: c_int = 11;
-/// Primary: a rolling reload finished; every slot runs generation `generation`.
-pub const RCLUSTER_EVENT_RELOAD_DONE: c_int = 12;
-/// Primary: a rolling reload of `generation` stopped because a replacement did
-/// not become ready (reason in `data`); workers not yet replaced keep serving.
-pub const RCLUSTER_EVENT_RELOAD_FAILED: c_int = 13;
-/// Primary: a worker for `slot` could not be started (out of fds or
-/// processes, the program missing); the reason and the retry time are in
-/// `data`. Not a crash: the slot keeps retrying with a growing delay.
-pub const RCLUSTER_EVENT_SPAWN_FAILED: c_int = 14;
-/// Primary: a new primary (`pid`), started on SIGUSR2, took over the
-/// listening sockets and its workers listen; this one stops gracefully.
-pub const RCLUSTER_EVENT_UPGRADED: c_int = 15;
-/// Primary: the new primary did not take over (the reason is in `data`);
-/// it was stopped and this one keeps serving.
-pub const RCLUSTER_EVENT_UPGRADE_FAILED: c_int = 16;
-
-/// Worker state in `rcluster_worker_stats`: started, not yet online.
-pub const RCLUSTER_WORKER_STARTING: c_int = 0;
-/// Online (channel open), not yet listening.
-pub const RCLUSTER_WORKER_ONLINE: c_int = 1;
-/// Listening: it is handed connections.
-pub const RCLUSTER_WORKER_LISTENING: c_int = 2;
-/// Leaving: asked to go, or going on its own; no new connections.
-pub const RCLUSTER_WORKER_LEAVING: c_int = 3;
-/// Its channel closed; not yet reaped.
-pub const RCLUSTER_WORKER_DISCONNECTED: c_int = 4;
 
 /// `flags` bit of an exit event: the worker had been asked to disconnect,
 /// or left on purpose (Node's `exitedAfterDisconnect`).
@@ -217,7 +148,9 @@ pub struct rcluster_primary_options {
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct rcluster_worker_stats {
+    /// The worker's id.
     pub worker_id: u32,
+    /// Its process id.
     pub pid: i32,
     /// Its slot, or -1 for a raw-forked worker.
     pub slot: i32,
@@ -260,11 +193,13 @@ pub struct rcluster_metrics {
     pub workers: u32,
     /// Of those, listening.
     pub workers_listening: u32,
-    /// CPU time and resident memory of the primary's process.
+    /// CPU time of the primary's process, in ms.
     pub cpu_ms: u64,
+    /// Resident memory of the primary's process, in bytes.
     pub rss_bytes: u64,
-    /// The same, summed over the workers' processes.
+    /// CPU time summed over the workers' processes, in ms.
     pub workers_cpu_ms: u64,
+    /// Resident memory summed over the workers' processes, in bytes.
     pub workers_rss_bytes: u64,
 }
 
@@ -279,8 +214,9 @@ pub struct rcluster_worker_usage {
     pub cpu_ms: u64,
     /// Its resident memory, in bytes.
     pub rss_bytes: u64,
-    /// Application messages it sent the primary, and was sent.
+    /// Application messages it sent the primary.
     pub messages_in: u64,
+    /// Application messages the primary sent it.
     pub messages_out: u64,
 }
 

@@ -74,7 +74,8 @@ pub extern "C" fn rcluster_worker_fd(worker: *mut rcluster_worker, fd: *mut c_in
 /// `rcluster_primary_listen` of port 0), its second another port with their
 /// seconds, and so on; the count restarts once all of this worker's port-0
 /// listeners at that host are closed. A bind failure comes
-/// back as `RCLUSTER_E_ADDR` with the errno (EADDRINUSE, EACCES, EINVAL...).
+/// back as `RCLUSTER_E_ADDR` with the errno (EADDRINUSE, EACCES, EINVAL...);
+/// a listen while the primary shuts down as `RCLUSTER_E_LEAVING` (leave).
 /// Free the listener with `rcluster_listener_close`.
 #[no_mangle]
 pub extern "C" fn rcluster_worker_listen(
@@ -151,8 +152,8 @@ pub extern "C" fn rcluster_listener_fd(listener: *mut rcluster_listener, fd: *mu
 /// `RCLUSTER_E_AGAIN` if none; negative: no limit). `*fd` receives a
 /// connected, blocking, close-on-exec socket that the caller owns and must
 /// close. After the primary asked this worker to disconnect, the connections
-/// already queued are still returned, then `RCLUSTER_E_CLOSED`; likewise
-/// when the primary is gone.
+/// already queued are still returned, then `RCLUSTER_E_LEAVING`; when the
+/// primary is gone, `RCLUSTER_E_CLOSED`.
 #[no_mangle]
 pub extern "C" fn rcluster_listener_accept(
     listener: *mut rcluster_listener,

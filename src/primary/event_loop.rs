@@ -575,7 +575,10 @@ impl EventLoop {
     /// (`None`: the host, whose listeners are not counted).
     fn listener_for(&mut self, host: &str, port: u16, index: u16, worker: Option<u32>) -> Result<u32> {
         if self.shutdown.is_some() {
-            return Err(Error::new(Code::State, "the primary is shutting down").with_errno(libc::ESHUTDOWN));
+            return Err(match worker {
+                Some(_) => Error::new(Code::Leaving, "the primary is shutting down: this worker is leaving"),
+                None => Error::new(Code::State, "the primary is shutting down"),
+            });
         }
         let requested = parse_address(host, port)?;
         let key = (requested, if port == 0 { index } else { 0 });
@@ -1266,7 +1269,7 @@ impl EventLoop {
         let id = match self.listener_for(host, port, index, Some(worker)) {
             Ok(id) => id,
             Err(e) => {
-                let reply = Frame::ListenErr { request, errno: e.errno(), message: e.message().to_owned() };
+                let reply = Frame::listen_err(request, &e);
                 return self.send_frame(worker, &reply.encode(), &[]);
             }
         };
@@ -1275,7 +1278,7 @@ impl EventLoop {
         let own_socket = match listener.socket_for_worker(self.config.backlog) {
             Ok(socket) => socket,
             Err(e) => {
-                let reply = Frame::ListenErr { request, errno: e.errno(), message: e.message().to_owned() };
+                let reply = Frame::listen_err(request, &e);
                 return self.send_frame(worker, &reply.encode(), &[]);
             }
         };

@@ -112,7 +112,7 @@ impl Listener {
     /// its own. `None` when the primary accepts.
     pub fn socket_for_worker(&self, backlog: i32) -> Result<Option<OwnedFd>> {
         let Some(socket) = &self.socket else {
-            return Err(Error::new(Code::State, "the listener is closed (shutting down)").with_errno(libc::ESHUTDOWN));
+            return Err(Error::new(Code::Leaving, "the listener is closed: the primary is shutting down"));
         };
         match self.policy.sockets() {
             Sockets::PrimaryAccepts => Ok(None),

@@ -32,7 +32,8 @@ static void serve_as_worker(uint16_t port) {
     for (;;) {
         int fd;
         int rc = rcluster_listener_accept(l, -1, &fd);
-        if (rc == RCLUSTER_E_CLOSED) break;
+        /* Asked to leave (the primary shuts down): RCLUSTER_E_LEAVING, not CLOSED. */
+        if (rc == RCLUSTER_E_LEAVING) break;
         CHECK(rc);
         char buf[256];
         ssize_t n = read(fd, buf, sizeof buf);

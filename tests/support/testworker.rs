@@ -179,7 +179,7 @@ fn serve_http(worker: *mut rcluster_worker, listener: *mut rcluster_listener, id
                     });
                 }
             }
-            RCLUSTER_E_CLOSED => break,
+            RCLUSTER_E_LEAVING | RCLUSTER_E_CLOSED => break,
             rc => check(rc, "rcluster_listener_accept"),
         }
     }

@@ -30,12 +30,15 @@ function onClusterSocketClose() {
 
 const errnoNames = new Map(Object.entries(os.constants.errno).map(([k, v]) => [v, k]));
 
-/** A native error as Node's listen errors look: code, errno, syscall, address, port. */
+/**
+ * A native error as Node's listen errors look: code (the errno's name, as
+ * EADDRINUSE), errno (negative, as libuv's), syscall, address, port. The
+ * addon's error says what failed in `code` (RCLUSTER_E_*) and `errno`.
+ */
 function listenError(e, host, port) {
-  const m = /\(errno (\d+)\)/.exec(e.message);
-  const errno = m ? Number(m[1]) : 0;
-  const code = errnoNames.get(errno) || 'RCLUSTER_LISTEN';
-  const error = new Error(`listen ${code}: ${e.message.replace(/^\[[A-Z_]+\] /, '')}`);
+  const errno = typeof e.errno === 'number' ? e.errno : 0;
+  const code = errnoNames.get(errno) || e.code || 'RCLUSTER_E_ADDR';
+  const error = new Error(`listen ${code}: ${e.message}`);
   error.code = code;
   error.errno = -errno;
   error.syscall = 'listen';
@@ -176,7 +179,7 @@ function setupChild(cluster, native) {
           disconnectGracefully();
         }
         break;
-      case 'gone':
+      case 'primary_gone':
         if (!closingChannel && connected) {
           connected = false;
           process.connected = false;
@@ -194,7 +197,7 @@ function setupChild(cluster, native) {
       if (status < 0) setImmediate(() => eventsClosed || events.start()); // see ClusterServer.attach
       let event;
       while ((event = channel.nextEvent()) != null) {
-        if (event.kind === 'gone') {
+        if (event.kind === 'primary_gone') {
           eventsClosed = true;
           events.close(); // the channel stays readable (hung up)
         }

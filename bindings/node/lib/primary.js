@@ -50,33 +50,17 @@ function policyFromEnv() {
   return SCHED_RR;
 }
 
-/** Supervision and dispatch settings (rcluster extras) as the addon takes them. */
-function nativeTuning(settings) {
-  const ms = (v) => (v === undefined || v === null ? undefined : Math.max(0, Math.round(Number(v))));
-  return {
-    stopTimeoutMs: ms(settings.stopTimeout),
-    maxUnacked: settings.maxUnacked,
-    maxPending: settings.maxPending,
-    backlog: settings.backlog,
-    // Node's cluster never restarts a worker: off unless the app asks.
-    restart: Boolean(settings.restart),
-    restartDelayMs: ms(settings.restartDelay),
-    restartDelayMaxMs: ms(settings.restartDelayMax),
-    restartBackoff: settings.restartBackoff,
-    stableAfterMs: ms(settings.stableAfter),
-    crashLoopCount: settings.crashLoopCount,
-    crashLoopWindowMs: ms(settings.crashLoopWindow),
-    readyTimeoutMs: ms(settings.readyTimeout),
-    waitReady: settings.waitReady,
-    reloadConcurrency: settings.reloadConcurrency,
-    heartbeatIntervalMs: ms(settings.heartbeatInterval),
-    heartbeatTimeoutMs: ms(settings.heartbeatTimeout),
-    recycleAfter: settings.recycleAfter,
-    recycleJitter: settings.recycleJitter,
-    maxMemoryMb: settings.maxMemory === undefined ? undefined : Math.ceil(Number(settings.maxMemory) / 1048576),
-    metricsAddress: settings.metricsAddress,
-  };
-}
+/**
+ * rcluster's events under the names 0.1 gave them, before every layer took
+ * the core's (docs/decisions/one-name-per-event.md): still emitted, deprecated.
+ */
+const DEPRECATED_EVENT_NAMES = {
+  crash_loop: 'crashloop',
+  spawn_failed: 'spawnfailed',
+  upgrade_failed: 'upgradefailed',
+  reload_done: 'reload',
+  reload_failed: 'reloadfailed',
+};
 
 const UNSUPPORTED_SETTINGS = ['uid', 'gid', 'stdio', 'inspectPort', 'serialization'];
 
@@ -154,12 +138,9 @@ function setupPrimary(cluster, native) {
       }
       return primary;
     }
-    primary = new native.NativePrimary({
-      argv,
-      cwd: settings.cwd,
-      policy: POLICY_NAMES.get(cluster.schedulingPolicy),
-      ...nativeTuning(settings),
-    });
+    // The addon takes the settings as they are: its PrimaryOptions defines
+    // them (names, units, defaults) for this file and index.d.ts alike.
+    primary = new native.NativePrimary({ ...settings, argv, policy: POLICY_NAMES.get(cluster.schedulingPolicy) });
     spawnKey = key;
     primary.start(onEvent);
     return primary;
@@ -308,6 +289,25 @@ function setupPrimary(cluster, native) {
 
   // ----- events from the primary's thread ---------------------------------
 
+  /**
+   * Emits one of rcluster's own cluster events by its name in the core's
+   * table (the name Python and C use too), then, for a listener of the
+   * name 0.1 used, by that deprecated name.
+   */
+  function emitRcluster(name, ...args) {
+    cluster.emit(name, ...args);
+    const old = DEPRECATED_EVENT_NAMES[name];
+    if (old === undefined || cluster.listenerCount(old) === 0) return;
+    if (!warned.has(old)) {
+      warned.add(old);
+      process.emitWarning(`rcluster: the '${old}' event is deprecated; listen for '${name}'`, {
+        type: 'DeprecationWarning',
+        code: 'RCLUSTER_DEP_EVENT_NAME',
+      });
+    }
+    cluster.emit(old, ...args);
+  }
+
   function onEvent(event) {
     const worker = event.worker !== null && event.worker !== undefined ? everyWorker.get(event.worker) : undefined;
     switch (event.kind) {
@@ -377,39 +377,39 @@ function setupPrimary(cluster, native) {
         keepAlive.unref();
         break;
       }
-      case 'error': {
+      case 'worker_error': {
         const error = new Error(`rcluster: ${event.message}`);
         if (worker && worker.listenerCount('error') > 0) worker.emit('error', error);
         else process.emitWarning(error.message, { code: 'RCLUSTER_WORKER_ERROR' });
         break;
       }
-      case 'crashloop':
+      case 'crash_loop':
         // rcluster: the slot's worker kept dying; the core stopped restarting it.
-        cluster.emit('crashloop', worker, event.slot);
+        emitRcluster('crash_loop', worker, event.slot);
         break;
       case 'unresponsive':
         // rcluster: no heartbeat answer or acknowledgement; the core kills and replaces it.
-        cluster.emit('unresponsive', worker);
+        emitRcluster('unresponsive', worker);
         break;
-      case 'spawnfailed':
+      case 'spawn_failed':
         // rcluster: a worker could not be started; the core retries with backoff.
-        cluster.emit('spawnfailed', event.slot, new Error(`rcluster: ${event.message}`));
+        emitRcluster('spawn_failed', event.slot, new Error(`rcluster: ${event.message}`));
         break;
       case 'upgraded':
         // rcluster: a new primary took over (SIGUSR2); this one is stopping.
-        cluster.emit('upgraded', event.pid);
+        emitRcluster('upgraded', event.pid);
         break;
-      case 'upgradefailed':
-        cluster.emit('upgradefailed', new Error(`rcluster: ${event.message}`));
+      case 'upgrade_failed':
+        emitRcluster('upgrade_failed', new Error(`rcluster: ${event.message}`));
         break;
-      case 'reload':
+      case 'reload_done':
         settleReloads(event.generation, null);
-        cluster.emit('reload', event.generation);
+        emitRcluster('reload_done', event.generation);
         break;
-      case 'reloadfailed': {
+      case 'reload_failed': {
         const error = new Error(`rcluster: reload to generation ${event.generation} failed: ${event.message}`);
         settleReloads(event.generation, error);
-        cluster.emit('reloadfailed', error);
+        emitRcluster('reload_failed', error);
         break;
       }
       case 'shutdown':
@@ -473,4 +473,4 @@ function setupPrimary(cluster, native) {
   }
 }
 
-module.exports = { setupPrimary, SCHED_NONE, SCHED_RR, SCHED_REUSEPORT, SCHED_LEAST };
+module.exports = { DEPRECATED_EVENT_NAMES, setupPrimary, SCHED_NONE, SCHED_RR, SCHED_REUSEPORT, SCHED_LEAST };

@@ -21,25 +21,38 @@ mod poll;
 mod primary;
 mod worker;
 
-use napi::{Error, Status};
+use napi::bindgen_prelude::{JsObjectValue, JsValue, Result};
+use napi::{Env, Error, Status};
 
-/// An rcluster error as a JS error whose message says what failed; the
-/// `code` is `RCLUSTER_E_<NAME>` so JS can tell kinds apart.
-pub(crate) fn to_js_error(e: rcluster::Error) -> Error {
-    let name = format!("{:?}", e.code());
-    let errno = if e.errno() != 0 { format!(" (errno {})", e.errno()) } else { String::new() };
-    Error::new(Status::GenericFailure, format!("[RCLUSTER_E_{}] {}{}", upper_snake(&name), e.message(), errno))
+/// Turns an rcluster error into the JS `Error` the call throws: its
+/// message, `code` the name of its C constant from the core's table
+/// (`RCLUSTER_E_ADDR`), and `errno` the OS errno behind it (0 if none), so
+/// JS reads both as properties rather than from the text.
+pub(crate) fn js_error(env: &Env) -> impl Fn(rcluster::Error) -> Error + '_ {
+    move |e| {
+        let thrown = || -> Result<Error> {
+            let mut error = env.create_error(Error::new(Status::GenericFailure, e.message()))?;
+            error.set_named_property("code", e.code().c_name())?;
+            error.set_named_property("errno", e.errno())?;
+            Ok(Error::from(error.to_unknown()))
+        };
+        // Building the object fails only while the environment is torn down.
+        thrown().unwrap_or_else(|_| Error::new(Status::GenericFailure, e.message()))
+    }
 }
 
-fn upper_snake(camel: &str) -> String {
-    let mut out = String::new();
-    for (i, c) in camel.chars().enumerate() {
-        if c.is_uppercase() && i > 0 {
-            out.push('_');
-        }
-        out.push(c.to_ascii_uppercase());
-    }
-    out
+/// The kinds of event, by the names every layer uses (the core's table):
+/// the events the addon reports carry these as `kind`.
+#[napi_derive::napi]
+pub fn event_kinds() -> Vec<&'static str> {
+    rcluster::EventKind::ALL.iter().map(|kind| kind.name()).collect()
+}
+
+/// The error codes' C names (`RCLUSTER_E_*`), from the core's table: the
+/// `code` of the errors the addon throws.
+#[napi_derive::napi]
+pub fn error_codes() -> Vec<&'static str> {
+    rcluster::Code::ALL.iter().map(|code| code.c_name()).collect()
 }
 
 /// Whether this process offers libuv to addons (true under Node): the

@@ -9,96 +9,106 @@ use std::time::Duration;
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::ThreadsafeFunctionCallMode;
 use napi_derive::napi;
-use rcluster::{Config, Event, Exit, PolicyKind, Primary, SpawnSpec, Supervision, WorkerState, WorkerStats};
+use rcluster::{Config, Event, Exit, PolicyKind, Primary, SpawnSpec, Supervision, WorkerStats};
 
-use crate::to_js_error;
+use crate::js_error;
 
-/// How the primary starts workers and schedules connections.
+/// How the primary starts workers and schedules connections: `argv` and
+/// `policy` from index.js, the rest `cluster.setupPrimary()`'s settings as
+/// the app gave them (index.d.ts's `ClusterSettings` extends this
+/// interface: the settings are defined here once). Durations are in
+/// milliseconds; unset means the core's default unless said otherwise.
 #[napi(object)]
 pub struct PrimaryOptions {
     /// Program and arguments of every worker (`process.execPath`, execArgv, script, args).
     pub argv: Vec<String>,
     /// Working directory of the workers (default: inherited).
     pub cwd: Option<String>,
-    /// `rr` (the primary accepts and hands connections over) or `shared`.
+    /// `rr`, `shared`, `reuseport` or `least` (index.js maps `schedulingPolicy`).
     pub policy: Option<String>,
-    /// Connections a worker may hold handed-over but unacknowledged (default 8).
+    /// Connections a worker may hold handed-over but unacknowledged. Default 8.
     pub max_unacked: Option<u32>,
-    /// Connections the primary may queue before it stops accepting (default 1024).
+    /// Connections the primary queues before it stops accepting. Default 1024.
     pub max_pending: Option<u32>,
-    /// listen(2) backlog (default 511).
+    /// listen(2) backlog. Default 511.
     pub backlog: Option<i32>,
-    /// How long a worker asked to leave may take before SIGTERM, then SIGKILL (default 10 s).
-    pub stop_timeout_ms: Option<u32>,
-    /// Replace a worker that exits without being asked to. The core's
-    /// default is on; index.js passes false unless the app opts in, since
-    /// Node's cluster never restarts workers.
+    /// How long a worker asked to leave may take before SIGTERM, then SIGKILL. Default 10000.
+    pub stop_timeout: Option<f64>,
+    /// Replace a worker that exits without being asked to. Default false:
+    /// Node's cluster never restarts workers (the core's own default is on).
     pub restart: Option<bool>,
-    /// First restart delay (default 100 ms).
-    pub restart_delay_ms: Option<u32>,
-    /// Longest restart delay (default 10 s).
-    pub restart_delay_max_ms: Option<u32>,
-    /// Each unexpected exit multiplies the delay by this (default 2).
+    /// First restart delay. Default 100.
+    pub restart_delay: Option<f64>,
+    /// Longest restart delay. Default 10000.
+    pub restart_delay_max: Option<f64>,
+    /// Each unexpected exit multiplies the delay by this. Default 2.
     pub restart_backoff: Option<f64>,
-    /// A worker that ran this long resets the delay (default 5 s).
-    pub stable_after_ms: Option<u32>,
-    /// This many unexpected exits within the window stop restarts of a slot (default 5).
+    /// A worker that ran this long resets the restart delay. Default 5000.
+    pub stable_after: Option<f64>,
+    /// This many unexpected exits within crashLoopWindow stop a slot's restarts ('crash_loop'). Default 5.
     pub crash_loop_count: Option<u32>,
-    /// See crashLoopCount (default 30 s).
-    pub crash_loop_window_ms: Option<u32>,
-    /// How long a replacement (reload, recycling) has to become ready (default 30 s).
-    pub ready_timeout_ms: Option<u32>,
-    /// Ready means an explicit ready() from the worker, not its first listen.
+    /// See crashLoopCount. Default 30000.
+    pub crash_loop_window: Option<f64>,
+    /// How long a replacement (reload, recycling) has to become ready. Default 30000.
+    pub ready_timeout: Option<f64>,
+    /// Ready means cluster.worker.ready() was called, not the first listen. Default false.
     pub wait_ready: Option<bool>,
-    /// Workers replaced at once during a rolling reload (default 1).
+    /// Workers replaced at once during reload(). Default 1.
     pub reload_concurrency: Option<u32>,
-    /// Ping workers this often (default: no heartbeat).
-    pub heartbeat_interval_ms: Option<u32>,
-    /// A worker silent this long is killed and replaced (default 30 s).
-    pub heartbeat_timeout_ms: Option<u32>,
-    /// Replace a worker after it was handed this many connections (default 0: never).
+    /// Ping workers this often; 0 or unset: no heartbeat.
+    pub heartbeat_interval: Option<f64>,
+    /// A worker silent this long is killed and replaced ('unresponsive'). Default 30000.
+    pub heartbeat_timeout: Option<f64>,
+    /// Replace a worker after it was handed this many connections (rr, least). Default 0: never.
     pub recycle_after: Option<i64>,
-    /// Up to this many connections added at random to recycleAfter (default 0).
+    /// Up to this many connections added at random to recycleAfter. Default 0.
     pub recycle_jitter: Option<i64>,
-    /// Replace a worker gracefully past this many MiB of resident memory (default: no limit).
-    pub max_memory_mb: Option<u32>,
-    /// `HOST:PORT` for the Prometheus endpoint (`/metrics`, `/healthz`); default none.
+    /// Replace a worker gracefully once its resident memory passes this many bytes (checked every second). Default: no limit.
+    pub max_memory: Option<f64>,
+    /// 'HOST:PORT' to serve Prometheus metrics (GET /metrics) and GET /healthz on. Default: none.
     pub metrics_address: Option<String>,
 }
 
-fn millis(ms: Option<u32>, default: Duration) -> Duration {
-    ms.map_or(default, |ms| Duration::from_millis(ms as u64))
+/// A duration in milliseconds from JS (rounded; negative is 0).
+fn millis(ms: Option<f64>, default: Duration) -> Duration {
+    ms.map_or(default, |ms| Duration::from_millis(ms.max(0.0).round() as u64))
 }
 
 fn supervision(options: &PrimaryOptions) -> Supervision {
     let d = Supervision::default();
     Supervision {
-        restart: options.restart.unwrap_or(d.restart),
-        restart_delay: millis(options.restart_delay_ms, d.restart_delay),
-        restart_delay_max: millis(options.restart_delay_max_ms, d.restart_delay_max),
+        restart: options.restart.unwrap_or(false),
+        restart_delay: millis(options.restart_delay, d.restart_delay),
+        restart_delay_max: millis(options.restart_delay_max, d.restart_delay_max),
         restart_backoff: options.restart_backoff.unwrap_or(d.restart_backoff),
-        stable_after: millis(options.stable_after_ms, d.stable_after),
+        stable_after: millis(options.stable_after, d.stable_after),
         crash_loop_count: options.crash_loop_count.unwrap_or(d.crash_loop_count),
-        crash_loop_window: millis(options.crash_loop_window_ms, d.crash_loop_window),
-        ready_timeout: millis(options.ready_timeout_ms, d.ready_timeout),
+        crash_loop_window: millis(options.crash_loop_window, d.crash_loop_window),
+        ready_timeout: millis(options.ready_timeout, d.ready_timeout),
         wait_ready: options.wait_ready.unwrap_or(d.wait_ready),
         reload_concurrency: options.reload_concurrency.unwrap_or(d.reload_concurrency),
         heartbeat_interval: options
-            .heartbeat_interval_ms
-            .filter(|&ms| ms > 0)
-            .map(|ms| Duration::from_millis(ms as u64))
+            .heartbeat_interval
+            .filter(|&ms| ms > 0.0)
+            .map(|ms| millis(Some(ms), Duration::ZERO))
             .or(d.heartbeat_interval),
-        heartbeat_timeout: millis(options.heartbeat_timeout_ms, d.heartbeat_timeout),
+        heartbeat_timeout: millis(options.heartbeat_timeout, d.heartbeat_timeout),
         recycle_after: options.recycle_after.map_or(d.recycle_after, |n| n.max(0) as u64),
         recycle_jitter: options.recycle_jitter.map_or(d.recycle_jitter, |n| n.max(0) as u64),
-        max_memory: options.max_memory_mb.filter(|&mb| mb > 0).map(|mb| mb as u64 * 1024 * 1024).or(d.max_memory),
+        // Bytes from JS, whole MiB rounded up in the core's terms as before.
+        max_memory: options
+            .max_memory
+            .filter(|&bytes| bytes > 0.0)
+            .map(|bytes| (bytes / 1048576.0).ceil() as u64 * 1024 * 1024)
+            .or(d.max_memory),
     }
 }
 
 /// One event from the primary, flattened for JS: `kind` says which fields are set.
 #[napi(object)]
 pub struct ClusterEvent {
-    /// fork, online, listening, message, disconnect, exit, error, shutdown.
+    /// The kind's name in the core's table (`eventKinds()`): fork, online,
+    /// listening, message, disconnect, exit, worker_error, crash_loop...
     pub kind: String,
     pub worker: Option<u32>,
     pub pid: Option<i32>,
@@ -116,11 +126,11 @@ pub struct ClusterEvent {
     pub signal: Option<i32>,
     /// exit: it had been asked to leave, or left on purpose.
     pub after_disconnect: Option<bool>,
-    /// error, reloadfailed: what went wrong.
+    /// worker_error, spawn_failed, reload_failed, upgrade_failed: what went wrong.
     pub message: Option<String>,
-    /// fork, crashloop: the worker's slot (none for a raw fork).
+    /// fork, crash_loop, spawn_failed: the worker's slot (none for a raw fork).
     pub slot: Option<u32>,
-    /// fork, reload, reloadfailed: the reload generation.
+    /// fork, reload_done, reload_failed: the reload generation.
     pub generation: Option<u32>,
 }
 
@@ -144,24 +154,23 @@ impl ClusterEvent {
     }
 
     fn from_event(event: Event) -> ClusterEvent {
+        let kind = event.kind().name();
         match event {
-            Event::Fork { worker, pid, slot, generation } => ClusterEvent {
-                slot,
-                generation: Some(generation),
-                ..ClusterEvent::new("fork", Some(worker), Some(pid))
-            },
-            Event::Online { worker, pid } => ClusterEvent::new("online", Some(worker), Some(pid)),
+            Event::Fork { worker, pid, slot, generation } => {
+                ClusterEvent { slot, generation: Some(generation), ..ClusterEvent::new(kind, Some(worker), Some(pid)) }
+            }
+            Event::Online { worker, pid } => ClusterEvent::new(kind, Some(worker), Some(pid)),
             Event::Listening { worker, pid, address } => ClusterEvent {
                 address: Some(address.ip().to_string()),
                 port: Some(address.port() as u32),
                 family: Some(if address.is_ipv6() { 6 } else { 4 }),
-                ..ClusterEvent::new("listening", Some(worker), Some(pid))
+                ..ClusterEvent::new(kind, Some(worker), Some(pid))
             },
             Event::Message { worker, pid, data } => ClusterEvent {
                 data: Some(String::from_utf8_lossy(&data).into_owned()),
-                ..ClusterEvent::new("message", Some(worker), Some(pid))
+                ..ClusterEvent::new(kind, Some(worker), Some(pid))
             },
-            Event::Disconnect { worker, pid } => ClusterEvent::new("disconnect", Some(worker), Some(pid)),
+            Event::Disconnect { worker, pid } => ClusterEvent::new(kind, Some(worker), Some(pid)),
             Event::Exit { worker, pid, exit, after_disconnect } => {
                 let (code, signal) = match exit {
                     Exit::Code(code) => (Some(code), None),
@@ -172,34 +181,32 @@ impl ClusterEvent {
                     code,
                     signal,
                     after_disconnect: Some(after_disconnect),
-                    ..ClusterEvent::new("exit", Some(worker), Some(pid))
+                    ..ClusterEvent::new(kind, Some(worker), Some(pid))
                 }
             }
             Event::WorkerError { worker, pid, message } => {
-                ClusterEvent { message: Some(message), ..ClusterEvent::new("error", Some(worker), Some(pid)) }
+                ClusterEvent { message: Some(message), ..ClusterEvent::new(kind, Some(worker), Some(pid)) }
             }
             Event::CrashLoop { slot, worker, pid } => {
-                ClusterEvent { slot: Some(slot), ..ClusterEvent::new("crashloop", Some(worker), Some(pid)) }
+                ClusterEvent { slot: Some(slot), ..ClusterEvent::new(kind, Some(worker), Some(pid)) }
             }
-            Event::Unresponsive { worker, pid } => ClusterEvent::new("unresponsive", Some(worker), Some(pid)),
-            Event::SpawnFailed { slot, message } => ClusterEvent {
-                slot: Some(slot),
-                message: Some(message),
-                ..ClusterEvent::new("spawnfailed", None, None)
-            },
+            Event::Unresponsive { worker, pid } => ClusterEvent::new(kind, Some(worker), Some(pid)),
+            Event::SpawnFailed { slot, message } => {
+                ClusterEvent { slot: Some(slot), message: Some(message), ..ClusterEvent::new(kind, None, None) }
+            }
             Event::ReloadDone { generation } => {
-                ClusterEvent { generation: Some(generation), ..ClusterEvent::new("reload", None, None) }
+                ClusterEvent { generation: Some(generation), ..ClusterEvent::new(kind, None, None) }
             }
             Event::ReloadFailed { generation, message } => ClusterEvent {
                 generation: Some(generation),
                 message: Some(message),
-                ..ClusterEvent::new("reloadfailed", None, None)
+                ..ClusterEvent::new(kind, None, None)
             },
-            Event::Upgraded { pid } => ClusterEvent::new("upgraded", None, Some(pid)),
+            Event::Upgraded { pid } => ClusterEvent::new(kind, None, Some(pid)),
             Event::UpgradeFailed { message } => {
-                ClusterEvent { message: Some(message), ..ClusterEvent::new("upgradefailed", None, None) }
+                ClusterEvent { message: Some(message), ..ClusterEvent::new(kind, None, None) }
             }
-            Event::Shutdown => ClusterEvent::new("shutdown", None, None),
+            Event::Shutdown => ClusterEvent::new(kind, None, None),
         }
     }
 }
@@ -244,14 +251,7 @@ impl From<WorkerStats> for WorkerStatsJs {
             id: s.id,
             pid: s.pid,
             slot: s.slot,
-            state: match s.state {
-                WorkerState::Starting => "starting",
-                WorkerState::Online => "online",
-                WorkerState::Listening => "listening",
-                WorkerState::Leaving => "leaving",
-                WorkerState::Disconnected => "disconnected",
-            }
-            .to_owned(),
+            state: s.state.name().to_owned(),
             generation: s.generation,
             dispatched: s.dispatched.min(i64::MAX as u64) as i64,
             in_flight: s.in_flight,
@@ -285,7 +285,7 @@ pub struct NativePrimary {
 #[napi]
 impl NativePrimary {
     #[napi(constructor)]
-    pub fn new(options: PrimaryOptions) -> Result<NativePrimary> {
+    pub fn new(js: &Env, options: PrimaryOptions) -> Result<NativePrimary> {
         if options.argv.is_empty() {
             return Err(Error::new(Status::InvalidArg, "argv must name the worker program"));
         }
@@ -293,7 +293,7 @@ impl NativePrimary {
         let supervision = supervision(&options);
         let policy = match options.policy.as_deref() {
             None => PolicyKind::RoundRobin,
-            Some(name) => PolicyKind::from_name(name).map_err(to_js_error)?,
+            Some(name) => PolicyKind::from_name(name).map_err(js_error(js))?,
         };
         let config = Config {
             spawn: SpawnSpec {
@@ -305,7 +305,7 @@ impl NativePrimary {
             max_unacked: options.max_unacked.unwrap_or(defaults.max_unacked),
             max_pending: options.max_pending.unwrap_or(defaults.max_pending),
             backlog: options.backlog.unwrap_or(defaults.backlog),
-            stop_timeout: options.stop_timeout_ms.map_or(defaults.stop_timeout, |ms| Duration::from_millis(ms as u64)),
+            stop_timeout: millis(options.stop_timeout, defaults.stop_timeout),
             // Signals are the host's: index.js handles them with process.on,
             // which works the same in Node, Bun and Deno.
             handle_signals: false,
@@ -313,7 +313,7 @@ impl NativePrimary {
             metrics_address: options.metrics_address.clone(),
             ..defaults
         };
-        Ok(NativePrimary { inner: Arc::new(Primary::new(config).map_err(to_js_error)?), started: false })
+        Ok(NativePrimary { inner: Arc::new(Primary::new(config).map_err(js_error(js))?), started: false })
     }
 
     /// Starts forwarding events to `onEvent` (once). The forwarding thread
@@ -345,7 +345,8 @@ impl NativePrimary {
                         tsfn.call(
                             ClusterEvent {
                                 message: Some(e.message().to_owned()),
-                                ..ClusterEvent::new("error", None, None)
+                                // No worker: index.js reports it as a warning.
+                                ..ClusterEvent::new(rcluster::EventKind::WorkerError.name(), None, None)
                             },
                             ThreadsafeFunctionCallMode::NonBlocking,
                         );
@@ -360,17 +361,17 @@ impl NativePrimary {
 
     /// Starts a worker with `env` added to its environment.
     #[napi]
-    pub fn fork(&self, env: HashMap<String, String>) -> Result<ForkedWorker> {
+    pub fn fork(&self, js: &Env, env: HashMap<String, String>) -> Result<ForkedWorker> {
         let env = env.into_iter().map(|(k, v)| (OsString::from(k), OsString::from(v))).collect();
-        let info = self.inner.fork(env).map_err(to_js_error)?;
+        let info = self.inner.fork(env).map_err(js_error(js))?;
         Ok(ForkedWorker { id: info.id, pid: info.pid })
     }
 
     /// Binds a listener up front; workers asking for the same address share it.
     #[napi]
-    pub fn listen(&self, host: String, port: u32) -> Result<BoundAddress> {
+    pub fn listen(&self, js: &Env, host: String, port: u32) -> Result<BoundAddress> {
         let port = u16::try_from(port).map_err(|_| Error::new(Status::InvalidArg, format!("bad port {port}")))?;
-        let address = self.inner.listen(&host, port).map_err(to_js_error)?;
+        let address = self.inner.listen(&host, port).map_err(js_error(js))?;
         Ok(BoundAddress {
             address: address.ip().to_string(),
             port: address.port() as u32,
@@ -380,45 +381,45 @@ impl NativePrimary {
 
     /// Sends a message (UTF-8 text) to a worker.
     #[napi]
-    pub fn send(&self, worker: u32, data: String) -> Result<()> {
-        self.inner.send(worker, data.as_bytes()).map_err(to_js_error)
+    pub fn send(&self, js: &Env, worker: u32, data: String) -> Result<()> {
+        self.inner.send(worker, data.as_bytes()).map_err(js_error(js))
     }
 
     /// Asks a worker to finish what it holds and leave.
     #[napi]
-    pub fn disconnect(&self, worker: u32) -> Result<()> {
-        self.inner.disconnect(worker).map_err(to_js_error)
+    pub fn disconnect(&self, js: &Env, worker: u32) -> Result<()> {
+        self.inner.disconnect(worker).map_err(js_error(js))
     }
 
     /// Sends a signal to a worker's process.
     #[napi]
-    pub fn kill(&self, worker: u32, signal: i32) -> Result<()> {
-        self.inner.kill(worker, signal).map_err(to_js_error)
+    pub fn kill(&self, js: &Env, worker: u32, signal: i32) -> Result<()> {
+        self.inner.kill(worker, signal).map_err(js_error(js))
     }
 
     /// Graceful shutdown of the whole cluster; ends with a `shutdown` event.
     #[napi]
-    pub fn shutdown(&self, grace_ms: u32) -> Result<()> {
-        self.inner.shutdown(Duration::from_millis(grace_ms as u64)).map_err(to_js_error)
+    pub fn shutdown(&self, js: &Env, grace_ms: u32) -> Result<()> {
+        self.inner.shutdown(Duration::from_millis(grace_ms as u64)).map_err(js_error(js))
     }
 
     /// Starts a rolling reload; returns the generation the new workers carry.
     /// A `reload` (or `reloadfailed`) event with that generation follows.
     #[napi]
-    pub fn reload(&self) -> Result<u32> {
-        self.inner.reload().map_err(to_js_error)
+    pub fn reload(&self, js: &Env) -> Result<u32> {
+        self.inner.reload().map_err(js_error(js))
     }
 
     /// Sets the number of worker slots: starts workers, or stops the newest gracefully.
     #[napi]
-    pub fn scale(&self, workers: u32) -> Result<()> {
-        self.inner.scale(workers).map_err(to_js_error)
+    pub fn scale(&self, js: &Env, workers: u32) -> Result<()> {
+        self.inner.scale(workers).map_err(js_error(js))
     }
 
     /// A snapshot of every worker the primary knows.
     #[napi]
-    pub fn stats(&self) -> Result<Vec<WorkerStatsJs>> {
-        Ok(self.inner.metrics().map_err(to_js_error)?.workers.into_iter().map(WorkerStatsJs::from).collect())
+    pub fn stats(&self, js: &Env) -> Result<Vec<WorkerStatsJs>> {
+        Ok(self.inner.metrics().map_err(js_error(js))?.workers.into_iter().map(WorkerStatsJs::from).collect())
     }
 
     /// Whether the shutdown is complete.

@@ -9,30 +9,29 @@ use std::time::Duration;
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::ThreadsafeFunctionCallMode;
 use napi_derive::napi;
-use rcluster::{Code, Listener, Worker, WorkerEvent};
+use rcluster::{Code, EventKind, Listener, Worker, WorkerEvent};
 
-use crate::to_js_error;
+use crate::js_error;
 
 /// One event from the primary, seen by this worker.
 #[napi(object)]
 pub struct WorkerEventJs {
-    /// message, disconnect, gone.
+    /// message, disconnect, primary_gone (the core's names, `eventKinds()`).
     pub kind: String,
     /// message: the bytes the primary sent, as UTF-8 text (JSON).
     pub data: Option<String>,
-    /// gone: why the channel ended.
+    /// primary_gone: why the channel ended.
     pub reason: Option<String>,
 }
 
 impl From<WorkerEvent> for WorkerEventJs {
     fn from(event: WorkerEvent) -> WorkerEventJs {
+        let kind = event.kind().name().to_owned();
         match event {
-            WorkerEvent::Message(data) => WorkerEventJs {
-                kind: "message".to_owned(),
-                data: Some(String::from_utf8_lossy(&data).into_owned()),
-                reason: None,
-            },
-            WorkerEvent::Disconnect => WorkerEventJs { kind: "disconnect".to_owned(), data: None, reason: None },
+            WorkerEvent::Message(data) => {
+                WorkerEventJs { kind, data: Some(String::from_utf8_lossy(&data).into_owned()), reason: None }
+            }
+            WorkerEvent::Disconnect => WorkerEventJs { kind, data: None, reason: None },
             WorkerEvent::PrimaryGone => WorkerEventJs::gone("the primary is gone".to_owned()),
         }
     }
@@ -40,7 +39,7 @@ impl From<WorkerEvent> for WorkerEventJs {
 
 impl WorkerEventJs {
     fn gone(reason: String) -> WorkerEventJs {
-        WorkerEventJs { kind: "gone".to_owned(), data: None, reason: Some(reason) }
+        WorkerEventJs { kind: EventKind::PrimaryGone.name().to_owned(), data: None, reason: Some(reason) }
     }
 }
 
@@ -55,8 +54,8 @@ pub struct NativeWorker {
 impl NativeWorker {
     /// Opens the channel the primary left us (once per process).
     #[napi(factory)]
-    pub fn open() -> Result<NativeWorker> {
-        Ok(NativeWorker { inner: Worker::open().map_err(to_js_error)?, started: false })
+    pub fn open(js: &Env) -> Result<NativeWorker> {
+        Ok(NativeWorker { inner: Worker::open().map_err(js_error(js))?, started: false })
     }
 
     #[napi(getter)]
@@ -65,7 +64,7 @@ impl NativeWorker {
     }
 
     /// Starts forwarding events to `onEvent` (once). The thread ends after
-    /// the `gone` event (the primary went away, or we closed).
+    /// the `primary_gone` event (the primary went away, or we closed).
     #[napi]
     pub fn start(&mut self, on_event: Function<WorkerEventJs, ()>) -> Result<()> {
         if self.started {
@@ -85,7 +84,7 @@ impl NativeWorker {
                     Ok(Some(event)) => WorkerEventJs::from(event),
                     Err(e) => WorkerEventJs::gone(e.message().to_owned()),
                 };
-                let last = event.kind == "gone";
+                let last = event.kind == EventKind::PrimaryGone.name();
                 tsfn.call(event, ThreadsafeFunctionCallMode::NonBlocking);
                 if last {
                     return;
@@ -103,41 +102,41 @@ impl NativeWorker {
     }
 
     /// The next event without waiting, or null when none is waiting (the
-    /// polled alternative to `start`). After `gone`, null.
+    /// polled alternative to `start`). After `primary_gone`, null.
     #[napi]
     pub fn next_event(&self) -> Option<WorkerEventJs> {
-        // After `gone` the core only returns errors: it was reported already.
+        // After `primary_gone` the core only returns errors: it was reported already.
         self.inner.next_event(Some(Duration::ZERO)).ok().flatten().map(WorkerEventJs::from)
     }
 
     /// Sends a message (UTF-8 text) to the primary.
     #[napi]
-    pub fn send(&self, data: String) -> Result<()> {
-        self.inner.send(data.as_bytes()).map_err(to_js_error)
+    pub fn send(&self, js: &Env, data: String) -> Result<()> {
+        self.inner.send(data.as_bytes()).map_err(js_error(js))
     }
 
     /// Asks the primary to listen on `host:port` (port 0: an OS-picked port
     /// every worker's n-th port-0 listen at `host` shares) and serve us its connections.
     /// Blocks until the primary answers (its own thread answers at once).
     #[napi]
-    pub fn listen(&self, host: String, port: u32, timeout_ms: Option<u32>) -> Result<NativeListener> {
+    pub fn listen(&self, js: &Env, host: String, port: u32, timeout_ms: Option<u32>) -> Result<NativeListener> {
         let port = u16::try_from(port).map_err(|_| Error::new(Status::InvalidArg, format!("bad port {port}")))?;
         let timeout = Duration::from_millis(timeout_ms.unwrap_or(30_000) as u64);
-        let listener = self.inner.listen(&host, port, Some(timeout)).map_err(to_js_error)?;
+        let listener = self.inner.listen(&host, port, Some(timeout)).map_err(js_error(js))?;
         NativeListener::new(listener)
     }
 
     /// Tells the primary this worker is ready (for primaries with `waitReady`).
     #[napi]
-    pub fn ready(&self) -> Result<()> {
-        self.inner.ready().map_err(to_js_error)
+    pub fn ready(&self, js: &Env) -> Result<()> {
+        self.inner.ready().map_err(js_error(js))
     }
 
     /// Tells the primary `count` accepted connections are finished (the
     /// `least` policy counts on it; a no-op under other policies).
     #[napi]
-    pub fn done(&self, count: u32) -> Result<()> {
-        self.inner.done(count).map_err(to_js_error)
+    pub fn done(&self, js: &Env, count: u32) -> Result<()> {
+        self.inner.done(count).map_err(js_error(js))
     }
 
     /// Whether the primary wants `done` reports (a load-aware policy); known
@@ -231,7 +230,7 @@ impl ListenerState {
                     deliver(Accepted::Conn(fd));
                 }
                 Err(e) if matches!(e.code(), Code::WouldBlock | Code::Timeout) => {}
-                Err(e) if e.code() == Code::Closed => {
+                Err(e) if matches!(e.code(), Code::Closed | Code::Leaving) => {
                     deliver(Accepted::Closed(e.message().to_owned()));
                     return;
                 }
@@ -396,9 +395,9 @@ impl NativeListener {
     /// Listens again on this paused listener's address and port; the new
     /// listener takes over its port-0 place. On error this one keeps it.
     #[napi]
-    pub fn resume(&self, timeout_ms: Option<u32>) -> Result<NativeListener> {
+    pub fn resume(&self, js: &Env, timeout_ms: Option<u32>) -> Result<NativeListener> {
         let timeout = Duration::from_millis(timeout_ms.unwrap_or(30_000) as u64);
-        let listener = self.state.listener.resume(Some(timeout)).map_err(to_js_error)?;
+        let listener = self.state.listener.resume(Some(timeout)).map_err(js_error(js))?;
         NativeListener::new(listener)
     }
 

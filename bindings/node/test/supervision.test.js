@@ -49,7 +49,8 @@ test('reload() replaces every worker and resolves with the new generation; no re
   await load;
   assert.strictEqual(failures, 0);
   assert.ok(done.generation >= 1);
-  assert.ok(run.find((l) => l.ev === 'reload-event' && l.generation === done.generation), "a 'reload' event too");
+  assert.ok(run.find((l) => l.ev === 'reload-event' && l.generation === done.generation), "a 'reload_done' event too");
+  assert.ok(run.find((l) => l.ev === 'reload-alias' && l.generation === done.generation), "and 0.1's 'reload', deprecated");
   assert.ok(done.workers.includes(3) && done.workers.includes(4), `the new workers serve: ${done.workers}`);
   await waitUntil(() => run.find((l) => l.ev === 'exit' && l.id === 1) && run.find((l) => l.ev === 'exit' && l.id === 2), 15000, 'the old workers to leave');
   run.tell('stats');

@@ -170,6 +170,34 @@ def test_misuse_raises_and_never_crashes():
     assert exit_event.exit_code == 0
 
 
+def test_a_leaving_worker_is_told_so_by_its_own_code():
+    # Asked to leave, a worker's accept (nothing queued) and a new listen
+    # (the primary is shutting down) raise Leaving, RCLUSTER_E_LEAVING with
+    # no errno; it is a Closed too, which accept loops of 0.1 caught.
+    with primary("leave", workers=1, restart=False) as p:
+        assert take(p, "message")[0].data == b"up"
+        p.shutdown()
+        report = take(p, "message")[0].json()
+        exit_event = take(p, "exit")[0]
+    leaving = f"Leaving:{rcluster.Code.LEAVING.value}:0:closed=True"
+    assert report == {"accept": leaving, "listen": leaving}
+    assert rcluster.Code.LEAVING == -13 and exit_event.exit_code == 0
+
+
+def test_codes_and_event_kinds_are_the_librarys_table():
+    # Derived from the header; compared here with what the library itself
+    # answers for each number (rcluster_strerror, rcluster_event_name).
+    from rcluster._ffi import ffi, lib
+
+    for code in rcluster.Code:
+        if code != 0:
+            message = ffi.string(lib.rcluster_strerror(code)).decode()
+            assert message not in ("", "unknown error code"), code
+    names = {ffi.string(lib.rcluster_event_name(number)).decode() for number in range(1, 64)} - {"unknown"}
+    assert {kind.value for kind in rcluster.EventKind} == names
+    assert rcluster.EventKind.CRASH_LOOP == "crash_loop" and rcluster.EventKind.PRIMARY_GONE == "primary_gone"
+
+
 def test_primary_errors():
     with pytest.raises(rcluster.InvalidArgument):
         rcluster.Primary(workers=1, policy="random")

@@ -141,7 +141,7 @@ pub fn parse_listen(text: &str, index: usize) -> Res<ListenSpec> {
     };
     let host = if host.is_empty() { "0.0.0.0".to_owned() } else { host };
     let Ok(port) = port.parse::<u16>() else { fail!("bad listen address {text:?}: HOST:PORT, e.g. 127.0.0.1:8080") };
-    rcluster::primary::parse_address(&host, port).map_err(|e| Fail(format!("bad listen address {text:?}: {e}")))?;
+    rcluster::parse_address(&host, port).map_err(|e| Fail(format!("bad listen address {text:?}: {e}")))?;
     Ok(ListenSpec { name, host, port })
 }
 
@@ -150,8 +150,8 @@ impl AppSpec {
     pub fn capture_env(&mut self) {
         // Not the variables of a protocol between this CLI and whoever started it.
         const NOT_CARRIED: [&str; 6] = [
-            rcluster::spawn::ENV_WORKER_ID,
-            rcluster::spawn::ENV_CHANNEL_FD,
+            rcluster::ENV_WORKER_ID,
+            rcluster::ENV_CHANNEL_FD,
             "LISTEN_FDS",
             "LISTEN_PID",
             "LISTEN_FDNAMES",

@@ -26,8 +26,8 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::time::Duration;
 
-use rcluster::spawn::{ENV_CHANNEL_FD, ENV_WORKER_ID};
 use rcluster::Worker;
+use rcluster::{ENV_CHANNEL_FD, ENV_WORKER_ID};
 
 use crate::cli::ExecArgs;
 use crate::{fail, Fail, Res};

@@ -16,49 +16,40 @@ pub use shared::SharedSocket;
 
 use crate::error::{Code, Error, Result};
 
-/// Which policy a primary uses. The discriminants are the C constants.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum PolicyKind {
-    /// The primary accepts and hands each connection to the next worker in turn.
-    #[default]
-    RoundRobin = 0,
-    /// The listening socket goes to the workers, which accept themselves.
-    Shared = 1,
-    /// Each worker gets its own `SO_REUSEPORT` socket on the address and
-    /// accepts itself; the kernel spreads connections by a hash of the peer.
-    ReusePort = 2,
-    /// The primary accepts and hands each connection to the worker with the
-    /// fewest connections (handed over and not yet finished).
-    LeastLoaded = 3,
+pub use crate::tables::PolicyKind;
+
+// Not derived: the enum is made by the tables macro (src/tables), which takes no `#[default]`.
+#[allow(clippy::derivable_impls)]
+impl Default for PolicyKind {
+    fn default() -> PolicyKind {
+        PolicyKind::RoundRobin
+    }
 }
 
 impl PolicyKind {
-    /// Every policy, in C-constant order.
-    pub const ALL: [PolicyKind; 4] =
-        [PolicyKind::RoundRobin, PolicyKind::Shared, PolicyKind::ReusePort, PolicyKind::LeastLoaded];
-
     /// From the C integer.
     pub fn from_raw(raw: i32) -> Result<PolicyKind> {
-        Self::ALL.into_iter().find(|p| *p as i32 == raw).ok_or_else(|| {
-            Error::new(Code::InvalidArgument, format!("unknown policy {raw} (0 rr, 1 shared, 2 reuseport, 3 least)"))
+        PolicyKind::from_c(raw).ok_or_else(|| {
+            Error::new(
+                Code::InvalidArgument,
+                format!("unknown policy {raw} ({})", PolicyKind::listed(|p| format!("{} {}", p.raw(), p.name()))),
+            )
         })
+    }
+
+    /// Every policy, as `describe` writes it, for an error message.
+    fn listed(describe: impl Fn(PolicyKind) -> String) -> String {
+        PolicyKind::ALL.iter().map(|&p| describe(p)).collect::<Vec<_>>().join(", ")
     }
 
     /// From a name: `rr`, `shared`, `reuseport` or `least`.
     pub fn from_name(name: &str) -> Result<PolicyKind> {
-        Self::ALL.into_iter().find(|p| p.name() == name).ok_or_else(|| {
-            Error::new(Code::InvalidArgument, format!("unknown policy {name:?} (rr, shared, reuseport or least)"))
+        PolicyKind::find(name).ok_or_else(|| {
+            Error::new(
+                Code::InvalidArgument,
+                format!("unknown policy {name:?} ({})", PolicyKind::listed(|p| p.name().to_owned())),
+            )
         })
-    }
-
-    /// The policy's name.
-    pub fn name(self) -> &'static str {
-        match self {
-            PolicyKind::RoundRobin => "rr",
-            PolicyKind::Shared => "shared",
-            PolicyKind::ReusePort => "reuseport",
-            PolicyKind::LeastLoaded => "least",
-        }
     }
 
     /// A fresh policy object for one listener.

@@ -23,6 +23,7 @@ __all__ = [
     "WouldBlock",
     "Timeout",
     "Closed",
+    "Leaving",
     "AddressError",
     "StateError",
     "check",
@@ -30,22 +31,19 @@ __all__ = [
 ]
 
 
-class Code(enum.IntEnum):
-    """The C layer's status codes (``RCLUSTER_E_*`` in ``rcluster.h``)."""
+def _codes() -> dict[str, int]:
+    """``RCLUSTER_E_*`` suffix -> value, read from the header (which the
+    library's one table of codes generates), so no code is listed here."""
+    found = {"OK": lib.RCLUSTER_OK}
+    for name in dir(lib):
+        if name.startswith("RCLUSTER_E_"):
+            found[name[len("RCLUSTER_E_"):]] = getattr(lib, name)
+    return found
 
-    OK = lib.RCLUSTER_OK
-    INVAL = lib.RCLUSTER_E_INVAL
-    HANDLE = lib.RCLUSTER_E_HANDLE
-    OS = lib.RCLUSTER_E_OS
-    TIMEOUT = lib.RCLUSTER_E_TIMEOUT
-    AGAIN = lib.RCLUSTER_E_AGAIN
-    CLOSED = lib.RCLUSTER_E_CLOSED
-    PROTOCOL = lib.RCLUSTER_E_PROTOCOL
-    TRUNCATED = lib.RCLUSTER_E_TRUNCATED
-    ADDR = lib.RCLUSTER_E_ADDR
-    STATE = lib.RCLUSTER_E_STATE
-    PANIC = lib.RCLUSTER_E_PANIC
-    TOOBIG = lib.RCLUSTER_E_TOOBIG
+
+#: The C layer's status codes (``RCLUSTER_E_*`` in ``rcluster.h``): ``Code.AGAIN``
+#: is ``RCLUSTER_E_AGAIN``; ``rcluster_strerror`` has each one's message.
+Code = enum.IntEnum("Code", _codes(), module=__name__)  # type: ignore[misc]
 
 
 class Error(OSError):
@@ -109,6 +107,14 @@ class Closed(Error, ConnectionAbortedError):
     ends without a traceback (the listener stops that loop watching it)."""
 
 
+class Leaving(Closed):
+    """``E_LEAVING``: this worker is leaving. ``accept`` says so once the
+    primary asked it to disconnect and what was queued for it is taken;
+    ``listen`` when the cluster is shutting down. Not a failure: finish what
+    you hold and exit. A :class:`Closed` too, so code written for earlier
+    versions, which said ``E_CLOSED`` here, still ends its accept loop."""
+
+
 class AddressError(Error):
     """``E_ADDR``: an address could not be parsed, bound or listened on
     (``errno`` says why: ``EADDRINUSE``, ``EACCES``...)."""
@@ -124,6 +130,7 @@ _SUBCLASSES: dict[int, type[Error]] = {
     Code.AGAIN: WouldBlock,
     Code.TIMEOUT: Timeout,
     Code.CLOSED: Closed,
+    Code.LEAVING: Leaving,
     Code.ADDR: AddressError,
     Code.STATE: StateError,
 }

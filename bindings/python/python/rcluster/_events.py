@@ -12,69 +12,34 @@ from ._ffi import ffi, lib
 __all__ = ["EventKind", "Event", "from_c"]
 
 
-class EventKind(str, enum.Enum):
-    """What an :class:`Event` reports. Members are strings, so
-    ``event.kind == "exit"`` works as well as ``event.kind is EventKind.EXIT``."""
-
-    #: Primary: a worker process was started.
-    FORK = "fork"
-    #: Primary: a worker opened its channel (Node's ``online``).
-    ONLINE = "online"
-    #: Primary: a worker is served connections of ``event.address``.
-    LISTENING = "listening"
-    #: Both sides: a message arrived; its bytes are ``event.data``.
-    MESSAGE = "message"
-    #: Primary: a worker's channel closed. Worker: the primary asks this
-    #: worker to finish what it holds and leave.
-    DISCONNECT = "disconnect"
-    #: Primary: a worker process ended (``exit_code`` or ``signal``).
-    EXIT = "exit"
-    #: Primary: a worker broke the protocol and was cut off (reason in ``data``).
-    WORKER_ERROR = "worker_error"
-    #: Primary: the shutdown is complete; no worker is left.
-    SHUTDOWN = "shutdown"
-    #: Worker: the primary is gone.
-    PRIMARY_GONE = "primary_gone"
-    #: Primary: slot ``event.slot`` crash-looped (too many unexpected exits
-    #: within the window); it is not restarted until a reload or a scale.
-    CRASH_LOOP = "crash_loop"
-    #: Primary: a worker did not answer the heartbeat in time; it is killed
-    #: and replaced.
-    UNRESPONSIVE = "unresponsive"
-    #: Primary: a rolling reload finished; every slot runs ``event.generation``.
-    RELOAD_DONE = "reload_done"
-    #: Primary: a rolling reload stopped because a replacement did not become
-    #: ready (reason in ``data``); workers not yet replaced keep serving.
-    RELOAD_FAILED = "reload_failed"
-    #: Primary: a worker for slot ``event.slot`` could not be started (reason
-    #: and retry time in ``data``); not a crash, the slot keeps retrying.
-    SPAWN_FAILED = "spawn_failed"
-    #: Primary: a new primary (``event.pid``), started on SIGUSR2, took over
-    #: the listening sockets; this one now stops gracefully.
-    UPGRADED = "upgraded"
-    #: Primary: the new primary did not take over (reason in ``data``); this
-    #: one keeps serving.
-    UPGRADE_FAILED = "upgrade_failed"
+class _Kind(str, enum.Enum):
+    """Members are strings, so ``event.kind == "exit"`` works as well as
+    ``event.kind is EventKind.EXIT``."""
 
     def __str__(self) -> str:
-        return self.value
+        return str(self.value)
 
 
-def _kind_names() -> dict[int, str]:
-    """``RCLUSTER_EVENT_*`` number -> kind string, from the header itself, so
-    event kinds added to the C library show up without a change here."""
-    names: dict[int, str] = {}
-    for name in dir(lib):
-        if name.startswith("RCLUSTER_EVENT_") and name != "RCLUSTER_EVENT_NONE":
-            suffix = name[len("RCLUSTER_EVENT_"):].lower()
-            try:
-                names[getattr(lib, name)] = EventKind(suffix)
-            except ValueError:
-                names[getattr(lib, name)] = suffix
-    return names
+def _kinds_from_header() -> dict[str, int]:
+    """Kind name -> ``RCLUSTER_EVENT_*`` number, from the header itself (the
+    library's one table of kinds generates it): the name is the constant's
+    suffix in lower case, as ``rcluster_event_name`` returns it, so every
+    layer spells a kind the same way and a kind added to the library shows
+    up here without a change."""
+    return {
+        name[len("RCLUSTER_EVENT_"):].lower(): getattr(lib, name)
+        for name in dir(lib)
+        if name.startswith("RCLUSTER_EVENT_") and name != "RCLUSTER_EVENT_NONE"
+    }
 
 
-_KINDS = _kind_names()
+_NUMBERS = _kinds_from_header()
+
+#: What an :class:`Event` reports: ``EventKind.CRASH_LOOP == "crash_loop"``
+#: (``RCLUSTER_EVENT_CRASH_LOOP``; the header documents each kind).
+EventKind = _Kind("EventKind", {name.upper(): name for name in _NUMBERS}, module=__name__)  # type: ignore[misc]
+
+_KINDS = {number: EventKind(name) for name, number in _NUMBERS.items()}
 
 
 @dataclass(frozen=True)
@@ -128,7 +93,7 @@ class Event:
 def from_c(raw: Any) -> Event:
     """Copies an ``rcluster_event`` into an :class:`Event`. The caller still
     releases ``raw`` with ``rcluster_event_release``."""
-    kind = _KINDS.get(raw.kind, f"unknown({raw.kind})")
+    kind: Any = _KINDS.get(raw.kind, f"unknown({raw.kind})")
     data = bytes(ffi.buffer(raw.data, raw.len)) if raw.len else b""
     address = None
     if kind == EventKind.LISTENING:

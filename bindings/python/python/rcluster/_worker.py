@@ -97,7 +97,7 @@ class Worker(EventSource):
     ``next_event``, iteration, callbacks (:meth:`on`) or :mod:`rcluster.aio`;
     the last one is ``"primary_gone"``. A ``"disconnect"`` event means the
     primary asks this worker to leave: its listeners return the connections
-    already queued, then raise :class:`~rcluster.Closed`.
+    already queued, then raise :class:`~rcluster.Leaving` (a :class:`~rcluster.Closed`).
     """
 
     _last_kind = EventKind.PRIMARY_GONE
@@ -308,7 +308,7 @@ class Listener:
     wakeup can be spurious: a non-blocking accept then raises
     :class:`BlockingIOError`, which servers tolerate). After the primary
     asked this worker to leave, ``accept`` returns the connections already
-    queued, then raises :class:`~rcluster.Closed`.
+    queued, then raises :class:`~rcluster.Leaving` (a :class:`~rcluster.Closed`).
     """
 
     type = socket.SOCK_STREAM

@@ -23,6 +23,8 @@
   to $TEST_LOG. With TEST_ON_DONE=1 it stops the server from
   `listener.on_done` and leaves; else it leaves nothing to stop it (the
   primary's SIGTERM ends it).
+- leave: listen on 127.0.0.1:0, say "up", wait until asked to leave (the
+  primary shuts down), then report (JSON) what accept and a new listen raise;
 - uvicorn_sock: the same through uvicorn's own `Server.run(sockets=[listener])`.
 """
 
@@ -225,6 +227,23 @@ def misuse() -> None:
     sys.exit(0 if report["send_after_close"].startswith("BadHandle") else 9)
 
 
+def leave() -> None:
+    me = rcluster.worker()
+    listener = me.listen(("127.0.0.1", 0), timeout=5)
+    me.send(b"up")
+    while (event := me.next_event(10)) is not None and event.kind != rcluster.EventKind.DISCONNECT:
+        pass
+    report: dict[str, str] = {}
+    for name, call in (("accept", listener.accept), ("listen", lambda: me.listen(("127.0.0.1", 0), timeout=5))):
+        try:
+            call()
+            report[name] = "no error"
+        except rcluster.Error as e:
+            report[name] = f"{type(e).__name__}:{int(e.code)}:{e.errno or 0}:closed={isinstance(e, rcluster.Closed)}"
+    me.send_json(report)
+    me.close()
+
+
 class Upper(asyncio.Protocol):
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -298,5 +317,5 @@ if __name__ == "__main__":
         uvicorn_sock()
     else:
         modes = {"echo": echo, "bind": bind, "misuse": misuse, "hold": hold, "two": two, "batch": batch, "attach": attach,
-                 "fail_listen": fail_listen}
+                 "fail_listen": fail_listen, "leave": leave}
         modes[mode]()
