@@ -32,6 +32,7 @@ $(LIB): lib
 examples: lib
 	$(CARGO) build --release --examples
 	$(CC) $(CFLAGS) examples/c/hello_server.c $(C_LINK) -Wl,-rpath,'$$ORIGIN/..' -o $(RELEASE)/examples/hello_server_c
+	$(CC) $(CFLAGS) examples/c/minimal.c $(C_LINK) -Wl,-rpath,'$$ORIGIN/..' -o $(RELEASE)/examples/minimal_c
 
 demo: examples
 	$(RELEASE)/examples/hello_server_c --port 8080
@@ -261,13 +262,17 @@ bench-tools:
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && (apt-get install -y wrk || (apt-get update && apt-get install -y wrk)); } \
 		|| { echo "bench: wrk is missing: apt-get install wrk" >&2; exit 1; }
 
-$(BENCH_TMP)/bench_rcluster: bench/c/bench_server.c examples/c/hello_server.c include/rcluster.h | lib
-	@mkdir -p $(BENCH_TMP)
-	$(CC) $(BENCH_CFLAGS) -DBENCH_RCLUSTER bench/c/bench_server.c $(C_LINK) $(BENCH_RPATH) -o $@
+# The two C contenders serve with one HTTP engine (bench/c/http_engine.c);
+# they differ only in where connections come from.
+BENCH_ENGINE := bench/c/http_engine.c bench/c/http_engine.h
 
-$(BENCH_TMP)/prefork: bench/c/bench_server.c examples/c/hello_server.c include/rcluster.h
+$(BENCH_TMP)/bench_rcluster: bench/c/rcluster_server.c $(BENCH_ENGINE) include/rcluster.h | lib
 	@mkdir -p $(BENCH_TMP)
-	$(CC) $(BENCH_CFLAGS) -DBENCH_PREFORK bench/c/bench_server.c -Iinclude -o $@
+	$(CC) $(BENCH_CFLAGS) bench/c/rcluster_server.c bench/c/http_engine.c $(C_LINK) $(BENCH_RPATH) -o $@
+
+$(BENCH_TMP)/prefork: bench/c/prefork.c $(BENCH_ENGINE)
+	@mkdir -p $(BENCH_TMP)
+	$(CC) $(BENCH_CFLAGS) bench/c/prefork.c bench/c/http_engine.c -o $@
 
 $(BENCH_TMP)/ipc_bench: bench/c/ipc_bench.c include/rcluster.h | lib
 	@mkdir -p $(BENCH_TMP)

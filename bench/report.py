@@ -374,8 +374,8 @@ def markdown(run: Run, png_note: str) -> str:
     for name, measured, flag in targets(run):
         L.append(f"| {name} | {measured} | {ok(flag)} |")
     L += ["", "## C workers", "",
-          "All C rows serve with the worker code of `examples/c/hello_server.c` (bench/c/bench_server.c): the "
-          "rcluster rows are that program, the prefork row the same loop accepting on one shared socket.", ""]
+          "All C rows serve with one HTTP engine (bench/c/http_engine.c): the rcluster rows feed it from an "
+          "rcluster listener (rcluster_server.c), the prefork row with accept4 on one shared socket (prefork.c).", ""]
     L += http_table(run, "c", [("prefork", "prefork")])
     if run.worker_counts("c-pinned"):
         L += ["The same C servers with the client on one CPU and every server process (primary and workers) on "
@@ -429,7 +429,7 @@ def markdown(run: Run, png_note: str) -> str:
               "under `rr` the primary's thread wakes to accept it and then a worker to take it, two wake-ups "
               "where a shared socket needs one, and the workers take turns, so each one served has slept while "
               "the others ran. docs/performance.md has what this costs and why.", ""]
-        L += ["C workers (bench/c/bench_server.c):", ""] + http_table(run, "c-low", [("prefork", "prefork")],
+        L += ["C workers (bench/c/http_engine.c):", ""] + http_table(run, "c-low", [("prefork", "prefork")],
                                                                         note_keepalive=False)
         L += ["Node workers (bench/node/app.js):", ""] + http_table(run, "node-low", [("node-none", "SCHED_NONE")],
                                                                       note_keepalive=False)

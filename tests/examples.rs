@@ -38,6 +38,7 @@ const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 struct Binaries {
     c: PathBuf,
+    minimal: PathBuf,
     rust: PathBuf,
 }
 
@@ -135,7 +136,22 @@ fn build() -> Binaries {
     run_bounded(command, Duration::from_secs(120), "gcc examples/c/hello_server.c");
     std::fs::rename(&partial, &c).expect("rename the C example into place");
 
-    Binaries { c, rust: examples.join("hello_server") }
+    // The README's minimal example, built the same way.
+    let minimal = examples.join("minimal_c");
+    let partial = examples.join(format!("minimal_c.{}.tmp", std::process::id()));
+    let mut command = Command::new(std::env::var_os("CC").unwrap_or_else(|| "gcc".into()));
+    command
+        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-O2"])
+        .arg(format!("-I{}", root().join("include").display()))
+        .arg(root().join("examples/c/minimal.c"))
+        .arg("-o")
+        .arg(&partial)
+        .arg(format!("-L{}", release.display()))
+        .args(["-lrcluster", "-Wl,-rpath,$ORIGIN/.."]);
+    run_bounded(command, Duration::from_secs(120), "gcc examples/c/minimal.c");
+    std::fs::rename(&partial, &minimal).expect("rename the minimal C example into place");
+
+    Binaries { c, minimal, rust: examples.join("hello_server") }
 }
 
 fn binaries() -> &'static Binaries {
@@ -831,4 +847,57 @@ fn c_example_reloads_through_a_switched_symlink() {
 #[test]
 fn rust_example_reloads_through_a_switched_symlink() {
     reloads_the_deployed_program(&binaries().rust, Deploy::SwitchSymlink);
+}
+
+/// The README's minimal C example (examples/c/minimal.c): its two workers
+/// serve, each event is printed with its name, and SIGTERM stops it with
+/// exit 0, the workers gone.
+#[test]
+fn minimal_c_example_serves_and_stops() {
+    let mut child = Command::new(&binaries().minimal)
+        .env("PORT", "0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start minimal_c");
+    struct Kill(i32);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            // SAFETY: kill(2) on our own child, not yet reaped while this guard lives.
+            unsafe { libc::kill(self.0, libc::SIGKILL) };
+        }
+    }
+    let guard = Kill(child.id() as i32);
+    let lines = BufReader::new(child.stdout.take().unwrap());
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || lines.lines().map_while(Result::ok).for_each(|l| drop(tx.send(l))));
+    let next = || rx.recv_timeout(READY_TIMEOUT).expect("a line from minimal_c");
+    let mut ports = HashSet::new();
+    while ports.len() < 2 {
+        let line = next();
+        if let Some(rest) = line.strip_prefix("listening ") {
+            ports.insert((rest.to_owned(), rest.rsplit("port=").next().unwrap().parse::<u16>().unwrap()));
+        }
+    }
+    let port = ports.iter().next().unwrap().1;
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200 OK\r\n") && response.contains("hello from worker "), "{response}");
+    // SAFETY: kill(2) on our own running child.
+    assert_eq!(unsafe { libc::kill(guard.0, libc::SIGTERM) }, 0);
+    let deadline = Instant::now() + EXIT_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "minimal_c still running after SIGTERM");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(status.code(), Some(0));
+    let mut seen: Vec<String> = rx.try_iter().collect();
+    seen.retain(|l| l.starts_with("exit ") || l.starts_with("shutdown "));
+    assert_eq!(seen.len(), 3, "two exits and the shutdown: {seen:?}");
 }

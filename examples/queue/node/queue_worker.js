@@ -624,16 +624,16 @@ async function runPrimary(options) {
     });
     exiting.add(done);
   });
-  cluster.on('reload', (generation) => say(`reload done generation ${generation}`));
-  cluster.on('reloadfailed', (error) => {
+  cluster.on('reload_done', (generation) => say(`reload done generation ${generation}`));
+  cluster.on('reload_failed', (error) => {
     // The binding's message: "rcluster: reload to generation G failed: WHY".
     const m = /generation (\d+) failed: (.*)$/s.exec(error.message);
     say(m ? `reload failed generation ${m[1]}: ${m[2]}` : `reload failed: ${error.message}`);
   });
-  cluster.on('crashloop', (worker, slot) => say(`slot ${slot} is crash-looping; not restarted`));
+  cluster.on('crash_loop', (worker, slot) => say(`slot ${slot} is crash-looping; not restarted`));
 
   process.on('SIGHUP', () => {
-    if (!stopping) cluster.reload().catch(() => {}); // reported by 'reloadfailed'
+    if (!stopping) cluster.reload().catch(() => {}); // reported by 'reload_failed'
   });
   const stop = () => {
     if (stopping) {
