@@ -40,7 +40,7 @@ function listenError(e, host, port) {
   const code = errnoNames.get(errno) || e.code || 'RCLUSTER_E_ADDR';
   const error = new Error(`listen ${code}: ${e.message}`);
   error.code = code;
-  error.errno = -errno;
+  error.errno = errno ? -errno : 0;
   error.syscall = 'listen';
   error.address = host;
   error.port = port;

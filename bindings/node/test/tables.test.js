@@ -59,6 +59,16 @@ test("a failed listen's error has Node's code and a numeric errno", async (t) =>
   assert.match(error.message, /^listen EADDRINUSE: /);
 });
 
+test('a worker asked to leave is told so by the code RCLUSTER_E_LEAVING', async (t) => {
+  const run = fixture('leaving.js');
+  t.after(run.cleanup);
+  const leaving = await run.waitFor((l) => l.ev === 'leaving', 20000, "the worker's second listen");
+  assert.strictEqual(leaving.code, 'RCLUSTER_E_LEAVING', JSON.stringify(leaving));
+  assert.strictEqual(leaving.errno, 0);
+  const exit = await run.waitFor((l) => l.ev === 'exit', 20000, 'the worker to exit');
+  assert.strictEqual(exit.code, 0);
+});
+
 test('a native error carries code and errno as properties', () => {
   // In the primary: the addon refuses a listen on a malformed address.
   const primary = new native.NativePrimary({ argv: [process.execPath, '-e', ''] });
