@@ -118,6 +118,10 @@ struct Inner {
     events: EventQueue<WorkerEvent>,
     /// Set while `State::replies` holds a reply.
     replies_flag: Flag,
+    /// Set once the primary asked us to leave; in every listener's poll set,
+    /// so a listener opened after the request (a listen answered while the
+    /// `Disconnect` frame was on its way) still wakes and reports `Closed`.
+    draining_flag: Flag,
     poll: PollSet,
     closed: AtomicBool,
     /// The primary's policy counts finished connections (`done`).
@@ -233,7 +237,7 @@ impl Worker {
 
     /// Builds a worker and says hello; on failure the channel comes back.
     fn build(id: u32, channel: OwnedFd) -> std::result::Result<Worker, (Error, OwnedFd)> {
-        let (events, replies_flag, poll) = match Worker::queues(&channel) {
+        let (events, replies_flag, draining_flag, poll) = match Worker::queues(&channel) {
             Ok(parts) => parts,
             Err(e) => return Err((e, channel)),
         };
@@ -248,6 +252,7 @@ impl Worker {
                 send_lock: Mutex::new(()),
                 events,
                 replies_flag,
+                draining_flag,
                 poll,
                 closed: AtomicBool::new(false),
                 report_done: AtomicBool::new(false),
@@ -263,12 +268,13 @@ impl Worker {
         Ok(worker)
     }
 
-    /// The worker's event queue, reply flag and poll set over `channel`.
-    fn queues(channel: &OwnedFd) -> Result<(EventQueue<WorkerEvent>, Flag, PollSet)> {
+    /// The worker's event queue, reply and draining flags, and poll set over `channel`.
+    fn queues(channel: &OwnedFd) -> Result<(EventQueue<WorkerEvent>, Flag, Flag, PollSet)> {
         let events = EventQueue::new()?;
         let replies_flag = Flag::new().map_err(|e| Error::os("eventfd", e))?;
+        let draining_flag = Flag::new().map_err(|e| Error::os("eventfd", e))?;
         let poll = PollSet::new(&[channel.as_raw_fd(), events.fd()]).map_err(|e| Error::os("epoll", e))?;
-        Ok((events, replies_flag, poll))
+        Ok((events, replies_flag, draining_flag, poll))
     }
 
     /// This worker's id (≥ 1).
@@ -379,8 +385,12 @@ impl Worker {
                         .map_err(|e| Error::os("getsockopt(SO_REUSEPORT) on the listener", e))?
                         != 0;
                     Mode::Shared {
-                        poll: PollSet::new(&[socket.as_raw_fd(), self.inner.channel.as_raw_fd()])
-                            .map_err(|e| Error::os("epoll", e))?,
+                        poll: PollSet::new(&[
+                            socket.as_raw_fd(),
+                            self.inner.channel.as_raw_fd(),
+                            self.inner.draining_flag.raw(),
+                        ])
+                        .map_err(|e| Error::os("epoll", e))?,
                         socket,
                         own,
                     }
@@ -391,8 +401,12 @@ impl Worker {
                         .get(&listener)
                         .ok_or_else(|| Error::new(Code::Protocol, "listener vanished"))?;
                     Mode::Dispatched {
-                        poll: PollSet::new(&[queue.flag.raw(), self.inner.channel.as_raw_fd()])
-                            .map_err(|e| Error::os("epoll", e))?,
+                        poll: PollSet::new(&[
+                            queue.flag.raw(),
+                            self.inner.channel.as_raw_fd(),
+                            self.inner.draining_flag.raw(),
+                        ])
+                        .map_err(|e| Error::os("epoll", e))?,
                     }
                 };
                 Ok(Listener {
@@ -674,6 +688,7 @@ impl Inner {
                 }
                 Frame::Disconnect => {
                     state.draining = true;
+                    self.draining_flag.set();
                     self.wake_listeners(state);
                     self.events.push(WorkerEvent::Disconnect);
                 }

@@ -411,6 +411,8 @@ impl EventLoop {
                 }
                 Command::Disconnect { worker } => self.disconnect(worker),
                 Command::Kill { worker, signal } => self.kill(worker, signal),
+                // issue 21 hook: Node's worker.process.disconnect(), the existing hang-up path.
+                Command::HangUp { worker } => self.hang_up(worker),
                 Command::Shutdown { grace } => self.begin_shutdown(grace),
                 Command::Reload { reply } => {
                     let _ = reply.send(self.reload());

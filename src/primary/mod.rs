@@ -234,6 +234,9 @@ pub(crate) enum Command {
         worker: u32,
         signal: i32,
     },
+    HangUp {
+        worker: u32,
+    },
     Shutdown {
         grace: Duration,
     },
@@ -491,6 +494,17 @@ impl Primary {
     pub fn disconnect(&self, worker: u32) -> Result<()> {
         self.check_connected(worker)?;
         self.command(Command::Disconnect { worker })
+    }
+
+    /// Closes a worker's channel from this side at once, as Node's
+    /// `worker.process.disconnect()` does: its connections go back to the
+    /// queue and to other workers, a `Disconnect` event follows, and the
+    /// worker sees its primary gone (and, by the worker side's rule, leaves).
+    /// Unlike [`Primary::disconnect`] it waits for nothing and arms no stop
+    /// timeout; what happens to the process is up to the worker (or a signal).
+    pub fn hang_up(&self, worker: u32) -> Result<()> {
+        self.check_connected(worker)?;
+        self.command(Command::HangUp { worker })
     }
 
     /// Sends `signal` to a worker's process (only while it is unreaped, so

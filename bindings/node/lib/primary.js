@@ -10,6 +10,7 @@ const os = require('os');
 const { Worker } = require('./worker');
 const runtime = require('./runtime');
 const { sendArgs, decode, channelClosed } = require('./messages');
+const internal = require('./internal');
 
 const SCHED_NONE = 1;
 const SCHED_RR = 2;
@@ -172,6 +173,7 @@ function setupPrimary(cluster, native) {
     for (const [k, v] of Object.entries({ ...process.env, ...cluster.settings.env, ...env })) {
       if (v !== undefined) merged[k] = String(v);
     }
+    merged[internal.PRIMARY_ENV] = '1'; // this worker may send internal messages
     const { id, pid } = p.fork(merged);
     return adopt(id, pid);
   };
@@ -213,13 +215,18 @@ function setupPrimary(cluster, native) {
     return this;
   }
 
+  /**
+   * worker.kill(signal), as Node's: the channel is closed from here at once
+   * (the worker is not asked, so exitedAfterDisconnect stays false), then
+   * the signal is sent. A hung worker gets the signal without waiting.
+   * Node signals on the 'disconnect' it emits a tick later; here that event
+   * comes from the primary's thread after the worker too saw the hang-up
+   * (and may have exited 0 on it), so the signal is queued right behind
+   * the hang-up: the same order, with no window between them.
+   */
   function destroyWorker(signal) {
     const signo = signalNumber(signal);
-    if (this.isConnected()) {
-      this.once('disconnect', () => this.process.kill(signo));
-      this.disconnect();
-      return;
-    }
+    if (this.isConnected()) this.process.disconnect();
     this.process.kill(signo);
   }
 
@@ -340,6 +347,18 @@ function setupPrimary(cluster, native) {
       }
       case 'message': {
         if (!worker) break;
+        if (internal.isInternal(event.data)) {
+          if (event.data === internal.LEAVING) {
+            // cluster.worker.disconnect() in the worker: known before its 'disconnect'.
+            worker.exitedAfterDisconnect = true;
+            try {
+              primary.send(worker.id, internal.LEAVING_ACK);
+            } catch (e) {
+              // it hung up already: nothing waits for the answer
+            }
+          }
+          break;
+        }
         let message;
         try {
           message = decode(event.data);
@@ -466,9 +485,14 @@ function setupPrimary(cluster, native) {
       return true;
     }
 
+    /** Closes the channel from this side at once, as child_process's disconnect(). */
     disconnect() {
       if (!this.connected) return;
-      this._primary.disconnect(this._id);
+      try {
+        this._primary.hangUp(this._id);
+      } catch (e) {
+        // It hung up already: its 'disconnect' event is on the way.
+      }
     }
   }
 }

@@ -390,6 +390,12 @@ impl NativePrimary {
         self.inner.disconnect(worker).map_err(to_js_error)
     }
 
+    /// Closes a worker's channel at once (Node's `worker.process.disconnect()`).
+    #[napi]
+    pub fn hang_up(&self, worker: u32) -> Result<()> {
+        self.inner.hang_up(worker).map_err(to_js_error)
+    }
+
     /// Sends a signal to a worker's process.
     #[napi]
     pub fn kill(&self, worker: u32, signal: i32) -> Result<()> {
