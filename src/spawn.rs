@@ -52,6 +52,30 @@ pub struct SpawnSpec {
     pub own_process_group: bool,
 }
 
+/// What one fork changes in the primary's [`SpawnSpec`] (Node's
+/// `setupPrimary({ exec, args, execArgv, cwd })` between forks). Kept with
+/// the worker's slot, so a restart or a reload of that slot starts the
+/// same program in the same directory.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SpawnOverrides {
+    /// Program and arguments in place of the spec's; `None` = the spec's.
+    pub argv: Option<Vec<OsString>>,
+    /// Working directory in place of the spec's; `None` = the spec's.
+    pub cwd: Option<OsString>,
+}
+
+impl SpawnOverrides {
+    /// `spec` with these overrides applied.
+    pub fn apply(&self, spec: &mut SpawnSpec) {
+        if let Some(argv) = &self.argv {
+            spec.argv = argv.clone();
+        }
+        if let Some(cwd) = &self.cwd {
+            spec.cwd = Some(cwd.clone());
+        }
+    }
+}
+
 /// A started worker, from the primary's side.
 #[derive(Debug)]
 pub struct Spawned {

@@ -394,8 +394,8 @@ impl EventLoop {
             // Anything else (a disconnect, say) must not overtake them.
             self.send_user_messages(&mut messages);
             match command {
-                Command::Fork { env, reply } => {
-                    let _ = reply.send(self.fork(env));
+                Command::Fork { env, overrides, reply } => {
+                    let _ = reply.send(self.fork(env, overrides));
                 }
                 Command::Listen { host, port, reply } => {
                     let _ = reply.send(self.listen(&host, port));
@@ -464,11 +464,13 @@ impl EventLoop {
     }
 
     /// A new slot with its first worker.
-    fn fork(&mut self, env: Vec<(OsString, OsString)>) -> Result<WorkerInfo> {
+    fn fork(&mut self, env: Vec<(OsString, OsString)>, overrides: crate::spawn::SpawnOverrides) -> Result<WorkerInfo> {
         self.check_running()?;
         let index = self.next_slot;
         self.next_slot += 1;
-        self.slots.insert(index, Slot::new(index, env));
+        let mut slot = Slot::new(index, env);
+        slot.overrides = overrides; // issue 21 hook: per-fork exec/cwd (Node's setupPrimary between forks)
+        self.slots.insert(index, slot);
         self.slot_added_at = self.now;
         match self.start_worker(index) {
             Ok(info) => {
@@ -489,6 +491,7 @@ impl EventLoop {
         let mut spec = self.config.spawn.clone();
         if let Some(slot) = self.slots.get(&slot) {
             spec.env.extend(slot.env.iter().cloned());
+            slot.overrides.apply(&mut spec); // issue 21 hook: per-fork exec/cwd
         }
         let id = self.reserve_worker_id();
         let spawned = spawn::spawn(&spec, id)?;
@@ -682,7 +685,7 @@ impl EventLoop {
         self.check_running()?;
         let current = self.slots.len() as u32;
         for _ in current..workers {
-            self.fork(Vec::new())?;
+            self.fork(Vec::new(), Default::default())?;
         }
         while self.slots.len() as u32 > workers {
             let Some((&last, _)) = self.slots.iter().next_back() else { break };

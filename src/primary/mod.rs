@@ -209,6 +209,7 @@ pub enum RawFork {
 pub(crate) enum Command {
     Fork {
         env: Vec<(OsString, OsString)>,
+        overrides: crate::spawn::SpawnOverrides,
         reply: mpsc::SyncSender<Result<WorkerInfo>>,
     },
     Listen {
@@ -396,8 +397,19 @@ impl Primary {
     /// being asked to, a new worker with the same environment replaces it
     /// (see [`Supervision`]). Returns once the process exists.
     pub fn fork(&self, env: Vec<(OsString, OsString)>) -> Result<WorkerInfo> {
+        self.fork_with(env, crate::spawn::SpawnOverrides::default())
+    }
+
+    /// [`Primary::fork`] with another program or working directory for this
+    /// worker than the config's (Node's `setupPrimary` between forks); its
+    /// restarts and reloads keep them.
+    pub fn fork_with(
+        &self,
+        env: Vec<(OsString, OsString)>,
+        overrides: crate::spawn::SpawnOverrides,
+    ) -> Result<WorkerInfo> {
         let (reply, answer) = mpsc::sync_channel(1);
-        self.command(Command::Fork { env, reply })?;
+        self.command(Command::Fork { env, overrides, reply })?;
         answer.recv().map_err(|_| self.stopped_error())?
     }
 

@@ -86,7 +86,6 @@ function setupPrimary(cluster, native) {
   const keepAlive = new runtime.KeepAlive();
   const everyWorker = new Map(); // id -> Worker, until its exit
   let primary = null; // the NativePrimary, made on first use
-  let spawnKey = null; // argv+cwd it was made with
   let initialized = false;
   let shutdownPromise = null;
   const warned = new Set();
@@ -142,26 +141,16 @@ function setupPrimary(cluster, native) {
   };
   cluster.setupMaster = cluster.setupPrimary;
 
+  /** The NativePrimary, made on first use with the settings of the time. */
   function nativePrimary() {
+    if (primary !== null) return primary;
     const settings = cluster.settings;
-    const argv = runtime.workerArgv(settings);
-    const key = JSON.stringify([argv, settings.cwd || null]);
-    if (primary !== null) {
-      if (key !== spawnKey) {
-        throw new Error(
-          'rcluster: exec, args, execArgv and cwd cannot change after the first fork ' +
-            '(the core takes one SpawnSpec per primary; Primary::fork has no per-fork override)',
-        );
-      }
-      return primary;
-    }
     primary = new native.NativePrimary({
-      argv,
+      argv: runtime.workerArgv(settings),
       cwd: settings.cwd,
       policy: POLICY_NAMES.get(cluster.schedulingPolicy),
       ...nativeTuning(settings),
     });
-    spawnKey = key;
     primary.start(onEvent);
     return primary;
   }
@@ -174,7 +163,10 @@ function setupPrimary(cluster, native) {
       if (v !== undefined) merged[k] = String(v);
     }
     merged[internal.PRIMARY_ENV] = '1'; // this worker may send internal messages
-    const { id, pid } = p.fork(merged);
+    // exec, args, execArgv and cwd as setupPrimary() has them now: each
+    // fork (and its restarts) runs what the settings said at its fork, as in Node.
+    const settings = cluster.settings;
+    const { id, pid } = p.fork(merged, runtime.workerArgv(settings), settings.cwd === undefined ? null : String(settings.cwd));
     return adopt(id, pid);
   };
 

@@ -9,7 +9,9 @@ use std::time::Duration;
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::ThreadsafeFunctionCallMode;
 use napi_derive::napi;
-use rcluster::{Config, Event, Exit, PolicyKind, Primary, SpawnSpec, Supervision, WorkerState, WorkerStats};
+use rcluster::{
+    Config, Event, Exit, PolicyKind, Primary, SpawnOverrides, SpawnSpec, Supervision, WorkerState, WorkerStats,
+};
 
 use crate::to_js_error;
 
@@ -358,11 +360,21 @@ impl NativePrimary {
         Ok(())
     }
 
-    /// Starts a worker with `env` added to its environment.
+    /// Starts a worker with `env` added to its environment; `argv` and `cwd`,
+    /// when given, in place of the primary's (Node's `setupPrimary` between forks).
     #[napi]
-    pub fn fork(&self, env: HashMap<String, String>) -> Result<ForkedWorker> {
+    pub fn fork(
+        &self,
+        env: HashMap<String, String>,
+        argv: Option<Vec<String>>,
+        cwd: Option<String>,
+    ) -> Result<ForkedWorker> {
         let env = env.into_iter().map(|(k, v)| (OsString::from(k), OsString::from(v))).collect();
-        let info = self.inner.fork(env).map_err(to_js_error)?;
+        let overrides = SpawnOverrides {
+            argv: argv.map(|argv| argv.into_iter().map(OsString::from).collect()),
+            cwd: cwd.map(OsString::from),
+        };
+        let info = self.inner.fork_with(env, overrides).map_err(to_js_error)?;
         Ok(ForkedWorker { id: info.id, pid: info.pid })
     }
 
