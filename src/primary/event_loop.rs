@@ -464,7 +464,11 @@ impl EventLoop {
     }
 
     /// A new slot with its first worker.
-    fn fork(&mut self, env: Vec<(OsString, OsString)>, overrides: crate::spawn::SpawnOverrides) -> Result<WorkerInfo> {
+    fn fork(
+        &mut self,
+        env: Vec<(OsString, OsString)>,
+        overrides: crate::spawn::SpawnOverrides,
+    ) -> Result<(WorkerInfo, crate::spawn::StdioPipes)> {
         self.check_running()?;
         let index = self.next_slot;
         self.next_slot += 1;
@@ -473,11 +477,12 @@ impl EventLoop {
         self.slots.insert(index, slot);
         self.slot_added_at = self.now;
         match self.start_worker(index) {
-            Ok(info) => {
+            Ok((info, pipes)) => {
                 if let Some(slot) = self.slots.get_mut(&index) {
                     slot.worker = Some(info.id);
+                    slot.overrides.after_first_fork(); // issue 21 hook: pipes are the first worker's only
                 }
-                Ok(info)
+                Ok((info, pipes))
             }
             Err(e) => {
                 self.slots.remove(&index);
@@ -487,15 +492,16 @@ impl EventLoop {
     }
 
     /// Spawns a worker for `slot` (not yet recorded as the slot's worker).
-    fn start_worker(&mut self, slot: u32) -> Result<WorkerInfo> {
+    fn start_worker(&mut self, slot: u32) -> Result<(WorkerInfo, crate::spawn::StdioPipes)> {
         let mut spec = self.config.spawn.clone();
         if let Some(slot) = self.slots.get(&slot) {
             spec.env.extend(slot.env.iter().cloned());
             slot.overrides.apply(&mut spec); // issue 21 hook: per-fork exec/cwd
         }
         let id = self.reserve_worker_id();
-        let spawned = spawn::spawn(&spec, id)?;
-        self.adopt(id, spawned, Some(slot))
+        let mut spawned = spawn::spawn(&spec, id)?;
+        let pipes = std::mem::take(&mut spawned.stdio); // issue 21 hook: the fork's caller gets them
+        self.adopt(id, spawned, Some(slot)).map(|info| (info, pipes))
     }
 
     pub(crate) fn reserve_worker_id(&mut self) -> u32 {
@@ -506,7 +512,7 @@ impl EventLoop {
 
     /// Takes a started worker into the table and watches its channel and pid.
     pub(crate) fn adopt(&mut self, id: u32, spawned: Spawned, slot: Option<u32>) -> Result<WorkerInfo> {
-        let Spawned { pid, child, channel } = spawned;
+        let Spawned { pid, child, channel, .. } = spawned;
         let registry = self.poll.registry();
         registry
             .register(&mut SourceFd(&channel.as_raw_fd()), token(KIND_CHANNEL, id), Interest::READABLE)
@@ -796,7 +802,7 @@ impl EventLoop {
     }
 
     fn start_replacement(&mut self, index: u32, cause: Cause) -> Result<()> {
-        let info = self.start_worker(index)?;
+        let (info, _) = self.start_worker(index)?;
         let deadline = Instant::now() + self.config.supervision.ready_timeout;
         if let Some(slot) = self.slots.get_mut(&index) {
             slot.replacement = Some(Replacement { worker: info.id, deadline, cause });
@@ -1769,7 +1775,7 @@ impl EventLoop {
             .map(|s| s.index)
             .collect();
         for index in due {
-            let result = self.start_worker(index);
+            let result = self.start_worker(index).map(|(info, _)| info);
             let Some(slot) = self.slots.get_mut(&index) else { continue };
             slot.restart_at = None;
             match result {

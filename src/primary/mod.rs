@@ -210,7 +210,7 @@ pub(crate) enum Command {
     Fork {
         env: Vec<(OsString, OsString)>,
         overrides: crate::spawn::SpawnOverrides,
-        reply: mpsc::SyncSender<Result<WorkerInfo>>,
+        reply: mpsc::SyncSender<Result<(WorkerInfo, crate::spawn::StdioPipes)>>,
     },
     Listen {
         host: String,
@@ -397,17 +397,19 @@ impl Primary {
     /// being asked to, a new worker with the same environment replaces it
     /// (see [`Supervision`]). Returns once the process exists.
     pub fn fork(&self, env: Vec<(OsString, OsString)>) -> Result<WorkerInfo> {
-        self.fork_with(env, crate::spawn::SpawnOverrides::default())
+        self.fork_with(env, crate::spawn::SpawnOverrides::default()).map(|(info, _)| info)
     }
 
-    /// [`Primary::fork`] with another program or working directory for this
-    /// worker than the config's (Node's `setupPrimary` between forks); its
-    /// restarts and reloads keep them.
+    /// [`Primary::fork`] with another program, working directory or standard
+    /// streams for this worker than the config's (Node's `setupPrimary`
+    /// between forks); its restarts and reloads keep them (a piped stream
+    /// becomes /dev/null for them). Returns the primary's ends of the
+    /// worker's piped streams with its info.
     pub fn fork_with(
         &self,
         env: Vec<(OsString, OsString)>,
         overrides: crate::spawn::SpawnOverrides,
-    ) -> Result<WorkerInfo> {
+    ) -> Result<(WorkerInfo, crate::spawn::StdioPipes)> {
         let (reply, answer) = mpsc::sync_channel(1);
         self.command(Command::Fork { env, overrides, reply })?;
         answer.recv().map_err(|_| self.stopped_error())?

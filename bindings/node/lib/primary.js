@@ -79,7 +79,40 @@ function nativeTuning(settings) {
   };
 }
 
-const UNSUPPORTED_SETTINGS = ['uid', 'gid', 'stdio', 'inspectPort', 'serialization'];
+const UNSUPPORTED_SETTINGS = ['uid', 'gid', 'inspectPort', 'serialization'];
+
+/**
+ * A worker's stdin, stdout and stderr as the core takes them ('pipe',
+ * 'inherit', 'ignore'), from Node's `silent` and `stdio` settings; null for
+ * the primary's own (inherited). As in Node, `stdio` overrides `silent` and
+ * must hold an 'ipc' entry; what the core cannot give a worker (streams,
+ * other fds, extra entries) is refused, not ignored.
+ */
+function stdioModes(settings) {
+  if (settings.stdio === undefined || settings.stdio === null) {
+    return settings.silent ? ['pipe', 'pipe', 'pipe'] : null;
+  }
+  const stdio = settings.stdio;
+  if (!Array.isArray(stdio) || !stdio.includes('ipc')) {
+    const e = new TypeError('Forked processes must have an IPC channel, missing value \'ipc\' in options.stdio');
+    e.code = 'ERR_CHILD_PROCESS_IPC_REQUIRED';
+    throw e;
+  }
+  stdio.forEach((entry, i) => {
+    if (i > 2 && entry !== 'ipc') {
+      throw new Error(`rcluster: stdio[${i}] (${String(entry)}) is not supported: a worker gets stdin, stdout, stderr and the channel only`);
+    }
+  });
+  return [0, 1, 2].map((i) => {
+    const entry = stdio[i];
+    if (entry === undefined || entry === null || entry === 'pipe' || entry === 'overlapped') return 'pipe';
+    if (entry === 'inherit' || entry === i) return 'inherit';
+    if (entry === 'ignore') return 'ignore';
+    throw new Error(
+      `rcluster: stdio[${i}] (${String(entry)}) is not supported for a worker: use 'pipe', 'inherit', 'ignore' or ${i}`,
+    );
+  });
+}
 
 function setupPrimary(cluster, native) {
   const intercom = new EventEmitter();
@@ -117,12 +150,6 @@ function setupPrimary(cluster, native) {
       ...cluster.settings,
       ...options,
     };
-    if (settings.silent) {
-      warnOnce(
-        'silent',
-        'rcluster: `silent` is not supported yet (the core\'s SpawnSpec has no stdio setting); worker output is inherited',
-      );
-    }
     for (const key of UNSUPPORTED_SETTINGS) {
       if (options && options[key] !== undefined) {
         warnOnce(key, `rcluster: the cluster setting \`${key}\` is not supported and is ignored`);
@@ -166,8 +193,15 @@ function setupPrimary(cluster, native) {
     // exec, args, execArgv and cwd as setupPrimary() has them now: each
     // fork (and its restarts) runs what the settings said at its fork, as in Node.
     const settings = cluster.settings;
-    const { id, pid } = p.fork(merged, runtime.workerArgv(settings), settings.cwd === undefined ? null : String(settings.cwd));
-    return adopt(id, pid);
+    const stdio = stdioModes(settings);
+    const forked = p.fork(merged, runtime.workerArgv(settings), settings.cwd === undefined ? null : String(settings.cwd), stdio);
+    const worker = adopt(forked.id, forked.pid);
+    const proc = worker.process;
+    if (forked.stdin != null) proc.stdin = runtime.pipeStream(forked.stdin, 'write');
+    if (forked.stdout != null) proc.stdout = runtime.pipeStream(forked.stdout, 'read');
+    if (forked.stderr != null) proc.stderr = runtime.pipeStream(forked.stderr, 'read');
+    proc.stdio = [proc.stdin, proc.stdout, proc.stderr];
+    return worker;
   };
 
   /** The Worker object for a started process (forked here, or by the core's supervision). */
