@@ -21,6 +21,7 @@ pub mod error;
 pub mod event;
 pub mod ffi;
 pub mod primary;
+pub mod share;
 pub mod spawn;
 mod sys;
 pub mod wire;
@@ -29,6 +30,7 @@ pub mod worker;
 pub use error::{Code, Error, Result};
 pub use event::{Event, Exit, Metrics, PrimaryStats, WorkerEvent, WorkerState, WorkerStats};
 pub use primary::{Config, Limits, PolicyKind, Primary, RawFork, Supervision, WorkerInfo};
+pub use share::SocketKind;
 pub use spawn::{SpawnOverrides, SpawnSpec, StdioMode, StdioPipes};
 pub use worker::{is_worker, worker_id, Listener, Worker};
 

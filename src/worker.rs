@@ -32,6 +32,8 @@ use crate::spawn::{ENV_CHANNEL_FD, ENV_WORKER_ID};
 use crate::sys::{self, Deadline, Flag, PollSet};
 use crate::wire::Frame;
 
+mod share;
+
 static OPENED: AtomicBool = AtomicBool::new(false);
 
 /// The errno a `Closed` error carries when the worker is draining (asked to
@@ -323,6 +325,50 @@ impl Worker {
         listener
     }
 
+    /// A new request number (replies echo it).
+    fn next_request(&self) -> u32 {
+        let mut state = self.inner.lock();
+        state.next_request = state.next_request.wrapping_add(1);
+        state.next_request
+    }
+
+    /// Waits up to `timeout` for the reply to `request` (and the fd that
+    /// came with it). On timeout the request is abandoned: a late reply is
+    /// undone by `pump` when it arrives.
+    fn await_reply(
+        &self,
+        request: u32,
+        timeout: Option<Duration>,
+        what: impl Fn() -> String,
+    ) -> Result<(Frame, Option<OwnedFd>)> {
+        let deadline = Deadline::after(timeout);
+        loop {
+            let mut state = self.inner.lock();
+            let refusals = self.inner.pump(&mut state);
+            if let Some(reply) = state.replies.remove(&request) {
+                if state.replies.is_empty() {
+                    self.inner.replies_flag.clear();
+                }
+                let fd = state.shared_fds.remove(&request);
+                drop(state);
+                self.inner.refuse(refusals);
+                return Ok((reply, fd));
+            }
+            if let Some(gone) = &state.gone {
+                return Err(gone.clone());
+            }
+            drop(state);
+            self.inner.refuse(refusals);
+            if !self.inner.wait(&[self.inner.replies_flag.raw()], deadline)? {
+                let mut state = self.inner.lock();
+                if !state.replies.contains_key(&request) {
+                    state.abandoned.insert(request);
+                    return Err(Error::new(Code::Timeout, format!("the primary did not answer {}", what())));
+                }
+            }
+        }
+    }
+
     /// Sends a listen request and waits for its answer; `port_zero` is the
     /// port-0 place (address key and index) the listener holds and frees on
     /// close. The index travels only with port 0: an explicit port (a paused
@@ -334,43 +380,10 @@ impl Worker {
         port_zero: Option<(SocketAddr, u16)>,
         timeout: Option<Duration>,
     ) -> Result<Listener> {
-        let request = {
-            let mut state = self.inner.lock();
-            state.next_request = state.next_request.wrapping_add(1);
-            state.next_request
-        };
+        let request = self.next_request();
         let index = if port == 0 { port_zero.map_or(0, |(_, index)| index) } else { 0 };
         self.send_frame(&Frame::Listen { request, port, host: host.to_owned(), index })?;
-        let deadline = Deadline::after(timeout);
-        let reply = loop {
-            let mut state = self.inner.lock();
-            let refusals = self.inner.pump(&mut state);
-            if let Some(reply) = state.replies.remove(&request) {
-                if state.replies.is_empty() {
-                    self.inner.replies_flag.clear();
-                }
-                let shared_fd = state.shared_fds.remove(&request);
-                drop(state);
-                self.inner.refuse(refusals);
-                break (reply, shared_fd);
-            }
-            if let Some(gone) = &state.gone {
-                return Err(gone.clone());
-            }
-            drop(state);
-            self.inner.refuse(refusals);
-            if !self.inner.wait(&[self.inner.replies_flag.raw()], deadline)? {
-                let mut state = self.inner.lock();
-                if !state.replies.contains_key(&request) {
-                    // A late reply is undone by pump() when it arrives.
-                    state.abandoned.insert(request);
-                    return Err(Error::new(
-                        Code::Timeout,
-                        format!("the primary did not answer the listen request for {host}:{port}"),
-                    ));
-                }
-            }
-        };
+        let reply = self.await_reply(request, timeout, || format!("the listen request for {host}:{port}"))?;
         match reply {
             (Frame::ListenOk { listener, shared, address, .. }, shared_fd) => {
                 let address: SocketAddr = address
@@ -679,6 +692,24 @@ impl Inner {
                     let reply = Frame::ListenOk { request, listener, shared, report_done, port, address };
                     state.replies.insert(request, reply);
                     self.replies_flag.set();
+                }
+                Frame::ShareOk { request, port, address } => {
+                    let Some(fd) = fds.pop() else {
+                        if fds_lost && !state.abandoned.remove(&request) {
+                            // At our fd limit: this request fails, the channel is fine.
+                            let message = "could not receive the shared socket: out of file descriptors".into();
+                            state.replies.insert(request, Frame::ListenErr { request, errno: libc::EMFILE, message });
+                            self.replies_flag.set();
+                            continue;
+                        }
+                        self.mark_gone(state, Error::new(Code::Protocol, "shared socket came without its fd"));
+                        break;
+                    };
+                    if !state.abandoned.remove(&request) {
+                        state.shared_fds.insert(request, fd);
+                        state.replies.insert(request, Frame::ShareOk { request, port, address });
+                        self.replies_flag.set();
+                    }
                 }
                 Frame::ListenErr { request, errno, message } => {
                     if !state.abandoned.remove(&request) {

@@ -206,6 +206,8 @@ pub(crate) struct EventLoop {
     config: Config,
     workers: HashMap<u32, WorkerEntry>,
     slots: BTreeMap<u32, Slot>,
+    /// Unix-socket and UDP sockets shared with workers (issue 21).
+    shared_sockets: super::shared_sockets::SharedSockets,
     listeners: HashMap<u32, Listener>,
     /// Listeners by address and port-0 index (0 for other ports).
     by_address: HashMap<(SocketAddr, u16), u32>,
@@ -278,6 +280,7 @@ impl EventLoop {
             workers: HashMap::new(),
             slots: BTreeMap::new(),
             listeners: HashMap::new(),
+            shared_sockets: Default::default(),
             by_address: HashMap::new(),
             pending: VecDeque::new(),
             next_worker: 1,
@@ -1225,6 +1228,11 @@ impl EventLoop {
             }
             Frame::Listen { request, port, host, index } => self.on_listen_request(worker, request, &host, port, index),
             Frame::Unlisten { listener } => self.leave_listener(worker, listener),
+            // issue 21 hook: Unix-socket and UDP sockets, bound once and shared (shared_sockets.rs).
+            Frame::Share { request, kind, port, index, address } => {
+                let (reply, fd) = self.shared_sockets.answer(request, kind, &address, port, index);
+                self.send_frame(worker, &reply.encode(), fd.as_slice());
+            }
             Frame::Ack { conn, accepted } => self.on_ack(worker, conn, accepted),
             Frame::Acks { conns } => {
                 // The known ones first: the worker holds them whatever else it

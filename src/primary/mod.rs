@@ -13,6 +13,7 @@ mod event_loop;
 mod listener;
 mod metrics;
 pub mod policy;
+mod shared_sockets;
 mod signals;
 pub mod supervisor;
 pub(crate) mod systemd;

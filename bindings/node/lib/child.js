@@ -12,6 +12,7 @@ const { Worker } = require('./worker');
 const runtime = require('./runtime');
 const { sendArgs, decode, channelClosed } = require('./messages');
 const internal = require('./internal');
+const { setupSharedSockets } = require('./shared_sockets');
 
 /** How many connections may be accepted ahead of JS (without maxConnections). */
 const ACCEPT_WINDOW = 64;
@@ -628,11 +629,25 @@ function setupChild(cluster, native) {
       if (first._handle || first.handle || first.fd !== undefined) return { options: null, callback };
       return { options: first, callback };
     }
-    if (typeof first === 'string' && !/^\d+$/.test(first)) return { options: null, callback }; // a pipe path
+    if (typeof first === 'string' && !/^\d+$/.test(first)) return { options: { path: first }, callback }; // a pipe path
     const options = { port: first };
     if (typeof rest[1] === 'string') options.host = rest[1];
     return { options, callback };
   }
+
+  const shared = setupSharedSockets({
+    channel,
+    servers,
+    canListen: () => connected && worker.state !== 'disconnecting' && worker.state !== 'destroying',
+    announce(info) {
+      if (!nodePrimary || !connected) return;
+      try {
+        channel.send(internal.listening(info));
+      } catch (e) {
+        // the channel is closing: nobody to tell
+      }
+    },
+  });
 
   const patched = new WeakSet();
   function patchListen(proto) {
@@ -641,10 +656,12 @@ function setupChild(cluster, native) {
     if (patched.has(original)) return;
     const listen = function listen(...args) {
       const { options, callback } = listenOptions(args);
-      // Pipes, handles, fds and `exclusive` listens are the worker's own, as in Node.
-      if (options === null || options.path !== undefined || options.exclusive === true) {
+      // Handles, fds and `exclusive` listens are the worker's own, as in Node.
+      if (options === null || options.exclusive === true) {
         return original.apply(this, args);
       }
+      // A pipe path: the primary binds it once and every worker shares it.
+      if (options.path !== undefined) return shared.listenPipe(this, String(options.path), callback, original);
       return listenThroughPrimary(this, options, callback);
     };
     patched.add(listen);

@@ -15,8 +15,20 @@ const LEAVING = `${PREFIX}leaving`;
 /** The primary's answer: the worker may close its channel now. */
 const LEAVING_ACK = `${PREFIX}leaving-ack`;
 
+/** A worker's pipe server or dgram socket listens (the primary's 'listening' event). */
+const LISTENING = `${PREFIX}listening:`;
+
+function listening(info) {
+  return LISTENING + JSON.stringify(info);
+}
+
+/** The address info of a LISTENING message, or null for another message. */
+function parseListening(text) {
+  return text.startsWith(LISTENING) ? JSON.parse(text.slice(LISTENING.length)) : null;
+}
+
 function isInternal(text) {
   return text.charCodeAt(0) === 0 && text.startsWith(PREFIX);
 }
 
-module.exports = { PRIMARY_ENV, LEAVING, LEAVING_ACK, isInternal };
+module.exports = { PRIMARY_ENV, LEAVING, LEAVING_ACK, isInternal, listening, parseListening };

@@ -242,18 +242,21 @@ function setupPrimary(cluster, native) {
   }
 
   /**
-   * worker.kill(signal), as Node's: the channel is closed from here at once
-   * (the worker is not asked, so exitedAfterDisconnect stays false), then
-   * the signal is sent. A hung worker gets the signal without waiting.
-   * Node signals on the 'disconnect' it emits a tick later; here that event
-   * comes from the primary's thread after the worker too saw the hang-up
-   * (and may have exited 0 on it), so the signal is queued right behind
-   * the hang-up: the same order, with no window between them.
+   * worker.kill(signal), as Node's: the signal is sent at once and the
+   * channel closed from here (the worker is not asked, so
+   * exitedAfterDisconnect stays false). A hung worker gets the signal
+   * without waiting. Node closes the channel first and signals on the
+   * 'disconnect' it emits a tick later; here that event comes from the
+   * primary's thread after the worker too saw the hang-up (and it may have
+   * exited 0 on it already), so the signal goes first: a worker that keeps
+   * the default action dies of it, one that handles it then finds its
+   * channel closed, as in Node.
    */
   function destroyWorker(signal) {
     const signo = signalNumber(signal);
-    if (this.isConnected()) this.process.disconnect();
+    const connected = this.isConnected();
     this.process.kill(signo);
+    if (connected) this.process.disconnect();
   }
 
   cluster.disconnect = function disconnect(cb) {
@@ -341,6 +344,12 @@ function setupPrimary(cluster, native) {
 
   // ----- events from the primary's thread ---------------------------------
 
+  function emitListening(worker, info) {
+    worker.state = 'listening';
+    worker.emit('listening', info);
+    cluster.emit('listening', worker, info);
+  }
+
   function onEvent(event) {
     const worker = event.worker !== null && event.worker !== undefined ? everyWorker.get(event.worker) : undefined;
     switch (event.kind) {
@@ -365,10 +374,7 @@ function setupPrimary(cluster, native) {
         const key = `${event.address}:${event.port}`;
         if (worker._listening.has(key)) break;
         worker._listening.add(key);
-        const info = { addressType: event.family, address: event.address, port: event.port, fd: undefined };
-        worker.state = 'listening';
-        worker.emit('listening', info);
-        cluster.emit('listening', worker, info);
+        emitListening(worker, { addressType: event.family, address: event.address, port: event.port, fd: undefined });
         break;
       }
       case 'message': {
@@ -383,6 +389,8 @@ function setupPrimary(cluster, native) {
               // it hung up already: nothing waits for the answer
             }
           }
+          const info = internal.parseListening(event.data);
+          if (info !== null) emitListening(worker, { ...info, fd: undefined });
           break;
         }
         let message;
