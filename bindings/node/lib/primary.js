@@ -79,6 +79,9 @@ function nativeTuning(settings) {
   };
 }
 
+/** A parent's IPC channel variables: the primary's, never its workers'. */
+const FOREIGN_CHANNEL_ENV = ['NODE_CHANNEL_FD', 'NODE_CHANNEL_SERIALIZATION_MODE', 'NODE_UNIQUE_ID'];
+
 const UNSUPPORTED_SETTINGS = ['uid', 'gid', 'inspectPort', 'serialization'];
 
 /**
@@ -190,6 +193,10 @@ function setupPrimary(cluster, native) {
       if (v !== undefined) merged[k] = String(v);
     }
     merged[internal.PRIMARY_ENV] = '1'; // this worker may send internal messages
+    // A primary that child_process.fork() started has its own IPC channel
+    // named here (Bun keeps the variable): a worker finding it would take
+    // fd 3, its rcluster channel, for that channel and read our frames.
+    for (const key of FOREIGN_CHANNEL_ENV) delete merged[key];
     // exec, args, execArgv and cwd as setupPrimary() has them now: each
     // fork (and its restarts) runs what the settings said at its fork, as in Node.
     const settings = cluster.settings;
