@@ -23,7 +23,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 
 use crate::channel;
 use crate::error::{Code, Error, Result};
@@ -50,6 +50,75 @@ pub struct SpawnSpec {
     pub cwd: Option<OsString>,
     /// Put the worker in a process group of its own.
     pub own_process_group: bool,
+    /// What the worker's stdin, stdout and stderr are (Node's `stdio` and
+    /// `silent`); inherited by default.
+    pub stdio: [StdioMode; 3],
+}
+
+/// One of a worker's standard streams.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StdioMode {
+    /// The primary's own (the default).
+    #[default]
+    Inherit,
+    /// A pipe whose other end the fork returns to the primary's host.
+    Pipe,
+    /// /dev/null.
+    Null,
+}
+
+impl StdioMode {
+    fn to_std(self) -> Stdio {
+        match self {
+            StdioMode::Inherit => Stdio::inherit(),
+            StdioMode::Pipe => Stdio::piped(),
+            StdioMode::Null => Stdio::null(),
+        }
+    }
+}
+
+/// The primary's ends of a worker's piped stdin, stdout and stderr (`None`
+/// where the stream is not a pipe). Dropping one closes it.
+pub type StdioPipes = [Option<OwnedFd>; 3];
+
+/// What one fork changes in the primary's [`SpawnSpec`] (Node's
+/// `setupPrimary({ exec, args, execArgv, cwd })` between forks). Kept with
+/// the worker's slot, so a restart or a reload of that slot starts the
+/// same program in the same directory.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SpawnOverrides {
+    /// Program and arguments in place of the spec's; `None` = the spec's.
+    pub argv: Option<Vec<OsString>>,
+    /// Working directory in place of the spec's; `None` = the spec's.
+    pub cwd: Option<OsString>,
+    /// Standard streams in place of the spec's; `None` = the spec's.
+    pub stdio: Option<[StdioMode; 3]>,
+}
+
+impl SpawnOverrides {
+    /// `spec` with these overrides applied.
+    pub fn apply(&self, spec: &mut SpawnSpec) {
+        if let Some(argv) = &self.argv {
+            spec.argv = argv.clone();
+        }
+        if let Some(cwd) = &self.cwd {
+            spec.cwd = Some(cwd.clone());
+        }
+        if let Some(stdio) = self.stdio {
+            spec.stdio = stdio;
+        }
+    }
+
+    /// For the slot's later workers (restarts, reloads): nobody holds the
+    /// other end of a pipe made for the first, so their piped streams go to
+    /// /dev/null rather than to a pipe whose writes would fail.
+    pub fn after_first_fork(&mut self) {
+        if let Some(stdio) = &mut self.stdio {
+            for mode in stdio.iter_mut().filter(|m| **m == StdioMode::Pipe) {
+                *mode = StdioMode::Null;
+            }
+        }
+    }
 }
 
 /// A started worker, from the primary's side.
@@ -61,6 +130,8 @@ pub struct Spawned {
     pub child: Option<Child>,
     /// The primary's end of the channel.
     pub channel: OwnedFd,
+    /// The primary's ends of the worker's piped standard streams.
+    pub stdio: StdioPipes,
 }
 
 /// This process's executable and arguments: the default worker argv.
@@ -123,6 +194,7 @@ pub fn spawn(spec: &SpawnSpec, id: u32) -> Result<Spawned> {
     if let Some(cwd) = &spec.cwd {
         command.current_dir(cwd);
     }
+    command.stdin(spec.stdio[0].to_std()).stdout(spec.stdio[1].to_std()).stderr(spec.stdio[2].to_std());
     let child_fd = child_end.as_raw_fd();
     let primary_fd = primary_end.as_raw_fd();
     // SAFETY: getpid is always safe.
@@ -164,9 +236,14 @@ pub fn spawn(spec: &SpawnSpec, id: u32) -> Result<Spawned> {
             Ok(())
         });
     }
-    let child = command.spawn().map_err(|e| Error::os(&format!("spawning worker {:?}", argv[0]), e))?;
+    let mut child = command.spawn().map_err(|e| Error::os(&format!("spawning worker {:?}", argv[0]), e))?;
     drop(child_end);
-    Ok(Spawned { pid: child.id() as libc::pid_t, child: Some(child), channel: primary_end })
+    let stdio = [
+        child.stdin.take().map(OwnedFd::from),
+        child.stdout.take().map(OwnedFd::from),
+        child.stderr.take().map(OwnedFd::from),
+    ];
+    Ok(Spawned { pid: child.id() as libc::pid_t, child: Some(child), channel: primary_end, stdio })
 }
 
 /// The result of [`fork_raw`].
@@ -219,5 +296,5 @@ pub fn fork_raw(id: u32) -> Result<Forked> {
         return Ok(Forked::Child);
     }
     drop(child_end);
-    Ok(Forked::Parent(Spawned { pid, child: None, channel: primary_end }))
+    Ok(Forked::Parent(Spawned { pid, child: None, channel: primary_end, stdio: [None, None, None] }))
 }

@@ -18,11 +18,13 @@ const READY: u8 = 7;
 const DONE: u8 = 8;
 const ACKS: u8 = 9;
 const LOST: u8 = 10;
+const SHARE: u8 = 11;
 const LISTEN_OK: u8 = 16;
 const LISTEN_ERR: u8 = 17;
 const CONN: u8 = 18;
 const DISCONNECT: u8 = 19;
 const PING: u8 = 20;
+const SHARE_OK: u8 = 21;
 const USER: u8 = 32;
 const USERS: u8 = 33;
 
@@ -37,6 +39,15 @@ pub enum Frame {
     /// 0 otherwise. On the wire only when not 0, so a primary of an earlier
     /// version still reads the usual frame.
     Listen { request: u32, port: u16, host: String, index: u16 },
+    /// Worker → primary: a socket every worker asking for the same
+    /// `kind`/`address`/`port` (and, for port 0, `index`) shares, bound
+    /// once by the primary (Node's Unix-socket servers and dgram sockets in
+    /// a cluster). `kind`: see `crate::share::SocketKind`. The reply is
+    /// `ShareOk` with the fd attached, or `ListenErr`.
+    Share { request: u32, kind: u8, port: u16, index: u16, address: String },
+    /// Primary → worker: the shared socket, its fd attached; `port` and
+    /// `address` are what it is bound to (a Unix socket's path, port 0).
+    ShareOk { request: u32, port: u16, address: String },
     /// Worker → primary: stop sending connections of this listener.
     Unlisten { listener: u32 },
     /// Worker → primary: the connection was taken (`accepted`) or refused, so
@@ -122,6 +133,20 @@ impl Frame {
                 if *index != 0 {
                     out.extend_from_slice(&index.to_le_bytes());
                 }
+            }
+            Frame::Share { request, kind, port, index, address } => {
+                out.push(SHARE);
+                out.extend_from_slice(&request.to_le_bytes());
+                out.push(*kind);
+                out.extend_from_slice(&port.to_le_bytes());
+                out.extend_from_slice(&index.to_le_bytes());
+                put_str(&mut out, address);
+            }
+            Frame::ShareOk { request, port, address } => {
+                out.push(SHARE_OK);
+                out.extend_from_slice(&request.to_le_bytes());
+                out.extend_from_slice(&port.to_le_bytes());
+                put_str(&mut out, address);
             }
             Frame::Unlisten { listener } => {
                 out.push(UNLISTEN);
@@ -251,6 +276,10 @@ impl Frame {
                 index: if r.bytes.is_empty() { 0 } else { r.u16()? },
             },
             UNLISTEN => Frame::Unlisten { listener: r.u32()? },
+            SHARE => {
+                Frame::Share { request: r.u32()?, kind: r.u8()?, port: r.u16()?, index: r.u16()?, address: r.string()? }
+            }
+            SHARE_OK => Frame::ShareOk { request: r.u32()?, port: r.u16()?, address: r.string()? },
             ACK => Frame::Ack { conn: r.u64()?, accepted: r.bool()? },
             ACKS | LOST => {
                 let count = r.u32()? as usize;
@@ -343,6 +372,9 @@ impl<'a> Reader<'a> {
         self.bytes = tail;
         Ok(head)
     }
+    fn u8(&mut self) -> Result<u8> {
+        Ok(self.take(1)?[0])
+    }
     fn u16(&mut self) -> Result<u16> {
         Ok(u16::from_le_bytes(self.take(2)?.try_into().unwrap_or_default()))
     }
@@ -379,6 +411,9 @@ mod tests {
             Frame::Listen { request: 7, port: 8080, host: "127.0.0.1".into(), index: 0 },
             Frame::Listen { request: 8, port: 0, host: "::1".into(), index: 3 },
             Frame::Unlisten { listener: 3 },
+            Frame::Share { request: 9, kind: 1, port: 0, index: 0, address: "/tmp/app.sock".into() },
+            Frame::Share { request: 10, kind: 2, port: 5353, index: 2, address: "127.0.0.1".into() },
+            Frame::ShareOk { request: 10, port: 5353, address: "127.0.0.1".into() },
             Frame::Ack { conn: u64::MAX, accepted: true },
             Frame::Acks { conns: vec![1, u64::MAX, 3] },
             Frame::Acks { conns: vec![] },

@@ -32,6 +32,8 @@ use crate::spawn::{ENV_CHANNEL_FD, ENV_WORKER_ID};
 use crate::sys::{self, Deadline, Flag, PollSet};
 use crate::wire::Frame;
 
+mod share;
+
 static OPENED: AtomicBool = AtomicBool::new(false);
 
 /// How long queued events may be handed out without reading the channel.
@@ -115,6 +117,10 @@ struct Inner {
     events: EventQueue<WorkerEvent>,
     /// Set while `State::replies` holds a reply.
     replies_flag: Flag,
+    /// Set once the primary asked us to leave; in every listener's poll set,
+    /// so a listener opened after the request (a listen answered while the
+    /// `Disconnect` frame was on its way) still wakes and reports `Closed`.
+    draining_flag: Flag,
     poll: PollSet,
     closed: AtomicBool,
     /// The primary's policy counts finished connections (`done`).
@@ -230,7 +236,7 @@ impl Worker {
 
     /// Builds a worker and says hello; on failure the channel comes back.
     fn build(id: u32, channel: OwnedFd) -> std::result::Result<Worker, (Error, OwnedFd)> {
-        let (events, replies_flag, poll) = match Worker::queues(&channel) {
+        let (events, replies_flag, draining_flag, poll) = match Worker::queues(&channel) {
             Ok(parts) => parts,
             Err(e) => return Err((e, channel)),
         };
@@ -245,6 +251,7 @@ impl Worker {
                 send_lock: Mutex::new(()),
                 events,
                 replies_flag,
+                draining_flag,
                 poll,
                 closed: AtomicBool::new(false),
                 report_done: AtomicBool::new(false),
@@ -260,12 +267,13 @@ impl Worker {
         Ok(worker)
     }
 
-    /// The worker's event queue, reply flag and poll set over `channel`.
-    fn queues(channel: &OwnedFd) -> Result<(EventQueue<WorkerEvent>, Flag, PollSet)> {
+    /// The worker's event queue, reply and draining flags, and poll set over `channel`.
+    fn queues(channel: &OwnedFd) -> Result<(EventQueue<WorkerEvent>, Flag, Flag, PollSet)> {
         let events = EventQueue::new()?;
         let replies_flag = Flag::new().map_err(|e| Error::os("eventfd", e))?;
+        let draining_flag = Flag::new().map_err(|e| Error::os("eventfd", e))?;
         let poll = PollSet::new(&[channel.as_raw_fd(), events.fd()]).map_err(|e| Error::os("epoll", e))?;
-        Ok((events, replies_flag, poll))
+        Ok((events, replies_flag, draining_flag, poll))
     }
 
     /// This worker's id (≥ 1).
@@ -314,6 +322,50 @@ impl Worker {
         listener
     }
 
+    /// A new request number (replies echo it).
+    fn next_request(&self) -> u32 {
+        let mut state = self.inner.lock();
+        state.next_request = state.next_request.wrapping_add(1);
+        state.next_request
+    }
+
+    /// Waits up to `timeout` for the reply to `request` (and the fd that
+    /// came with it). On timeout the request is abandoned: a late reply is
+    /// undone by `pump` when it arrives.
+    fn await_reply(
+        &self,
+        request: u32,
+        timeout: Option<Duration>,
+        what: impl Fn() -> String,
+    ) -> Result<(Frame, Option<OwnedFd>)> {
+        let deadline = Deadline::after(timeout);
+        loop {
+            let mut state = self.inner.lock();
+            let refusals = self.inner.pump(&mut state);
+            if let Some(reply) = state.replies.remove(&request) {
+                if state.replies.is_empty() {
+                    self.inner.replies_flag.clear();
+                }
+                let fd = state.shared_fds.remove(&request);
+                drop(state);
+                self.inner.refuse(refusals);
+                return Ok((reply, fd));
+            }
+            if let Some(gone) = &state.gone {
+                return Err(gone.clone());
+            }
+            drop(state);
+            self.inner.refuse(refusals);
+            if !self.inner.wait(&[self.inner.replies_flag.raw()], deadline)? {
+                let mut state = self.inner.lock();
+                if !state.replies.contains_key(&request) {
+                    state.abandoned.insert(request);
+                    return Err(Error::new(Code::Timeout, format!("the primary did not answer {}", what())));
+                }
+            }
+        }
+    }
+
     /// Sends a listen request and waits for its answer; `port_zero` is the
     /// port-0 place (address key and index) the listener holds and frees on
     /// close. The index travels only with port 0: an explicit port (a paused
@@ -325,43 +377,10 @@ impl Worker {
         port_zero: Option<(SocketAddr, u16)>,
         timeout: Option<Duration>,
     ) -> Result<Listener> {
-        let request = {
-            let mut state = self.inner.lock();
-            state.next_request = state.next_request.wrapping_add(1);
-            state.next_request
-        };
+        let request = self.next_request();
         let index = if port == 0 { port_zero.map_or(0, |(_, index)| index) } else { 0 };
         self.send_frame(&Frame::Listen { request, port, host: host.to_owned(), index })?;
-        let deadline = Deadline::after(timeout);
-        let reply = loop {
-            let mut state = self.inner.lock();
-            let refusals = self.inner.pump(&mut state);
-            if let Some(reply) = state.replies.remove(&request) {
-                if state.replies.is_empty() {
-                    self.inner.replies_flag.clear();
-                }
-                let shared_fd = state.shared_fds.remove(&request);
-                drop(state);
-                self.inner.refuse(refusals);
-                break (reply, shared_fd);
-            }
-            if let Some(gone) = &state.gone {
-                return Err(gone.clone());
-            }
-            drop(state);
-            self.inner.refuse(refusals);
-            if !self.inner.wait(&[self.inner.replies_flag.raw()], deadline)? {
-                let mut state = self.inner.lock();
-                if !state.replies.contains_key(&request) {
-                    // A late reply is undone by pump() when it arrives.
-                    state.abandoned.insert(request);
-                    return Err(Error::new(
-                        Code::Timeout,
-                        format!("the primary did not answer the listen request for {host}:{port}"),
-                    ));
-                }
-            }
-        };
+        let reply = self.await_reply(request, timeout, || format!("the listen request for {host}:{port}"))?;
         match reply {
             (Frame::ListenOk { listener, shared, address, .. }, shared_fd) => {
                 let address: SocketAddr = address
@@ -376,8 +395,12 @@ impl Worker {
                         .map_err(|e| Error::os("getsockopt(SO_REUSEPORT) on the listener", e))?
                         != 0;
                     Mode::Shared {
-                        poll: PollSet::new(&[socket.as_raw_fd(), self.inner.channel.as_raw_fd()])
-                            .map_err(|e| Error::os("epoll", e))?,
+                        poll: PollSet::new(&[
+                            socket.as_raw_fd(),
+                            self.inner.channel.as_raw_fd(),
+                            self.inner.draining_flag.raw(),
+                        ])
+                        .map_err(|e| Error::os("epoll", e))?,
                         socket,
                         own,
                     }
@@ -388,8 +411,12 @@ impl Worker {
                         .get(&listener)
                         .ok_or_else(|| Error::new(Code::Protocol, "listener vanished"))?;
                     Mode::Dispatched {
-                        poll: PollSet::new(&[queue.flag.raw(), self.inner.channel.as_raw_fd()])
-                            .map_err(|e| Error::os("epoll", e))?,
+                        poll: PollSet::new(&[
+                            queue.flag.raw(),
+                            self.inner.channel.as_raw_fd(),
+                            self.inner.draining_flag.raw(),
+                        ])
+                        .map_err(|e| Error::os("epoll", e))?,
                     }
                 };
                 Ok(Listener {
@@ -664,6 +691,26 @@ impl Inner {
                     state.replies.insert(request, reply);
                     self.replies_flag.set();
                 }
+                Frame::ShareOk { request, port, address } => {
+                    let Some(fd) = fds.pop() else {
+                        if fds_lost && !state.abandoned.remove(&request) {
+                            // At our fd limit: this request fails, the channel is fine.
+                            let message = "could not receive the shared socket: out of file descriptors".into();
+                            let reply =
+                                Frame::ListenErr { request, code: Code::Address, errno: libc::EMFILE, message };
+                            state.replies.insert(request, reply);
+                            self.replies_flag.set();
+                            continue;
+                        }
+                        self.mark_gone(state, Error::new(Code::Protocol, "shared socket came without its fd"));
+                        break;
+                    };
+                    if !state.abandoned.remove(&request) {
+                        state.shared_fds.insert(request, fd);
+                        state.replies.insert(request, Frame::ShareOk { request, port, address });
+                        self.replies_flag.set();
+                    }
+                }
                 Frame::ListenErr { request, code, errno, message } => {
                     if !state.abandoned.remove(&request) {
                         state.replies.insert(request, Frame::ListenErr { request, code, errno, message });
@@ -672,6 +719,7 @@ impl Inner {
                 }
                 Frame::Disconnect => {
                     state.draining = true;
+                    self.draining_flag.set();
                     self.wake_listeners(state);
                     self.events.push(WorkerEvent::Disconnect);
                 }

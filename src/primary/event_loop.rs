@@ -206,6 +206,8 @@ pub(crate) struct EventLoop {
     config: Config,
     workers: HashMap<u32, WorkerEntry>,
     slots: BTreeMap<u32, Slot>,
+    /// Unix-socket and UDP sockets shared with workers (issue 21).
+    shared_sockets: super::shared_sockets::SharedSockets,
     listeners: HashMap<u32, Listener>,
     /// Listeners by address and port-0 index (0 for other ports).
     by_address: HashMap<(SocketAddr, u16), u32>,
@@ -278,6 +280,7 @@ impl EventLoop {
             workers: HashMap::new(),
             slots: BTreeMap::new(),
             listeners: HashMap::new(),
+            shared_sockets: Default::default(),
             by_address: HashMap::new(),
             pending: VecDeque::new(),
             next_worker: 1,
@@ -394,8 +397,8 @@ impl EventLoop {
             // Anything else (a disconnect, say) must not overtake them.
             self.send_user_messages(&mut messages);
             match command {
-                Command::Fork { env, reply } => {
-                    let _ = reply.send(self.fork(env));
+                Command::Fork { env, overrides, reply } => {
+                    let _ = reply.send(self.fork(env, overrides));
                 }
                 Command::Listen { host, port, reply } => {
                     let _ = reply.send(self.listen(&host, port));
@@ -411,6 +414,8 @@ impl EventLoop {
                 }
                 Command::Disconnect { worker } => self.disconnect(worker),
                 Command::Kill { worker, signal } => self.kill(worker, signal),
+                // issue 21 hook: Node's worker.process.disconnect(), the existing hang-up path.
+                Command::HangUp { worker } => self.hang_up(worker),
                 Command::Shutdown { grace } => self.begin_shutdown(grace),
                 Command::Reload { reply } => {
                     let _ = reply.send(self.reload());
@@ -462,18 +467,25 @@ impl EventLoop {
     }
 
     /// A new slot with its first worker.
-    fn fork(&mut self, env: Vec<(OsString, OsString)>) -> Result<WorkerInfo> {
+    fn fork(
+        &mut self,
+        env: Vec<(OsString, OsString)>,
+        overrides: crate::spawn::SpawnOverrides,
+    ) -> Result<(WorkerInfo, crate::spawn::StdioPipes)> {
         self.check_running()?;
         let index = self.next_slot;
         self.next_slot += 1;
-        self.slots.insert(index, Slot::new(index, env));
+        let mut slot = Slot::new(index, env);
+        slot.overrides = overrides; // issue 21 hook: per-fork exec/cwd (Node's setupPrimary between forks)
+        self.slots.insert(index, slot);
         self.slot_added_at = self.now;
         match self.start_worker(index) {
-            Ok(info) => {
+            Ok((info, pipes)) => {
                 if let Some(slot) = self.slots.get_mut(&index) {
                     slot.worker = Some(info.id);
+                    slot.overrides.after_first_fork(); // issue 21 hook: pipes are the first worker's only
                 }
-                Ok(info)
+                Ok((info, pipes))
             }
             Err(e) => {
                 self.slots.remove(&index);
@@ -483,14 +495,16 @@ impl EventLoop {
     }
 
     /// Spawns a worker for `slot` (not yet recorded as the slot's worker).
-    fn start_worker(&mut self, slot: u32) -> Result<WorkerInfo> {
+    fn start_worker(&mut self, slot: u32) -> Result<(WorkerInfo, crate::spawn::StdioPipes)> {
         let mut spec = self.config.spawn.clone();
         if let Some(slot) = self.slots.get(&slot) {
             spec.env.extend(slot.env.iter().cloned());
+            slot.overrides.apply(&mut spec); // issue 21 hook: per-fork exec/cwd
         }
         let id = self.reserve_worker_id();
-        let spawned = spawn::spawn(&spec, id)?;
-        self.adopt(id, spawned, Some(slot))
+        let mut spawned = spawn::spawn(&spec, id)?;
+        let pipes = std::mem::take(&mut spawned.stdio); // issue 21 hook: the fork's caller gets them
+        self.adopt(id, spawned, Some(slot)).map(|info| (info, pipes))
     }
 
     pub(crate) fn reserve_worker_id(&mut self) -> u32 {
@@ -501,7 +515,7 @@ impl EventLoop {
 
     /// Takes a started worker into the table and watches its channel and pid.
     pub(crate) fn adopt(&mut self, id: u32, spawned: Spawned, slot: Option<u32>) -> Result<WorkerInfo> {
-        let Spawned { pid, child, channel } = spawned;
+        let Spawned { pid, child, channel, .. } = spawned;
         let registry = self.poll.registry();
         registry
             .register(&mut SourceFd(&channel.as_raw_fd()), token(KIND_CHANNEL, id), Interest::READABLE)
@@ -683,7 +697,7 @@ impl EventLoop {
         self.check_running()?;
         let current = self.slots.len() as u32;
         for _ in current..workers {
-            self.fork(Vec::new())?;
+            self.fork(Vec::new(), Default::default())?;
         }
         while self.slots.len() as u32 > workers {
             let Some((&last, _)) = self.slots.iter().next_back() else { break };
@@ -794,7 +808,7 @@ impl EventLoop {
     }
 
     fn start_replacement(&mut self, index: u32, cause: Cause) -> Result<()> {
-        let info = self.start_worker(index)?;
+        let (info, _) = self.start_worker(index)?;
         let deadline = Instant::now() + self.config.supervision.ready_timeout;
         if let Some(slot) = self.slots.get_mut(&index) {
             slot.replacement = Some(Replacement { worker: info.id, deadline, cause });
@@ -1217,6 +1231,11 @@ impl EventLoop {
             }
             Frame::Listen { request, port, host, index } => self.on_listen_request(worker, request, &host, port, index),
             Frame::Unlisten { listener } => self.leave_listener(worker, listener),
+            // issue 21 hook: Unix-socket and UDP sockets, bound once and shared (shared_sockets.rs).
+            Frame::Share { request, kind, port, index, address } => {
+                let (reply, fd) = self.shared_sockets.answer(request, kind, &address, port, index);
+                self.send_frame(worker, &reply.encode(), fd.as_slice());
+            }
             Frame::Ack { conn, accepted } => self.on_ack(worker, conn, accepted),
             Frame::Acks { conns } => {
                 // The known ones first: the worker holds them whatever else it
@@ -1767,7 +1786,7 @@ impl EventLoop {
             .map(|s| s.index)
             .collect();
         for index in due {
-            let result = self.start_worker(index);
+            let result = self.start_worker(index).map(|(info, _)| info);
             let Some(slot) = self.slots.get_mut(&index) else { continue };
             slot.restart_at = None;
             match result {

@@ -13,6 +13,7 @@ mod event_loop;
 mod listener;
 mod metrics;
 pub mod policy;
+mod shared_sockets;
 mod signals;
 pub mod supervisor;
 pub(crate) mod systemd;
@@ -209,7 +210,8 @@ pub enum RawFork {
 pub(crate) enum Command {
     Fork {
         env: Vec<(OsString, OsString)>,
-        reply: mpsc::SyncSender<Result<WorkerInfo>>,
+        overrides: crate::spawn::SpawnOverrides,
+        reply: mpsc::SyncSender<Result<(WorkerInfo, crate::spawn::StdioPipes)>>,
     },
     Listen {
         host: String,
@@ -233,6 +235,9 @@ pub(crate) enum Command {
     Kill {
         worker: u32,
         signal: i32,
+    },
+    HangUp {
+        worker: u32,
     },
     Shutdown {
         grace: Duration,
@@ -393,8 +398,21 @@ impl Primary {
     /// being asked to, a new worker with the same environment replaces it
     /// (see [`Supervision`]). Returns once the process exists.
     pub fn fork(&self, env: Vec<(OsString, OsString)>) -> Result<WorkerInfo> {
+        self.fork_with(env, crate::spawn::SpawnOverrides::default()).map(|(info, _)| info)
+    }
+
+    /// [`Primary::fork`] with another program, working directory or standard
+    /// streams for this worker than the config's (Node's `setupPrimary`
+    /// between forks); its restarts and reloads keep them (a piped stream
+    /// becomes /dev/null for them). Returns the primary's ends of the
+    /// worker's piped streams with its info.
+    pub fn fork_with(
+        &self,
+        env: Vec<(OsString, OsString)>,
+        overrides: crate::spawn::SpawnOverrides,
+    ) -> Result<(WorkerInfo, crate::spawn::StdioPipes)> {
         let (reply, answer) = mpsc::sync_channel(1);
-        self.command(Command::Fork { env, reply })?;
+        self.command(Command::Fork { env, overrides, reply })?;
         answer.recv().map_err(|_| self.stopped_error())?
     }
 
@@ -491,6 +509,17 @@ impl Primary {
     pub fn disconnect(&self, worker: u32) -> Result<()> {
         self.check_connected(worker)?;
         self.command(Command::Disconnect { worker })
+    }
+
+    /// Closes a worker's channel from this side at once, as Node's
+    /// `worker.process.disconnect()` does: its connections go back to the
+    /// queue and to other workers, a `Disconnect` event follows, and the
+    /// worker sees its primary gone (and, by the worker side's rule, leaves).
+    /// Unlike [`Primary::disconnect`] it waits for nothing and arms no stop
+    /// timeout; what happens to the process is up to the worker (or a signal).
+    pub fn hang_up(&self, worker: u32) -> Result<()> {
+        self.check_connected(worker)?;
+        self.command(Command::HangUp { worker })
     }
 
     /// Sends `signal` to a worker's process (only while it is unreaped, so

@@ -112,6 +112,8 @@ pub enum AfterCrash {
 pub struct Slot {
     pub index: u32,
     pub env: Vec<(OsString, OsString)>,
+    /// Program and directory of this slot's fork, if not the primary's.
+    pub overrides: crate::spawn::SpawnOverrides,
     /// The worker serving this slot (none while it is being restarted).
     pub worker: Option<u32>,
     pub replacement: Option<Replacement>,
@@ -132,6 +134,7 @@ impl Slot {
         Slot {
             index,
             env,
+            overrides: Default::default(),
             worker: None,
             replacement: None,
             restarts: 0,

@@ -11,6 +11,8 @@ const os = require('os');
 const { Worker } = require('./worker');
 const runtime = require('./runtime');
 const { sendArgs, decode, channelClosed } = require('./messages');
+const internal = require('./internal');
+const { setupSharedSockets } = require('./shared_sockets');
 
 /** How many connections may be accepted ahead of JS (without maxConnections). */
 const ACCEPT_WINDOW = 64;
@@ -65,13 +67,20 @@ function setupChild(cluster, native) {
   // runtimes that keep a copy of it (Bun, Deno) need this too.
   delete process.env.RCLUSTER_WORKER_ID;
   delete process.env.RCLUSTER_CHANNEL_FD;
+  const nodePrimary = process.env[internal.PRIMARY_ENV] === '1';
+  delete process.env[internal.PRIMARY_ENV];
   const pollMode = usePollMode(native);
   const keepAlive = new runtime.KeepAlive();
   const servers = new Set(); // ClusterServer
   let connected = true;
   let closingChannel = false;
+  let leaving = false; // sent LEAVING, waiting for the primary's LEAVING_ACK
+  let channelRef = true; // process.channel.ref()/unref()
 
   const worker = new Worker({ id: channel.id, process, state: 'online' });
+  // process.connected is the runtime's own (a getter in Bun, where setting it
+  // does nothing): ours says whether this channel is open.
+  worker.isConnected = () => connected;
   cluster.isWorker = true;
   cluster.isPrimary = false;
   cluster.isMaster = false;
@@ -82,7 +91,26 @@ function setupChild(cluster, native) {
   // worker alive; it ends with disconnect() or when the primary says so.
   keepAlive.ref();
 
-  process.connected = true;
+  try {
+    Object.defineProperty(process, 'connected', { configurable: true, enumerable: true, get: () => connected });
+  } catch (e) {
+    process.connected = true; // not redefinable here: kept up to date by hand below
+  }
+  // As Node's IPC channel handle: unref() lets the worker exit while the
+  // channel is open, ref() keeps it alive again.
+  process.channel = {
+    ref() {
+      if (!channelRef && connected) keepAlive.ref();
+      channelRef = true;
+    },
+    unref() {
+      if (channelRef && connected) keepAlive.unref();
+      channelRef = false;
+    },
+    hasRef() {
+      return channelRef && connected;
+    },
+  };
   process.send = function send(...args) {
     const { text, callback } = sendArgs(args);
     if (!connected) {
@@ -116,9 +144,9 @@ function setupChild(cluster, native) {
     if (!connected) return;
     connected = false;
     closingChannel = true;
-    process.connected = false;
+    if (process.connected) process.connected = false;
     channel.close();
-    keepAlive.unref();
+    if (channelRef) keepAlive.unref();
     process.nextTick(() => process.emit('disconnect'));
   }
 
@@ -127,7 +155,7 @@ function setupChild(cluster, native) {
     worker.exitedAfterDisconnect = true;
     let waiting = 1;
     const done = () => {
-      if (--waiting === 0) closeChannel();
+      if (--waiting === 0) leave();
     };
     for (const state of [...servers]) {
       waiting++;
@@ -135,6 +163,25 @@ function setupChild(cluster, native) {
       state.drainThenClose();
     }
     done();
+  }
+
+  /**
+   * Closes the channel once the primary has acknowledged that this worker
+   * leaves on purpose (as Node's worker waits for its primary), so the
+   * primary's 'disconnect' already sees exitedAfterDisconnect.
+   */
+  function leave() {
+    if (!connected || leaving) return;
+    if (!nodePrimary) {
+      closeChannel();
+      return;
+    }
+    leaving = true;
+    try {
+      channel.send(internal.LEAVING);
+    } catch (e) {
+      closeChannel(); // the channel broke: nothing to wait for
+    }
   }
 
   worker.disconnect = function disconnect() {
@@ -160,6 +207,10 @@ function setupChild(cluster, native) {
     if (process.env.RCLUSTER_DEBUG) console.error('worker event', event);
     switch (event.kind) {
       case 'message': {
+        if (internal.isInternal(event.data)) {
+          if (event.data === internal.LEAVING_ACK && leaving) closeChannel();
+          return;
+        }
         let message;
         try {
           message = decode(event.data);
@@ -182,8 +233,8 @@ function setupChild(cluster, native) {
       case 'primary_gone':
         if (!closingChannel && connected) {
           connected = false;
-          process.connected = false;
-          keepAlive.unref();
+          if (process.connected) process.connected = false;
+          if (channelRef) keepAlive.unref();
           process.emit('disconnect');
         }
         break;
@@ -435,7 +486,7 @@ function setupChild(cluster, native) {
       if (this.closed) return;
       if (this.listener && this.draining) {
         this.grant(UNLIMITED);
-        return; // onAccepted closes the server when the listener ends
+        return; // onAccepted / onReadable close the server when the listener ends
       }
       this.server.close();
     }
@@ -448,7 +499,9 @@ function setupChild(cluster, native) {
         this.pausedListener.close(); // gives the port-0 place up
         this.pausedListener = null;
       }
-      servers.delete(this);
+      // Counted until its 'close' (its connections ended): a disconnect
+      // that comes meanwhile waits for it, as Node's worker does.
+      this.server.once('close', () => servers.delete(this));
     }
 
     emitClose() {
@@ -529,7 +582,15 @@ function setupChild(cluster, native) {
       throw e;
     }
     if (typeof callback === 'function') server.once('listening', callback);
-    resolveHost(options.host, (err, host, defaulted) => {
+    // Asynchronous, as Node's round trip to the primary is: 'listening' and
+    // 'error' come after listen() returns, so handlers attached after the
+    // call (`server.listen(port); server.on('error', ...)`) see them.
+    process.nextTick(() => resolveHost(options.host, (err, host, defaulted) => {
+      if (!connected || worker.state === 'disconnecting' || worker.state === 'destroying') {
+        // Asked to leave before the request went out: like a listen whose
+        // answer never comes in Node, the server does not listen.
+        return;
+      }
       if (err) {
         server.emit('error', err);
         return;
@@ -558,7 +619,7 @@ function setupChild(cluster, native) {
       else installOverrides(server, state);
       state.refill();
       server.emit('listening');
-    });
+    }));
     return server;
   }
 
@@ -571,11 +632,25 @@ function setupChild(cluster, native) {
       if (first._handle || first.handle || first.fd !== undefined) return { options: null, callback };
       return { options: first, callback };
     }
-    if (typeof first === 'string' && !/^\d+$/.test(first)) return { options: null, callback }; // a pipe path
+    if (typeof first === 'string' && !/^\d+$/.test(first)) return { options: { path: first }, callback }; // a pipe path
     const options = { port: first };
     if (typeof rest[1] === 'string') options.host = rest[1];
     return { options, callback };
   }
+
+  const shared = setupSharedSockets({
+    channel,
+    servers,
+    canListen: () => connected && worker.state !== 'disconnecting' && worker.state !== 'destroying',
+    announce(info) {
+      if (!nodePrimary || !connected) return;
+      try {
+        channel.send(internal.listening(info));
+      } catch (e) {
+        // the channel is closing: nobody to tell
+      }
+    },
+  });
 
   const patched = new WeakSet();
   function patchListen(proto) {
@@ -584,10 +659,12 @@ function setupChild(cluster, native) {
     if (patched.has(original)) return;
     const listen = function listen(...args) {
       const { options, callback } = listenOptions(args);
-      // Pipes, handles, fds and `exclusive` listens are the worker's own, as in Node.
-      if (options === null || options.path !== undefined || options.exclusive === true) {
+      // Handles, fds and `exclusive` listens are the worker's own, as in Node.
+      if (options === null || options.exclusive === true) {
         return original.apply(this, args);
       }
+      // A pipe path: the primary binds it once and every worker shares it.
+      if (options.path !== undefined) return shared.listenPipe(this, String(options.path), callback, original);
       return listenThroughPrimary(this, options, callback);
     };
     patched.add(listen);

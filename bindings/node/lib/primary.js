@@ -10,6 +10,7 @@ const os = require('os');
 const { Worker } = require('./worker');
 const runtime = require('./runtime');
 const { sendArgs, decode, channelClosed } = require('./messages');
+const internal = require('./internal');
 
 const SCHED_NONE = 1;
 const SCHED_RR = 2;
@@ -52,7 +53,7 @@ function policyFromEnv() {
 
 /**
  * rcluster's events under the names 0.1 gave them, before every layer took
- * the core's (docs/decisions/one-name-per-event.md): still emitted, deprecated.
+ * the core's (docs/decisions/one-table-per-kind.md): still emitted, deprecated.
  */
 const DEPRECATED_EVENT_NAMES = {
   crash_loop: 'crashloop',
@@ -62,14 +63,49 @@ const DEPRECATED_EVENT_NAMES = {
   reload_failed: 'reloadfailed',
 };
 
-const UNSUPPORTED_SETTINGS = ['uid', 'gid', 'stdio', 'inspectPort', 'serialization'];
+/** A parent's IPC channel variables: the primary's, never its workers'. */
+const FOREIGN_CHANNEL_ENV = ['NODE_CHANNEL_FD', 'NODE_CHANNEL_SERIALIZATION_MODE', 'NODE_UNIQUE_ID'];
+
+const UNSUPPORTED_SETTINGS = ['uid', 'gid', 'inspectPort', 'serialization'];
+
+/**
+ * A worker's stdin, stdout and stderr as the core takes them ('pipe',
+ * 'inherit', 'ignore'), from Node's `silent` and `stdio` settings; null for
+ * the primary's own (inherited). As in Node, `stdio` overrides `silent` and
+ * must hold an 'ipc' entry; what the core cannot give a worker (streams,
+ * other fds, extra entries) is refused, not ignored.
+ */
+function stdioModes(settings) {
+  if (settings.stdio === undefined || settings.stdio === null) {
+    return settings.silent ? ['pipe', 'pipe', 'pipe'] : null;
+  }
+  const stdio = settings.stdio;
+  if (!Array.isArray(stdio) || !stdio.includes('ipc')) {
+    const e = new TypeError('Forked processes must have an IPC channel, missing value \'ipc\' in options.stdio');
+    e.code = 'ERR_CHILD_PROCESS_IPC_REQUIRED';
+    throw e;
+  }
+  stdio.forEach((entry, i) => {
+    if (i > 2 && entry !== 'ipc') {
+      throw new Error(`rcluster: stdio[${i}] (${String(entry)}) is not supported: a worker gets stdin, stdout, stderr and the channel only`);
+    }
+  });
+  return [0, 1, 2].map((i) => {
+    const entry = stdio[i];
+    if (entry === undefined || entry === null || entry === 'pipe' || entry === 'overlapped') return 'pipe';
+    if (entry === 'inherit' || entry === i) return 'inherit';
+    if (entry === 'ignore') return 'ignore';
+    throw new Error(
+      `rcluster: stdio[${i}] (${String(entry)}) is not supported for a worker: use 'pipe', 'inherit', 'ignore' or ${i}`,
+    );
+  });
+}
 
 function setupPrimary(cluster, native) {
   const intercom = new EventEmitter();
   const keepAlive = new runtime.KeepAlive();
   const everyWorker = new Map(); // id -> Worker, until its exit
   let primary = null; // the NativePrimary, made on first use
-  let spawnKey = null; // argv+cwd it was made with
   let initialized = false;
   let shutdownPromise = null;
   const warned = new Set();
@@ -101,12 +137,6 @@ function setupPrimary(cluster, native) {
       ...cluster.settings,
       ...options,
     };
-    if (settings.silent) {
-      warnOnce(
-        'silent',
-        'rcluster: `silent` is not supported yet (the core\'s SpawnSpec has no stdio setting); worker output is inherited',
-      );
-    }
     for (const key of UNSUPPORTED_SETTINGS) {
       if (options && options[key] !== undefined) {
         warnOnce(key, `rcluster: the cluster setting \`${key}\` is not supported and is ignored`);
@@ -125,23 +155,18 @@ function setupPrimary(cluster, native) {
   };
   cluster.setupMaster = cluster.setupPrimary;
 
+  /** The NativePrimary, made on first use with the settings of the time. */
   function nativePrimary() {
+    if (primary !== null) return primary;
     const settings = cluster.settings;
-    const argv = runtime.workerArgv(settings);
-    const key = JSON.stringify([argv, settings.cwd || null]);
-    if (primary !== null) {
-      if (key !== spawnKey) {
-        throw new Error(
-          'rcluster: exec, args, execArgv and cwd cannot change after the first fork ' +
-            '(the core takes one SpawnSpec per primary; Primary::fork has no per-fork override)',
-        );
-      }
-      return primary;
-    }
     // The addon takes the settings as they are: its PrimaryOptions defines
     // them (names, units, defaults) for this file and index.d.ts alike.
-    primary = new native.NativePrimary({ ...settings, argv, policy: POLICY_NAMES.get(cluster.schedulingPolicy) });
-    spawnKey = key;
+    // exec, args, execArgv and cwd are read again on every fork (cluster.fork).
+    primary = new native.NativePrimary({
+      ...settings,
+      argv: runtime.workerArgv(settings),
+      policy: POLICY_NAMES.get(cluster.schedulingPolicy),
+    });
     primary.start(onEvent);
     return primary;
   }
@@ -153,8 +178,23 @@ function setupPrimary(cluster, native) {
     for (const [k, v] of Object.entries({ ...process.env, ...cluster.settings.env, ...env })) {
       if (v !== undefined) merged[k] = String(v);
     }
-    const { id, pid } = p.fork(merged);
-    return adopt(id, pid);
+    merged[internal.PRIMARY_ENV] = '1'; // this worker may send internal messages
+    // A primary that child_process.fork() started has its own IPC channel
+    // named here (Bun keeps the variable): a worker finding it would take
+    // fd 3, its rcluster channel, for that channel and read our frames.
+    for (const key of FOREIGN_CHANNEL_ENV) delete merged[key];
+    // exec, args, execArgv and cwd as setupPrimary() has them now: each
+    // fork (and its restarts) runs what the settings said at its fork, as in Node.
+    const settings = cluster.settings;
+    const stdio = stdioModes(settings);
+    const forked = p.fork(merged, runtime.workerArgv(settings), settings.cwd === undefined ? null : String(settings.cwd), stdio);
+    const worker = adopt(forked.id, forked.pid);
+    const proc = worker.process;
+    if (forked.stdin != null) proc.stdin = runtime.pipeStream(forked.stdin, 'write');
+    if (forked.stdout != null) proc.stdout = runtime.pipeStream(forked.stdout, 'read');
+    if (forked.stderr != null) proc.stderr = runtime.pipeStream(forked.stderr, 'read');
+    proc.stdio = [proc.stdin, proc.stdout, proc.stderr];
+    return worker;
   };
 
   /** The Worker object for a started process (forked here, or by the core's supervision). */
@@ -194,14 +234,22 @@ function setupPrimary(cluster, native) {
     return this;
   }
 
+  /**
+   * worker.kill(signal), as Node's: the signal is sent at once and the
+   * channel closed from here (the worker is not asked, so
+   * exitedAfterDisconnect stays false). A hung worker gets the signal
+   * without waiting. Node closes the channel first and signals on the
+   * 'disconnect' it emits a tick later; here that event comes from the
+   * primary's thread after the worker too saw the hang-up (and it may have
+   * exited 0 on it already), so the signal goes first: a worker that keeps
+   * the default action dies of it, one that handles it then finds its
+   * channel closed, as in Node.
+   */
   function destroyWorker(signal) {
     const signo = signalNumber(signal);
-    if (this.isConnected()) {
-      this.once('disconnect', () => this.process.kill(signo));
-      this.disconnect();
-      return;
-    }
+    const connected = this.isConnected();
     this.process.kill(signo);
+    if (connected) this.process.disconnect();
   }
 
   cluster.disconnect = function disconnect(cb) {
@@ -308,6 +356,12 @@ function setupPrimary(cluster, native) {
     cluster.emit(old, ...args);
   }
 
+  function emitListening(worker, info) {
+    worker.state = 'listening';
+    worker.emit('listening', info);
+    cluster.emit('listening', worker, info);
+  }
+
   function onEvent(event) {
     const worker = event.worker !== null && event.worker !== undefined ? everyWorker.get(event.worker) : undefined;
     switch (event.kind) {
@@ -332,14 +386,25 @@ function setupPrimary(cluster, native) {
         const key = `${event.address}:${event.port}`;
         if (worker._listening.has(key)) break;
         worker._listening.add(key);
-        const info = { addressType: event.family, address: event.address, port: event.port, fd: undefined };
-        worker.state = 'listening';
-        worker.emit('listening', info);
-        cluster.emit('listening', worker, info);
+        emitListening(worker, { addressType: event.family, address: event.address, port: event.port, fd: undefined });
         break;
       }
       case 'message': {
         if (!worker) break;
+        if (internal.isInternal(event.data)) {
+          if (event.data === internal.LEAVING) {
+            // cluster.worker.disconnect() in the worker: known before its 'disconnect'.
+            worker.exitedAfterDisconnect = true;
+            try {
+              primary.send(worker.id, internal.LEAVING_ACK);
+            } catch (e) {
+              // it hung up already: nothing waits for the answer
+            }
+          }
+          const info = internal.parseListening(event.data);
+          if (info !== null) emitListening(worker, { ...info, fd: undefined });
+          break;
+        }
         let message;
         try {
           message = decode(event.data);
@@ -466,9 +531,14 @@ function setupPrimary(cluster, native) {
       return true;
     }
 
+    /** Closes the channel from this side at once, as child_process's disconnect(). */
     disconnect() {
       if (!this.connected) return;
-      this._primary.disconnect(this._id);
+      try {
+        this._primary.hangUp(this._id);
+      } catch (e) {
+        // It hung up already: its 'disconnect' event is on the way.
+      }
     }
   }
 }

@@ -77,6 +77,21 @@ function tcpHandleClass() {
   return tcpClass;
 }
 
+/**
+ * A stream over one end of a worker's stdio pipe (the fd is now the
+ * stream's), as child_process gives `subprocess.stdout`. Node and Deno wrap
+ * it in their pipe handle (`net.Socket({ fd })`; Deno's fs streams take
+ * only its own resource ids); Bun's net.Socket leaves an adopted fd inert,
+ * so Bun reads and writes it through fs streams.
+ */
+function pipeStream(fd, direction) {
+  const fs = require('fs');
+  if (name !== 'bun') {
+    return new net.Socket({ fd, readable: direction === 'read', writable: direction === 'write' });
+  }
+  return direction === 'read' ? fs.createReadStream(null, { fd }) : fs.createWriteStream(null, { fd });
+}
+
 /** A ref-counted keep-alive: the process stays up while anything holds a ref. */
 class KeepAlive {
   constructor() {
@@ -95,4 +110,4 @@ class KeepAlive {
   }
 }
 
-module.exports = { isBun, isDeno, name, workerArgv, socketFromFd, KeepAlive };
+module.exports = { isBun, isDeno, name, workerArgv, socketFromFd, pipeStream, KeepAlive };

@@ -9,7 +9,10 @@ use std::time::Duration;
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::ThreadsafeFunctionCallMode;
 use napi_derive::napi;
-use rcluster::{Config, Event, Exit, PolicyKind, Primary, SpawnSpec, Supervision, WorkerStats};
+use rcluster::{
+    Config, Event, Exit, PolicyKind, Primary, SpawnOverrides, SpawnSpec, StdioMode, Supervision, WorkerState,
+    WorkerStats,
+};
 
 use crate::js_error;
 
@@ -216,6 +219,24 @@ impl ClusterEvent {
 pub struct ForkedWorker {
     pub id: u32,
     pub pid: i32,
+    /// The primary's ends of the worker's piped stdin, stdout, stderr
+    /// (fds JS now owns), where `stdio` asked for a pipe.
+    pub stdin: Option<i32>,
+    pub stdout: Option<i32>,
+    pub stderr: Option<i32>,
+}
+
+/// Node's stdio names for a worker's first three streams.
+fn stdio_mode(name: &str) -> Result<StdioMode> {
+    match name {
+        "inherit" => Ok(StdioMode::Inherit),
+        "pipe" => Ok(StdioMode::Pipe),
+        "ignore" => Ok(StdioMode::Null),
+        other => Err(Error::new(
+            Status::InvalidArg,
+            format!("rcluster: stdio {other:?} is not supported for a worker's stdin, stdout or stderr (use 'pipe', 'inherit' or 'ignore')"),
+        )),
+    }
 }
 
 /// One worker's numbers (`cluster.stats()`).
@@ -359,12 +380,35 @@ impl NativePrimary {
         Ok(())
     }
 
-    /// Starts a worker with `env` added to its environment.
+    /// Starts a worker with `env` added to its environment; `argv` and `cwd`,
+    /// when given, in place of the primary's (Node's `setupPrimary` between forks).
     #[napi]
-    pub fn fork(&self, js: &Env, env: HashMap<String, String>) -> Result<ForkedWorker> {
+    pub fn fork(
+        &self,
+        js: &Env,
+        env: HashMap<String, String>,
+        argv: Option<Vec<String>>,
+        cwd: Option<String>,
+        stdio: Option<Vec<String>>,
+    ) -> Result<ForkedWorker> {
+        let stdio = match stdio {
+            None => None,
+            Some(names) if names.len() == 3 => {
+                Some([stdio_mode(&names[0])?, stdio_mode(&names[1])?, stdio_mode(&names[2])?])
+            }
+            Some(names) => {
+                return Err(Error::new(Status::InvalidArg, format!("stdio needs 3 entries, got {}", names.len())))
+            }
+        };
         let env = env.into_iter().map(|(k, v)| (OsString::from(k), OsString::from(v))).collect();
-        let info = self.inner.fork(env).map_err(js_error(js))?;
-        Ok(ForkedWorker { id: info.id, pid: info.pid })
+        let overrides = SpawnOverrides {
+            argv: argv.map(|argv| argv.into_iter().map(OsString::from).collect()),
+            cwd: cwd.map(OsString::from),
+            stdio,
+        };
+        let (info, [stdin, stdout, stderr]) = self.inner.fork_with(env, overrides).map_err(js_error(js))?;
+        let raw = |fd: Option<std::os::fd::OwnedFd>| fd.map(std::os::fd::IntoRawFd::into_raw_fd);
+        Ok(ForkedWorker { id: info.id, pid: info.pid, stdin: raw(stdin), stdout: raw(stdout), stderr: raw(stderr) })
     }
 
     /// Binds a listener up front; workers asking for the same address share it.
@@ -389,6 +433,12 @@ impl NativePrimary {
     #[napi]
     pub fn disconnect(&self, js: &Env, worker: u32) -> Result<()> {
         self.inner.disconnect(worker).map_err(js_error(js))
+    }
+
+    /// Closes a worker's channel at once (Node's `worker.process.disconnect()`).
+    #[napi]
+    pub fn hang_up(&self, js: &Env, worker: u32) -> Result<()> {
+        self.inner.hang_up(worker).map_err(js_error(js))
     }
 
     /// Sends a signal to a worker's process.

@@ -9,7 +9,15 @@ use std::time::Duration;
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::ThreadsafeFunctionCallMode;
 use napi_derive::napi;
-use rcluster::{Code, EventKind, Listener, Worker, WorkerEvent};
+use rcluster::{Code, EventKind, Listener, SocketKind, Worker, WorkerEvent};
+
+/// A socket the primary shares (`NativeWorker.share`).
+#[napi(object)]
+pub struct SharedSocket {
+    pub fd: i32,
+    pub port: u32,
+    pub address: String,
+}
 
 use crate::js_error;
 
@@ -124,6 +132,20 @@ impl NativeWorker {
         let timeout = Duration::from_millis(timeout_ms.unwrap_or(30_000) as u64);
         let listener = self.inner.listen(&host, port, Some(timeout)).map_err(js_error(js))?;
         NativeListener::new(listener)
+    }
+
+    /// Asks the primary for a socket it binds once and shares with every
+    /// worker asking the same (`kind`: unix, udp4, udp6; `address` a path
+    /// for unix): Node's cluster sharing of pipe servers and dgram sockets.
+    /// The fd is JS's (close-on-exec). Blocks until the primary answers.
+    #[napi]
+    pub fn share(&self, js: &Env, kind: String, address: String, port: u32, index: u32) -> Result<SharedSocket> {
+        let kind = SocketKind::from_name(&kind).map_err(js_error(js))?;
+        let port = u16::try_from(port).map_err(|_| Error::new(Status::InvalidArg, format!("bad port {port}")))?;
+        let index = u16::try_from(index).map_err(|_| Error::new(Status::InvalidArg, format!("bad index {index}")))?;
+        let (fd, port, address) =
+            self.inner.share(kind, &address, port, index, Some(Duration::from_secs(30))).map_err(js_error(js))?;
+        Ok(SharedSocket { fd: fd.into_raw_fd(), port: port as u32, address })
     }
 
     /// Tells the primary this worker is ready (for primaries with `waitReady`).

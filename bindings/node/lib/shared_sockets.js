@@ -1,0 +1,155 @@
+'use strict';
+// In a worker: Unix-socket (pipe) servers and dgram sockets shared through
+// the primary, as Node's cluster shares them. The primary binds each path
+// (or UDP address and port) once and hands the same socket to every worker
+// asking for it (`channel.share`); the worker then serves it itself, as
+// Node's workers serve the handle their primary sends. Listens with
+// `exclusive: true`, an fd or a handle stay the worker's own, as in Node.
+
+const dgram = require('dgram');
+const os = require('os');
+const runtime = require('./runtime');
+
+/**
+ * What a runtime cannot do with a socket the primary shares, and so refuses
+ * with an error rather than doing something else: Bun's servers do not
+ * adopt a listening fd (`listen({ fd })` is ignored or EINVAL), Deno's dgram
+ * does not adopt a UDP fd ("Unsupported fd type").
+ */
+const CANNOT = {
+  pipe: runtime.isBun
+    ? "under Bun a worker cannot serve a Unix socket shared through the primary (Bun's servers do not adopt a listening fd)"
+    : null,
+  dgram: runtime.isDeno
+    ? "under Deno a worker cannot use a UDP socket shared through the primary (Deno's dgram does not adopt an fd)"
+    : null,
+};
+
+function unsupported(why, instead) {
+  const e = new Error(`rcluster: ${why}; ${instead}`);
+  e.code = 'ERR_RCLUSTER_UNSUPPORTED';
+  return e;
+}
+
+const errnoNames = new Map(Object.entries(os.constants.errno).map(([k, v]) => [v, k]));
+
+/** A share error as Node reports a bind/listen error: code, errno, syscall, address, port. */
+function shareError(e, syscall, address, port) {
+  const m = /\(errno (\d+)\)/.exec(e.message);
+  const errno = m ? Number(m[1]) : 0;
+  const code = errnoNames.get(errno) || 'RCLUSTER_SHARE';
+  const error = new Error(`${syscall} ${code}: ${e.message.replace(/^\[[A-Z_]+\] /, '')}`);
+  error.code = code;
+  error.errno = -errno;
+  error.syscall = syscall;
+  error.address = address;
+  if (port !== undefined) error.port = port;
+  return error;
+}
+
+/**
+ * `ctx`: { channel, servers (the worker's Set of things to close on
+ * disconnect), canListen() (false once the worker is leaving),
+ * announce(info) (the primary's 'listening' event) }.
+ */
+function setupSharedSockets(ctx) {
+  /** Tracks a pipe server or dgram socket: closed (and waited for) when the worker leaves. */
+  function track(target, close) {
+    const entry = {
+      server: target,
+      draining: false,
+      drainThenClose: close,
+    };
+    ctx.servers.add(entry);
+    target.once('close', () => ctx.servers.delete(entry));
+  }
+
+  /** server.listen(path) through the primary; `original` is net.Server's listen. */
+  function listenPipe(server, path, callback, original) {
+    if (typeof callback === 'function') server.once('listening', callback);
+    process.nextTick(() => {
+      if (!ctx.canListen()) return;
+      if (CANNOT.pipe) {
+        server.emit('error', unsupported(CANNOT.pipe, 'listen with { path, exclusive: true } to serve it from this worker alone'));
+        return;
+      }
+      let shared;
+      try {
+        shared = ctx.channel.share('unix', path, 0, 0);
+      } catch (e) {
+        server.emit('error', shareError(e, 'listen', path));
+        return;
+      }
+      server.once('listening', () => ctx.announce({ addressType: -1, address: path, port: undefined }));
+      track(server, () => server.close());
+      original.call(server, { fd: shared.fd });
+    });
+    return server;
+  }
+
+  // ----- dgram ---------------------------------------------------------------
+
+  const Socket = dgram.Socket;
+  const originalBind = Socket.prototype.bind;
+  const kSharing = Symbol('rcluster.sharing');
+  const portZero = new Map(); // `${type} ${address}` -> next index
+
+  /** bind()'s arguments as Node reads them. */
+  function bindArgs(args) {
+    const callback = args.find((a) => typeof a === 'function');
+    if (args[0] !== null && typeof args[0] === 'object') {
+      const { port = 0, address, exclusive = false, fd } = args[0];
+      return { port, address, exclusive, fd, callback };
+    }
+    const port = typeof args[0] === 'function' || args[0] === undefined ? 0 : args[0];
+    const address = typeof args[1] === 'string' ? args[1] : undefined;
+    return { port, address, exclusive: false, fd: undefined, callback };
+  }
+
+  Socket.prototype.bind = function bind(...args) {
+    const { port, address, exclusive, fd, callback } = bindArgs(args);
+    if (exclusive || fd !== undefined || !ctx.canListen()) return originalBind.apply(this, args);
+    if (this[kSharing]) {
+      // Node's send() binds implicitly while our bind is on its way: one is enough.
+      if (typeof callback === 'function') this.once('listening', callback);
+      return this;
+    }
+    this[kSharing] = true;
+    const type = this.type === 'udp6' ? 'udp6' : 'udp4';
+    const number = Number(port) || 0;
+    const host = address === undefined || address === null ? '' : String(address);
+    let index = 0;
+    if (number === 0) {
+      const key = `${type} ${host}`;
+      index = portZero.get(key) || 0;
+      portZero.set(key, index + 1);
+    }
+    if (typeof callback === 'function') this.once('listening', callback);
+    // Asynchronous, as Node's bind through its primary is.
+    process.nextTick(() => {
+      if (CANNOT.dgram) {
+        this[kSharing] = false;
+        this.emit('error', unsupported(CANNOT.dgram, 'bind with { exclusive: true } for a socket of this worker alone'));
+        return;
+      }
+      let shared;
+      try {
+        shared = ctx.channel.share(type, host, number, index);
+      } catch (e) {
+        this[kSharing] = false;
+        this.emit('error', shareError(e, 'bind', host || (type === 'udp6' ? '::' : '0.0.0.0'), number));
+        return;
+      }
+      this.once('listening', () =>
+        ctx.announce({ addressType: type, address: shared.address, port: shared.port }),
+      );
+      track(this, () => this.close());
+      originalBind.call(this, { fd: shared.fd });
+    });
+    return this;
+  };
+
+  return { listenPipe };
+}
+
+module.exports = { setupSharedSockets };
