@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::os::fd::RawFd;
+use std::os::fd::{OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -23,7 +23,9 @@ pub enum Exit {
 }
 
 /// Something that happened in the cluster, seen from the primary.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// Not `Clone`: a message's file descriptors have one owner.
+#[derive(Debug)]
 pub enum Event {
     /// A worker process was started, in `slot` (none for a raw fork), with
     /// the primary's current reload `generation`.
@@ -32,8 +34,12 @@ pub enum Event {
     Online { worker: u32, pid: i32 },
     /// The worker is now served connections of `address`.
     Listening { worker: u32, pid: i32, address: SocketAddr },
-    /// The worker sent application bytes.
-    Message { worker: u32, pid: i32, data: Vec<u8> },
+    /// The worker sent application bytes, with the file descriptors it
+    /// attached (only when `Config::message_fds` is on; at most
+    /// `channel::MAX_FDS`, close-on-exec, owned by whoever holds the event).
+    /// Fewer than were sent when this process ran out of fds (the kernel
+    /// drops the rest).
+    Message { worker: u32, pid: i32, data: Vec<u8>, fds: Vec<OwnedFd> },
     /// The worker's channel closed.
     Disconnect { worker: u32, pid: i32 },
     /// The worker process ended. `after_disconnect`: it had been asked to leave, or left on purpose.
@@ -137,10 +143,12 @@ pub struct Metrics {
 }
 
 /// Something that happened, seen from a worker.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum WorkerEvent {
-    /// The primary sent application bytes.
-    Message(Vec<u8>),
+    /// The primary sent application bytes, with the file descriptors it
+    /// attached (close-on-exec, owned by whoever holds the event; fewer than
+    /// were sent when this process ran out of fds).
+    Message { data: Vec<u8>, fds: Vec<OwnedFd> },
     /// The primary asks this worker to finish what it holds and leave.
     Disconnect,
     /// The primary is gone (the channel hung up).

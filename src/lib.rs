@@ -20,6 +20,7 @@ pub mod channel;
 pub mod error;
 pub mod event;
 pub mod ffi;
+pub mod message_fds;
 pub mod primary;
 pub mod spawn;
 mod sys;

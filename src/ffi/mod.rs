@@ -16,10 +16,12 @@
 
 mod channel;
 mod handles;
+mod messages;
 mod primary;
 mod worker;
 
 pub use channel::*;
+pub use messages::*;
 pub use primary::*;
 pub use worker::*;
 

@@ -46,6 +46,7 @@ use super::{Command, Config, Shared, WorkerInfo};
 use crate::channel::{self, Reassembler};
 use crate::error::{Code, Error, Result};
 use crate::event::{Event, Exit, Metrics, PrimaryStats, WorkerState, WorkerStats};
+use crate::message_fds;
 use crate::spawn::{self, Spawned};
 use crate::sys::{self, ExitStatus};
 use crate::wire::Frame;
@@ -401,6 +402,14 @@ impl EventLoop {
                     let _ = reply.send(self.listen(&host, port));
                 }
                 Command::Send { .. } => unreachable!("sends are batched above"),
+                // HOOK(handles): a message with fds is a User frame of its own, after the batch above.
+                Command::SendFds { worker, data, fds } => {
+                    if let Some(entry) = self.workers.get_mut(&worker) {
+                        entry.messages_out += 1;
+                    }
+                    let fds: Vec<Arc<OwnedFd>> = fds.into_iter().map(Arc::new).collect();
+                    self.send_frame(worker, &Frame::encode_user(&data), &fds);
+                }
                 Command::SendFrames { worker, frames, count } => {
                     if let Some(entry) = self.workers.get_mut(&worker) {
                         entry.messages_out += count as u64;
@@ -433,7 +442,7 @@ impl EventLoop {
     /// cannot be written at once is counted again while in the outbox).
     fn unreserve(&self, command: &Command) {
         let (worker, bytes) = match command {
-            Command::Send { worker, data } => (*worker, data.len()),
+            Command::Send { worker, data } | Command::SendFds { worker, data, .. } => (*worker, data.len()),
             Command::SendFrames { worker, frames, .. } => (*worker, frames.iter().map(Vec::len).sum()),
             _ => return,
         };
@@ -1196,12 +1205,14 @@ impl EventLoop {
     }
 
     fn on_frame(&mut self, worker: u32, message: channel::Message) {
-        if !message.fds.is_empty() || message.fds_lost {
-            // Workers never send fds; the ones that came are closed with the message.
-            return self.worker_error(worker, Error::new(Code::Protocol, "worker sent file descriptors"));
-        }
-        let frame = match Frame::decode(message.data) {
+        let channel::Message { data, fds, fds_lost } = message;
+        let frame = match Frame::decode(data) {
             Ok(frame) => frame,
+            Err(e) => return self.worker_error(worker, e),
+        };
+        // HOOK(handles): fds only on a User frame, and only if the host asked for them.
+        let fds = match message_fds::take(&frame, fds, fds_lost, self.config.message_fds) {
+            Ok(fds) => fds,
             Err(e) => return self.worker_error(worker, e),
         };
         let Some(entry) = self.workers.get_mut(&worker) else { return };
@@ -1249,7 +1260,7 @@ impl EventLoop {
             }
             Frame::User(data) => {
                 entry.messages_in += 1;
-                self.shared.emit(Event::Message { worker, pid, data });
+                self.shared.emit(Event::Message { worker, pid, data, fds });
             }
             Frame::Users(messages) => {
                 entry.messages_in += messages.len() as u64;
