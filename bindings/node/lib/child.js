@@ -11,6 +11,7 @@ const os = require('os');
 const { Worker } = require('./worker');
 const runtime = require('./runtime');
 const { sendArgs, decode, channelClosed } = require('./messages');
+const handles = require('./handles');
 
 /** How many connections may be accepted ahead of JS (without maxConnections). */
 const ACCEPT_WINDOW = 64;
@@ -81,14 +82,15 @@ function setupChild(cluster, native) {
 
   process.connected = true;
   process.send = function send(...args) {
-    const { text, callback } = sendArgs(args);
+    const { deliver, callback } = sendArgs(args);
     if (!connected) {
       const error = channelClosed();
       if (callback) process.nextTick(callback, error);
       else process.nextTick(() => process.emit('error', error));
       return false;
     }
-    channel.send(text);
+    // HOOK(handles): a handle travels as fds attached to the message.
+    deliver((text, fds) => (fds ? channel.sendFds(text, fds) : channel.send(text)));
     if (callback) process.nextTick(callback, null);
     return true;
   };
@@ -161,10 +163,12 @@ function setupChild(cluster, native) {
         try {
           message = decode(event.data);
         } catch (e) {
+          handles.closeFds(event.fds);
           process.emitWarning(`rcluster: the primary sent a message that is not JSON: ${e.message}`);
           return;
         }
-        process.emit('message', message, undefined);
+        // HOOK(handles): a handle envelope becomes (message, server or socket).
+        handles.receive(message, event.fds, (msg, handle) => process.emit('message', msg, handle));
         break;
       }
       case 'disconnect':

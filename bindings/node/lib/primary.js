@@ -10,6 +10,7 @@ const os = require('os');
 const { Worker } = require('./worker');
 const runtime = require('./runtime');
 const { sendArgs, decode, channelClosed } = require('./messages');
+const handles = require('./handles');
 
 const SCHED_NONE = 1;
 const SCHED_RR = 2;
@@ -339,15 +340,20 @@ function setupPrimary(cluster, native) {
         break;
       }
       case 'message': {
-        if (!worker) break;
+        if (!worker) {
+          handles.closeFds(event.fds);
+          break;
+        }
         let message;
         try {
           message = decode(event.data);
         } catch (e) {
+          handles.closeFds(event.fds);
           worker.process.emit('error', new Error(`rcluster: worker ${worker.id} sent a message that is not JSON: ${e.message}`));
           break;
         }
-        worker.process.emit('message', message, undefined);
+        // HOOK(handles): a handle envelope becomes (message, server or socket).
+        handles.receive(message, event.fds, (msg, handle) => worker.process.emit('message', msg, handle));
         break;
       }
       case 'disconnect':
@@ -440,7 +446,7 @@ function setupPrimary(cluster, native) {
     }
 
     send(...args) {
-      const { text, callback } = sendArgs(args);
+      const { deliver, callback } = sendArgs(args);
       if (!this.connected) {
         const error = channelClosed();
         if (callback) process.nextTick(callback, error);
@@ -448,7 +454,8 @@ function setupPrimary(cluster, native) {
         return false;
       }
       try {
-        this._primary.send(this._id, text);
+        // HOOK(handles): a handle travels as fds attached to the message.
+        deliver((text, fds) => (fds ? this._primary.sendFds(this._id, text, fds) : this._primary.send(this._id, text)));
       } catch (e) {
         if (callback) process.nextTick(callback, e);
         else process.nextTick(() => this.emit('error', e));

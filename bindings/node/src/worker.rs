@@ -22,17 +22,23 @@ pub struct WorkerEventJs {
     pub data: Option<String>,
     /// gone: why the channel ended.
     pub reason: Option<String>,
+    /// message: the file descriptors that came with it, owned by JS from
+    /// here (lib/handles.js wraps or closes each).
+    pub fds: Option<Vec<i32>>,
 }
 
 impl From<WorkerEvent> for WorkerEventJs {
     fn from(event: WorkerEvent) -> WorkerEventJs {
         match event {
-            WorkerEvent::Message(data) => WorkerEventJs {
+            WorkerEvent::Message { data, fds } => WorkerEventJs {
                 kind: "message".to_owned(),
                 data: Some(String::from_utf8_lossy(&data).into_owned()),
                 reason: None,
+                fds: crate::fds_to_js(fds),
             },
-            WorkerEvent::Disconnect => WorkerEventJs { kind: "disconnect".to_owned(), data: None, reason: None },
+            WorkerEvent::Disconnect => {
+                WorkerEventJs { kind: "disconnect".to_owned(), data: None, reason: None, fds: None }
+            }
             WorkerEvent::PrimaryGone => WorkerEventJs::gone("the primary is gone".to_owned()),
         }
     }
@@ -40,7 +46,7 @@ impl From<WorkerEvent> for WorkerEventJs {
 
 impl WorkerEventJs {
     fn gone(reason: String) -> WorkerEventJs {
-        WorkerEventJs { kind: "gone".to_owned(), data: None, reason: Some(reason) }
+        WorkerEventJs { kind: "gone".to_owned(), data: None, reason: Some(reason), fds: None }
     }
 }
 
@@ -114,6 +120,13 @@ impl NativeWorker {
     #[napi]
     pub fn send(&self, data: String) -> Result<()> {
         self.inner.send(data.as_bytes()).map_err(to_js_error)
+    }
+
+    /// Sends a message with file descriptors attached; the caller keeps them.
+    #[napi]
+    pub fn send_fds(&self, data: String, fds: Vec<i32>) -> Result<()> {
+        let fds = crate::borrow_fds(&fds).map_err(to_js_error)?;
+        self.inner.send_fds(data.as_bytes(), &fds).map_err(to_js_error)
     }
 
     /// Asks the primary to listen on `host:port` (port 0: an OS-picked port
