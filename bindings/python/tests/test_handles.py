@@ -117,3 +117,18 @@ def test_bad_fds_raise_clear_errors_and_leave_nothing_open():
         assert len(os.listdir("/proc/self/fd")) == before
         p.send(workers[0], b"bad")
         assert take(p)[0].json() == {"closed": "INVAL", "not_socket": "TypeError", "too_many": "TOOBIG"}
+
+
+def test_fds_a_primary_did_not_ask_for_cut_the_worker_off_and_are_closed():
+    before = len(os.listdir("/proc/self/fd"))
+    with primary() as p:
+        workers = up(p)
+        p.send(workers[0], b"unasked")
+        while True:
+            event = p.next_event(15.0)
+            assert event is not None, "no worker_error within 15 s"
+            assert event.kind != "message", "the message with fds was not delivered"
+            if event.kind == "worker_error":
+                break
+        assert event.worker_id == workers[0] and "does not accept" in event.text()
+    assert len(os.listdir("/proc/self/fd")) == before

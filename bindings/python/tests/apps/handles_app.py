@@ -7,6 +7,8 @@ On each message from the primary, by its text:
 - ``sticky LINE``: ``event.fds[0]`` is a client whose first line the primary
   read: answer ``worker ID got LINE`` on it and close it;
 - ``bounce``: send the same bytes and fds back, then close ours;
+- ``unasked``: send a message with stdin attached (to a primary that did
+  not ask for fds);
 - ``bad``: try a closed socket, an object that is not a socket, and one fd
   too many, and report what each raised as JSON (an error's code name).
 """
@@ -41,6 +43,8 @@ def main() -> None:
             me.send(event.data, fds=event.fds)
             for sock in event.fds:
                 sock.close()
+        elif verb == "unasked":
+            me.send(b"unasked", fds=[0])
         elif verb == "bad":
             closed = socket.socket()
             closed.close()
