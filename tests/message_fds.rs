@@ -185,6 +185,29 @@ fn fd_counts_stay_flat_on_both_sides_after_10000_handed_sockets() {
 }
 
 #[test]
+fn fds_waiting_for_the_host_stop_at_max_event_fds() {
+    let _serial = serial();
+    let mut p = TestPrimary::with("handles", &[], |o| {
+        o.accept_message_fds = 1;
+        o.max_event_fds = 32;
+    });
+    let (worker, _) = online(&mut p, 1)[0];
+    let base = open_fds();
+    // 50 messages of 16 fds: 800 fds, which the primary would read at once
+    // without the bound (below the kernel's limit on fds in flight).
+    ok(send_fds(&p, worker, "flood 50", &[]), "send");
+    std::thread::sleep(Duration::from_secs(1)); // the host does not read meanwhile
+    let held = open_fds() - base;
+    assert!(held <= 32 + RCLUSTER_MAX_FDS, "the primary holds {held} fds of unread messages (max_event_fds 32)");
+    for _ in 0..50 {
+        let message = next_message(&mut p, Duration::from_secs(10), false);
+        assert_eq!((message.text.as_str(), message.count), ("flood", RCLUSTER_MAX_FDS), "nothing lost");
+    }
+    assert_eq!(open_fds(), base, "every fd closed by rcluster_event_release");
+    p.shutdown();
+}
+
+#[test]
 fn fds_a_primary_did_not_ask_for_cut_the_worker_off_and_are_closed() {
     let _serial = serial();
     let before = open_fds();

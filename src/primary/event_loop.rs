@@ -1174,7 +1174,8 @@ impl EventLoop {
             }
             return;
         }
-        self.drain_channel(worker);
+        // HOOK(handles): stops early once messages' fds pass max_event_fds.
+        self.read_channel(worker, true);
     }
 
     /// Reads the channels left unread while the host was behind.
@@ -1190,10 +1191,24 @@ impl EventLoop {
     /// Reads everything the worker sent, whatever the host's backlog (an
     /// exiting worker's last acknowledgements must be seen).
     fn drain_channel(&mut self, worker: u32) {
+        self.read_channel(worker, false);
+    }
+
+    /// Reads what the worker sent until its channel is empty. `bounded`:
+    /// stop, as `on_worker_readable` does, once a message with fds takes
+    /// the queue past `max_event_fds`, so a worker cannot push a channel's
+    /// worth of fds (up to 16 per record) on the primary at once.
+    fn read_channel(&mut self, worker: u32, bounded: bool) {
         loop {
             let Some(link) = self.workers.get_mut(&worker).and_then(|w| w.link.as_mut()) else { return };
             match link.reassembler.read(link.fd.as_fd()) {
-                Ok(channel::Read::Message(message)) => self.on_frame(worker, message),
+                Ok(channel::Read::Message(message)) => {
+                    let with_fds = !message.fds.is_empty();
+                    self.on_frame(worker, message);
+                    if bounded && with_fds && self.shared.events_over_limit() {
+                        return self.on_worker_readable(worker); // pauses this worker's reads
+                    }
+                }
                 Ok(channel::Read::WouldBlock) => return,
                 Ok(channel::Read::Eof) => return self.hang_up(worker),
                 // A peer that dies with our frames unread resets the channel

@@ -9,6 +9,7 @@
 //! - `bounce`: send the same message with the same fds back, then close ours;
 //! - `unasked`: send a message with stdin attached (to a primary that did not
 //!   ask for fds);
+//! - `flood N`: send N messages, each with 16 copies of stdin attached;
 //! - `bad-sends`: try a closed fd and one fd too many, and report both
 //!   results as `bad-sends RC1 RC2`.
 
@@ -68,6 +69,13 @@ pub fn run(worker: *mut rcluster_worker) {
             "bounce" => {
                 let raw: Vec<i32> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
                 super::check(send_fds(worker, text.as_bytes(), &raw), "rcluster_worker_send_fds");
+            }
+            "flood" => {
+                let count: usize = text.split(' ').nth(1).and_then(|n| n.parse().ok()).unwrap_or(1);
+                let stdin = [0; RCLUSTER_MAX_FDS];
+                for _ in 0..count {
+                    super::check(send_fds(worker, b"flood", &stdin), "rcluster_worker_send_fds");
+                }
             }
             "unasked" => {
                 super::check(send_fds(worker, b"unasked", &[0]), "rcluster_worker_send_fds");
