@@ -75,6 +75,8 @@ test-tools:
 test-c: lib
 	$(CC) $(CFLAGS) tests/c/raw_fork.c $(C_LINK) -Wl,-rpath,'$$ORIGIN' -o $(RELEASE)/raw_fork_test
 	timeout 60 $(RELEASE)/raw_fork_test
+	$(CC) $(CFLAGS) tests/c/send_handle.c $(C_LINK) -Wl,-rpath,'$$ORIGIN' -o $(RELEASE)/send_handle_test
+	timeout 60 $(RELEASE)/send_handle_test
 
 # C: `make install PREFIX=/usr/local [DESTDIR=...]` installs the shared
 # library as librcluster.so.X.Y.Z (SONAME librcluster.so.X, set by build.rs)

@@ -160,6 +160,10 @@
 // Most file descriptors one message carries.
 #define RCLUSTER_MAX_FDS 16
 
+// Flag of a `RCLUSTER_EVENT_MESSAGE`: file descriptors came with it
+// (`rcluster_event_fd_count`, `rcluster_event_take_fd`).
+#define RCLUSTER_MESSAGE_HAS_FDS 2
+
 // `flags` bit of an exit event: the worker had been asked to disconnect,
 // or left on purpose (Node's `exitedAfterDisconnect`).
 #define RCLUSTER_EXIT_AFTER_DISCONNECT 1
@@ -172,6 +176,37 @@ typedef struct rcluster_primary rcluster_primary;
 
 // This process's worker side (opaque).
 typedef struct rcluster_worker rcluster_worker;
+
+// An event. Fields that do not apply to its `kind` are zero. Release every
+// event with `rcluster_event_release` (it frees `data`).
+typedef struct {
+  // `RCLUSTER_EVENT_*`.
+  int kind;
+  // The worker concerned (primary side), or this worker's id (worker side).
+  uint32_t worker_id;
+  // The worker's pid.
+  int32_t pid;
+  // Exit events: the exit code, or -1 if a signal ended it or the status is unknown.
+  int exit_code;
+  // Exit events: the signal that ended it, or 0.
+  int signal;
+  // Exit events: `RCLUSTER_EXIT_AFTER_DISCONNECT`; message events:
+  // `RCLUSTER_MESSAGE_HAS_FDS`; future flags.
+  uint32_t flags;
+  // Fork and crash-loop events: the worker's slot, or -1 (raw fork).
+  int32_t slot;
+  // Fork events: the worker's generation; reload events: the reload's.
+  uint32_t generation;
+  // Listening events: the bound port.
+  uint16_t port;
+  // Listening events: the bound IP address, NUL-terminated.
+  char address[64];
+  // Message bytes (or an error text), owned by the event; NULL when `len`
+  // is 0, unless file descriptors came with the message.
+  uint8_t *data;
+  // Length of `data`.
+  size_t len;
+} rcluster_event;
 
 // Settings of a primary. Fill with
 // `rcluster_primary_options_init2(&options, sizeof options)`, then change
@@ -287,36 +322,16 @@ typedef struct {
   // many MiB (checked every second), without dropping a connection.
   // 0 (default): no limit.
   uint32_t max_memory_mb;
+  // File descriptors of worker messages waiting for the host in the
+  // event queue; past it the primary stops reading workers' channels
+  // until the host has taken half. 0 (default): 256.
+  size_t max_event_fds;
+  // Nonzero: accept file descriptors attached to workers' messages
+  // (`rcluster_worker_send_fds`; see `rcluster_event_take_fd`). Default
+  // 0: a worker that attaches any is cut off
+  // (`RCLUSTER_EVENT_WORKER_ERROR`) and they are closed.
+  int accept_message_fds;
 } rcluster_primary_options;
-
-// An event. Fields that do not apply to its `kind` are zero. Release every
-// event with `rcluster_event_release` (it frees `data`).
-typedef struct {
-  // `RCLUSTER_EVENT_*`.
-  int kind;
-  // The worker concerned (primary side), or this worker's id (worker side).
-  uint32_t worker_id;
-  // The worker's pid.
-  int32_t pid;
-  // Exit events: the exit code, or -1 if a signal ended it or the status is unknown.
-  int exit_code;
-  // Exit events: the signal that ended it, or 0.
-  int signal;
-  // `RCLUSTER_EXIT_AFTER_DISCONNECT` and future flags.
-  uint32_t flags;
-  // Fork and crash-loop events: the worker's slot, or -1 (raw fork).
-  int32_t slot;
-  // Fork events: the worker's generation; reload events: the reload's.
-  uint32_t generation;
-  // Listening events: the bound port.
-  uint16_t port;
-  // Listening events: the bound IP address, NUL-terminated.
-  char address[64];
-  // Message bytes (or an error text), owned by the event; NULL when `len` is 0.
-  uint8_t *data;
-  // Length of `data`.
-  size_t len;
-} rcluster_event;
 
 // One worker's numbers (`rcluster_primary_stats`).
 typedef struct {
@@ -463,6 +478,41 @@ int rcluster_recv_handle(int sock,
 // same pointer and length. NULL is a no-op.
 int rcluster_buffer_free(void *data, size_t len);
 
+// Stores how many file descriptors came with a message event in `count`
+// (0 for an event without any, of any kind), taken ones included.
+int rcluster_event_fd_count(const rcluster_event *event, size_t *count);
+
+// Takes file descriptor `index` (from 0, in the order sent) of a message
+// event: the caller owns it from now on (close-on-exec is set; close it
+// when done). `RCLUSTER_E_INVAL` if there is no such fd or it was already
+// taken. `rcluster_event_release` closes the fds that were not taken.
+int rcluster_event_take_fd(rcluster_event *event, size_t index, int *fd);
+
+// Sends `len` bytes to worker `worker_id` with `nfds` file descriptors
+// attached (at most `RCLUSTER_MAX_FDS`; any kind of fd: sockets, pipes,
+// files). The caller KEEPS its fds: the library duplicates them before
+// returning, so they may be closed at once; the worker receives its own
+// copies (`rcluster_event_take_fd`). Queued, in order with
+// `rcluster_primary_send`; never blocks. `RCLUSTER_E_INVAL` if an fd is
+// not open, `RCLUSTER_E_TOOBIG` over the limit: nothing is sent.
+int rcluster_primary_send_fds(rcluster_primary *primary,
+                              uint32_t worker_id,
+                              const void *data,
+                              size_t len,
+                              const int *fds,
+                              size_t nfds);
+
+// Sends `len` bytes to the primary with `nfds` file descriptors attached
+// (at most `RCLUSTER_MAX_FDS`). The caller KEEPS its fds (the kernel
+// duplicates them as the message leaves). The primary takes them only if
+// it was created with `accept_message_fds`; otherwise it cuts this worker
+// off and closes them. Blocks while the channel is full.
+int rcluster_worker_send_fds(rcluster_worker *worker,
+                             const void *data,
+                             size_t len,
+                             const int *fds,
+                             size_t nfds);
+
 // Fills the caller's `options`, of `struct_size` bytes (pass
 // `sizeof options`), with the defaults and records `struct_size` in it.
 // Bytes past the fields this library knows are zeroed.
@@ -589,8 +639,9 @@ int rcluster_primary_worker_usage(rcluster_primary *primary,
 // invalid afterwards.
 int rcluster_primary_free(rcluster_primary *primary);
 
-// Frees what an event owns (`data`) and zeroes it. Safe to call twice and
-// on a zeroed event.
+// Frees what an event owns (`data`, and the file descriptors of a message
+// the host did not take with `rcluster_event_take_fd`, which it closes) and
+// zeroes it. Safe to call twice and on a zeroed event.
 int rcluster_event_release(rcluster_event *event);
 
 // 1 if this process was started as a worker (its environment carries

@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::os::fd::RawFd;
+use std::os::fd::{OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -24,7 +24,9 @@ pub enum Exit {
 }
 
 /// Something that happened in the cluster, seen from the primary.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// Not `Clone`: a message's file descriptors have one owner.
+#[derive(Debug)]
 pub enum Event {
     /// A worker process was started, in `slot` (none for a raw fork), with
     /// the primary's current reload `generation`.
@@ -54,7 +56,11 @@ pub enum Event {
         /// The address served.
         address: SocketAddr,
     },
-    /// The worker sent application bytes.
+    /// The worker sent application bytes, with the file descriptors it
+    /// attached (only when `Config::message_fds` is on; at most
+    /// `message_fds::MAX_FDS`, close-on-exec, owned by whoever holds the
+    /// event). Fewer than were sent when this process ran out of fds (the
+    /// kernel drops the rest).
     Message {
         /// The worker's id.
         worker: u32,
@@ -62,6 +68,8 @@ pub enum Event {
         pid: i32,
         /// The bytes it sent.
         data: Vec<u8>,
+        /// The descriptors it attached.
+        fds: Vec<OwnedFd>,
     },
     /// The worker's channel closed.
     Disconnect {
@@ -231,10 +239,17 @@ impl Event {
 }
 
 /// Something that happened, seen from a worker.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum WorkerEvent {
-    /// The primary sent application bytes.
-    Message(Vec<u8>),
+    /// The primary sent application bytes, with the file descriptors it
+    /// attached (close-on-exec, owned by whoever holds the event; fewer than
+    /// were sent when this process ran out of fds).
+    Message {
+        /// The bytes it sent.
+        data: Vec<u8>,
+        /// The descriptors it attached.
+        fds: Vec<OwnedFd>,
+    },
     /// The primary asks this worker to finish what it holds and leave.
     Disconnect,
     /// The primary is gone (the channel hung up).
@@ -245,7 +260,7 @@ impl WorkerEvent {
     /// Its kind in the table every layer shares.
     pub fn kind(&self) -> EventKind {
         match self {
-            WorkerEvent::Message(_) => EventKind::Message,
+            WorkerEvent::Message { .. } => EventKind::Message,
             WorkerEvent::Disconnect => EventKind::Disconnect,
             WorkerEvent::PrimaryGone => EventKind::PrimaryGone,
         }

@@ -24,6 +24,9 @@
 // The C ABI, and the tables every layer shares, are public modules; the
 // rest is reached through the re-exports below, which are the Rust API.
 pub mod ffi;
+// What the bindings check before attaching fds to a message (Node's
+// sendHandle, Python's fds=), and the bound they are held to.
+pub mod message_fds;
 pub mod tables;
 
 // Not API: public (and hidden from the docs) only so that the integration

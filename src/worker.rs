@@ -501,6 +501,20 @@ impl Worker {
         self.send_frame(&Frame::User(data.to_vec()))
     }
 
+    /// Sends application bytes with file descriptors attached (at most
+    /// `channel::MAX_FDS`, each open: else `TooBig` or `InvalidArgument`,
+    /// nothing sent). The caller keeps its fds (the kernel duplicates them
+    /// as the message leaves). The primary takes them only if its host asked
+    /// (`Config::message_fds`); otherwise it cuts this worker off.
+    pub fn send_fds(&self, data: &[u8], fds: &[std::os::fd::BorrowedFd<'_>]) -> Result<()> {
+        self.check_open()?;
+        let raw = crate::message_fds::raw(fds);
+        crate::message_fds::check(data.len(), &raw)?;
+        let bytes = Frame::encode_user(data);
+        let _guard = self.inner.send_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.inner.send_bytes_with_fds_locked(&bytes, &raw)
+    }
+
     /// Sends several messages, in order, packing small ones into shared
     /// records: one system call for many messages instead of one each.
     /// The primary reports each as its own message event.
@@ -568,7 +582,12 @@ impl Inner {
 
     /// Sends one encoded frame; the caller holds `send_lock`.
     fn send_bytes_locked(&self, bytes: &[u8]) -> Result<()> {
-        channel::send_message(self.channel.as_fd(), bytes, &[], None).map_err(|e| match e.code() {
+        self.send_bytes_with_fds_locked(bytes, &[])
+    }
+
+    /// Sends one encoded frame with `fds` attached; the caller holds `send_lock`.
+    fn send_bytes_with_fds_locked(&self, bytes: &[u8], fds: &[RawFd]) -> Result<()> {
+        channel::send_message(self.channel.as_fd(), bytes, fds, None).map_err(|e| match e.code() {
             Code::Closed | Code::Os => {
                 Error::new(Code::Closed, format!("the primary is gone: {e}")).with_errno(e.errno())
             }
@@ -723,8 +742,11 @@ impl Inner {
                     self.wake_listeners(state);
                     self.events.push(WorkerEvent::Disconnect);
                 }
-                Frame::User(data) => self.events.push(WorkerEvent::Message(data)),
-                Frame::Users(messages) => self.events.push_many(messages.into_iter().map(WorkerEvent::Message)),
+                // The fds of a message are its own (any other frame's are closed below).
+                Frame::User(data) => self.events.push(WorkerEvent::Message { data, fds: std::mem::take(&mut fds) }),
+                Frame::Users(messages) => self
+                    .events
+                    .push_many(messages.into_iter().map(|data| WorkerEvent::Message { data, fds: Vec::new() })),
                 Frame::Ping { seq } => refusals.push(Frame::Pong { seq }),
                 other => {
                     self.mark_gone(

@@ -58,6 +58,10 @@ const COVERED: &[&str] = &[
     "rcluster_worker_close",
     "rcluster_primary_metrics",
     "rcluster_primary_worker_usage",
+    "rcluster_primary_send_fds",
+    "rcluster_worker_send_fds",
+    "rcluster_event_fd_count",
+    "rcluster_event_take_fd",
 ];
 
 #[test]
@@ -101,6 +105,7 @@ fn primary_functions_refuse_null_and_bogus_handles() {
         expect(rcluster_primary_wait_event(h, &mut ev, 10), RCLUSTER_E_HANDLE, "wait_event");
         expect(rcluster_primary_send(h, 1, b"x".as_ptr() as *const c_void, 1), RCLUSTER_E_HANDLE, "send");
         expect(rcluster_primary_send_many(h, 1, null(), null(), 2), RCLUSTER_E_HANDLE, "send_many");
+        expect(rcluster_primary_send_fds(h, 1, null(), 0, null(), 0), RCLUSTER_E_HANDLE, "send_fds");
         expect(rcluster_primary_disconnect(h, 1), RCLUSTER_E_HANDLE, "disconnect");
         expect(rcluster_primary_kill(h, 1, 15), RCLUSTER_E_HANDLE, "kill");
         expect(rcluster_primary_shutdown(h, 10), RCLUSTER_E_HANDLE, "shutdown");
@@ -123,6 +128,13 @@ fn primary_functions_refuse_null_and_bogus_handles() {
     );
     expect(rcluster_primary_new2(null(), null_mut()), RCLUSTER_E_INVAL, "new(out=NULL)");
     expect(rcluster_event_release(null_mut()), RCLUSTER_E_INVAL, "event_release(NULL)");
+    let mut count = 7usize;
+    expect(rcluster_event_fd_count(null(), &mut count), RCLUSTER_E_INVAL, "event_fd_count(NULL)");
+    ok(rcluster_event_fd_count(&ev, &mut count), "event_fd_count(no fds)");
+    assert_eq!(count, 0);
+    let mut fd = 0;
+    expect(rcluster_event_take_fd(null_mut(), 0, &mut fd), RCLUSTER_E_INVAL, "event_take_fd(NULL)");
+    expect(rcluster_event_take_fd(&mut ev, 0, &mut fd), RCLUSTER_E_INVAL, "event_take_fd(no fds)");
 }
 
 #[test]
@@ -192,7 +204,9 @@ fn options_struct_size_is_checked_and_a_newer_struct_must_leave_unknown_fields_z
     const SIZE: usize = size_of::<rcluster_primary_options>();
     let mut p = null_mut();
     let mut opts: rcluster_primary_options = unsafe { std::mem::zeroed() };
-    for bad in [0, 8, SIZE - 1, 1 << 20] {
+    // 0.2's struct ended before max_event_fds; a smaller size is not a struct.
+    let smallest = std::mem::offset_of!(rcluster_primary_options, max_event_fds);
+    for bad in [0, 8, smallest - 1, 1 << 20] {
         expect(rcluster_primary_options_init2(&mut opts, bad), RCLUSTER_E_INVAL, "init2(bad size)");
     }
     ok(rcluster_primary_options_init2(&mut opts, SIZE), "init2");
@@ -201,6 +215,16 @@ fn options_struct_size_is_checked_and_a_newer_struct_must_leave_unknown_fields_z
     opts.struct_size = 3;
     expect(rcluster_primary_new2(&opts, &mut p), RCLUSTER_E_INVAL, "new2(garbage struct_size)");
     assert!(last_error().contains("rcluster_primary_options_init2"), "{}", last_error());
+
+    // A program built against 0.2's header: its struct ends before the fd fields.
+    let mut older: rcluster_primary_options = unsafe { std::mem::zeroed() };
+    older.accept_message_fds = 7;
+    ok(rcluster_primary_options_init2(&mut older, smallest), "init2(0.2 size)");
+    assert_eq!(older.accept_message_fds, 7, "init2 writes nothing past the caller's size");
+    older.accept_message_fds = 0;
+    ok(rcluster_primary_new2(&older, &mut p), "new2(0.2 size)");
+    ok(rcluster_primary_free(p), "free");
+    p = null_mut();
 
     // A program built against a newer header: 32 more bytes.
     #[repr(C)]
@@ -243,6 +267,7 @@ fn worker_functions_refuse_null_and_bogus_handles_and_non_workers() {
         expect(rcluster_worker_send(h, b"x".as_ptr() as *const c_void, 1), RCLUSTER_E_HANDLE, "worker_send");
         expect(rcluster_worker_ready(h), RCLUSTER_E_HANDLE, "worker_ready");
         expect(rcluster_worker_send_many(h, null(), null(), 2), RCLUSTER_E_HANDLE, "worker_send_many");
+        expect(rcluster_worker_send_fds(h, null(), 0, null(), 0), RCLUSTER_E_HANDLE, "worker_send_fds");
         expect(rcluster_worker_done(h, 1), RCLUSTER_E_HANDLE, "worker_done");
         let mut reports = -1;
         expect(rcluster_worker_reports_done(h, &mut reports), RCLUSTER_E_HANDLE, "worker_reports_done");

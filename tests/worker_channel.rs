@@ -35,13 +35,13 @@ fn a_worker_working_through_a_backlog_of_events_still_answers_pings() {
     for frame in Frame::pack_users(&slices) {
         channel::send_message(primary.as_fd(), &frame, &[], None).unwrap();
     }
-    assert!(matches!(worker.next_event(Some(Duration::ZERO)).unwrap(), Some(WorkerEvent::Message(_))));
+    assert!(matches!(worker.next_event(Some(Duration::ZERO)).unwrap(), Some(WorkerEvent::Message { .. })));
     // A ping arrives while the application spends 5 ms on each message.
     channel::send_message(primary.as_fd(), &Frame::Ping { seq: 7 }.encode(), &[], None).unwrap();
     let mut answered_after = None;
     for handled in 1..=10 {
         std::thread::sleep(Duration::from_millis(5));
-        assert!(matches!(worker.next_event(Some(Duration::ZERO)).unwrap(), Some(WorkerEvent::Message(_))));
+        assert!(matches!(worker.next_event(Some(Duration::ZERO)).unwrap(), Some(WorkerEvent::Message { .. })));
         if read_frames(&mut r, primary.as_fd()).contains(&Frame::Pong { seq: 7 }) {
             answered_after = Some(handled);
             break;

@@ -67,6 +67,13 @@ declare namespace rcluster {
     signalCode: NodeJS.Signals | null;
     killed: boolean;
     send(message: unknown, callback?: (error: Error | null) => void): boolean;
+    /** With a handle (net.Server, net.Socket, dgram.Socket), as in Node: `keepOpen` keeps a sent socket open here. */
+    send(
+      message: unknown,
+      sendHandle: unknown,
+      options?: { keepOpen?: boolean },
+      callback?: (error: Error | null) => void,
+    ): boolean;
     kill(signal?: NodeJS.Signals | number): boolean;
     disconnect(): void;
   }
@@ -81,6 +88,13 @@ declare namespace rcluster {
     slot?: number;
     generation?: number;
     send(message: unknown, callback?: (error: Error | null) => void): boolean;
+    /** With a handle (net.Server, net.Socket, dgram.Socket), as in Node: `keepOpen` keeps a sent socket open here. */
+    send(
+      message: unknown,
+      sendHandle: unknown,
+      options?: { keepOpen?: boolean },
+      callback?: (error: Error | null) => void,
+    ): boolean;
     kill(signal?: NodeJS.Signals | number): void;
     destroy(signal?: NodeJS.Signals | number): void;
     disconnect(): this;

@@ -16,11 +16,13 @@
 
 mod channel;
 mod handles;
+mod messages;
 mod primary;
 mod worker;
 
 pub use crate::tables::c::*;
 pub use channel::*;
+pub use messages::*;
 pub use primary::*;
 pub use worker::*;
 

@@ -12,7 +12,7 @@ use crate::event::{Event, Exit, WorkerEvent};
 use crate::primary::{Config, PolicyKind, Primary, RawFork};
 use crate::tables::c::*;
 
-static PRIMARIES: LazyLock<Registry<Primary>> = LazyLock::new(|| Registry::new(1, "primary"));
+pub(super) static PRIMARIES: LazyLock<Registry<Primary>> = LazyLock::new(|| Registry::new(1, "primary"));
 
 /// A cluster's primary (opaque).
 pub struct rcluster_primary {
@@ -142,6 +142,15 @@ pub struct rcluster_primary_options {
     /// many MiB (checked every second), without dropping a connection.
     /// 0 (default): no limit.
     pub max_memory_mb: u32,
+    /// File descriptors of worker messages waiting for the host in the
+    /// event queue; past it the primary stops reading workers' channels
+    /// until the host has taken half. 0 (default): 256.
+    pub max_event_fds: usize,
+    /// Nonzero: accept file descriptors attached to workers' messages
+    /// (`rcluster_worker_send_fds`; see `rcluster_event_take_fd`). Default
+    /// 0: a worker that attaches any is cut off
+    /// (`RCLUSTER_EVENT_WORKER_ERROR`) and they are closed.
+    pub accept_message_fds: c_int,
 }
 
 /// One worker's numbers (`rcluster_primary_stats`).
@@ -255,7 +264,8 @@ pub struct rcluster_event {
     pub exit_code: c_int,
     /// Exit events: the signal that ended it, or 0.
     pub signal: c_int,
-    /// `RCLUSTER_EXIT_AFTER_DISCONNECT` and future flags.
+    /// Exit events: `RCLUSTER_EXIT_AFTER_DISCONNECT`; message events:
+    /// `RCLUSTER_MESSAGE_HAS_FDS`; future flags.
     pub flags: u32,
     /// Fork and crash-loop events: the worker's slot, or -1 (raw fork).
     pub slot: i32,
@@ -265,7 +275,8 @@ pub struct rcluster_event {
     pub port: u16,
     /// Listening events: the bound IP address, NUL-terminated.
     pub address: [c_char; 64],
-    /// Message bytes (or an error text), owned by the event; NULL when `len` is 0.
+    /// Message bytes (or an error text), owned by the event; NULL when `len`
+    /// is 0, unless file descriptors came with the message.
     pub data: *mut u8,
     /// Length of `data`.
     pub len: usize,
@@ -353,6 +364,10 @@ fn config_from(options: &rcluster_primary_options) -> Result<Config> {
     l.max_send_queue = options.max_send_queue;
     l.max_event_bytes = options.max_event_bytes;
     l.max_message = options.max_message;
+    if options.max_event_fds > 0 {
+        l.max_event_fds = options.max_event_fds;
+    }
+    config.message_fds = options.accept_message_fds != 0;
     config.allow_nested = options.allow_nested != 0;
     config.supervision.max_memory = (options.max_memory_mb > 0).then(|| options.max_memory_mb as u64 * 1024 * 1024);
     if !options.metrics_address.is_null() {
@@ -372,7 +387,8 @@ const OPTIONS_MIN_SIZE: usize = size_of::<usize>() + OPTIONS_V1_SIZE + 16;
 const OPTIONS_MAX_SIZE: usize = 1 << 16;
 const _: () = assert!(std::mem::offset_of!(rcluster_primary_options, argv) == size_of::<usize>());
 const _: () = assert!(std::mem::offset_of!(rcluster_primary_options, allow_nested) == size_of::<usize>() + 152);
-const _: () = assert!(size_of::<rcluster_primary_options>() == OPTIONS_MIN_SIZE);
+const _: () = assert!(std::mem::offset_of!(rcluster_primary_options, max_event_fds) == OPTIONS_MIN_SIZE);
+const _: () = assert!(size_of::<rcluster_primary_options>() == OPTIONS_MIN_SIZE + 16);
 
 fn default_options() -> rcluster_primary_options {
     let d = Config::default();
@@ -412,6 +428,8 @@ fn default_options() -> rcluster_primary_options {
         allow_nested: d.allow_nested as c_int,
         metrics_address: std::ptr::null(),
         max_memory_mb: 0,
+        max_event_fds: d.limits.max_event_fds,
+        accept_message_fds: d.message_fds as c_int,
     }
 }
 
@@ -836,13 +854,16 @@ pub extern "C" fn rcluster_primary_free(primary: *mut rcluster_primary) -> c_int
     })
 }
 
-/// Frees what an event owns (`data`) and zeroes it. Safe to call twice and
-/// on a zeroed event.
+/// Frees what an event owns (`data`, and the file descriptors of a message
+/// the host did not take with `rcluster_event_take_fd`, which it closes) and
+/// zeroes it. Safe to call twice and on a zeroed event.
 #[no_mangle]
 pub extern "C" fn rcluster_event_release(event: *mut rcluster_event) -> c_int {
     guard(|| {
         let event = non_null(event, "event")?;
-        if !event.data.is_null() {
+        if super::messages::release(event) {
+            // A message with fds: freed with its fd block.
+        } else if !event.data.is_null() {
             // SAFETY: `data`/`len` came from Box::into_raw of a boxed slice in
             // `with_data` and are released once (zeroed just below).
             drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(event.data, event.len)) });
@@ -869,7 +890,7 @@ pub(super) fn empty_event() -> rcluster_event {
     }
 }
 
-fn with_data(mut event: rcluster_event, data: Vec<u8>) -> rcluster_event {
+pub(super) fn with_data(mut event: rcluster_event, data: Vec<u8>) -> rcluster_event {
     if !data.is_empty() {
         let boxed = data.into_boxed_slice();
         event.len = boxed.len();
@@ -893,7 +914,9 @@ fn primary_event(event: Event) -> rcluster_event {
             }
             ev
         }
-        Event::Message { worker, pid, data } => with_data(base(RCLUSTER_EVENT_MESSAGE, worker, pid), data),
+        Event::Message { worker, pid, data, fds } => {
+            super::messages::with_message(base(RCLUSTER_EVENT_MESSAGE, worker, pid), data, fds)
+        }
         Event::Disconnect { worker, pid } => base(RCLUSTER_EVENT_DISCONNECT, worker, pid),
         Event::Exit { worker, pid, exit, after_disconnect } => {
             let mut ev = base(RCLUSTER_EVENT_EXIT, worker, pid);
@@ -929,7 +952,7 @@ fn primary_event(event: Event) -> rcluster_event {
 pub(super) fn worker_event(event: WorkerEvent, worker_id: u32, pid: i32) -> rcluster_event {
     let base = |kind| rcluster_event { kind, worker_id, pid, ..empty_event() };
     match event {
-        WorkerEvent::Message(data) => with_data(base(RCLUSTER_EVENT_MESSAGE), data),
+        WorkerEvent::Message { data, fds } => super::messages::with_message(base(RCLUSTER_EVENT_MESSAGE), data, fds),
         WorkerEvent::Disconnect => base(RCLUSTER_EVENT_DISCONNECT),
         WorkerEvent::PrimaryGone => base(RCLUSTER_EVENT_PRIMARY_GONE),
     }

@@ -11,7 +11,7 @@ use crate::error::{Code, Error};
 use crate::sys::timeout_from_ms;
 use crate::worker::{Listener, Worker};
 
-static WORKERS: LazyLock<Registry<Worker>> = LazyLock::new(|| Registry::new(2, "worker"));
+pub(super) static WORKERS: LazyLock<Registry<Worker>> = LazyLock::new(|| Registry::new(2, "worker"));
 static LISTENERS: LazyLock<Registry<Listener>> = LazyLock::new(|| Registry::new(3, "listener"));
 
 /// This process's worker side (opaque).

@@ -46,6 +46,7 @@ use super::{Command, Config, Shared, WorkerInfo};
 use crate::channel::{self, Reassembler};
 use crate::error::{Code, Error, Result};
 use crate::event::{Event, Exit, Metrics, PrimaryStats, WorkerState, WorkerStats};
+use crate::message_fds;
 use crate::spawn::{self, Spawned};
 use crate::sys::{self, ExitStatus};
 use crate::wire::Frame;
@@ -404,6 +405,14 @@ impl EventLoop {
                     let _ = reply.send(self.listen(&host, port));
                 }
                 Command::Send { .. } => unreachable!("sends are batched above"),
+                // HOOK(handles): a message with fds is a User frame of its own, after the batch above.
+                Command::SendFds { worker, data, fds } => {
+                    if let Some(entry) = self.workers.get_mut(&worker) {
+                        entry.messages_out += 1;
+                    }
+                    let fds: Vec<Arc<OwnedFd>> = fds.into_iter().map(Arc::new).collect();
+                    self.send_frame(worker, &Frame::encode_user(&data), &fds);
+                }
                 Command::SendFrames { worker, frames, count } => {
                     if let Some(entry) = self.workers.get_mut(&worker) {
                         entry.messages_out += count as u64;
@@ -438,7 +447,7 @@ impl EventLoop {
     /// cannot be written at once is counted again while in the outbox).
     fn unreserve(&self, command: &Command) {
         let (worker, bytes) = match command {
-            Command::Send { worker, data } => (*worker, data.len()),
+            Command::Send { worker, data } | Command::SendFds { worker, data, .. } => (*worker, data.len()),
             Command::SendFrames { worker, frames, .. } => (*worker, frames.iter().map(Vec::len).sum()),
             _ => return,
         };
@@ -1182,7 +1191,8 @@ impl EventLoop {
             }
             return;
         }
-        self.drain_channel(worker);
+        // HOOK(handles): stops early once messages' fds pass max_event_fds.
+        self.read_channel(worker, true);
     }
 
     /// Reads the channels left unread while the host was behind.
@@ -1198,10 +1208,24 @@ impl EventLoop {
     /// Reads everything the worker sent, whatever the host's backlog (an
     /// exiting worker's last acknowledgements must be seen).
     fn drain_channel(&mut self, worker: u32) {
+        self.read_channel(worker, false);
+    }
+
+    /// Reads what the worker sent until its channel is empty. `bounded`:
+    /// stop, as `on_worker_readable` does, once a message with fds takes
+    /// the queue past `max_event_fds`, so a worker cannot push a channel's
+    /// worth of fds (up to 16 per record) on the primary at once.
+    fn read_channel(&mut self, worker: u32, bounded: bool) {
         loop {
             let Some(link) = self.workers.get_mut(&worker).and_then(|w| w.link.as_mut()) else { return };
             match link.reassembler.read(link.fd.as_fd()) {
-                Ok(channel::Read::Message(message)) => self.on_frame(worker, message),
+                Ok(channel::Read::Message(message)) => {
+                    let with_fds = !message.fds.is_empty();
+                    self.on_frame(worker, message);
+                    if bounded && with_fds && self.shared.events_over_limit() {
+                        return self.on_worker_readable(worker); // pauses this worker's reads
+                    }
+                }
                 Ok(channel::Read::WouldBlock) => return,
                 Ok(channel::Read::Eof) => return self.hang_up(worker),
                 // A peer that dies with our frames unread resets the channel
@@ -1213,12 +1237,14 @@ impl EventLoop {
     }
 
     fn on_frame(&mut self, worker: u32, message: channel::Message) {
-        if !message.fds.is_empty() || message.fds_lost {
-            // Workers never send fds; the ones that came are closed with the message.
-            return self.worker_error(worker, Error::new(Code::Protocol, "worker sent file descriptors"));
-        }
-        let frame = match Frame::decode(message.data) {
+        let channel::Message { data, fds, fds_lost } = message;
+        let frame = match Frame::decode(data) {
             Ok(frame) => frame,
+            Err(e) => return self.worker_error(worker, e),
+        };
+        // HOOK(handles): fds only on a User frame, and only if the host asked for them.
+        let fds = match message_fds::take(&frame, fds, fds_lost, self.config.message_fds) {
+            Ok(fds) => fds,
             Err(e) => return self.worker_error(worker, e),
         };
         let Some(entry) = self.workers.get_mut(&worker) else { return };
@@ -1271,7 +1297,7 @@ impl EventLoop {
             }
             Frame::User(data) => {
                 entry.messages_in += 1;
-                self.shared.emit(Event::Message { worker, pid, data });
+                self.shared.emit(Event::Message { worker, pid, data, fds });
             }
             Frame::Users(messages) => {
                 entry.messages_in += messages.len() as u64;

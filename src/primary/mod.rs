@@ -86,6 +86,11 @@ pub struct Config {
     /// binding, and report readiness, reloads and the stop to
     /// `NOTIFY_SOCKET`. Default on: without those variables it does nothing.
     pub systemd: bool,
+    /// Accept file descriptors attached to workers' messages (they come
+    /// with `Event::Message`). Default off: a worker that attaches any is
+    /// cut off (`WorkerError`) and they are closed, since a host that does
+    /// not expect them would leave them to the event's drop.
+    pub message_fds: bool,
 }
 
 /// Bounds on what workers may ask of the primary and on what it queues.
@@ -115,6 +120,11 @@ pub struct Limits {
     /// error that cuts the worker off. At most (and by default)
     /// `channel::MAX_MESSAGE`.
     pub max_message: usize,
+    /// File descriptors of worker messages waiting in the event queue for
+    /// the host (`Config::message_fds`); past it the primary stops reading
+    /// workers' channels, as for `max_event_bytes`, so a worker cannot make
+    /// the primary run out of fds. Default 256.
+    pub max_event_fds: usize,
 }
 
 impl Default for Limits {
@@ -126,6 +136,7 @@ impl Default for Limits {
             max_send_queue: 64 << 20,
             max_event_bytes: 64 << 20,
             max_message: crate::channel::MAX_MESSAGE,
+            max_event_fds: 256,
         }
     }
 }
@@ -158,8 +169,8 @@ impl Config {
         if l.max_listeners == 0 || l.max_listeners_per_worker == 0 {
             return refuse("max_listeners and max_listeners_per_worker must be at least 1");
         }
-        if l.max_send_queue == 0 || l.max_event_bytes == 0 {
-            return refuse("max_send_queue and max_event_bytes must be at least 1");
+        if l.max_send_queue == 0 || l.max_event_bytes == 0 || l.max_event_fds == 0 {
+            return refuse("max_send_queue, max_event_bytes and max_event_fds must be at least 1");
         }
         if l.max_message == 0 || l.max_message > crate::channel::MAX_MESSAGE {
             return refuse("max_message must be between 1 and the channel's limit (256 MiB)");
@@ -184,6 +195,7 @@ impl Default for Config {
             allow_nested: false,
             systemd: true,
             metrics_address: None,
+            message_fds: false,
         }
     }
 }
@@ -221,6 +233,12 @@ pub(crate) enum Command {
     Send {
         worker: u32,
         data: Vec<u8>,
+    },
+    /// A message with file descriptors (duplicates the loop owns): a frame of its own.
+    SendFds {
+        worker: u32,
+        data: Vec<u8>,
+        fds: Vec<std::os::fd::OwnedFd>,
     },
     /// Messages `send_many` packed into frames on the host thread.
     SendFrames {
@@ -269,11 +287,14 @@ pub(crate) struct Shared {
     connected: Mutex<HashMap<u32, Arc<AtomicUsize>>>,
     /// Bytes of worker messages in the event queue not yet taken by the host.
     event_bytes: AtomicUsize,
+    /// File descriptors of worker messages in the event queue not yet taken.
+    event_fds: AtomicUsize,
     /// The loop stopped reading worker channels (`max_event_bytes`): the
     /// host wakes it when it has taken half.
     reads_paused: AtomicBool,
     max_send_queue: usize,
     max_event_bytes: usize,
+    max_event_fds: usize,
     /// The loop has finished (after shutdown).
     stopped: AtomicBool,
     /// This process is a raw-forked child: the fds above were closed by hand.
@@ -295,8 +316,11 @@ impl Drop for Shared {
 
 impl Shared {
     pub(crate) fn emit(&self, event: Event) {
-        if let Event::Message { data, .. } = &event {
+        if let Event::Message { data, fds, .. } = &event {
             self.event_bytes.fetch_add(data.len(), Ordering::Relaxed);
+            if !fds.is_empty() {
+                self.event_fds.fetch_add(fds.len(), Ordering::Relaxed);
+            }
         }
         self.events.push(event);
     }
@@ -305,21 +329,29 @@ impl Shared {
     pub(crate) fn emit_messages(&self, worker: u32, pid: i32, messages: Vec<Vec<u8>>) {
         let bytes: usize = messages.iter().map(Vec::len).sum();
         self.event_bytes.fetch_add(bytes, Ordering::Relaxed);
-        self.events.push_many(messages.into_iter().map(|data| Event::Message { worker, pid, data }));
+        self.events.push_many(messages.into_iter().map(|data| Event::Message { worker, pid, data, fds: Vec::new() }));
     }
 
     /// Whether the host has fallen so far behind that the loop must stop
     /// reading workers' messages.
     pub(crate) fn events_over_limit(&self) -> bool {
         self.event_bytes.load(Ordering::Relaxed) > self.max_event_bytes
+            || self.event_fds.load(Ordering::Relaxed) > self.max_event_fds
     }
 
     /// The host took `event`: count its bytes off, and wake a paused loop
     /// once half the limit is free again.
     fn taken(&self, event: &Event) {
-        if let Event::Message { data, .. } = event {
+        if let Event::Message { data, fds, .. } = event {
             let left = self.event_bytes.fetch_sub(data.len(), Ordering::Relaxed) - data.len();
-            if left <= self.max_event_bytes / 2 && self.reads_paused.swap(false, Ordering::SeqCst) {
+            let fds_left = match fds.len() {
+                0 => self.event_fds.load(Ordering::Relaxed),
+                n => self.event_fds.fetch_sub(n, Ordering::Relaxed) - n,
+            };
+            if left <= self.max_event_bytes / 2
+                && fds_left <= self.max_event_fds / 2
+                && self.reads_paused.swap(false, Ordering::SeqCst)
+            {
                 self.wake.set();
             }
         }
@@ -374,9 +406,11 @@ impl Primary {
             wake: ManuallyDrop::new(Flag::new().map_err(|e| Error::os("eventfd", e))?),
             connected: Mutex::new(HashMap::new()),
             event_bytes: AtomicUsize::new(0),
+            event_fds: AtomicUsize::new(0),
             reads_paused: AtomicBool::new(false),
             max_send_queue: config.limits.max_send_queue,
             max_event_bytes: config.limits.max_event_bytes,
+            max_event_fds: config.limits.max_event_fds,
             stopped: AtomicBool::new(false),
             in_child: AtomicBool::new(false),
         });
@@ -486,6 +520,17 @@ impl Primary {
         crate::channel::check_limits(data.len().saturating_add(1), 0)?;
         self.reserve_send(worker, data.len())?;
         self.command(Command::Send { worker, data: data.to_vec() })
+    }
+
+    /// Sends application bytes with file descriptors attached (at most
+    /// `channel::MAX_FDS`, each open: else `TooBig` or `InvalidArgument`,
+    /// nothing sent). The caller keeps its fds: they are duplicated before
+    /// this returns, and the worker gets its own (`WorkerEvent::Message`).
+    /// Queued, in order with `send`; never blocks.
+    pub fn send_fds(&self, worker: u32, data: &[u8], fds: &[std::os::fd::BorrowedFd<'_>]) -> Result<()> {
+        let fds = crate::message_fds::duplicate(data.len(), &crate::message_fds::raw(fds))?;
+        self.reserve_send(worker, data.len())?;
+        self.command(Command::SendFds { worker, data: data.to_vec(), fds })
     }
 
     /// Sends several messages to a worker, in order, packed into shared

@@ -25,7 +25,9 @@
 //!   whether this is still a worker, and what creating a primary here gives;
 //! - `flood-messages`: send `TEST_COUNT` messages of `TEST_SIZE` bytes, each
 //!   starting with its decimal sequence number and a space;
-//! - `send-fds`: write a frame with fds attached straight onto the channel;
+//! - `send-fds`: write a packed-messages frame (which may carry none) with fds
+//!   attached straight onto the channel;
+//! - `handles`: messages with fds, see `handles.rs`;
 //! - `random-frames`: write `TEST_COUNT` random records straight onto the channel;
 //! - `primary N [MODE]`: be a primary of N workers in MODE (default `http`);
 //!   print `ready PORT PID` and serve until killed (tests that kill the primary or
@@ -67,6 +69,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rcluster::ffi::*;
+
+mod handles;
 
 fn check(rc: i32, what: &str) {
     if rc != 0 {
@@ -589,6 +593,7 @@ fn main() {
             let mut ev = empty();
             rcluster_worker_wait_event(worker, &mut ev, 10_000);
         }
+        "handles" => handles::run(worker),
         "flood-messages" => {
             let knob =
                 |name: &str, default: usize| std::env::var(name).ok().and_then(|n| n.parse().ok()).unwrap_or(default);
@@ -606,7 +611,9 @@ fn main() {
             let fds = [0, 1, 2];
             // SAFETY: the channel fd stays open; fds 0-2 are this process's stdio.
             let channel = unsafe { std::os::fd::BorrowedFd::borrow_raw(channel_fd) };
-            let _ = rcluster::channel::send_message(channel, &Frame::User(b"with fds".to_vec()).encode(), &fds, None);
+            // A frame that carries no fds (a message's own frame may carry some).
+            let frame = Frame::Users(vec![b"with fds".to_vec()]).encode();
+            let _ = rcluster::channel::send_message(channel, &frame, &fds, None);
             let mut ev = empty();
             rcluster_worker_wait_event(worker, &mut ev, 10_000);
         }

@@ -13,6 +13,7 @@ const runtime = require('./runtime');
 const { sendArgs, decode, channelClosed } = require('./messages');
 const internal = require('./internal');
 const { setupSharedSockets } = require('./shared_sockets');
+const handles = require('./handles');
 
 /** How many connections may be accepted ahead of JS (without maxConnections). */
 const ACCEPT_WINDOW = 64;
@@ -112,14 +113,15 @@ function setupChild(cluster, native) {
     },
   };
   process.send = function send(...args) {
-    const { text, callback } = sendArgs(args);
+    const { deliver, callback } = sendArgs(args);
     if (!connected) {
       const error = channelClosed();
       if (callback) process.nextTick(callback, error);
       else process.nextTick(() => process.emit('error', error));
       return false;
     }
-    channel.send(text);
+    // HOOK(handles): a handle travels as fds attached to the message.
+    deliver((text, fds) => (fds ? channel.sendFds(text, fds) : channel.send(text)));
     if (callback) process.nextTick(callback, null);
     return true;
   };
@@ -208,6 +210,7 @@ function setupChild(cluster, native) {
     switch (event.kind) {
       case 'message': {
         if (internal.isInternal(event.data)) {
+          handles.closeFds(event.fds);
           if (event.data === internal.LEAVING_ACK && leaving) closeChannel();
           return;
         }
@@ -215,10 +218,12 @@ function setupChild(cluster, native) {
         try {
           message = decode(event.data);
         } catch (e) {
+          handles.closeFds(event.fds);
           process.emitWarning(`rcluster: the primary sent a message that is not JSON: ${e.message}`);
           return;
         }
-        process.emit('message', message, undefined);
+        // HOOK(handles): a handle envelope becomes (message, server or socket).
+        handles.receive(message, event.fds, (msg, handle) => process.emit('message', msg, handle));
         break;
       }
       case 'disconnect':

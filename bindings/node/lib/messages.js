@@ -2,6 +2,8 @@
 // Messages cross the channel as JSON text, like Node's default 'json'
 // serialization; argument checks and errors follow child_process.send.
 
+const handles = require('./handles');
+
 function missingArgs() {
   const e = new TypeError('The "message" argument must be specified');
   e.code = 'ERR_MISSING_ARGS';
@@ -14,18 +16,17 @@ function channelClosed() {
   return e;
 }
 
-/** Splits send()'s arguments: (message[, sendHandle[, options]][, callback]). */
+/**
+ * Splits send()'s arguments: (message[, sendHandle[, options]][, callback]).
+ * `deliver(send)` calls `send(text, fds)`: a handle (net.Server,
+ * net.Socket, dgram.Socket) travels as fds attached (lib/handles.js).
+ */
 function sendArgs(args) {
   const [message] = args;
-  let callback = args.slice(1).find((a) => typeof a === 'function');
-  const handle = typeof args[1] === 'function' ? undefined : args[1];
+  const callback = args.slice(1).find((a) => typeof a === 'function');
+  const [handle, options] = args.slice(1).filter((a) => typeof a !== 'function');
   if (message === undefined) throw missingArgs();
-  if (handle !== undefined && handle !== null) {
-    throw new Error(
-      'rcluster: sending handles with send() is not supported; connections reach workers through server.listen()',
-    );
-  }
-  return { text: JSON.stringify(message), callback };
+  return { deliver: handles.prepare(message, handle, options), callback };
 }
 
 function decode(text) {

@@ -11,6 +11,7 @@ const { Worker } = require('./worker');
 const runtime = require('./runtime');
 const { sendArgs, decode, channelClosed } = require('./messages');
 const internal = require('./internal');
+const handles = require('./handles');
 
 const SCHED_NONE = 1;
 const SCHED_RR = 2;
@@ -390,8 +391,12 @@ function setupPrimary(cluster, native) {
         break;
       }
       case 'message': {
-        if (!worker) break;
+        if (!worker) {
+          handles.closeFds(event.fds);
+          break;
+        }
         if (internal.isInternal(event.data)) {
+          handles.closeFds(event.fds);
           if (event.data === internal.LEAVING) {
             // cluster.worker.disconnect() in the worker: known before its 'disconnect'.
             worker.exitedAfterDisconnect = true;
@@ -409,10 +414,12 @@ function setupPrimary(cluster, native) {
         try {
           message = decode(event.data);
         } catch (e) {
+          handles.closeFds(event.fds);
           worker.process.emit('error', new Error(`rcluster: worker ${worker.id} sent a message that is not JSON: ${e.message}`));
           break;
         }
-        worker.process.emit('message', message, undefined);
+        // HOOK(handles): a handle envelope becomes (message, server or socket).
+        handles.receive(message, event.fds, (msg, handle) => worker.process.emit('message', msg, handle));
         break;
       }
       case 'disconnect':
@@ -505,7 +512,7 @@ function setupPrimary(cluster, native) {
     }
 
     send(...args) {
-      const { text, callback } = sendArgs(args);
+      const { deliver, callback } = sendArgs(args);
       if (!this.connected) {
         const error = channelClosed();
         if (callback) process.nextTick(callback, error);
@@ -513,7 +520,8 @@ function setupPrimary(cluster, native) {
         return false;
       }
       try {
-        this._primary.send(this._id, text);
+        // HOOK(handles): a handle travels as fds attached to the message.
+        deliver((text, fds) => (fds ? this._primary.sendFds(this._id, text, fds) : this._primary.send(this._id, text)));
       } catch (e) {
         if (callback) process.nextTick(callback, e);
         else process.nextTick(() => this.emit('error', e));

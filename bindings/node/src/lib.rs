@@ -55,6 +55,33 @@ pub fn error_codes() -> Vec<&'static str> {
     rcluster::Code::ALL.iter().map(|code| code.c_name()).collect()
 }
 
+/// A message's fds handed to JS, which owns them from here (None: none came).
+pub(crate) fn fds_to_js(fds: Vec<std::os::fd::OwnedFd>) -> Option<Vec<i32>> {
+    use std::os::fd::IntoRawFd;
+    (!fds.is_empty()).then(|| fds.into_iter().map(IntoRawFd::into_raw_fd).collect())
+}
+
+/// The fds of a send call, borrowed for it: each must be open (a closed one
+/// is refused with a clear error, never sent).
+pub(crate) fn borrow_fds(fds: &[i32]) -> rcluster::Result<Vec<std::os::fd::BorrowedFd<'_>>> {
+    rcluster::message_fds::check(0, fds)?;
+    // SAFETY: each fd was just found open, and is borrowed only for the send
+    // call that follows; JS keeps it open meanwhile (one thread).
+    Ok(fds.iter().map(|&fd| unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }).collect())
+}
+
+/// Closes a file descriptor JS was handed and will not use (a message's fd
+/// no handle asked for, a duplicate already sent). Native, because Deno's
+/// `fs.closeSync` takes its own resource ids, not the process's fds.
+#[napi_derive::napi]
+pub fn close_fd(fd: i32) {
+    if fd >= 0 {
+        // SAFETY: JS owns `fd` (it came from a message, or a duplicate made
+        // for a send) and gives it up here; nothing else closes it.
+        drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+    }
+}
+
 /// Whether this process offers libuv to addons (true under Node): the
 /// worker then polls its fds on the JS thread (see `poll.rs`).
 #[napi_derive::napi]

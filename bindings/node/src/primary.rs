@@ -135,6 +135,9 @@ pub struct ClusterEvent {
     pub slot: Option<u32>,
     /// fork, reload_done, reload_failed: the reload generation.
     pub generation: Option<u32>,
+    /// message: the file descriptors that came with it, owned by JS from
+    /// here (lib/handles.js wraps or closes each).
+    pub fds: Option<Vec<i32>>,
 }
 
 impl ClusterEvent {
@@ -153,6 +156,7 @@ impl ClusterEvent {
             message: None,
             slot: None,
             generation: None,
+            fds: None,
         }
     }
 
@@ -169,8 +173,9 @@ impl ClusterEvent {
                 family: Some(if address.is_ipv6() { 6 } else { 4 }),
                 ..ClusterEvent::new(kind, Some(worker), Some(pid))
             },
-            Event::Message { worker, pid, data } => ClusterEvent {
+            Event::Message { worker, pid, data, fds } => ClusterEvent {
                 data: Some(String::from_utf8_lossy(&data).into_owned()),
+                fds: crate::fds_to_js(fds),
                 ..ClusterEvent::new(kind, Some(worker), Some(pid))
             },
             Event::Disconnect { worker, pid } => ClusterEvent::new(kind, Some(worker), Some(pid)),
@@ -332,6 +337,9 @@ impl NativePrimary {
             handle_signals: false,
             supervision,
             metrics_address: options.metrics_address.clone(),
+            // As in Node, a worker's process.send(message, handle) reaches
+            // the primary with its handle (lib/handles.js).
+            message_fds: true,
             ..defaults
         };
         Ok(NativePrimary { inner: Arc::new(Primary::new(config).map_err(js_error(js))?), started: false })
@@ -427,6 +435,14 @@ impl NativePrimary {
     #[napi]
     pub fn send(&self, js: &Env, worker: u32, data: String) -> Result<()> {
         self.inner.send(worker, data.as_bytes()).map_err(js_error(js))
+    }
+
+    /// Sends a message with file descriptors attached; the caller keeps
+    /// them (the library sends duplicates).
+    #[napi]
+    pub fn send_fds(&self, js: &Env, worker: u32, data: String, fds: Vec<i32>) -> Result<()> {
+        let fds = crate::borrow_fds(&fds).map_err(js_error(js))?;
+        self.inner.send_fds(worker, data.as_bytes(), &fds).map_err(js_error(js))
     }
 
     /// Asks a worker to finish what it holds and leave.

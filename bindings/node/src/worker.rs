@@ -30,16 +30,22 @@ pub struct WorkerEventJs {
     pub data: Option<String>,
     /// primary_gone: why the channel ended.
     pub reason: Option<String>,
+    /// message: the file descriptors that came with it, owned by JS from
+    /// here (lib/handles.js wraps or closes each).
+    pub fds: Option<Vec<i32>>,
 }
 
 impl From<WorkerEvent> for WorkerEventJs {
     fn from(event: WorkerEvent) -> WorkerEventJs {
         let kind = event.kind().name().to_owned();
         match event {
-            WorkerEvent::Message(data) => {
-                WorkerEventJs { kind, data: Some(String::from_utf8_lossy(&data).into_owned()), reason: None }
-            }
-            WorkerEvent::Disconnect => WorkerEventJs { kind, data: None, reason: None },
+            WorkerEvent::Message { data, fds } => WorkerEventJs {
+                kind,
+                data: Some(String::from_utf8_lossy(&data).into_owned()),
+                reason: None,
+                fds: crate::fds_to_js(fds),
+            },
+            WorkerEvent::Disconnect => WorkerEventJs { kind, data: None, reason: None, fds: None },
             WorkerEvent::PrimaryGone => WorkerEventJs::gone("the primary is gone".to_owned()),
         }
     }
@@ -47,7 +53,7 @@ impl From<WorkerEvent> for WorkerEventJs {
 
 impl WorkerEventJs {
     fn gone(reason: String) -> WorkerEventJs {
-        WorkerEventJs { kind: EventKind::PrimaryGone.name().to_owned(), data: None, reason: Some(reason) }
+        WorkerEventJs { kind: EventKind::PrimaryGone.name().to_owned(), data: None, reason: Some(reason), fds: None }
     }
 }
 
@@ -121,6 +127,13 @@ impl NativeWorker {
     #[napi]
     pub fn send(&self, js: &Env, data: String) -> Result<()> {
         self.inner.send(data.as_bytes()).map_err(js_error(js))
+    }
+
+    /// Sends a message with file descriptors attached; the caller keeps them.
+    #[napi]
+    pub fn send_fds(&self, js: &Env, data: String, fds: Vec<i32>) -> Result<()> {
+        let fds = crate::borrow_fds(&fds).map_err(js_error(js))?;
+        self.inner.send_fds(data.as_bytes(), &fds).map_err(js_error(js))
     }
 
     /// Asks the primary to listen on `host:port` (port 0: an OS-picked port

@@ -79,6 +79,8 @@ worker_id: int | None = _worker_id()
 
 #: Largest message, in bytes, that ``send`` carries.
 MAX_MESSAGE: int = _lib.RCLUSTER_MAX_MESSAGE
+#: Most file descriptors one message may carry (``send(..., fds=[...])``).
+MAX_FDS: int = _lib.RCLUSTER_MAX_FDS
 
 __all__ = [
     "AddressError",
@@ -92,6 +94,7 @@ __all__ = [
     "EventSource",
     "InvalidArgument",
     "Listener",
+    "MAX_FDS",
     "MAX_MESSAGE",
     "POLICIES",
     "Primary",

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import enum
 import json
+import socket
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from ._ffi import ffi, lib
 
-__all__ = ["EventKind", "Event", "from_c"]
+__all__ = ["EventKind", "Event", "from_c", "fd_numbers"]
 
 
 class _Kind(str, enum.Enum):
@@ -75,6 +76,10 @@ class Event:
     slot: Optional[int] = None
     #: Fork events: the worker's reload generation; reload events: the reload's.
     generation: int = 0
+    #: Message events: the file descriptors that came with the message, in
+    #: the order sent, owned by the caller (close them when done): a
+    #: ``socket.socket`` for each socket, a plain ``int`` for any other kind.
+    fds: tuple[Union[socket.socket, int], ...] = ()
 
     def text(self, encoding: str = "utf-8") -> str:
         """``data`` decoded as text."""
@@ -113,7 +118,46 @@ def from_c(raw: Any) -> Event:
         flags=int(raw.flags),
         slot=_field(raw, "slot", None, int) if kind in _SLOT_KINDS and raw.slot >= 0 else None,
         generation=_field(raw, "generation", 0, int),
+        fds=_take_fds(raw) if kind == EventKind.MESSAGE else (),
     )
+
+
+def _take_fds(raw: Any) -> tuple[Union[socket.socket, int], ...]:
+    """Takes every fd of a message event (the caller owns them from here)."""
+    if not hasattr(lib, "rcluster_event_fd_count"):
+        return ()
+    count = ffi.new("size_t *")
+    lib.rcluster_event_fd_count(raw, count)
+    taken: list[Union[socket.socket, int]] = []
+    fd = ffi.new("int *")
+    for index in range(count[0]):
+        if lib.rcluster_event_take_fd(raw, index, fd) == 0:
+            taken.append(_wrap(fd[0]))
+    return tuple(taken)
+
+
+def _wrap(fd: int) -> Union[socket.socket, int]:
+    """A socket.socket for a socket fd (its family and type read from the
+    fd), else the fd itself."""
+    try:
+        return socket.socket(fileno=fd)
+    except OSError:
+        return fd  # not a socket: the caller closes it with os.close
+
+
+def fd_numbers(fds: Any) -> list[int]:
+    """The fds of a send call: ``socket.socket`` objects or ints (the
+    caller keeps them; the library sends duplicates)."""
+    numbers: list[int] = []
+    for item in fds or ():
+        if isinstance(item, socket.socket):
+            numbers.append(item.fileno())  # -1 once closed: the library refuses it
+        elif isinstance(item, int) and not isinstance(item, bool):
+            numbers.append(item)
+        else:
+            raise TypeError(f"fds takes socket.socket objects or ints, not {type(item).__name__}")
+    return numbers
+
 
 
 def _field(raw: Any, name: str, default: Any, convert: Any) -> Any:

@@ -17,10 +17,10 @@ import sys
 import threading
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Optional, Union
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 from ._errors import BadHandle, Closed, InvalidArgument, StateError, Timeout, check
-from ._events import Event, EventKind
+from ._events import Event, EventKind, fd_numbers
 from ._ffi import CStrArray, Deadline, cstr, cstr_array, ffi, lib
 from ._source import EventSource
 
@@ -318,13 +318,21 @@ class Primary(EventSource):
         with self._lock:
             return {i: w for i, w in self._workers.items() if w.state != "exited"}
 
-    def send(self, worker_id: int, data: _Bytes) -> None:
+    def send(self, worker_id: int, data: _Bytes, fds: Optional[Sequence[Any]] = None) -> None:
         """Sends ``data`` to worker ``worker_id`` (copied, queued; never
-        blocks). :class:`~rcluster.Closed` if it is not connected."""
+        blocks). :class:`~rcluster.Closed` if it is not connected.
+
+        ``fds``: ``socket.socket`` objects or ints to attach (at most
+        ``rcluster.MAX_FDS``). The caller keeps them (duplicates travel), so
+        it may close its own at once; the worker finds them in ``event.fds``."""
         if isinstance(data, str):
             raise TypeError("send() takes bytes; use send_json() for objects, or encode the text")
         buf = ffi.from_buffer(data)
-        check(lib.rcluster_primary_send(self._h(), worker_id, buf, len(buf)))
+        if fds is None:
+            check(lib.rcluster_primary_send(self._h(), worker_id, buf, len(buf)))
+            return
+        numbers = fd_numbers(fds)
+        check(lib.rcluster_primary_send_fds(self._h(), worker_id, buf, len(buf), numbers, len(numbers)))
 
     def send_json(self, worker_id: int, obj: Any) -> None:
         """Sends ``obj`` as JSON (the worker reads it with ``event.json()``)."""

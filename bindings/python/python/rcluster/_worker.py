@@ -19,10 +19,10 @@ import os
 import sys
 import threading
 import weakref
-from typing import Any, Callable, Optional, TypeVar, Union
+from typing import Any, Callable, Optional, Sequence, TypeVar, Union
 
 from ._errors import BadHandle, Closed, InvalidArgument, StateError, Timeout, WouldBlock, check, last_error
-from ._events import EventKind
+from ._events import EventKind, fd_numbers
 from ._ffi import Deadline, cstr, ffi, lib, wait_readable
 from ._source import EventSource
 
@@ -184,13 +184,22 @@ class Worker(EventSource):
         stopped, only after this call."""
         check(lib.rcluster_worker_ready(self._h()))
 
-    def send(self, data: Union[bytes, bytearray, memoryview]) -> None:
+    def send(self, data: Union[bytes, bytearray, memoryview], fds: Optional[Sequence[Any]] = None) -> None:
         """Sends ``data`` to the primary (a ``"message"`` event there); blocks
-        while the channel is full."""
+        while the channel is full.
+
+        ``fds``: ``socket.socket`` objects or ints to attach (at most
+        ``rcluster.MAX_FDS``); the caller keeps them. The primary takes them
+        only if it was created with ``accept_message_fds=True``; otherwise
+        it cuts this worker off."""
         if isinstance(data, str):
             raise TypeError("send() takes bytes; use send_json() for objects, or encode the text")
         buf = ffi.from_buffer(data)
-        check(lib.rcluster_worker_send(self._h(), buf, len(buf)))
+        if fds is None:
+            check(lib.rcluster_worker_send(self._h(), buf, len(buf)))
+            return
+        numbers = fd_numbers(fds)
+        check(lib.rcluster_worker_send_fds(self._h(), buf, len(buf), numbers, len(numbers)))
 
     def send_json(self, obj: Any) -> None:
         """Sends ``obj`` as JSON (the primary reads it with ``event.json()``)."""
@@ -271,9 +280,9 @@ def listen(address: Address, *, timeout: Optional[float] = None) -> "Listener":
     return worker().listen(address, timeout=timeout)
 
 
-def send(data: Union[bytes, bytearray, memoryview]) -> None:
-    """``rcluster.worker().send(data)``: sends bytes to the primary."""
-    worker().send(data)
+def send(data: Union[bytes, bytearray, memoryview], fds: Optional[Sequence[Any]] = None) -> None:
+    """``rcluster.worker().send(data, fds)``: sends bytes (and fds) to the primary."""
+    worker().send(data, fds)
 
 
 def send_json(obj: Any) -> None:
