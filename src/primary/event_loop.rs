@@ -8,13 +8,11 @@
 //!
 //! # Connection ownership
 //!
-//! An accepted connection is a [`Handoff`]. It sits in `pending` until a
-//! worker can take it, then in that worker's `unacked` table until the
-//! worker acknowledges it (then the primary closes its copy) or refuses it,
-//! disconnects or dies (then it goes back to `pending` for another worker).
-//! Credit (`max_unacked`) bounds each worker's table and `max_pending`
-//! bounds the queue; when the queue is full the primary stops accepting and
-//! the kernel's backlog holds the rest.
+//! Decided in [`super::core::Connections`], without I/O: the loop accepts,
+//! gives each connection to the ledger with its fd, sends what the ledger
+//! hands to each worker, and feeds it acknowledgements, refusals, lost fds
+//! and hang-ups. `max_pending` bounds the queue; when it is full the primary
+//! stops accepting and the kernel's backlog holds the rest.
 //!
 //! # Supervision
 //!
@@ -36,6 +34,7 @@ use std::time::{Duration, Instant};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
+use super::core::{Ack, Beat, Connections, Life};
 use super::listener::{parse_address, Listener};
 use super::policy::Sockets;
 use super::signals::SignalPipe;
@@ -77,17 +76,8 @@ fn token(kind: usize, id: u32) -> Token {
     Token(((id as usize) << 2) | kind)
 }
 
-/// An accepted connection the primary still owns.
-struct Handoff {
-    conn: u64,
-    listener: u32,
-    fd: Arc<OwnedFd>,
-    /// The workers that refused it: it is not offered to them again, and it
-    /// is closed once every worker of its listener has refused it.
-    refused_by: Vec<u32>,
-    /// When it was last handed to a worker (for the acknowledgement deadline).
-    handed_at: Instant,
-}
+/// An accepted connection the primary still owns: its fd rides in the ledger.
+type Handoff = super::core::Handoff<Arc<OwnedFd>>;
 
 /// A record waiting for room in a worker's socket buffer.
 struct Outgoing {
@@ -108,13 +98,6 @@ struct Link {
     queued: Arc<AtomicUsize>,
 }
 
-/// The next signal a stopping worker gets, and when.
-#[derive(Clone, Copy)]
-struct Escalation {
-    at: Instant,
-    signal: libc::c_int,
-}
-
 /// One worker process, from start until it is reaped.
 struct WorkerEntry {
     id: u32,
@@ -124,73 +107,12 @@ struct WorkerEntry {
     link: Option<Link>,
     slot: Option<u32>,
     generation: u32,
-    started: Instant,
-    online: bool,
-    listening: bool,
-    ready: bool,
-    /// Asked to leave or said goodbye: gets no new connections.
-    leaving: bool,
-    /// Its exit follows a disconnect it asked for or was asked for.
-    after_disconnect: bool,
-    /// The primary asked it to go: its exit is not a crash.
-    stop_requested: bool,
-    unacked: HashMap<u64, Handoff>,
-    /// Connections handed to it this loop turn, sent together at its end
-    /// (several fds per record): (listener, connection, fd).
-    handing: Vec<(u32, u64, Arc<OwnedFd>)>,
-    /// Connections it acknowledged and has not reported finished.
-    active: u32,
+    /// Its phase, why it leaves, its stop signals and heartbeat.
+    life: Life,
     listening_on: Vec<u32>,
-    escalation: Option<Escalation>,
-    dispatched: u64,
-    /// Recycle once this many connections were handed over.
-    recycle_at: Option<u64>,
-    /// Outstanding heartbeat: its sequence number and when it was sent.
-    ping: Option<(u64, Instant)>,
-    next_ping: Option<Instant>,
-    /// It held a connection unacknowledged past `ack_timeout` and was killed.
-    ack_expired: bool,
-    /// It could not receive connections' fds (at its fd limit): none are
-    /// handed to it until then.
-    starved_until: Option<Instant>,
     /// Application messages it sent, and was sent.
     messages_in: u64,
     messages_out: u64,
-}
-
-impl WorkerEntry {
-    fn can_take_connections(&self, max_unacked: usize, now: Instant) -> bool {
-        self.link.is_some()
-            && !self.leaving
-            && self.unacked.len() < max_unacked
-            && self.starved_until.is_none_or(|until| until <= now)
-    }
-
-    /// Whether the heartbeat watches it: online and connected, not leaving.
-    /// `next_timer` and `check_heartbeats` both ask this, so a deadline is
-    /// only ever waited for when a check will act on it.
-    fn heartbeat_watched(&self) -> bool {
-        self.link.is_some() && self.online && !self.leaving
-    }
-
-    /// When its oldest unacknowledged connection was handed over.
-    fn oldest_unacked(&self) -> Option<Instant> {
-        self.unacked.values().map(|h| h.handed_at).min()
-    }
-
-    fn state(&self) -> WorkerState {
-        if self.link.is_none() {
-            WorkerState::Disconnected
-        } else if self.leaving {
-            WorkerState::Leaving
-        } else if self.listening {
-            WorkerState::Listening
-        } else if self.online {
-            WorkerState::Online
-        } else {
-            WorkerState::Starting
-        }
-    }
 }
 
 struct ShutdownState {
@@ -209,7 +131,8 @@ pub(crate) struct EventLoop {
     listeners: HashMap<u32, Listener>,
     /// Listeners by address and port-0 index (0 for other ports).
     by_address: HashMap<(SocketAddr, u16), u32>,
-    pending: VecDeque<Handoff>,
+    /// Who owns each accepted connection (the queue, each worker's table).
+    conns: Connections<Arc<OwnedFd>>,
     next_worker: u32,
     next_slot: u32,
     next_listener: u32,
@@ -222,8 +145,6 @@ pub(crate) struct EventLoop {
     reload_again: bool,
     /// Slots whose worker reached its connection budget.
     recycle_due: Vec<u32>,
-    /// Workers with connections in `handing`, to send at the end of the turn.
-    handing_to: Vec<u32>,
     jitter: Jitter,
     signals: Option<SignalPipe>,
     shutdown: Option<ShutdownState>,
@@ -258,6 +179,7 @@ impl EventLoop {
             }
         }
         let systemd_on = config.systemd;
+        let max_unacked = config.max_unacked;
         let poll = Poll::new().map_err(|e| Error::os("epoll", e))?;
         poll.registry()
             .register(&mut SourceFd(&shared.wake.raw()), TOKEN_WAKE, Interest::READABLE)
@@ -279,7 +201,7 @@ impl EventLoop {
             slots: BTreeMap::new(),
             listeners: HashMap::new(),
             by_address: HashMap::new(),
-            pending: VecDeque::new(),
+            conns: Connections::new(max_unacked),
             next_worker: 1,
             next_slot: 0,
             next_listener: 1,
@@ -289,7 +211,6 @@ impl EventLoop {
             reload: None,
             reload_again: false,
             recycle_due: Vec::new(),
-            handing_to: Vec::new(),
             jitter: Jitter::new(),
             signals,
             shutdown: None,
@@ -533,28 +454,13 @@ impl EventLoop {
                 link: Some(link),
                 slot,
                 generation: self.generation,
-                started: Instant::now(),
-                online: false,
-                listening: false,
-                ready: false,
-                leaving: false,
-                after_disconnect: false,
-                stop_requested: false,
-                unacked: HashMap::new(),
-                handing: Vec::new(),
-                active: 0,
+                life: Life::new(Instant::now()),
                 listening_on: Vec::new(),
-                escalation: None,
-                dispatched: 0,
-                recycle_at,
-                ping: None,
-                next_ping: None,
-                ack_expired: false,
-                starved_until: None,
                 messages_in: 0,
                 messages_out: 0,
             },
         );
+        self.conns.add_worker(id, recycle_at);
         self.shared.lock_connected().insert(id, queued);
         self.shared.emit(Event::Fork { worker: id, pid, slot, generation: self.generation });
         Ok(WorkerInfo { id, pid })
@@ -611,8 +517,8 @@ impl EventLoop {
             })
             .map(|i| self.inherited.remove(i).socket);
         let policy = self.config.policy.instantiate();
-        let listener = Listener::bind(id, requested, self.config.backlog, policy, inherited)?;
-        if let (Some(socket), Sockets::PrimaryAccepts) = (&listener.socket, listener.policy.sockets()) {
+        let listener = Listener::bind(id, requested, self.config.backlog, policy.sockets(), inherited)?;
+        if let (Some(socket), Sockets::PrimaryAccepts) = (&listener.socket, listener.sockets) {
             self.poll
                 .registry()
                 .register(&mut SourceFd(&socket.as_raw_fd()), token(KIND_LISTENER, id), Interest::READABLE)
@@ -623,6 +529,7 @@ impl EventLoop {
         self.by_address.insert(key, id);
         self.by_address.insert((listener.address, 0), id);
         self.listeners.insert(id, listener);
+        self.conns.add_route(id, policy);
         Ok(id)
     }
 
@@ -642,21 +549,17 @@ impl EventLoop {
     fn stop_worker(&mut self, worker: u32) {
         self.send_frame(worker, &Frame::Disconnect.encode(), &[]);
         let stop_timeout = self.config.stop_timeout;
+        self.conns.stop_offering(worker);
         if let Some(entry) = self.workers.get_mut(&worker) {
-            entry.leaving = true;
-            entry.after_disconnect = true;
-            entry.stop_requested = true;
-            if entry.escalation.is_none() {
-                entry.escalation = Some(Escalation { at: Instant::now() + stop_timeout, signal: libc::SIGTERM });
-            }
+            entry.life.ask_to_leave(Instant::now(), stop_timeout);
         }
     }
 
     /// Kills a worker that is not ready and will not be (a failed replacement).
     fn abandon_worker(&mut self, worker: u32) {
+        self.conns.stop_offering(worker);
         if let Some(entry) = self.workers.get_mut(&worker) {
-            entry.stop_requested = true;
-            entry.leaving = true;
+            entry.life.abandon();
             let _ = sys::kill(entry.pid, libc::SIGKILL);
         }
     }
@@ -694,17 +597,18 @@ impl EventLoop {
         let mut stats: Vec<WorkerStats> = self
             .workers
             .values()
-            .map(|w| WorkerStats {
+            .map(|w| (w, self.conns.load(w.id)))
+            .map(|(w, load)| WorkerStats {
                 id: w.id,
                 pid: w.pid,
                 slot: w.slot,
-                state: w.state(),
+                state: w.life.phase(),
                 generation: w.generation,
-                dispatched: w.dispatched,
-                in_flight: w.unacked.len() as u32,
-                active: w.active,
+                dispatched: load.dispatched,
+                in_flight: load.in_flight,
+                active: load.active,
                 restarts: w.slot.and_then(|s| self.slots.get(&s)).map_or(0, |s| s.restarts),
-                uptime: now.duration_since(w.started),
+                uptime: now.duration_since(w.life.started()),
                 messages_in: w.messages_in,
                 messages_out: w.messages_out,
                 cpu: Duration::ZERO,
@@ -726,7 +630,7 @@ impl EventLoop {
         let me = sys::process_usage(unsafe { libc::getpid() }).unwrap_or_default();
         let serving = self.shutdown.is_none() && workers.iter().any(|w| w.state == WorkerState::Listening);
         let primary = PrimaryStats {
-            pending: self.pending.len() as u32,
+            pending: self.conns.pending_len() as u32,
             accept_pauses: self.accept_pauses,
             listeners: self.listeners.values().filter(|l| l.socket.is_some()).count() as u32,
             generation: self.generation,
@@ -809,9 +713,7 @@ impl EventLoop {
             Cause::Recycle => {
                 // Keep the old worker; do not try to recycle it again.
                 if let Some(old) = self.slots.get(&index).and_then(|s| s.worker) {
-                    if let Some(entry) = self.workers.get_mut(&old) {
-                        entry.recycle_at = None;
-                    }
+                    self.conns.forget_budget(old);
                 }
             }
         }
@@ -838,10 +740,9 @@ impl EventLoop {
     /// replaces another, the other is asked to leave now.
     fn on_worker_ready(&mut self, worker: u32) {
         let Some(entry) = self.workers.get_mut(&worker) else { return };
-        if entry.ready {
+        if !entry.life.become_ready() {
             return;
         }
-        entry.ready = true;
         let Some(index) = entry.slot else { return };
         let Some(slot) = self.slots.get_mut(&index) else { return };
         let Some(replacement) = slot.replacement.filter(|r| r.worker == worker) else { return };
@@ -860,7 +761,7 @@ impl EventLoop {
         if self.ready_notified || self.reload.is_some() || self.shutdown.is_some() || !self.notifier.active() {
             return None;
         }
-        let serving = |s: &Slot| s.worker.and_then(|w| self.workers.get(&w)).is_some_and(|w| w.listening);
+        let serving = |s: &Slot| s.worker.and_then(|w| self.workers.get(&w)).is_some_and(|w| w.life.listening());
         if self.slots.is_empty() || !self.slots.values().all(serving) {
             return None;
         }
@@ -886,7 +787,7 @@ impl EventLoop {
                 continue;
             }
             let Some(entry) = slot.worker.and_then(|w| self.workers.get(&w)) else { continue };
-            if entry.leaving || !entry.ready {
+            if !entry.life.serving_ready() {
                 continue;
             }
             if sys::process_usage(entry.pid).is_some_and(|u| u.rss_bytes > limit) {
@@ -897,6 +798,7 @@ impl EventLoop {
     }
 
     fn start_due_recycles(&mut self) {
+        self.note_recycle_due();
         for index in std::mem::take(&mut self.recycle_due) {
             let busy = self.slots.get(&index).is_none_or(|s| s.replacement.is_some());
             if !busy && self.shutdown.is_none() {
@@ -916,15 +818,11 @@ impl EventLoop {
 
     /// Accepts from every listener that has connections waiting.
     fn accept_ready(&mut self) {
-        if self.pending.len() >= self.config.max_pending as usize {
+        if self.conns.pending_len() >= self.config.max_pending as usize {
             return;
         }
-        let ready: Vec<u32> = self
-            .listeners
-            .values()
-            .filter(|l| l.ready && l.policy.sockets() == Sockets::PrimaryAccepts)
-            .map(|l| l.id)
-            .collect();
+        let ready: Vec<u32> =
+            self.listeners.values().filter(|l| l.ready && l.sockets == Sockets::PrimaryAccepts).map(|l| l.id).collect();
         for id in ready {
             self.accept_from(id, false);
         }
@@ -934,18 +832,15 @@ impl EventLoop {
     /// (unless `unbounded`, used once at shutdown), or an error says pause.
     fn accept_from(&mut self, id: u32, unbounded: bool) {
         loop {
-            if !unbounded && self.pending.len() >= self.config.max_pending as usize {
+            if !unbounded && self.conns.pending_len() >= self.config.max_pending as usize {
                 return;
             }
             let Some(listener) = self.listeners.get_mut(&id) else { return };
             let Some(socket) = &listener.socket else { return };
-            if !listener.ready
-                || listener.paused_until.is_some()
-                || listener.policy.sockets() != Sockets::PrimaryAccepts
-            {
+            if !listener.ready || listener.paused_until.is_some() || listener.sockets != Sockets::PrimaryAccepts {
                 return;
             }
-            if listener.members.is_empty() {
+            if !self.conns.has_members(id) {
                 // Nobody to hand it to: leave connections in the kernel's
                 // backlog until a worker (a restart, a replacement) joins.
                 return;
@@ -958,7 +853,7 @@ impl EventLoop {
                 let fd = Arc::new(unsafe { OwnedFd::from_raw_fd(ret) });
                 let conn = self.next_conn;
                 self.next_conn += 1;
-                self.dispatch(Handoff { conn, listener: id, fd, refused_by: Vec::new(), handed_at: self.now });
+                self.conns.dispatch(self.now, Handoff::new(conn, id, fd, self.now));
                 continue;
             }
             let errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
@@ -988,52 +883,8 @@ impl EventLoop {
         }
     }
 
-    /// Hands a connection to the worker the policy picks, or queues it.
-    fn dispatch(&mut self, handoff: Handoff) {
-        match self.pick_worker(handoff.listener, &handoff.refused_by) {
-            Some(worker) => self.hand_to(worker, handoff),
-            None => self.pending.push_back(handoff),
-        }
-    }
-
-    /// The worker the listener's policy picks, never one in `refused_by`.
-    fn pick_worker(&mut self, listener: u32, refused_by: &[u32]) -> Option<u32> {
-        let listener = self.listeners.get_mut(&listener)?;
-        let workers = &self.workers;
-        let max_unacked = self.config.max_unacked as usize;
-        let now = self.now;
-        listener.policy.pick(&listener.members, &mut |id| {
-            let entry = workers.get(&id)?;
-            let can = entry.can_take_connections(max_unacked, now) && !refused_by.contains(&id);
-            can.then_some(entry.unacked.len() as u32 + entry.active)
-        })
-    }
-
-    /// Gives a connection to a worker. It is sent with the others handed to
-    /// that worker this turn, in one record, at the end of the turn.
-    fn hand_to(&mut self, worker: u32, mut handoff: Handoff) {
-        let Some(entry) = self.workers.get_mut(&worker) else {
-            self.pending.push_back(handoff);
-            return;
-        };
-        handoff.handed_at = self.now;
-        if entry.handing.is_empty() {
-            self.handing_to.push(worker);
-        }
-        entry.handing.push((handoff.listener, handoff.conn, handoff.fd.clone()));
-        // Into the table at once: if the send fails, the hang-up path re-queues it.
-        entry.unacked.insert(handoff.conn, handoff);
-        entry.dispatched += 1;
-        if entry.recycle_at.is_some_and(|limit| entry.dispatched >= limit) {
-            entry.recycle_at = None;
-            if let Some(slot) = entry.slot {
-                self.recycle_due.push(slot);
-            }
-        }
-    }
-
     fn send_handed_connections(&mut self) {
-        for worker in std::mem::take(&mut self.handing_to) {
+        for worker in self.conns.take_handing_to() {
             self.flush_handing(worker);
         }
     }
@@ -1041,8 +892,7 @@ impl EventLoop {
     /// Sends the connections handed to `worker` and not yet sent, as few
     /// records as the fd limit allows (one per listener run).
     fn flush_handing(&mut self, worker: u32) {
-        let Some(entry) = self.workers.get_mut(&worker) else { return };
-        let handing = std::mem::take(&mut entry.handing);
+        let handing = self.conns.take_handing(worker);
         let mut rest = &handing[..];
         while let Some(&(listener, _, _)) = rest.first() {
             let run = rest.iter().take(channel::MAX_FDS).take_while(|(l, _, _)| *l == listener).count();
@@ -1054,22 +904,19 @@ impl EventLoop {
         }
     }
 
-    /// Hands out queued connections wherever a worker can take them,
-    /// keeping the order of those that must still wait.
+    /// Hands out queued connections wherever a worker can take them, and
+    /// notes the slots whose worker reached its connection budget.
     fn dispatch_pending(&mut self) {
-        if self.pending.is_empty() {
-            return;
-        }
-        let mut waiting = VecDeque::new();
-        while let Some(handoff) = self.pending.pop_front() {
-            match self.pick_worker(handoff.listener, &handoff.refused_by) {
-                Some(worker) => self.hand_to(worker, handoff),
-                None => waiting.push_back(handoff),
+        self.conns.dispatch_pending(self.now);
+        self.note_recycle_due();
+    }
+
+    fn note_recycle_due(&mut self) {
+        for worker in self.conns.take_recycle_due() {
+            if let Some(slot) = self.workers.get(&worker).and_then(|w| w.slot) {
+                self.recycle_due.push(slot);
             }
         }
-        // hand_to may have re-queued into self.pending (a worker died): keep those too.
-        waiting.extend(self.pending.drain(..));
-        self.pending = waiting;
     }
 
     // ----- worker channels -----------------------------------------------
@@ -1077,7 +924,7 @@ impl EventLoop {
     /// Sends one message to a worker, after the connections handed to it
     /// this turn (so nothing, a `Disconnect` least of all, overtakes them).
     fn send_frame(&mut self, worker: u32, bytes: &[u8], fds: &[Arc<OwnedFd>]) {
-        if self.workers.get(&worker).is_some_and(|w| !w.handing.is_empty()) {
+        if self.conns.is_handing(worker) {
             self.flush_handing(worker);
         }
         self.send_bytes(worker, bytes, fds);
@@ -1208,8 +1055,7 @@ impl EventLoop {
         let pid = entry.pid;
         match frame {
             Frame::Hello { .. } => {
-                entry.online = true;
-                entry.next_ping = self.config.supervision.heartbeat_interval.map(|i| Instant::now() + i);
+                entry.life.hello(Instant::now(), self.config.supervision.heartbeat_interval);
                 self.shared.emit(Event::Online { worker, pid });
             }
             Frame::Listen { request, port, host, index } => self.on_listen_request(worker, request, &host, port, index),
@@ -1220,7 +1066,7 @@ impl EventLoop {
                 // got wrong, so they must not be handed to another worker.
                 let mut unknown = None;
                 for conn in conns {
-                    if self.workers.get(&worker).is_some_and(|w| w.unacked.contains_key(&conn)) {
+                    if self.conns.holds(worker, conn) {
                         self.on_ack(worker, conn, true);
                     } else {
                         unknown = unknown.or(Some(conn));
@@ -1232,15 +1078,13 @@ impl EventLoop {
                 }
             }
             Frame::Lost { conns } => self.on_lost(worker, conns),
-            Frame::Done { count } => entry.active = entry.active.saturating_sub(count),
+            Frame::Done { count } => self.conns.done(worker, count),
             Frame::Goodbye => {
-                entry.leaving = true;
-                entry.after_disconnect = true;
+                entry.life.goodbye();
+                self.conns.stop_offering(worker);
             }
             Frame::Pong { seq } => {
-                if entry.ping.is_some_and(|(sent, _)| sent == seq) {
-                    entry.ping = None;
-                }
+                entry.life.pong(seq);
             }
             Frame::Ready => {
                 if self.config.supervision.wait_ready {
@@ -1281,7 +1125,7 @@ impl EventLoop {
         };
         // `shared` on the wire: a socket is attached and the worker accepts itself.
         let shared = own_socket.is_some();
-        let report_done = listener.policy.wants_done_reports();
+        let report_done = self.conns.policy(id).is_some_and(|p| p.wants_done_reports());
         let port = address.port();
         let reply = Frame::ListenOk { request, listener: id, shared, report_done, port, address: address.to_string() };
         let fds: Vec<Arc<OwnedFd>> = own_socket.into_iter().map(Arc::new).collect();
@@ -1293,12 +1137,10 @@ impl EventLoop {
         if !entry.listening_on.contains(&id) {
             entry.listening_on.push(id);
         }
-        entry.listening = true;
+        entry.life.listened();
         let pid = entry.pid;
+        self.conns.join(worker, id);
         if let Some(listener) = self.listeners.get_mut(&id) {
-            if !listener.members.contains(&worker) {
-                listener.members.push(worker);
-            }
             listener.idle_since = None;
         }
         self.shared.emit(Event::Listening { worker, pid, address });
@@ -1309,62 +1151,28 @@ impl EventLoop {
     }
 
     fn leave_listener(&mut self, worker: u32, listener: u32) {
-        if let Some(l) = self.listeners.get_mut(&listener) {
-            l.members.retain(|&w| w != worker);
-        }
+        self.conns.leave(worker, listener);
         if let Some(entry) = self.workers.get_mut(&worker) {
             entry.listening_on.retain(|&l| l != listener);
         }
     }
 
-    /// A worker took (or refused) a connection.
+    /// A worker took (or refused) a connection. Dropping a taken or
+    /// refused-by-everyone handoff closes the primary's copy.
     fn on_ack(&mut self, worker: u32, conn: u64, accepted: bool) {
-        let Some(entry) = self.workers.get_mut(&worker) else { return };
-        let Some(mut handoff) = entry.unacked.remove(&conn) else {
+        if let Ack::Unknown = self.conns.ack(worker, conn, accepted) {
             let message = format!("worker acknowledged unknown connection {conn}");
-            return self.worker_error(worker, Error::new(Code::Protocol, message));
-        };
-        if accepted {
-            // Only policies that receive done reports can know when it ends.
-            if self.listeners.get(&handoff.listener).is_some_and(|l| l.policy.wants_done_reports()) {
-                entry.active += 1;
-            }
-            return; // dropping the handoff closes the primary's copy
+            self.worker_error(worker, Error::new(Code::Protocol, message));
         }
-        let leaving = entry.leaving;
-        let Some(listener) = self.listeners.get(&handoff.listener) else { return };
-        // A worker that is leaving or left the listener gives back what it
-        // was sent meanwhile: that says nothing about the connection.
-        if !leaving && listener.members.contains(&worker) && !handoff.refused_by.contains(&worker) {
-            handoff.refused_by.push(worker);
-        }
-        // Distinct workers count, not refusals: one worker that refuses
-        // everything must not get a connection closed while others have room.
-        let mut serving =
-            listener.members.iter().filter(|m| self.workers.get(m).is_some_and(|w| !w.leaving)).peekable();
-        let everyone_refused = serving.peek().is_some() && serving.all(|m| handoff.refused_by.contains(m));
-        if everyone_refused {
-            // Every worker serving its listener refused it: closing it is all that is left.
-            return;
-        }
-        self.pending.push_back(handoff);
     }
 
     /// The worker could not receive these connections (at its fd limit):
     /// they go back to the front of the queue, not counted as refusals, and
     /// the worker gets none for a moment while its fds free up.
-    fn on_lost(&mut self, worker: u32, mut conns: Vec<u64>) {
-        let Some(entry) = self.workers.get_mut(&worker) else { return };
-        entry.starved_until = Some(self.now + ACCEPT_BACKOFF);
-        conns.sort_unstable_by(|a, b| b.cmp(a));
-        for conn in conns {
-            match entry.unacked.remove(&conn) {
-                Some(handoff) => self.pending.push_front(handoff), // oldest first
-                None => {
-                    let message = format!("worker reported unknown connection {conn} lost");
-                    return self.worker_error(worker, Error::new(Code::Protocol, message));
-                }
-            }
+    fn on_lost(&mut self, worker: u32, conns: Vec<u64>) {
+        if let Err(conn) = self.conns.lost(worker, conns, self.now + ACCEPT_BACKOFF) {
+            let message = format!("worker reported unknown connection {conn} lost");
+            self.worker_error(worker, Error::new(Code::Protocol, message));
         }
     }
 
@@ -1375,19 +1183,11 @@ impl EventLoop {
         let Some(link) = entry.link.take() else { return };
         let _ = self.poll.registry().deregister(&mut SourceFd(&link.fd.as_raw_fd()));
         drop(link);
-        entry.handing.clear(); // they are in `unacked` too, re-queued below
-        let mut orphans: Vec<Handoff> = entry.unacked.drain().map(|(_, h)| h).collect();
-        orphans.sort_by_key(|h| std::cmp::Reverse(h.conn));
-        for handoff in orphans {
-            self.pending.push_front(handoff); // oldest first, ahead of newer arrivals
-        }
-        let listening = std::mem::take(&mut entry.listening_on);
+        entry.life.hang_up();
+        entry.listening_on.clear();
         let pid = entry.pid;
-        for id in listening {
-            if let Some(l) = self.listeners.get_mut(&id) {
-                l.members.retain(|&w| w != worker);
-            }
-        }
+        // What it held goes back to the queue, oldest first, ahead of newer arrivals.
+        self.conns.hang_up(worker);
         self.shared.lock_connected().remove(&worker);
         self.shared.emit(Event::Disconnect { worker, pid });
     }
@@ -1396,7 +1196,7 @@ impl EventLoop {
     fn worker_error(&mut self, worker: u32, error: Error) {
         let Some(entry) = self.workers.get_mut(&worker) else { return };
         let pid = entry.pid;
-        entry.escalation = Some(Escalation { at: Instant::now(), signal: libc::SIGTERM });
+        entry.life.protocol_error(Instant::now());
         self.shared.emit(Event::WorkerError { worker, pid, message: error.message().to_owned() });
         self.hang_up(worker);
     }
@@ -1423,6 +1223,7 @@ impl EventLoop {
         self.drain_channel(worker);
         self.hang_up(worker);
         let Some(entry) = self.workers.remove(&worker) else { return };
+        self.conns.remove_worker(worker);
         if let Some(fd) = &entry.pidfd {
             let _ = self.poll.registry().deregister(&mut SourceFd(&fd.as_raw_fd()));
         }
@@ -1431,7 +1232,7 @@ impl EventLoop {
             ExitStatus::Signal(signal) => Exit::Signal(signal),
             ExitStatus::Unknown => Exit::Unknown,
         };
-        self.shared.emit(Event::Exit { worker, pid: entry.pid, exit, after_disconnect: entry.after_disconnect });
+        self.shared.emit(Event::Exit { worker, pid: entry.pid, exit, after_disconnect: entry.life.after_disconnect() });
         self.supervise_exit(&entry, exit);
     }
 
@@ -1447,12 +1248,12 @@ impl EventLoop {
             return; // an old worker that was replaced, or a slot already removed
         }
         slot.worker = None;
-        if self.shutdown.is_some() || entry.stop_requested {
+        if self.shutdown.is_some() || entry.life.stop_requested() {
             return;
         }
         let now = Instant::now();
         let policy = &self.config.supervision;
-        if entry.after_disconnect && exit == Exit::Code(0) {
+        if entry.life.after_disconnect() && exit == Exit::Code(0) {
             // It left on its own, gracefully: replace it at once, no penalty.
             if policy.restart {
                 slot.restart_at = Some(now);
@@ -1462,7 +1263,7 @@ impl EventLoop {
         // Anything else is a crash, whatever came before it: a worker that
         // said goodbye and then failed (a listen error, say) must meet the
         // backoff and the crash-loop limit, not be restarted at once forever.
-        if let AfterCrash::CrashLoop = slot.on_crash(now, now.duration_since(entry.started), policy) {
+        if let AfterCrash::CrashLoop = slot.on_crash(now, now.duration_since(entry.life.started()), policy) {
             self.shared.emit(Event::CrashLoop { slot: index, worker: entry.id, pid: entry.pid });
         }
     }
@@ -1486,7 +1287,7 @@ impl EventLoop {
         let sockets: Vec<(SocketAddr, String, RawFd)> = self
             .listeners
             .values()
-            .filter(|l| l.policy.sockets() != Sockets::PerWorker)
+            .filter(|l| l.sockets != Sockets::PerWorker)
             .filter_map(|l| {
                 let name = port_zero.get(&l.id).map_or_else(|| "listener".to_owned(), |&i| systemd::port_zero_name(i));
                 l.socket.as_ref().map(|s| (l.address, name, s.as_raw_fd()))
@@ -1546,7 +1347,7 @@ impl EventLoop {
                     // Asked twice: stop the workers now.
                     let now = Instant::now();
                     for entry in self.workers.values_mut() {
-                        entry.escalation = Some(Escalation { at: now, signal: libc::SIGKILL });
+                        entry.life.kill_now(now);
                     }
                 }
                 libc::SIGTERM | libc::SIGINT => self.begin_shutdown(self.config.stop_timeout),
@@ -1578,32 +1379,12 @@ impl EventLoop {
         }
         let heartbeat_timeout = self.config.supervision.heartbeat_timeout;
         for entry in self.workers.values() {
-            if let Some(esc) = entry.escalation {
-                timer(esc.at, "a stopping worker gets its next signal");
-            }
+            entry.life.each_deadline(heartbeat_timeout, &mut timer);
             if entry.pidfd.is_none() {
                 timer(self.now + REAP_POLL_INTERVAL, "a worker without a pidfd is polled for its exit");
             }
-            if entry.heartbeat_watched() {
-                match entry.ping {
-                    // Only one ping outstanding: the next is due once it is answered.
-                    Some((_, sent)) => timer(sent + heartbeat_timeout, "an unanswered ping times out"),
-                    None => {
-                        if let Some(at) = entry.next_ping {
-                            timer(at, "the next ping");
-                        }
-                    }
-                }
-            }
-            if let Some(until) = entry.starved_until.filter(|_| !self.pending.is_empty()) {
-                timer(until, "a worker out of fds may be handed connections again");
-            }
-            if let (Some(timeout), false) = (self.config.ack_timeout, entry.ack_expired) {
-                if let Some(oldest) = entry.oldest_unacked() {
-                    timer(oldest + timeout, "an unacknowledged connection's deadline");
-                }
-            }
         }
+        self.conns.each_deadline(self.config.ack_timeout, &mut timer);
         if self.shutdown.is_none() {
             for listener in self.listeners.values() {
                 if let Some(since) = listener.idle_since {
@@ -1663,10 +1444,7 @@ impl EventLoop {
         for id in resumed {
             self.accept_from(id, false);
         }
-        for entry in self.workers.values_mut() {
-            // Past: forget it, so no timer waits for it again.
-            entry.starved_until = entry.starved_until.filter(|&until| until > now);
-        }
+        self.conns.expire_starvation(now);
         self.escalate_stops(now);
         self.check_heartbeats(now);
         self.check_ack_deadlines(now);
@@ -1691,10 +1469,8 @@ impl EventLoop {
     fn escalate_stops(&mut self, now: Instant) {
         let stop_timeout = self.shutdown.as_ref().map_or(self.config.stop_timeout, |s| s.grace);
         for entry in self.workers.values_mut() {
-            if let Some(esc) = entry.escalation.filter(|e| e.at <= now) {
-                let _ = sys::kill(entry.pid, esc.signal);
-                entry.escalation = (esc.signal != libc::SIGKILL)
-                    .then_some(Escalation { at: now + stop_timeout, signal: libc::SIGKILL });
+            if let Some(signal) = entry.life.due_signal(now, stop_timeout) {
+                let _ = sys::kill(entry.pid, signal);
             }
         }
     }
@@ -1705,24 +1481,10 @@ impl EventLoop {
         let mut to_ping = Vec::new();
         let mut hung = Vec::new();
         for entry in self.workers.values_mut() {
-            if !entry.heartbeat_watched() {
-                continue;
-            }
-            match entry.ping {
-                Some((_, sent)) if now.duration_since(sent) >= timeout => {
-                    entry.ping = None;
-                    entry.next_ping = None;
-                    hung.push((entry.id, entry.pid));
-                }
-                Some(_) => {}
-                None if entry.next_ping.is_some_and(|at| at <= now) => {
-                    let seq = self.next_ping_seq;
-                    self.next_ping_seq += 1;
-                    entry.ping = Some((seq, now));
-                    entry.next_ping = Some(now + interval);
-                    to_ping.push((entry.id, seq));
-                }
-                None => {}
+            match entry.life.heartbeat(now, interval, timeout, &mut self.next_ping_seq) {
+                Beat::Nothing => {}
+                Beat::Ping(seq) => to_ping.push((entry.id, seq)),
+                Beat::Hung => hung.push((entry.id, entry.pid)),
             }
         }
         for (worker, seq) in to_ping {
@@ -1741,16 +1503,10 @@ impl EventLoop {
     /// take one, and a connection must never be served twice).
     fn check_ack_deadlines(&mut self, now: Instant) {
         let Some(timeout) = self.config.ack_timeout else { return };
-        let mut hung = Vec::new();
-        for entry in self.workers.values_mut() {
-            if entry.ack_expired || entry.oldest_unacked().is_none_or(|at| now.duration_since(at) < timeout) {
-                continue;
-            }
-            entry.ack_expired = true;
-            entry.leaving = true; // no new connections meanwhile
-            hung.push((entry.id, entry.pid));
-        }
-        for (worker, pid) in hung {
+        for worker in self.conns.expire_acks(now, timeout) {
+            let Some(entry) = self.workers.get_mut(&worker) else { continue };
+            entry.life.ack_expired(); // no new connections meanwhile
+            let pid = entry.pid;
             self.shared.emit(Event::Unresponsive { worker, pid });
             let _ = sys::kill(pid, libc::SIGKILL);
         }
@@ -1785,13 +1541,12 @@ impl EventLoop {
         let Some(slot) = self.slots.get_mut(&index) else { return };
         let retry_at = slot.on_spawn_failure(now, &self.config.supervision);
         let mut message = format!("could not start a worker for slot {index}: {}", error.message());
-        if matches!(error.errno(), libc::EMFILE | libc::ENFILE) && !self.pending.is_empty() {
+        if matches!(error.errno(), libc::EMFILE | libc::ENFILE) && self.conns.pending_len() > 0 {
             // Out of fds while connections wait for a worker: nobody can
             // serve them until a worker starts, and none can start while
             // they hold the fds. Close the newest few (the oldest are next
             // in line) so the retry can succeed.
-            let shed = self.pending.len().min(SHED_ON_EMFILE);
-            self.pending.truncate(self.pending.len() - shed);
+            let shed = self.conns.shed_newest(SHED_ON_EMFILE).len();
             message.push_str(&format!("; closed {shed} queued connections to free file descriptors"));
         }
         message.push_str(&format!("; retrying in {:?}", retry_at.saturating_duration_since(now)));
@@ -1805,7 +1560,7 @@ impl EventLoop {
         let idle_for = self.config.limits.listener_idle;
         let mut expired = Vec::new();
         for listener in self.listeners.values_mut() {
-            if listener.declared || !listener.members.is_empty() {
+            if listener.declared || self.conns.has_members(listener.id) {
                 listener.idle_since = None;
                 continue;
             }
@@ -1821,7 +1576,7 @@ impl EventLoop {
             }
             self.by_address.retain(|_, l| *l != id);
             // Nobody served them for that long: close them rather than keep them forever.
-            self.pending.retain(|h| h.listener != id);
+            drop(self.conns.remove_route(id));
         }
     }
 
@@ -1870,21 +1625,20 @@ impl EventLoop {
     fn advance_shutdown(&mut self) -> bool {
         let Some(shutdown) = &self.shutdown else { return false };
         if !shutdown.disconnects_sent {
-            let can_still_dispatch = self.workers.values().any(|w| w.link.is_some() && !w.leaving);
-            let drained = self.pending.is_empty() || !can_still_dispatch || Instant::now() >= shutdown.drain_until;
+            let can_still_dispatch = self.conns.any_offered();
+            let drained =
+                self.conns.pending_len() == 0 || !can_still_dispatch || Instant::now() >= shutdown.drain_until;
             if !drained {
                 return false;
             }
             let grace = shutdown.grace;
-            self.pending.clear(); // nobody left to serve them
+            drop(self.conns.close_pending()); // nobody left to serve them
             let ids: Vec<u32> = self.workers.keys().copied().collect();
             for id in ids {
                 self.send_frame(id, &Frame::Disconnect.encode(), &[]);
+                self.conns.stop_offering(id);
                 if let Some(entry) = self.workers.get_mut(&id) {
-                    entry.leaving = true;
-                    entry.after_disconnect = true;
-                    entry.stop_requested = true;
-                    entry.escalation = Some(Escalation { at: Instant::now() + grace, signal: libc::SIGTERM });
+                    entry.life.ask_to_leave_for_shutdown(Instant::now(), grace);
                 }
             }
             if let Some(shutdown) = &mut self.shutdown {

@@ -9,6 +9,7 @@
 //! The loop thread starts on the first call that needs it. Before that the
 //! process has one thread, which is what [`Primary::fork_raw`] requires.
 
+mod core;
 mod event_loop;
 mod listener;
 mod metrics;
