@@ -25,6 +25,12 @@ fn accept(c: &mut Connections<u64>, now: Instant, conn: u64) {
     c.dispatch(now, Handoff::new(conn, L, conn, now));
 }
 
+fn accept_all(c: &mut Connections<u64>, now: Instant, conns: impl IntoIterator<Item = u64>) {
+    for conn in conns {
+        accept(c, now, conn);
+    }
+}
+
 fn kind(ack: Ack<u64>) -> &'static str {
     match ack {
         Ack::Taken(_) => "taken",
@@ -99,9 +105,7 @@ fn a_refusal_from_a_worker_that_left_the_listener_is_not_recorded() {
 fn credit_bounds_each_workers_table_and_the_queue_keeps_its_order() {
     let t = Instant::now();
     let mut c = ledger(2, &[1]);
-    for conn in 1..=5 {
-        accept(&mut c, t, conn);
-    }
+    accept_all(&mut c, t, 1..=5);
     assert_eq!(c.unacked_of(1), [1, 2]);
     assert_eq!(c.pending_conns(), [3, 4, 5]);
     assert_eq!(kind(c.ack(1, 1, true)), "taken");
@@ -114,9 +118,7 @@ fn credit_bounds_each_workers_table_and_the_queue_keeps_its_order() {
 fn handed_connections_are_sent_once_in_order() {
     let t = Instant::now();
     let mut c = ledger(8, &[1, 2]);
-    for conn in 1..=4 {
-        accept(&mut c, t, conn);
-    }
+    accept_all(&mut c, t, 1..=4);
     let mut to = c.take_handing_to();
     to.sort_unstable();
     assert_eq!(to, [1, 2]);
@@ -130,9 +132,7 @@ fn handed_connections_are_sent_once_in_order() {
 fn lost_connections_go_first_and_the_worker_waits_for_fds() {
     let t = Instant::now();
     let mut c = ledger(8, &[1]);
-    for conn in 1..=3 {
-        accept(&mut c, t, conn);
-    }
+    accept_all(&mut c, t, 1..=3);
     c.add_worker(2, None); // not on the listener yet
     accept(&mut c, t, 4);
     assert_eq!(c.lost(1, vec![3, 1], t + Duration::from_millis(100)), Ok(()));
@@ -152,9 +152,7 @@ fn lost_connections_go_first_and_the_worker_waits_for_fds() {
 fn a_hang_up_requeues_what_the_worker_held_oldest_first_ahead_of_newer() {
     let t = Instant::now();
     let mut c = ledger(2, &[1]);
-    for conn in 1..=4 {
-        accept(&mut c, t, conn);
-    }
+    accept_all(&mut c, t, 1..=4);
     c.hang_up(1);
     assert_eq!(c.pending_conns(), [1, 2, 3, 4]);
     assert!(!c.has_members(L));
@@ -205,9 +203,7 @@ fn a_worker_reaching_its_budget_is_due_for_recycling_once() {
     let mut c = ledger(8, &[]);
     c.add_worker(7, Some(3));
     c.join(7, L);
-    for conn in 1..=2 {
-        accept(&mut c, t, conn);
-    }
+    accept_all(&mut c, t, 1..=2);
     assert!(c.take_recycle_due().is_empty());
     accept(&mut c, t, 3);
     assert_eq!(c.take_recycle_due(), [7]);
@@ -239,9 +235,7 @@ fn done_reports_count_active_connections_for_least_loaded() {
 fn a_closed_listener_and_a_shed_give_back_queued_connections_to_close() {
     let t = Instant::now();
     let mut c = ledger(8, &[]);
-    for conn in 1..=5 {
-        accept(&mut c, t, conn);
-    }
+    accept_all(&mut c, t, 1..=5);
     let shed: Vec<u64> = c.shed_newest(2).into_iter().map(|h| h.conn).collect();
     assert_eq!(shed, [4, 5]);
     let closed: Vec<u64> = c.remove_route(L).into_iter().map(|h| h.conn).collect();

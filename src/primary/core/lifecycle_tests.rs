@@ -14,6 +14,14 @@ fn deadlines(life: &Life, heartbeat_timeout: Duration) -> Vec<Instant> {
     all
 }
 
+/// A worker asked to leave now, with this stop timeout.
+fn asked_to_leave(stop_timeout: Duration) -> (Instant, Life) {
+    let t = Instant::now();
+    let mut life = Life::new(t);
+    life.ask_to_leave(t, stop_timeout);
+    (t, life)
+}
+
 #[test]
 fn phases_follow_hello_listen_leave_and_hang_up() {
     let t = Instant::now();
@@ -55,9 +63,7 @@ fn why_it_leaves_decides_what_its_exit_means() {
 
 #[test]
 fn a_stop_is_sigterm_after_the_timeout_then_sigkill() {
-    let t = Instant::now();
-    let mut life = Life::new(t);
-    life.ask_to_leave(t, 5 * S);
+    let (t, mut life) = asked_to_leave(5 * S);
     life.ask_to_leave(t + S, 5 * S);
     assert_eq!(deadlines(&life, S), [t + 5 * S], "asking again does not postpone it");
     assert_eq!(life.due_signal(t + 4 * S, 3 * S), None);
@@ -70,9 +76,7 @@ fn a_stop_is_sigterm_after_the_timeout_then_sigkill() {
 
 #[test]
 fn the_shutdown_grace_replaces_an_earlier_stop_and_a_second_signal_kills_now() {
-    let t = Instant::now();
-    let mut life = Life::new(t);
-    life.ask_to_leave(t, 30 * S);
+    let (t, mut life) = asked_to_leave(30 * S);
     life.ask_to_leave_for_shutdown(t + S, 2 * S);
     assert_eq!(deadlines(&life, S), [t + 3 * S]);
     life.kill_now(t + 2 * S);

@@ -1,6 +1,6 @@
 //! The primary's decisions, without I/O: state machines that take what
 //! happened (with the time, given, never read) and say what to do. The mio
-//! loop (`event_loop.rs`) owns the sockets, pidfds and outboxes, turns
+//! loop (`event_loop/`) owns the sockets, pidfds and outboxes, turns
 //! readiness into calls here, and carries out what comes back.
 //!
 //! So far: [`Connections`], who owns each accepted connection (the pending
