@@ -3,12 +3,17 @@
 //! loop (`event_loop/`) owns the sockets, pidfds and outboxes, turns
 //! readiness into calls here, and carries out what comes back.
 //!
-//! So far: [`Connections`], who owns each accepted connection (the pending
-//! queue, each worker's unacknowledged table, credit, refusals, lost fds,
-//! hang-ups, acknowledgement deadlines, recycling budgets), and [`Life`],
-//! one worker's phase, stop signals and heartbeat. Slot supervision
-//! (reloads, replacements, restarts) is still decided in the loop, with
-//! [`super::supervisor`]'s pure bookkeeping. See
+//! - [`Connections`]: who owns each accepted connection (the pending queue,
+//!   each worker's unacknowledged table, each listener's members and policy,
+//!   credit, refusals, lost fds, hang-ups, acknowledgement deadlines,
+//!   recycling budgets).
+//! - [`Life`]: one worker's phase ([`crate::event::WorkerState`]), why it
+//!   leaves, its stop signals and its heartbeat.
+//! - [`Slots`]: slots and their workers: rolling reloads, replacements,
+//!   readiness, exits, restarts and crash loops, as [`SlotAction`]s.
+//!
+//! Each gives its deadlines to the driver's one list of timers
+//! (`event_loop/timers.rs`, `each_timer`). See
 //! `docs/decisions/sans-io-primary-core.md`.
 
 mod connections;
@@ -17,6 +22,10 @@ mod connections_tests;
 mod lifecycle;
 #[cfg(test)]
 mod lifecycle_tests;
+mod slots;
+#[cfg(test)]
+mod slots_tests;
 
 pub(crate) use connections::{Ack, Connections, Handoff};
 pub(crate) use lifecycle::{Beat, Life};
+pub(crate) use slots::{Departed, SlotAction, Slots};

@@ -97,19 +97,15 @@ impl EventLoop {
     /// A new slot with its first worker.
     pub(super) fn fork(&mut self, env: Vec<(OsString, OsString)>) -> Result<WorkerInfo> {
         self.check_running()?;
-        let index = self.next_slot;
-        self.next_slot += 1;
-        self.slots.insert(index, Slot::new(index, env));
+        let index = self.slots.add(env);
         self.slot_added_at = self.now;
         match self.start_worker(index) {
             Ok(info) => {
-                if let Some(slot) = self.slots.get_mut(&index) {
-                    slot.worker = Some(info.id);
-                }
+                self.slots.set_worker(index, info.id);
                 Ok(info)
             }
             Err(e) => {
-                self.slots.remove(&index);
+                self.slots.forget(index);
                 Err(e)
             }
         }
@@ -118,9 +114,7 @@ impl EventLoop {
     /// Spawns a worker for `slot` (not yet recorded as the slot's worker).
     pub(super) fn start_worker(&mut self, slot: u32) -> Result<WorkerInfo> {
         let mut spec = self.config.spawn.clone();
-        if let Some(slot) = self.slots.get(&slot) {
-            spec.env.extend(slot.env.iter().cloned());
-        }
+        spec.env.extend(self.slots.env(slot).iter().cloned());
         let id = self.reserve_worker_id();
         let spawned = spawn::spawn(&spec, id)?;
         self.adopt(id, spawned, Some(slot))
@@ -165,7 +159,7 @@ impl EventLoop {
                 pidfd,
                 link: Some(link),
                 slot,
-                generation: self.generation,
+                generation: self.slots.generation(),
                 life: Life::new(Instant::now()),
                 listening_on: Vec::new(),
                 messages_in: 0,
@@ -174,7 +168,7 @@ impl EventLoop {
         );
         self.conns.add_worker(id, recycle_at);
         self.shared.lock_connected().insert(id, queued);
-        self.shared.emit(Event::Fork { worker: id, pid, slot, generation: self.generation });
+        self.shared.emit(Event::Fork { worker: id, pid, slot, generation: self.slots.generation() });
         Ok(WorkerInfo { id, pid })
     }
 
@@ -250,7 +244,7 @@ impl EventLoop {
         let slot = self.workers.get(&worker).and_then(|w| w.slot);
         self.stop_worker(worker);
         if let Some(index) = slot {
-            if self.slots.get(&index).is_some_and(|s| s.worker == Some(worker)) {
+            if self.slots.workers().any(|(i, w, _)| i == index && w == Some(worker)) {
                 self.remove_slot(index);
             }
         }
@@ -277,11 +271,8 @@ impl EventLoop {
     }
 
     pub(super) fn remove_slot(&mut self, index: u32) {
-        if let Some(slot) = self.slots.remove(&index) {
-            for worker in slot.worker.into_iter().chain(slot.replacement.map(|r| r.worker)) {
-                self.stop_worker(worker);
-            }
-        }
+        self.slots.remove(index);
+        self.run_slot_actions();
     }
 
     pub(super) fn kill(&mut self, worker: u32, signal: libc::c_int) {
@@ -298,9 +289,9 @@ impl EventLoop {
             self.fork(Vec::new())?;
         }
         while self.slots.len() as u32 > workers {
-            let Some((&last, _)) = self.slots.iter().next_back() else { break };
-            self.remove_slot(last);
+            self.slots.remove_last();
         }
+        self.run_slot_actions();
         Ok(())
     }
 
@@ -319,7 +310,7 @@ impl EventLoop {
                 dispatched: load.dispatched,
                 in_flight: load.in_flight,
                 active: load.active,
-                restarts: w.slot.and_then(|s| self.slots.get(&s)).map_or(0, |s| s.restarts),
+                restarts: w.slot.map_or(0, |s| self.slots.restarts(s)),
                 uptime: now.duration_since(w.life.started()),
                 messages_in: w.messages_in,
                 messages_out: w.messages_out,
@@ -345,7 +336,7 @@ impl EventLoop {
             pending: self.conns.pending_len() as u32,
             accept_pauses: self.accept_pauses,
             listeners: self.listeners.values().filter(|l| l.socket.is_some()).count() as u32,
-            generation: self.generation,
+            generation: self.slots.generation(),
             serving,
             cpu: me.cpu,
             rss_bytes: me.rss_bytes,

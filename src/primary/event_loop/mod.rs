@@ -19,11 +19,10 @@
 //!
 //! # Supervision
 //!
-//! Workers live in slots ([`super::supervisor`]). A worker that exits
-//! without being asked is replaced after a growing delay, until its slot
-//! crash-loops. A *replacement* (rolling reload, recycling) starts a new
-//! worker for a slot while the old one serves; once the new one is ready,
-//! the old one is asked to leave. Listeners stay open throughout.
+//! Decided in [`super::core::Slots`] (reloads, replacements, restarts, crash
+//! loops) and [`super::core::Life`] (each worker's phase, stop signals and
+//! heartbeat); `reload.rs` carries out the slots' actions (`run_slot_actions`),
+//! spawning workers and reporting back. Listeners stay open throughout.
 
 mod accept;
 mod channels;
@@ -32,7 +31,7 @@ mod reload;
 mod timers;
 mod upgrading;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
 use std::io;
 use std::net::SocketAddr;
@@ -44,11 +43,11 @@ use std::time::{Duration, Instant};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
-use super::core::{Ack, Beat, Connections, Life};
+use super::core::{Ack, Beat, Connections, Departed, Life, SlotAction, Slots};
 use super::listener::{parse_address, Listener};
 use super::policy::Sockets;
 use super::signals::SignalPipe;
-use super::supervisor::{AfterCrash, Cause, Jitter, Reload, Replacement, Slot};
+use super::supervisor::Jitter;
 use super::systemd::{self, InheritedSocket, Notifier};
 use super::upgrade::{self, Upgrade};
 use super::{Command, Config, Shared, WorkerInfo};
@@ -137,22 +136,17 @@ pub(crate) struct EventLoop {
     shared: Arc<Shared>,
     config: Config,
     workers: HashMap<u32, WorkerEntry>,
-    slots: BTreeMap<u32, Slot>,
+    /// Slots, reloads, replacements and restarts.
+    slots: Slots,
     listeners: HashMap<u32, Listener>,
     /// Listeners by address and port-0 index (0 for other ports).
     by_address: HashMap<(SocketAddr, u16), u32>,
     /// Who owns each accepted connection (the queue, each worker's table).
     conns: Connections<Arc<OwnedFd>>,
     next_worker: u32,
-    next_slot: u32,
     next_listener: u32,
     next_conn: u64,
     next_ping_seq: u64,
-    /// The reload generation new workers are started with.
-    generation: u32,
-    reload: Option<Reload>,
-    /// A reload was asked for while one ran: run another after it.
-    reload_again: bool,
     /// Slots whose worker reached its connection budget.
     recycle_due: Vec<u32>,
     jitter: Jitter,
@@ -190,6 +184,7 @@ impl EventLoop {
         }
         let systemd_on = config.systemd;
         let max_unacked = config.max_unacked;
+        let supervision = config.supervision.clone();
         let poll = Poll::new().map_err(|e| Error::os("epoll", e))?;
         poll.registry()
             .register(&mut SourceFd(&shared.wake.raw()), TOKEN_WAKE, Interest::READABLE)
@@ -208,18 +203,14 @@ impl EventLoop {
             shared,
             config,
             workers: HashMap::new(),
-            slots: BTreeMap::new(),
+            slots: Slots::new(supervision),
             listeners: HashMap::new(),
             by_address: HashMap::new(),
             conns: Connections::new(max_unacked),
             next_worker: 1,
-            next_slot: 0,
             next_listener: 1,
             next_conn: 1,
             next_ping_seq: 1,
-            generation: 0,
-            reload: None,
-            reload_again: false,
             recycle_due: Vec::new(),
             jitter: Jitter::new(),
             signals,

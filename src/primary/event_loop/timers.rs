@@ -56,14 +56,7 @@ impl EventLoop {
                     timer(since + self.config.limits.listener_idle, "an unused listener closes");
                 }
             }
-            for slot in self.slots.values() {
-                if let Some(at) = slot.restart_at.filter(|_| slot.worker.is_none() && !slot.failed) {
-                    timer(at, "a slot's restart");
-                }
-                if let Some(replacement) = slot.replacement {
-                    timer(replacement.deadline, "a replacement's ready deadline");
-                }
-            }
+            self.slots.each_deadline(&mut timer);
         }
         if let Some(shutdown) = self.shutdown.as_ref().filter(|s| !s.disconnects_sent) {
             timer(shutdown.drain_until, "the shutdown stops draining");
@@ -74,7 +67,7 @@ impl EventLoop {
         if self.upgrade.is_some() {
             timer(self.now + REAP_POLL_INTERVAL, "the new primary is watched until it takes over");
         }
-        if self.config.supervision.max_memory.is_some() && self.shutdown.is_none() && !self.slots.is_empty() {
+        if self.config.supervision.max_memory.is_some() && self.shutdown.is_none() && self.slots.len() > 0 {
             timer(self.next_memory_check, "workers' memory is checked");
         }
     }
@@ -120,8 +113,8 @@ impl EventLoop {
             self.check_memory();
         }
         if self.shutdown.is_none() {
-            self.restart_due_slots(now);
-            self.expire_replacements(now);
+            self.slots.tick(now);
+            self.run_slot_actions();
             self.close_idle_listeners(now);
         }
         let unwatched: Vec<u32> = self.workers.values().filter(|w| w.pidfd.is_none()).map(|w| w.id).collect();
@@ -182,8 +175,7 @@ impl EventLoop {
             return;
         }
         self.notifier.notify("STOPPING=1");
-        self.reload = None;
-        self.reload_again = false;
+        self.slots.stop();
         // Take what the kernel has already queued, then close the listeners:
         // connections accepted by the kernel are served, not reset.
         let ids: Vec<u32> = self.listeners.keys().copied().collect();
