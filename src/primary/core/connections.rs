@@ -1,7 +1,8 @@
 //! Who owns each accepted connection, decided without I/O.
 //!
-//! An accepted connection is a [`Handoff`]. It waits in the pending queue
-//! until a worker can take it, then sits in that worker's unacknowledged
+//! An accepted connection is a [`Handoff`]. It waits in its listener's
+//! queue (each listener's route owns its queue, as Node's
+//! `RoundRobinHandle` does) until a worker can take it, then sits in that worker's unacknowledged
 //! table until the worker acknowledges it (the primary then closes its
 //! copy) or refuses it, loses it, hangs up or dies (it goes back to the
 //! queue for another worker). Credit (`max_unacked`) bounds each table.
@@ -52,11 +53,12 @@ pub(crate) enum Ack<F> {
     Unknown,
 }
 
-/// One listener's routing: its workers in join order and its policy. The
-/// socket itself stays with the driver.
-struct Route {
+/// One listener's routing: its workers in join order, its policy, and its
+/// connections waiting for a worker. The socket itself stays with the driver.
+struct Route<F> {
     members: Vec<u32>,
     policy: Box<dyn Policy>,
+    waiting: VecDeque<Handoff<F>>,
 }
 
 /// One worker's side of the ledger.
@@ -95,11 +97,20 @@ pub(crate) struct Load {
     pub dispatched: u64,
 }
 
+/// What a lost-fds report came to.
+pub(crate) struct Lost<F> {
+    /// Connections of a listener that is gone: dropping them closes them.
+    pub closed: Vec<Handoff<F>>,
+    /// A connection the worker does not hold (a protocol error).
+    pub unknown: Option<u64>,
+}
+
 /// The ledger of every connection the primary holds.
 pub(crate) struct Connections<F> {
-    routes: HashMap<u32, Route>,
+    routes: HashMap<u32, Route<F>>,
     holders: HashMap<u32, Holder<F>>,
-    pending: VecDeque<Handoff<F>>,
+    /// Connections waiting in all routes' queues.
+    queued: usize,
     /// Workers with something in `handing`, for the driver to send.
     handing_to: Vec<u32>,
     /// Workers that reached their connection budget.
@@ -112,7 +123,7 @@ impl<F: Clone> Connections<F> {
         Connections {
             routes: HashMap::new(),
             holders: HashMap::new(),
-            pending: VecDeque::new(),
+            queued: 0,
             handing_to: Vec::new(),
             recycle_due: Vec::new(),
             max_unacked: max_unacked as usize,
@@ -122,7 +133,7 @@ impl<F: Clone> Connections<F> {
     // ----- listeners -------------------------------------------------------
 
     pub fn add_route(&mut self, listener: u32, policy: Box<dyn Policy>) {
-        self.routes.insert(listener, Route { members: Vec::new(), policy });
+        self.routes.insert(listener, Route { members: Vec::new(), policy, waiting: VecDeque::new() });
     }
 
     pub fn policy(&self, listener: u32) -> Option<&dyn Policy> {
@@ -131,10 +142,23 @@ impl<F: Clone> Connections<F> {
 
     /// Forgets a listener; its queued connections come back to be closed.
     pub fn remove_route(&mut self, listener: u32) -> VecDeque<Handoff<F>> {
-        self.routes.remove(&listener);
-        let (gone, kept) = std::mem::take(&mut self.pending).into_iter().partition(|h| h.listener == listener);
-        self.pending = kept;
+        let gone = self.routes.remove(&listener).map(|r| r.waiting).unwrap_or_default();
+        self.queued -= gone.len();
         gone
+    }
+
+    /// Queues a connection at the back (new, or refused) or the front (given
+    /// back through no fault of its own) of its listener's queue; with its
+    /// listener gone, it comes back to be closed.
+    fn queue(&mut self, handoff: Handoff<F>, front: bool) -> Option<Handoff<F>> {
+        let Some(route) = self.routes.get_mut(&handoff.listener) else { return Some(handoff) };
+        self.queued += 1;
+        if front {
+            route.waiting.push_front(handoff);
+        } else {
+            route.waiting.push_back(handoff);
+        }
+        None
     }
 
     pub fn join(&mut self, worker: u32, listener: u32) {
@@ -191,25 +215,26 @@ impl<F: Clone> Connections<F> {
     }
 
     /// The worker's channel closed: it leaves every listener, and what it
-    /// held goes back to the front of the queue, oldest first.
-    pub fn hang_up(&mut self, worker: u32) {
-        let Some(holder) = self.holders.get_mut(&worker) else { return };
+    /// held goes back to the front of its listener's queue, oldest first.
+    /// Returned: those whose listener is gone, to be closed.
+    pub fn hang_up(&mut self, worker: u32) -> Vec<Handoff<F>> {
+        let Some(holder) = self.holders.get_mut(&worker) else { return Vec::new() };
         holder.offered = false;
         holder.handing.clear(); // they are in `unacked` too, re-queued below
         let mut orphans: Vec<Handoff<F>> = holder.unacked.drain().map(|(_, h)| h).collect();
         orphans.sort_by_key(|h| std::cmp::Reverse(h.conn));
-        for handoff in orphans {
-            self.pending.push_front(handoff);
-        }
+        let closed = orphans.into_iter().filter_map(|h| self.queue(h, true)).collect();
         for route in self.routes.values_mut() {
             route.members.retain(|&w| w != worker);
         }
+        closed
     }
 
     /// The worker is gone (reaped, after its hang-up).
-    pub fn remove_worker(&mut self, worker: u32) {
-        self.hang_up(worker);
+    pub fn remove_worker(&mut self, worker: u32) -> Vec<Handoff<F>> {
+        let closed = self.hang_up(worker);
         self.holders.remove(&worker);
+        closed
     }
 
     pub fn load(&self, worker: u32) -> Load {
@@ -223,31 +248,46 @@ impl<F: Clone> Connections<F> {
     // ----- connections -----------------------------------------------------
 
     pub fn pending_len(&self) -> usize {
-        self.pending.len()
+        self.queued
     }
 
-    /// Hands a new connection to the worker its listener's policy picks, or queues it.
-    pub fn dispatch(&mut self, now: Instant, handoff: Handoff<F>) {
+    /// Hands a new connection to the worker its listener's policy picks, or
+    /// queues it. Returned: the connection if its listener is unknown, to close.
+    pub fn dispatch(&mut self, now: Instant, handoff: Handoff<F>) -> Option<Handoff<F>> {
         match self.pick(now, &handoff) {
-            Some(worker) => self.hand_to(now, worker, handoff),
-            None => self.pending.push_back(handoff),
+            Some(worker) => {
+                self.hand_to(now, worker, handoff);
+                None
+            }
+            None => self.queue(handoff, false),
         }
     }
 
     /// Hands out queued connections wherever a worker can take them,
     /// keeping the order of those that must still wait.
     pub fn dispatch_pending(&mut self, now: Instant) {
-        if self.pending.is_empty() {
+        if self.queued == 0 {
             return;
         }
-        let mut waiting = VecDeque::new();
-        while let Some(handoff) = self.pending.pop_front() {
-            match self.pick(now, &handoff) {
-                Some(worker) => self.hand_to(now, worker, handoff),
-                None => waiting.push_back(handoff),
+        let listeners: Vec<u32> =
+            self.routes.iter().filter(|(_, r)| !r.waiting.is_empty()).map(|(&id, _)| id).collect();
+        for listener in listeners {
+            let Some(route) = self.routes.get_mut(&listener) else { continue };
+            let mut queue = std::mem::take(&mut route.waiting);
+            let mut waiting = VecDeque::new();
+            while let Some(handoff) = queue.pop_front() {
+                match self.pick(now, &handoff) {
+                    Some(worker) => {
+                        self.queued -= 1;
+                        self.hand_to(now, worker, handoff);
+                    }
+                    None => waiting.push_back(handoff),
+                }
+            }
+            if let Some(route) = self.routes.get_mut(&listener) {
+                route.waiting = waiting;
             }
         }
-        self.pending = waiting;
     }
 
     /// The worker the listener's policy picks, never one that refused it.
@@ -264,10 +304,7 @@ impl<F: Clone> Connections<F> {
 
     /// Into the worker's table at once: if the send fails, its hang-up re-queues it.
     fn hand_to(&mut self, now: Instant, worker: u32, mut handoff: Handoff<F>) {
-        let Some(holder) = self.holders.get_mut(&worker) else {
-            self.pending.push_back(handoff);
-            return;
-        };
+        let Some(holder) = self.holders.get_mut(&worker) else { return };
         handoff.handed_at = now;
         if holder.handing.is_empty() {
             self.handing_to.push(worker);
@@ -331,24 +368,29 @@ impl<F: Clone> Connections<F> {
         if everyone_refused {
             return Ack::Refused(handoff);
         }
-        self.pending.push_back(handoff);
-        Ack::Requeued
+        match self.queue(handoff, false) {
+            Some(handoff) => Ack::Refused(handoff),
+            None => Ack::Requeued,
+        }
     }
 
     /// The worker could not receive these connections (at its fd limit):
     /// they go back to the front of the queue, not counted as refusals,
-    /// and the worker gets none until `until`. `Err`: one it does not hold.
-    pub fn lost(&mut self, worker: u32, mut conns: Vec<u64>, until: Instant) -> Result<(), u64> {
-        let Some(holder) = self.holders.get_mut(&worker) else { return Ok(()) };
+    /// and the worker gets none until `until`.
+    pub fn lost(&mut self, worker: u32, mut conns: Vec<u64>, until: Instant) -> Lost<F> {
+        let mut lost = Lost { closed: Vec::new(), unknown: None };
+        let Some(holder) = self.holders.get_mut(&worker) else { return lost };
         holder.starved_until = Some(until);
         conns.sort_unstable_by(|a, b| b.cmp(a));
         for conn in conns {
-            match holder.unacked.remove(&conn) {
-                Some(handoff) => self.pending.push_front(handoff), // oldest first
-                None => return Err(conn),
-            }
+            let Some(handoff) = self.holders.get_mut(&worker).and_then(|h| h.unacked.remove(&conn)) else {
+                lost.unknown = Some(conn);
+                break;
+            };
+            // Oldest first, ahead of the rest.
+            lost.closed.extend(self.queue(handoff, true));
         }
-        Ok(())
+        lost
     }
 
     /// The worker finished `count` connections it had taken.
@@ -386,7 +428,7 @@ impl<F: Clone> Connections<F> {
     /// Every deadline the ledger has, for the driver's single list of timers.
     pub fn each_deadline(&self, ack_timeout: Option<Duration>, timer: &mut impl FnMut(Instant, &'static str)) {
         for holder in self.holders.values() {
-            if let Some(until) = holder.starved_until.filter(|_| !self.pending.is_empty()) {
+            if let Some(until) = holder.starved_until.filter(|_| self.queued > 0) {
                 timer(until, "a worker out of fds may be handed connections again");
             }
             if let (Some(timeout), false) = (ack_timeout, holder.ack_expired) {
@@ -397,22 +439,32 @@ impl<F: Clone> Connections<F> {
         }
     }
 
-    /// Takes the newest `count` queued connections out, to be closed (the
-    /// oldest are next in line).
-    pub fn shed_newest(&mut self, count: usize) -> VecDeque<Handoff<F>> {
-        let keep = self.pending.len().saturating_sub(count);
-        self.pending.split_off(keep)
+    /// Takes the newest `count` queued connections out, whatever their
+    /// listener, to be closed (the oldest are next in line).
+    pub fn shed_newest(&mut self, count: usize) -> Vec<Handoff<F>> {
+        let mut shed = Vec::new();
+        while shed.len() < count {
+            let newest = self.routes.values_mut().filter(|r| !r.waiting.is_empty()).max_by_key(|r| {
+                let back = r.waiting.back().map_or(0, |h| h.conn);
+                back
+            });
+            let Some(handoff) = newest.and_then(|r| r.waiting.pop_back()) else { break };
+            self.queued -= 1;
+            shed.push(handoff);
+        }
+        shed
     }
 
     /// Takes every queued connection out, to be closed (nobody is left to serve them).
-    pub fn close_pending(&mut self) -> VecDeque<Handoff<F>> {
-        std::mem::take(&mut self.pending)
+    pub fn close_pending(&mut self) -> Vec<Handoff<F>> {
+        self.queued = 0;
+        self.routes.values_mut().flat_map(|r| std::mem::take(&mut r.waiting)).collect()
     }
 
     /// Debug and test check: where `conn` is, as (queued, held by workers).
     #[cfg(test)]
     pub fn places(&self, conn: u64) -> (usize, usize) {
-        let queued = self.pending.iter().filter(|h| h.conn == conn).count();
+        let queued = self.routes.values().flat_map(|r| &r.waiting).filter(|h| h.conn == conn).count();
         let held = self.holders.values().filter(|h| h.unacked.contains_key(&conn)).count();
         (queued, held)
     }
@@ -426,6 +478,8 @@ impl<F: Clone> Connections<F> {
 
     #[cfg(test)]
     pub fn pending_conns(&self) -> Vec<u64> {
-        self.pending.iter().map(|h| h.conn).collect()
+        let mut listeners: Vec<&u32> = self.routes.keys().collect();
+        listeners.sort_unstable();
+        listeners.iter().flat_map(|l| &self.routes[l].waiting).map(|h| h.conn).collect()
     }
 }

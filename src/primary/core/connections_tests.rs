@@ -22,7 +22,7 @@ fn ledger(max_unacked: u32, workers: &[u32]) -> Connections<u64> {
 }
 
 fn accept(c: &mut Connections<u64>, now: Instant, conn: u64) {
-    c.dispatch(now, Handoff::new(conn, L, conn, now));
+    assert!(c.dispatch(now, Handoff::new(conn, L, conn, now)).is_none());
 }
 
 fn accept_all(c: &mut Connections<u64>, now: Instant, conns: impl IntoIterator<Item = u64>) {
@@ -135,7 +135,7 @@ fn lost_connections_go_first_and_the_worker_waits_for_fds() {
     accept_all(&mut c, t, 1..=3);
     c.add_worker(2, None); // not on the listener yet
     accept(&mut c, t, 4);
-    assert_eq!(c.lost(1, vec![3, 1], t + Duration::from_millis(100)), Ok(()));
+    assert_eq!(c.lost(1, vec![3, 1], t + Duration::from_millis(100)).unknown, None);
     assert_eq!(c.pending_conns(), [1, 3], "oldest first, ahead of the rest");
     c.dispatch_pending(t + Duration::from_millis(50));
     assert_eq!(c.pending_conns(), [1, 3], "the starved worker gets none meanwhile");
@@ -145,7 +145,7 @@ fn lost_connections_go_first_and_the_worker_waits_for_fds() {
     c.expire_starvation(t + Duration::from_millis(100));
     c.dispatch_pending(t + Duration::from_millis(100));
     assert_eq!(c.unacked_of(1), [1, 2, 3, 4]);
-    assert_eq!(c.lost(1, vec![99], t), Err(99));
+    assert_eq!(c.lost(1, vec![99], t).unknown, Some(99));
 }
 
 #[test]
@@ -153,7 +153,7 @@ fn a_hang_up_requeues_what_the_worker_held_oldest_first_ahead_of_newer() {
     let t = Instant::now();
     let mut c = ledger(2, &[1]);
     accept_all(&mut c, t, 1..=4);
-    c.hang_up(1);
+    assert!(c.hang_up(1).is_empty());
     assert_eq!(c.pending_conns(), [1, 2, 3, 4]);
     assert!(!c.has_members(L));
     assert!(!c.any_offered());
@@ -177,7 +177,7 @@ fn an_expired_acknowledgement_stops_the_worker_once_and_keeps_its_connections() 
     assert_eq!(c.unacked_of(1), [1], "still its own until it is gone");
     accept(&mut c, t + timeout, 3);
     assert_eq!(c.unacked_of(2), [2, 3], "the hung worker gets nothing new");
-    c.remove_worker(1);
+    assert!(c.remove_worker(1).is_empty());
     assert_eq!(c.pending_conns(), [1]);
 }
 
@@ -237,10 +237,46 @@ fn a_closed_listener_and_a_shed_give_back_queued_connections_to_close() {
     let mut c = ledger(8, &[]);
     accept_all(&mut c, t, 1..=5);
     let shed: Vec<u64> = c.shed_newest(2).into_iter().map(|h| h.conn).collect();
-    assert_eq!(shed, [4, 5]);
+    assert_eq!(shed, [5, 4], "newest first");
     let closed: Vec<u64> = c.remove_route(L).into_iter().map(|h| h.conn).collect();
     assert_eq!(closed, [1, 2, 3]);
     assert_eq!(c.pending_len(), 0);
+}
+
+#[test]
+fn each_listener_queues_its_own_and_a_shed_takes_the_newest_of_all() {
+    let t = Instant::now();
+    let mut c = ledger(8, &[]);
+    c.add_route(2, Box::new(RoundRobin::default()));
+    for conn in 1..=4 {
+        let listener = if conn % 2 == 0 { 2 } else { L };
+        assert!(c.dispatch(t, Handoff::new(conn, listener, conn, t)).is_none());
+    }
+    assert_eq!(c.pending_conns(), [1, 3, 2, 4], "listener 1's queue, then listener 2's");
+    c.add_worker(9, None);
+    c.join(9, 2);
+    c.dispatch_pending(t);
+    assert_eq!(c.unacked_of(9), [2, 4], "listener 2's workers take listener 2's connections");
+    assert_eq!(c.pending_conns(), [1, 3]);
+    accept_all(&mut c, t, 5..=6);
+    let shed: Vec<u64> = c.shed_newest(3).into_iter().map(|h| h.conn).collect();
+    assert_eq!(shed, [6, 5, 3]);
+    assert_eq!(c.pending_len(), 1);
+}
+
+#[test]
+fn what_comes_back_for_a_closed_listener_is_closed() {
+    let t = Instant::now();
+    let mut c = ledger(8, &[1]);
+    accept_all(&mut c, t, 1..=3);
+    assert!(c.remove_route(L).is_empty());
+    assert_eq!(kind(c.ack(1, 1, false)), "refused", "nowhere to send it again");
+    let lost = c.lost(1, vec![2], t);
+    assert_eq!(lost.closed.iter().map(|h| h.conn).collect::<Vec<_>>(), [2]);
+    let closed: Vec<u64> = c.hang_up(1).into_iter().map(|h| h.conn).collect();
+    assert_eq!(closed, [3]);
+    assert_eq!(c.pending_len(), 0);
+    assert!(c.dispatch(t, Handoff::new(4, L, 4, t)).is_some(), "an unknown listener's connection comes back");
 }
 
 // ----- the ownership invariant ------------------------------------------------
@@ -248,15 +284,35 @@ fn a_closed_listener_and_a_shed_give_back_queued_connections_to_close() {
 #[derive(Clone, Debug)]
 enum Op {
     Accept,
-    Ack { worker: usize, pick: usize, accepted: bool },
-    Lost { worker: usize, pick: usize },
-    Done { worker: usize },
-    Leave { worker: usize },
-    HangUp { worker: usize },
+    Ack {
+        worker: usize,
+        pick: usize,
+        accepted: bool,
+    },
+    Lost {
+        worker: usize,
+        pick: usize,
+    },
+    Done {
+        worker: usize,
+    },
+    Leave {
+        worker: usize,
+    },
+    HangUp {
+        worker: usize,
+    },
     NewWorker,
-    Tick { ms: u64 },
+    Tick {
+        ms: u64,
+    },
     Send,
-    Shed { count: usize },
+    Shed {
+        count: usize,
+    },
+    /// Listener 2 closes (idle): what it queued is closed, and what its
+    /// workers still hold is closed when it comes back.
+    CloseListener,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -271,6 +327,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0..400u64).prop_map(|ms| Op::Tick { ms }),
         2 => Just(Op::Send),
         1 => (0..3usize).prop_map(|count| Op::Shed { count }),
+        1 => Just(Op::CloseListener),
     ]
 }
 
@@ -311,7 +368,7 @@ proptest! {
             match op {
                 Op::Accept => {
                     let listener = if next_conn % 3 == 0 { 2 } else { L };
-                    c.dispatch(now, Handoff::new(next_conn, listener, next_conn, now));
+                    fates.close(c.dispatch(now, Handoff::new(next_conn, listener, next_conn, now)));
                     next_conn += 1;
                 }
                 Op::Ack { worker, pick, accepted } if !live.is_empty() => {
@@ -329,13 +386,15 @@ proptest! {
                     let w = live[worker % live.len()];
                     let held = c.unacked_of(w);
                     if held.is_empty() { continue; }
-                    prop_assert_eq!(c.lost(w, vec![held[pick % held.len()]], now + Duration::from_millis(100)), Ok(()));
+                    let lost = c.lost(w, vec![held[pick % held.len()]], now + Duration::from_millis(100));
+                    prop_assert_eq!(lost.unknown, None);
+                    fates.close(lost.closed);
                 }
                 Op::Done { worker } if !live.is_empty() => c.done(live[worker % live.len()], 1),
                 Op::Leave { worker } if !live.is_empty() => c.stop_offering(live[worker % live.len()]),
                 Op::HangUp { worker } if !live.is_empty() => {
                     let w = live.remove(worker % live.len());
-                    c.remove_worker(w);
+                    fates.close(c.remove_worker(w));
                 }
                 Op::NewWorker => {
                     c.add_worker(next_worker, Some(5));
@@ -359,12 +418,14 @@ proptest! {
                     }
                 }
                 Op::Shed { count } => fates.close(c.shed_newest(count)),
+                Op::CloseListener => fates.close(c.remove_route(2)),
                 _ => {}
             }
             c.dispatch_pending(now);
             for &w in &live {
                 prop_assert!(c.unacked_of(w).len() <= max_unacked as usize, "worker {} over its credit", w);
             }
+            prop_assert_eq!(c.pending_len(), c.pending_conns().len(), "the queue count is the queues' length");
             for conn in 1..next_conn {
                 let (queued, held) = c.places(conn);
                 let ended = fates.taken.contains_key(&conn) || fates.closed.contains_key(&conn);
@@ -375,7 +436,7 @@ proptest! {
         // held comes back) and that is closed too.
         fates.close(c.close_pending());
         for w in live {
-            c.remove_worker(w);
+            fates.close(c.remove_worker(w));
         }
         fates.close(c.close_pending());
         let all: HashSet<u64> = (1..next_conn).collect();

@@ -57,6 +57,15 @@ fn exit(worker: u32, slot: u32, started: Instant, exit: Exit) -> Departed {
     Departed { worker, pid: 100 + worker as i32, slot, started, stop_requested: false, after_disconnect: false, exit }
 }
 
+/// `n` slots reloading two at a time, slot 0's replacement (worker 10) started.
+fn reloading_two_at_a_time(n: u32) -> (Instant, Slots) {
+    let t = Instant::now();
+    let mut s = slots(n, Supervision { reload_concurrency: 2, ..Supervision::default() });
+    s.reload(t);
+    s.started(t, 0, Some(Cause::Reload), Ok(10));
+    (t, s)
+}
+
 fn no_fds() -> Error {
     Error::new(Code::Os, "spawn").with_errno(libc::EMFILE)
 }
@@ -98,10 +107,7 @@ fn reload_concurrency_starts_that_many_replacements_together() {
 
 #[test]
 fn a_reload_ends_only_once_every_replacement_in_flight_is_ready() {
-    let t = Instant::now();
-    let mut s = slots(2, Supervision { reload_concurrency: 2, ..Supervision::default() });
-    s.reload(t);
-    s.started(t, 0, Some(Cause::Reload), Ok(10));
+    let (t, mut s) = reloading_two_at_a_time(2);
     s.started(t, 1, Some(Cause::Reload), Ok(11));
     assert_eq!(drain(&mut s), ["reloading", "replace 0", "replace 1"]);
     s.ready(t, 0, 10);
@@ -112,10 +118,7 @@ fn a_reload_ends_only_once_every_replacement_in_flight_is_ready() {
 
 #[test]
 fn a_reload_asks_for_one_start_at_a_time_whatever_happens_meanwhile() {
-    let t = Instant::now();
-    let mut s = slots(3, Supervision { reload_concurrency: 2, ..Supervision::default() });
-    s.reload(t);
-    s.started(t, 0, Some(Cause::Reload), Ok(10));
+    let (t, mut s) = reloading_two_at_a_time(3);
     assert_eq!(drain(&mut s), ["reloading", "replace 0", "replace 1"]);
     // Slot 0's replacement gets ready before slot 1's start is answered.
     s.ready(t, 0, 10);

@@ -48,7 +48,8 @@ impl EventLoop {
                 let fd = Arc::new(unsafe { OwnedFd::from_raw_fd(ret) });
                 let conn = self.next_conn;
                 self.next_conn += 1;
-                self.conns.dispatch(self.now, Handoff::new(conn, id, fd, self.now));
+                // Its listener is known: nothing comes back to close.
+                drop(self.conns.dispatch(self.now, Handoff::new(conn, id, fd, self.now)));
                 continue;
             }
             let errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);

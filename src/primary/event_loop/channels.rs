@@ -253,7 +253,8 @@ impl EventLoop {
     /// they go back to the front of the queue, not counted as refusals, and
     /// the worker gets none for a moment while its fds free up.
     pub(super) fn on_lost(&mut self, worker: u32, conns: Vec<u64>) {
-        if let Err(conn) = self.conns.lost(worker, conns, self.now + ACCEPT_BACKOFF) {
+        // Those whose listener is gone are closed as the report drops.
+        if let Some(conn) = self.conns.lost(worker, conns, self.now + ACCEPT_BACKOFF).unknown {
             let message = format!("worker reported unknown connection {conn} lost");
             self.worker_error(worker, Error::new(Code::Protocol, message));
         }
@@ -270,7 +271,7 @@ impl EventLoop {
         entry.listening_on.clear();
         let pid = entry.pid;
         // What it held goes back to the queue, oldest first, ahead of newer arrivals.
-        self.conns.hang_up(worker);
+        drop(self.conns.hang_up(worker)); // those whose listener is gone close
         self.shared.lock_connected().remove(&worker);
         self.shared.emit(Event::Disconnect { worker, pid });
     }

@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
-use super::core::{Ack, Beat, Connections, Departed, Life, SlotAction, Slots};
+use super::core::{Ack, Beat, Connections, Departed, Drain, Life, Shutdown, SlotAction, Slots};
 use super::listener::{parse_address, Listener};
 use super::policy::Sockets;
 use super::signals::SignalPipe;
@@ -124,13 +124,6 @@ struct WorkerEntry {
     messages_out: u64,
 }
 
-struct ShutdownState {
-    grace: Duration,
-    /// Until then, pending connections are still handed out before workers are asked to leave.
-    drain_until: Instant,
-    disconnects_sent: bool,
-}
-
 pub(crate) struct EventLoop {
     poll: Poll,
     shared: Arc<Shared>,
@@ -151,7 +144,7 @@ pub(crate) struct EventLoop {
     recycle_due: Vec<u32>,
     jitter: Jitter,
     signals: Option<SignalPipe>,
-    shutdown: Option<ShutdownState>,
+    shutdown: Option<Shutdown>,
     /// The time this turn started (read once per turn, not per connection).
     now: Instant,
     /// Workers whose channels went unread while the host was behind on events.

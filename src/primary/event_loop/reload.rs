@@ -117,7 +117,7 @@ impl EventLoop {
         self.drain_channel(worker);
         self.hang_up(worker);
         let Some(entry) = self.workers.remove(&worker) else { return };
-        self.conns.remove_worker(worker);
+        drop(self.conns.remove_worker(worker)); // those whose listener is gone close
         if let Some(fd) = &entry.pidfd {
             let _ = self.poll.registry().deregister(&mut SourceFd(&fd.as_raw_fd()));
         }

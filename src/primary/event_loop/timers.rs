@@ -58,8 +58,8 @@ impl EventLoop {
             }
             self.slots.each_deadline(&mut timer);
         }
-        if let Some(shutdown) = self.shutdown.as_ref().filter(|s| !s.disconnects_sent) {
-            timer(shutdown.drain_until, "the shutdown stops draining");
+        if let Some(shutdown) = &self.shutdown {
+            shutdown.each_deadline(&mut timer);
         }
         if let Some(at) = self.ready_due_at() {
             timer(at, "systemd is told the cluster is ready");
@@ -125,7 +125,7 @@ impl EventLoop {
     }
 
     pub(super) fn escalate_stops(&mut self, now: Instant) {
-        let stop_timeout = self.shutdown.as_ref().map_or(self.config.stop_timeout, |s| s.grace);
+        let stop_timeout = self.shutdown.as_ref().map_or(self.config.stop_timeout, |s| s.grace());
         for entry in self.workers.values_mut() {
             if let Some(signal) = entry.life.due_signal(now, stop_timeout) {
                 let _ = sys::kill(entry.pid, signal);
@@ -194,33 +194,28 @@ impl EventLoop {
             }
         }
         self.by_address.clear();
-        self.shutdown = Some(ShutdownState { grace, drain_until: Instant::now() + grace, disconnects_sent: false });
+        self.shutdown = Some(Shutdown::new(Instant::now(), grace));
         self.dispatch_pending();
     }
 
     /// Moves the shutdown along; true once it is complete.
     pub(super) fn advance_shutdown(&mut self) -> bool {
-        let Some(shutdown) = &self.shutdown else { return false };
-        if !shutdown.disconnects_sent {
-            let can_still_dispatch = self.conns.any_offered();
-            let drained =
-                self.conns.pending_len() == 0 || !can_still_dispatch || Instant::now() >= shutdown.drain_until;
-            if !drained {
-                return false;
-            }
-            let grace = shutdown.grace;
-            drop(self.conns.close_pending()); // nobody left to serve them
-            let ids: Vec<u32> = self.workers.keys().copied().collect();
-            for id in ids {
-                self.send_frame(id, &Frame::Disconnect.encode(), &[]);
-                self.conns.stop_offering(id);
-                if let Some(entry) = self.workers.get_mut(&id) {
-                    entry.life.ask_to_leave_for_shutdown(Instant::now(), grace);
+        let Some(shutdown) = &mut self.shutdown else { return false };
+        let grace = shutdown.grace();
+        match shutdown.advance(Instant::now(), self.conns.pending_len(), self.conns.any_offered()) {
+            Drain::Handing => return false,
+            Drain::AskAllToLeave => {
+                drop(self.conns.close_pending()); // nobody left to serve them
+                let ids: Vec<u32> = self.workers.keys().copied().collect();
+                for id in ids {
+                    self.send_frame(id, &Frame::Disconnect.encode(), &[]);
+                    self.conns.stop_offering(id);
+                    if let Some(entry) = self.workers.get_mut(&id) {
+                        entry.life.ask_to_leave_for_shutdown(Instant::now(), grace);
+                    }
                 }
             }
-            if let Some(shutdown) = &mut self.shutdown {
-                shutdown.disconnects_sent = true;
-            }
+            Drain::Leaving => {}
         }
         self.workers.is_empty()
     }
