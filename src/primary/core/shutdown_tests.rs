@@ -47,7 +47,11 @@ fn connections_accepted_before_the_shutdown_are_served_and_the_rest_closed() {
     }
     let mut s = Shutdown::new(t, 10 * S);
     let mut served = Vec::new();
-    while s.advance(t + S, c.pending_len(), c.any_offered()) == Drain::Handing {
+    // Bounded: each round serves what the worker holds (credit 2).
+    for _ in 0..5 {
+        if s.advance(t + S, c.pending_len(), c.any_offered()) != Drain::Handing {
+            break;
+        }
         for conn in c.unacked_of(7) {
             if let Ack::Taken(h) = c.ack(7, conn, true) {
                 served.push(h.conn);
@@ -55,6 +59,7 @@ fn connections_accepted_before_the_shutdown_are_served_and_the_rest_closed() {
         }
         c.dispatch_pending(t + S);
     }
+    assert_eq!(s.advance(t + S, 0, true), Drain::Leaving, "the drain ended: every worker was asked");
     assert_eq!(c.pending_len(), 0, "drained to the worker");
     assert_eq!(served, [1, 2, 3, 4]);
     assert_eq!(c.unacked_of(7), [5], "still the worker's: it serves it before it leaves");
