@@ -715,8 +715,7 @@ impl Inner {
                         if fds_lost && !state.abandoned.remove(&request) {
                             // At our fd limit: this request fails, the channel is fine.
                             let message = "could not receive the shared socket: out of file descriptors".into();
-                            let reply =
-                                Frame::ListenErr { request, code: Code::Address, errno: libc::EMFILE, message };
+                            let reply = Frame::ListenErr { request, code: Code::Address, errno: libc::EMFILE, message };
                             state.replies.insert(request, reply);
                             self.replies_flag.set();
                             continue;

@@ -4,7 +4,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Instant;
 
-use super::policy::{Policy, Sockets};
+use super::policy::Sockets;
 use crate::error::{Code, Error, Result};
 use crate::sys;
 
@@ -34,9 +34,9 @@ pub struct Listener {
     /// connections it accepted before, to the workers that remain.
     pub socket: Option<TcpListener>,
     pub address: SocketAddr,
-    /// Workers taking this listener's connections, in join order.
-    pub members: Vec<u32>,
-    pub policy: Box<dyn Policy>,
+    /// Who accepts its connections (its policy's choice; the policy
+    /// itself, with the listener's workers, is in the core's `Connections`).
+    pub sockets: Sockets,
     /// Edge-triggered readiness seen and not yet drained to EAGAIN.
     pub ready: bool,
     /// Accepting is paused (after EMFILE and the like) until then.
@@ -64,21 +64,21 @@ impl Listener {
         id: u32,
         address: SocketAddr,
         backlog: i32,
-        policy: Box<dyn Policy>,
+        sockets: Sockets,
         inherited: Option<OwnedFd>,
     ) -> Result<Listener> {
         if let Some(fd) = inherited {
-            if policy.sockets() != Sockets::PerWorker {
+            if sockets != Sockets::PerWorker {
                 let socket = TcpListener::from(fd);
                 socket.set_nonblocking(true).map_err(|e| Error::os("set_nonblocking on listener", e))?;
                 let address = socket.local_addr().map_err(|e| Error::os("getsockname on listener", e))?;
-                return Ok(Listener::new(id, socket, address, policy));
+                return Ok(Listener::new(id, socket, address, sockets));
             }
             eprintln!(
                 "rcluster: the socket systemd passed for {address} is not used: reuseport binds a socket per worker"
             );
         }
-        let socket = match policy.sockets() {
+        let socket = match sockets {
             Sockets::PrimaryAccepts | Sockets::Shared => {
                 let socket = TcpListener::bind(address).map_err(|e| address_error(address, e))?;
                 // Calling listen(2) again on a listening socket sets its backlog.
@@ -90,16 +90,15 @@ impl Listener {
             Sockets::PerWorker => TcpListener::from(reuse_port_socket(address)?),
         };
         let address = socket.local_addr().map_err(|e| Error::os("getsockname on listener", e))?;
-        Ok(Listener::new(id, socket, address, policy))
+        Ok(Listener::new(id, socket, address, sockets))
     }
 
-    fn new(id: u32, socket: TcpListener, address: SocketAddr, policy: Box<dyn Policy>) -> Listener {
+    fn new(id: u32, socket: TcpListener, address: SocketAddr, sockets: Sockets) -> Listener {
         Listener {
             id,
             socket: Some(socket),
             address,
-            members: Vec::new(),
-            policy,
+            sockets,
             ready: true,
             paused_until: None,
             declared: false,
@@ -114,7 +113,7 @@ impl Listener {
         let Some(socket) = &self.socket else {
             return Err(Error::new(Code::Leaving, "the listener is closed: the primary is shutting down"));
         };
-        match self.policy.sockets() {
+        match self.sockets {
             Sockets::PrimaryAccepts => Ok(None),
             Sockets::Shared => {
                 socket.try_clone().map(|s| Some(OwnedFd::from(s))).map_err(|e| Error::os("dup of the listener", e))

@@ -1,7 +1,7 @@
 //! The primary: owns the listeners, starts and supervises workers, hands
 //! them connections, and reports what happens as events.
 //!
-//! All the work happens on one thread running a mio loop (`event_loop.rs`),
+//! All the work happens on one thread running a mio loop (`event_loop/`),
 //! so a host whose own thread is busy (a JS or Python interpreter) never
 //! stalls dispatch. The host talks to it through a command queue and pulls
 //! [`Event`]s from a queue whose fd is readable while events wait.
@@ -9,6 +9,7 @@
 //! The loop thread starts on the first call that needs it. Before that the
 //! process has one thread, which is what [`Primary::fork_raw`] requires.
 
+mod core;
 mod event_loop;
 mod listener;
 mod metrics;
