@@ -10,6 +10,7 @@
 //! neither reach the socket nor, if they could, be answered.
 
 use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -100,6 +101,15 @@ pub fn socket_path() -> PathBuf {
     home().join("daemon.sock")
 }
 
+/// Whether a daemon holds this home's lock (`daemon.lock`, which it holds
+/// for as long as it lives).
+pub fn daemon_alive() -> bool {
+    let Ok(lock) = std::fs::File::open(home().join("daemon.lock")) else { return false };
+    // SAFETY: flock on an fd we own; the shared lock, if we get it, goes
+    // with the file when it closes here.
+    unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) != 0 }
+}
+
 /// Why the daemon cannot be reached.
 #[derive(Debug)]
 pub enum Unreachable {
@@ -146,12 +156,20 @@ pub fn connect() -> Result<UnixStream, Unreachable> {
 pub fn call(stream: UnixStream, request: &Request) -> Res<Response> {
     let mut line = serde_json::to_string(request).map_err(|e| Fail(e.to_string()))?;
     line.push('\n');
-    (&stream).write_all(line.as_bytes())?;
+    let sent = (&stream).write_all(line.as_bytes());
     let _ = stream.set_read_timeout(Some(Duration::from_secs(3600)));
     let mut reader = BufReader::new(&stream);
     let mut answer = String::new();
-    reader.read_line(&mut answer)?;
+    let read = sent.and_then(|()| reader.read_line(&mut answer));
     if answer.is_empty() {
+        // A daemon killed a moment ago may leave its socket open for as
+        // long as a child it forked lives (one not yet exec'd): the connect
+        // succeeds, and the reset comes when that child dies. Its lock
+        // says which it was.
+        if !daemon_alive() {
+            fail!("{}", Unreachable::Stale.message());
+        }
+        read?;
         fail!("the daemon closed the connection without answering");
     }
     serde_json::from_str(&answer).map_err(|e| Fail(format!("bad answer from the daemon: {e}")))
