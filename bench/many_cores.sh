@@ -57,6 +57,9 @@ start_server() {
         prefork) argv=(bench/tmp/prefork --workers "$workers" --port 0) ;;
         *) argv=(bench/tmp/bench_rcluster --workers "$workers" --port 0 --policy "$key") ;;
     esac
+    # Emptied here, not by the redirection in the child: the wait below
+    # must not read the previous contender's ready line (and port).
+    : >"$log"
     pin "$server_cpus" "${argv[@]}" >"$log" 2>&1 &
     server_pid=$!
     port=""
