@@ -47,22 +47,22 @@
 /* Connections taken from the source at once. */
 #define TAKE_BATCH 16
 
-static int64_t now_ms(void)
+int64_t bench_now_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static int ms_until(int64_t deadline)
+int bench_ms_until(int64_t deadline)
 {
-    int64_t left = deadline - now_ms();
+    int64_t left = deadline - bench_now_ms();
     if (left < 0)
         return 0;
     return left > INT_MAX ? INT_MAX : (int)left;
 }
 
-static void *xrealloc(void *p, size_t size)
+void *bench_xrealloc(void *p, size_t size)
 {
     void *q = realloc(p, size);
     if (q == NULL) {
@@ -247,7 +247,7 @@ static void append(struct conn *c, const char *data, size_t len)
         size_t cap = c->out_cap ? c->out_cap : 512;
         while (cap < c->out_len + len)
             cap *= 2;
-        c->out = xrealloc(c->out, cap);
+        c->out = bench_xrealloc(c->out, cap);
         c->out_cap = cap;
     }
     memcpy(c->out + c->out_len, data, len);
@@ -501,7 +501,7 @@ static void add_conn(struct worker_state *w, int fd)
     c->fd = fd;
     if (w->nconns == w->cap) {
         w->cap = w->cap ? w->cap * 2 : 64;
-        w->conns = xrealloc(w->conns, w->cap * sizeof *w->conns);
+        w->conns = bench_xrealloc(w->conns, w->cap * sizeof *w->conns);
     }
     w->conns[w->nconns++] = c;
 }
@@ -514,7 +514,7 @@ static void add_conn(struct worker_state *w, int fd)
  */
 static void start_draining(struct worker_state *w, int drain_ms, int idle_ms)
 {
-    int64_t now = now_ms();
+    int64_t now = bench_now_ms();
     if (!w->draining || now + drain_ms < w->drain_deadline)
         w->drain_deadline = now + drain_ms;
     if (!w->draining || now + idle_ms < w->idle_deadline)
@@ -529,7 +529,7 @@ static void start_draining(struct worker_state *w, int drain_ms, int idle_ms)
  */
 static void close_idle(struct worker_state *w)
 {
-    if (now_ms() < w->idle_deadline)
+    if (bench_now_ms() < w->idle_deadline)
         return;
     for (size_t i = w->nconns; i-- > 0;) {
         struct conn *c = w->conns[i];
@@ -555,12 +555,12 @@ int http_serve(const struct http_source *source, uint32_t worker_id)
     int status = 0;
 
     while (!w.draining || accepting || w.nconns > 0) {
-        if (w.draining && now_ms() >= w.drain_deadline)
+        if (w.draining && bench_now_ms() >= w.drain_deadline)
             break;
         if (pcap < w.nconns + 2) {
             pcap = (w.nconns + 2) * 2;
-            pfds = xrealloc(pfds, pcap * sizeof *pfds);
-            polled = xrealloc(polled, pcap * sizeof *polled);
+            pfds = bench_xrealloc(pfds, pcap * sizeof *pfds);
+            polled = bench_xrealloc(polled, pcap * sizeof *polled);
         }
         nfds_t n = 0;
         int control_at = -1, accept_at = -1;
@@ -580,7 +580,7 @@ int http_serve(const struct http_source *source, uint32_t worker_id)
         }
         int timeout = -1;
         if (w.draining)
-            timeout = ms_until(now_ms() < w.idle_deadline ? w.idle_deadline : w.drain_deadline);
+            timeout = bench_ms_until(bench_now_ms() < w.idle_deadline ? w.idle_deadline : w.drain_deadline);
         if (poll(pfds, n, timeout) < 0) {
             if (errno == EINTR)
                 continue;

@@ -52,4 +52,9 @@ struct bench_options {
 /* Parses it; on a bad argument prints one line and exits 2. */
 struct bench_options bench_parse_args(int argc, char **argv);
 
+/* Small helpers both the engine and the rcluster contender's primary use. */
+int64_t bench_now_ms(void);               /* CLOCK_MONOTONIC, in ms */
+int bench_ms_until(int64_t deadline);     /* ms left until `deadline` (0 if past), for poll(2) */
+void *bench_xrealloc(void *p, size_t size); /* realloc, or exit(1) with a message */
+
 #endif

@@ -28,31 +28,6 @@
 /* How long workers have to start listening before the primary gives up. */
 #define STARTUP_TIMEOUT_MS 30000
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static int ms_until(int64_t deadline)
-{
-    int64_t left = deadline - now_ms();
-    if (left < 0)
-        return 0;
-    return left > INT_MAX ? INT_MAX : (int)left;
-}
-
-static void *xrealloc(void *p, size_t size)
-{
-    void *q = realloc(p, size);
-    if (q == NULL) {
-        fputs("bench_rcluster: out of memory\n", stderr);
-        exit(1);
-    }
-    return q;
-}
-
 static void report(const char *what, int rc)
 {
     fprintf(stderr, "bench_rcluster: %s failed: %s: %s\n", what, rcluster_strerror(rc), rcluster_last_error());
@@ -107,7 +82,7 @@ static void on_listening(struct primary_state *s, const rcluster_event *ev)
             return;
     if (s->nlistening == s->cap) {
         s->cap = s->cap ? s->cap * 2 : 16;
-        s->listening = xrealloc(s->listening, s->cap * sizeof *s->listening);
+        s->listening = bench_xrealloc(s->listening, s->cap * sizeof *s->listening);
     }
     s->listening[s->nlistening++] = ev->worker_id;
     if (!s->ready && !s->failing && s->nlistening >= s->opts->workers) {
@@ -211,14 +186,14 @@ static int run_primary(const struct bench_options *opts)
         }
     }
 
-    int64_t startup_deadline = now_ms() + STARTUP_TIMEOUT_MS;
+    int64_t startup_deadline = bench_now_ms() + STARTUP_TIMEOUT_MS;
     for (;;) {
         rcluster_event ev;
         memset(&ev, 0, sizeof ev);
-        int timeout = s.ready || s.failing ? -1 : ms_until(startup_deadline);
+        int timeout = s.ready || s.failing ? -1 : bench_ms_until(startup_deadline);
         rc = rcluster_primary_wait_event(s.primary, &ev, timeout);
         if (rc == RCLUSTER_E_TIMEOUT || rc == RCLUSTER_E_AGAIN) {
-            if (!s.ready && !s.failing && now_ms() >= startup_deadline)
+            if (!s.ready && !s.failing && bench_now_ms() >= startup_deadline)
                 fail(&s, "the workers did not start listening in time");
             continue;
         }
