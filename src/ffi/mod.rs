@@ -17,12 +17,14 @@
 mod channel;
 mod handles;
 mod messages;
+mod options;
 mod primary;
 mod worker;
 
 pub use crate::tables::c::*;
 pub use channel::*;
 pub use messages::*;
+pub use options::*;
 pub use primary::*;
 pub use worker::*;
 

@@ -9,11 +9,13 @@
 //! The loop thread starts on the first call that needs it. Before that the
 //! process has one thread, which is what [`Primary::fork_raw`] requires.
 
+mod config;
 mod core;
 mod event_loop;
 mod listener;
 mod metrics;
 pub mod policy;
+mod shared;
 mod shared_sockets;
 mod signals;
 pub mod supervisor;
@@ -27,179 +29,22 @@ use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::error::{Code, Error, Result};
 use crate::event::{Event, EventQueue, Metrics, WorkerStats};
-use crate::spawn::{self, SpawnSpec};
+use crate::spawn::{self};
 use crate::sys::Flag;
 use crate::wire::Frame;
+pub use config::{Config, Limits};
 use event_loop::EventLoop;
 pub use listener::parse_address;
 pub use policy::PolicyKind;
+use shared::{Command, Shared};
 pub use supervisor::Supervision;
 pub(crate) use systemd::VARIABLES as SYSTEMD_VARIABLES;
-
-/// How a primary behaves. `Config::default()` gives the documented defaults.
-#[derive(Clone, Debug)]
-pub struct Config {
-    /// How workers are started (argv, environment, cwd).
-    pub spawn: SpawnSpec,
-    /// The scheduling policy.
-    pub policy: PolicyKind,
-    /// Connections a worker may hold handed-over but not yet acknowledged
-    /// (its credit). Lower is fairer, higher pipelines more. Default 8.
-    pub max_unacked: u32,
-    /// Connections the primary may hold accepted but not yet handed over.
-    /// When full, it stops accepting and the kernel's backlog holds the rest.
-    /// Default 1024.
-    pub max_pending: u32,
-    /// listen(2) backlog of the sockets the primary binds. Default 511.
-    pub backlog: i32,
-    /// How long a worker asked to disconnect may take before SIGTERM, and
-    /// again before SIGKILL. Default 10 s.
-    pub stop_timeout: Duration,
-    /// Handle SIGTERM and SIGINT (graceful shutdown), SIGHUP (rolling
-    /// reload), SIGTTIN and SIGTTOU (one worker more or less). Default off:
-    /// the host's signals are the host's.
-    pub handle_signals: bool,
-    /// Restarts, reloads, heartbeat, recycling.
-    pub supervision: Supervision,
-    /// A worker holding a handed-over connection unacknowledged this long
-    /// is treated as hung: it is killed (an `Unresponsive` event says so),
-    /// its connections go to other workers once it is reaped, and its slot
-    /// restarts it. `None`: no deadline. Default 30 s.
-    pub ack_timeout: Option<Duration>,
-    /// What workers may ask of the primary, and how much it queues.
-    pub limits: Limits,
-    /// Allow a primary in a process that was started as a worker. Off by
-    /// default: a program that forgets to check `is_worker` would otherwise
-    /// have every worker start workers of its own (a fork bomb).
-    pub allow_nested: bool,
-    /// Serve Prometheus metrics (`GET /metrics`) and a health check
-    /// (`GET /healthz`: 200 only while the cluster serves) on this
-    /// `HOST:PORT`, from a thread of their own. `None` (default): no endpoint.
-    pub metrics_address: Option<String>,
-    /// Speak systemd's protocols (see `systemd.rs`): take the listening
-    /// sockets passed with `LISTEN_FDS` for their addresses instead of
-    /// binding, and report readiness, reloads and the stop to
-    /// `NOTIFY_SOCKET`. Default on: without those variables it does nothing.
-    pub systemd: bool,
-    /// Accept file descriptors attached to workers' messages (they come
-    /// with `Event::Message`). Default off: a worker that attaches any is
-    /// cut off (`WorkerError`) and they are closed, since a host that does
-    /// not expect them would leave them to the event's drop.
-    pub message_fds: bool,
-}
-
-/// Bounds on what workers may ask of the primary and on what it queues.
-/// `Default` gives the documented defaults; each must be at least 1.
-#[derive(Clone, Debug)]
-pub struct Limits {
-    /// Listeners workers' listen requests may have the primary bind, in all.
-    /// Beyond it a listen request for a new address fails with `EMFILE`.
-    /// Default 1024.
-    pub max_listeners: u32,
-    /// Listeners one worker may hold. Default 64.
-    pub max_listeners_per_worker: u32,
-    /// A listener bound for workers' requests that no live worker has used
-    /// for this long is closed (long enough that restarts and reloads keep
-    /// it; listeners the host declared with `Primary::listen` stay open).
-    /// Default 60 s.
-    pub listener_idle: Duration,
-    /// Bytes of messages queued for one worker that is not reading its
-    /// channel; past it `send` fails with `TooBig` and sends nothing.
-    /// Default 64 MiB.
-    pub max_send_queue: usize,
-    /// Bytes of worker messages waiting in the event queue for the host;
-    /// past it the primary stops reading workers' channels (they wait,
-    /// nothing is dropped) until the host has taken half. Default 64 MiB.
-    pub max_event_bytes: usize,
-    /// Largest message a worker may send; a larger one is a protocol
-    /// error that cuts the worker off. At most (and by default)
-    /// `channel::MAX_MESSAGE`.
-    pub max_message: usize,
-    /// File descriptors of worker messages waiting in the event queue for
-    /// the host (`Config::message_fds`); past it the primary stops reading
-    /// workers' channels, as for `max_event_bytes`, so a worker cannot make
-    /// the primary run out of fds. Default 256.
-    pub max_event_fds: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Limits {
-        Limits {
-            max_listeners: 1024,
-            max_listeners_per_worker: 64,
-            listener_idle: Duration::from_secs(60),
-            max_send_queue: 64 << 20,
-            max_event_bytes: 64 << 20,
-            max_message: crate::channel::MAX_MESSAGE,
-            max_event_fds: 256,
-        }
-    }
-}
-
-impl Config {
-    /// Refuses settings that cannot work: nothing would ever be accepted
-    /// or handed out, or healthy workers would be killed.
-    pub fn validate(&self) -> Result<()> {
-        let refuse = |what: &str| Err(Error::new(Code::InvalidArgument, what.to_owned()));
-        let s = &self.supervision;
-        let l = &self.limits;
-        if self.max_unacked == 0 {
-            return refuse("max_unacked must be at least 1 (no worker could be handed a connection)");
-        }
-        if self.max_pending == 0 {
-            return refuse("max_pending must be at least 1 (the primary would never accept a connection)");
-        }
-        if s.heartbeat_interval.is_some_and(|i| i.is_zero()) {
-            return refuse("heartbeat_interval must be above 0 (leave it unset for no heartbeat)");
-        }
-        if s.heartbeat_timeout.is_zero() {
-            return refuse("heartbeat_timeout must be above 0 (every worker would be killed as hung)");
-        }
-        if self.ack_timeout.is_some_and(|t| t.is_zero()) {
-            return refuse("ack_timeout must be above 0 (leave it unset for no deadline)");
-        }
-        if !(s.restart_backoff.is_finite() && s.restart_backoff >= 1.0) {
-            return refuse("restart_backoff must be a number >= 1");
-        }
-        if l.max_listeners == 0 || l.max_listeners_per_worker == 0 {
-            return refuse("max_listeners and max_listeners_per_worker must be at least 1");
-        }
-        if l.max_send_queue == 0 || l.max_event_bytes == 0 || l.max_event_fds == 0 {
-            return refuse("max_send_queue, max_event_bytes and max_event_fds must be at least 1");
-        }
-        if l.max_message == 0 || l.max_message > crate::channel::MAX_MESSAGE {
-            return refuse("max_message must be between 1 and the channel's limit (256 MiB)");
-        }
-        Ok(())
-    }
-}
-
-impl Default for Config {
-    fn default() -> Config {
-        Config {
-            spawn: SpawnSpec { own_process_group: true, ..SpawnSpec::default() },
-            policy: PolicyKind::RoundRobin,
-            max_unacked: 8,
-            max_pending: 1024,
-            backlog: 511,
-            stop_timeout: Duration::from_secs(10),
-            handle_signals: false,
-            supervision: Supervision::default(),
-            ack_timeout: Some(Duration::from_secs(30)),
-            limits: Limits::default(),
-            allow_nested: false,
-            systemd: true,
-            metrics_address: None,
-            message_fds: false,
-        }
-    }
-}
 
 /// A started worker: its id and pid.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -219,163 +64,6 @@ pub enum RawFork {
     /// primary's handle in this process is dead (its fds are closed).
     Child,
 }
-
-pub(crate) enum Command {
-    Fork {
-        env: Vec<(OsString, OsString)>,
-        overrides: crate::spawn::SpawnOverrides,
-        reply: mpsc::SyncSender<Result<(WorkerInfo, crate::spawn::StdioPipes)>>,
-    },
-    Listen {
-        host: String,
-        port: u16,
-        reply: mpsc::SyncSender<Result<SocketAddr>>,
-    },
-    Send {
-        worker: u32,
-        data: Vec<u8>,
-    },
-    /// A message with file descriptors (duplicates the loop owns): a frame of its own.
-    SendFds {
-        worker: u32,
-        data: Vec<u8>,
-        fds: Vec<std::os::fd::OwnedFd>,
-    },
-    /// Messages `send_many` packed into frames on the host thread.
-    SendFrames {
-        worker: u32,
-        frames: Vec<Vec<u8>>,
-        /// How many messages the frames hold.
-        count: usize,
-    },
-    Disconnect {
-        worker: u32,
-    },
-    Kill {
-        worker: u32,
-        signal: i32,
-    },
-    HangUp {
-        worker: u32,
-    },
-    Shutdown {
-        grace: Duration,
-    },
-    Reload {
-        reply: mpsc::SyncSender<Result<u32>>,
-    },
-    Scale {
-        workers: u32,
-        reply: mpsc::SyncSender<Result<()>>,
-    },
-    Stats {
-        reply: mpsc::SyncSender<Vec<WorkerStats>>,
-    },
-    Metrics {
-        reply: mpsc::SyncSender<Metrics>,
-    },
-}
-
-/// What the host thread and the loop thread share.
-pub(crate) struct Shared {
-    events: ManuallyDrop<EventQueue<Event>>,
-    commands: Mutex<VecDeque<Command>>,
-    /// Readable while commands wait; watched by the loop.
-    wake: ManuallyDrop<Flag>,
-    /// Workers whose channel is open (for send()'s synchronous check), with
-    /// the bytes queued for each: in commands not yet taken by the loop,
-    /// plus in its outbox (the loop adds and takes away its part).
-    connected: Mutex<HashMap<u32, Arc<AtomicUsize>>>,
-    /// Bytes of worker messages in the event queue not yet taken by the host.
-    event_bytes: AtomicUsize,
-    /// File descriptors of worker messages in the event queue not yet taken.
-    event_fds: AtomicUsize,
-    /// The loop stopped reading worker channels (`max_event_bytes`): the
-    /// host wakes it when it has taken half.
-    reads_paused: AtomicBool,
-    max_send_queue: usize,
-    max_event_bytes: usize,
-    max_event_fds: usize,
-    /// The loop has finished (after shutdown).
-    stopped: AtomicBool,
-    /// This process is a raw-forked child: the fds above were closed by hand.
-    in_child: AtomicBool,
-}
-
-impl Drop for Shared {
-    fn drop(&mut self) {
-        if !self.in_child.load(Ordering::SeqCst) {
-            // SAFETY: dropped exactly once, here, and only when fork_raw's
-            // child path did not already close their fds.
-            unsafe {
-                ManuallyDrop::drop(&mut self.events);
-                ManuallyDrop::drop(&mut self.wake);
-            }
-        }
-    }
-}
-
-impl Shared {
-    pub(crate) fn emit(&self, event: Event) {
-        if let Event::Message { data, fds, .. } = &event {
-            self.event_bytes.fetch_add(data.len(), Ordering::Relaxed);
-            if !fds.is_empty() {
-                self.event_fds.fetch_add(fds.len(), Ordering::Relaxed);
-            }
-        }
-        self.events.push(event);
-    }
-
-    /// Emits worker messages (counted against `max_event_bytes`).
-    pub(crate) fn emit_messages(&self, worker: u32, pid: i32, messages: Vec<Vec<u8>>) {
-        let bytes: usize = messages.iter().map(Vec::len).sum();
-        self.event_bytes.fetch_add(bytes, Ordering::Relaxed);
-        self.events.push_many(messages.into_iter().map(|data| Event::Message { worker, pid, data, fds: Vec::new() }));
-    }
-
-    /// Whether the host has fallen so far behind that the loop must stop
-    /// reading workers' messages.
-    pub(crate) fn events_over_limit(&self) -> bool {
-        self.event_bytes.load(Ordering::Relaxed) > self.max_event_bytes
-            || self.event_fds.load(Ordering::Relaxed) > self.max_event_fds
-    }
-
-    /// The host took `event`: count its bytes off, and wake a paused loop
-    /// once half the limit is free again.
-    fn taken(&self, event: &Event) {
-        if let Event::Message { data, fds, .. } = event {
-            let left = self.event_bytes.fetch_sub(data.len(), Ordering::Relaxed) - data.len();
-            let fds_left = match fds.len() {
-                0 => self.event_fds.load(Ordering::Relaxed),
-                n => self.event_fds.fetch_sub(n, Ordering::Relaxed) - n,
-            };
-            if left <= self.max_event_bytes / 2
-                && fds_left <= self.max_event_fds / 2
-                && self.reads_paused.swap(false, Ordering::SeqCst)
-            {
-                self.wake.set();
-            }
-        }
-    }
-
-    /// Queues a command for the loop and wakes it; false once it has stopped.
-    fn submit(&self, command: Command) -> bool {
-        if self.stopped.load(Ordering::SeqCst) {
-            return false;
-        }
-        let mut commands = self.commands.lock().unwrap_or_else(|p| p.into_inner());
-        if commands.is_empty() {
-            self.wake.set();
-        }
-        commands.push_back(command);
-        true
-    }
-
-    fn lock_connected(&self) -> MutexGuard<'_, HashMap<u32, Arc<AtomicUsize>>> {
-        self.connected.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
 /// A cluster's primary.
 pub struct Primary {
     shared: Arc<Shared>,

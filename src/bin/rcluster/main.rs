@@ -9,8 +9,8 @@
 //!   and `client.rs`;
 //! - `rcluster start FILE.toml`: apps from a config file, see `config.rs`.
 //!
-//! One file per concept: `cli.rs` (arguments), `app.rs` (one app: its spec
-//! and the primary hosting it), `run.rs`, `daemon.rs`, `client.rs`,
+//! One file per concept: `cli.rs` (arguments), `app/` (one app: its spec,
+//! the primary hosting it, the thread monitoring it), `run.rs`, `daemon.rs`, `client.rs`,
 //! `protocol.rs` (CLI <-> daemon), `config.rs`, `logs.rs` (capture,
 //! rotation, tail), `exec.rs` (the worker-side trampoline that hands an
 //! unmodified program its sockets by the systemd protocol).
