@@ -468,6 +468,9 @@ fn a_reload_to_a_version_that_crashes_at_start_keeps_the_old_workers_and_fails()
     let env_mark = format!("RCLUSTER_TEST_MARK={mark}");
     let flag = home.path().join("broken-deploy");
     let crash = format!("SD_CRASH_FILE={}", flag.display());
+    // The broken deploy dies at once, before the daemon's monitor can see it
+    // between two of its looks (exec keeps the pid LISTEN_PID names).
+    let crashing = format!("[ -e \"$SD_CRASH_FILE\" ] && exit 3; exec {} {}", python(), sd_server());
     let out = home.cli(&[
         "start",
         "web",
@@ -475,21 +478,18 @@ fn a_reload_to_a_version_that_crashes_at_start_keeps_the_old_workers_and_fails()
         "2",
         "--listen",
         "127.0.0.1:0",
-        // The grace must cover a Python start on a loaded machine: a new
-        // worker that lives past it counts as started, and the old ones are
-        // stopped even though it crashes right after (CI saw a 500 ms grace
-        // pass before Python reached its crash check).
         "--reload-grace",
-        "2s",
+        "500ms",
         "--stop-timeout",
-        "6s",
+        "3s",
         "-e",
         &crash,
         "-e",
         &env_mark,
         "--",
-        python(),
-        &sd_server(),
+        "/bin/sh",
+        "-c",
+        &crashing,
     ]);
     assert!(out.ok(), "{out:?}");
     let port = home.port_of("web");
@@ -503,7 +503,7 @@ fn a_reload_to_a_version_that_crashes_at_start_keeps_the_old_workers_and_fails()
         })
     };
     // Past the grace, the new workers keep dying at start: the old ones still serve.
-    std::thread::sleep(Duration::from_millis(3000));
+    std::thread::sleep(Duration::from_millis(1500));
     let serving = serving_pids(port, 6);
     assert!(serving.is_subset(&old), "the old workers serve: {serving:?} (old {old:?})");
     let out = reload.join().unwrap();

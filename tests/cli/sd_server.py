@@ -15,9 +15,6 @@ if os.environ.get("LISTEN_PID") != str(os.getpid()):
 count = int(os.environ.get("LISTEN_FDS", "0"))
 if count < 1:
     sys.exit("sd_server: no LISTEN_FDS")
-crash_file = os.environ.get("SD_CRASH_FILE")
-if crash_file and os.path.exists(crash_file):
-    sys.exit("sd_server: crashing at start, as asked (a broken deploy)")
 listener = socket.socket(fileno=3)
 # rcluster passes the socket as the primary holds it (non-blocking); this
 # server accepts blocking. Every worker runs this same program, so setting

@@ -22,6 +22,9 @@ pub(super) struct Watch {
     /// Workers asked to leave (inherited-socket apps), and whether a newer
     /// worker was ever seen in their slot since.
     pub(super) leaving: HashMap<u32, bool>,
+    /// The newest worker started in each slot (from the fork events), so a
+    /// replacement that died before a tick saw it still counts as one.
+    pub(super) newest_in_slot: HashMap<u32, u32>,
     /// Workers that got their SIGTERM from us.
     pub(super) terminated: Vec<u32>,
     /// Unexpected exits so far.
@@ -75,7 +78,12 @@ impl Monitor {
         let say = |text: String| (self.say)(&self.name, &text);
         let (lock, cond) = &*self.watch;
         match event {
-            Event::Fork { worker, pid, generation, .. } => {
+            Event::Fork { worker, pid, generation, slot } => {
+                if let Some(slot) = slot {
+                    let mut watch = lock.lock().unwrap();
+                    let newest = watch.newest_in_slot.entry(slot).or_insert(worker);
+                    *newest = (*newest).max(worker);
+                }
                 say(format!("worker {worker} started (pid {pid}, generation {generation})"))
             }
             Event::Exit { worker, pid, exit, after_disconnect } => {
@@ -163,8 +171,14 @@ impl Monitor {
                 .filter(|o| o.slot.is_some() && o.slot == s.slot && o.id > s.id && o.state != WorkerState::Leaving)
                 .map(|o| o.uptime)
                 .max();
-            let had_successor = watch.leaving.entry(s.id).or_insert(successor.is_some());
-            *had_successor |= successor.is_some();
+            // A replacement that crashed between two ticks is in no stats,
+            // but its fork was seen: the worker is being replaced, not
+            // stopped for good (a loaded machine once let a crashing
+            // replacement come and go unseen, and the old worker was stopped).
+            let replaced = successor.is_some()
+                || s.slot.and_then(|slot| watch.newest_in_slot.get(&slot)).is_some_and(|&newest| newest > s.id);
+            let had_successor = watch.leaving.entry(s.id).or_insert(replaced);
+            *had_successor |= replaced;
             let stop_now = match successor {
                 Some(uptime) => uptime >= self.grace,
                 None => !*had_successor,
