@@ -88,6 +88,10 @@ pub enum Event {
         exit: Exit,
         /// It had been asked to leave, or left on purpose.
         after_disconnect: bool,
+        /// The primary asked it to go (stop, scale, reload, shutdown); a
+        /// worker that said goodbye on its own has `after_disconnect` alone
+        /// (Node's `exitedAfterDisconnect` tells the two apart).
+        stop_requested: bool,
     },
     /// The worker broke the protocol; it is disconnected.
     WorkerError {

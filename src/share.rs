@@ -49,6 +49,26 @@ impl SocketKind {
     }
 }
 
+/// The longest path a Unix socket address holds (sun_path, less its NUL).
+const SUN_PATH_MAX: usize = 107;
+
+/// `path` as bind(2) can take it: one longer than sun_path under the
+/// primary's cwd is bound relative to that cwd, as Node's primary does for
+/// a worker's path (workers send absolute paths, resolved in their own cwd).
+fn bindable_path(path: &str) -> std::path::PathBuf {
+    let path = std::path::Path::new(path);
+    if path.as_os_str().len() <= SUN_PATH_MAX {
+        return path.to_path_buf();
+    }
+    match std::env::current_dir() {
+        Ok(cwd) => match path.strip_prefix(&cwd) {
+            Ok(relative) if !relative.as_os_str().is_empty() => relative.to_path_buf(),
+            _ => path.to_path_buf(),
+        },
+        Err(_) => path.to_path_buf(),
+    }
+}
+
 /// A bound socket and what it is bound to: (fd, port, address or path).
 pub(crate) type Bound = (OwnedFd, u16, String);
 
@@ -61,7 +81,8 @@ pub(crate) fn bind(kind: SocketKind, address: &str, port: u16) -> Result<Bound> 
             if address.is_empty() {
                 return Err(Error::new(Code::Address, "a Unix socket needs a path").with_errno(libc::EINVAL));
             }
-            let listener = UnixListener::bind(address).map_err(|e| Error::os(&format!("bind {address}"), e))?;
+            let listener =
+                UnixListener::bind(bindable_path(address)).map_err(|e| Error::os(&format!("bind {address}"), e))?;
             Ok((OwnedFd::from(listener), 0, address.to_owned()))
         }
         SocketKind::Udp4 | SocketKind::Udp6 => {

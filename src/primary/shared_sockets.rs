@@ -1,9 +1,10 @@
 //! The primary's side of shared sockets (`crate::share`): one bound socket
 //! per kind, address, port and port-0 index, handed to every worker that
-//! asks. Kept while the primary runs; a Unix socket's file is removed when
-//! the primary's loop ends (Node removes it when the server closes).
+//! asks. As Node's primary, it closes one when no worker uses it any more
+//! (its last user hung up or exited), removing a Unix socket's file, so the
+//! path can be bound again; what is left goes when the primary's loop ends.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
@@ -12,16 +13,35 @@ use crate::wire::Frame;
 
 type Key = (SocketKind, String, u16, u16);
 
+/// One bound socket, what workers were told about it, and who asked for it.
+struct Shared {
+    fd: Arc<OwnedFd>,
+    port: u16,
+    address: String,
+    users: HashSet<u32>,
+}
+
+impl Shared {
+    /// Closes the primary's socket; a Unix socket's file goes with it (as
+    /// libuv unlinks a pipe it bound when it closes it).
+    fn close(self, kind: SocketKind) {
+        if kind == SocketKind::Unix {
+            let _ = std::fs::remove_file(&self.address);
+        }
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct SharedSockets {
-    sockets: HashMap<Key, (Arc<OwnedFd>, u16, String)>,
+    sockets: HashMap<Key, Shared>,
 }
 
 impl SharedSockets {
-    /// The answer to a worker's `Share` request: `ShareOk` with the socket
+    /// The answer to `worker`'s `Share` request: `ShareOk` with the socket
     /// (bound now or before), or `ListenErr` with the bind's errno.
     pub(crate) fn answer(
         &mut self,
+        worker: u32,
         request: u32,
         kind: u8,
         address: &str,
@@ -35,26 +55,41 @@ impl SharedSockets {
         };
         // Only port 0 needs the index: each worker's n-th such socket shares one port.
         let key = (kind, address.to_owned(), port, if port == 0 { index } else { 0 });
-        if let Some((fd, port, address)) = self.sockets.get(&key) {
-            return (Frame::ShareOk { request, port: *port, address: address.clone() }, Some(fd.clone()));
+        if let Some(shared) = self.sockets.get_mut(&key) {
+            shared.users.insert(worker);
+            let reply = Frame::ShareOk { request, port: shared.port, address: shared.address.clone() };
+            return (reply, Some(shared.fd.clone()));
         }
         match share::bind(kind, address, port) {
             Ok((fd, port, address)) => {
                 let fd = Arc::new(fd);
-                self.sockets.insert(key, (fd.clone(), port, address.clone()));
+                let users = HashSet::from([worker]);
+                self.sockets.insert(key, Shared { fd: fd.clone(), port, address: address.clone(), users });
                 (Frame::ShareOk { request, port, address }, Some(fd))
             }
             Err(e) => refuse(e),
+        }
+    }
+
+    /// `worker` hung up or exited: the sockets no other worker uses close.
+    pub(crate) fn release(&mut self, worker: u32) {
+        let unused: Vec<Key> = self
+            .sockets
+            .iter_mut()
+            .filter_map(|(key, shared)| (shared.users.remove(&worker) && shared.users.is_empty()).then(|| key.clone()))
+            .collect();
+        for key in unused {
+            if let Some(shared) = self.sockets.remove(&key) {
+                shared.close(key.0);
+            }
         }
     }
 }
 
 impl Drop for SharedSockets {
     fn drop(&mut self) {
-        for ((kind, _, _, _), (_, _, path)) in &self.sockets {
-            if *kind == SocketKind::Unix {
-                let _ = std::fs::remove_file(path);
-            }
+        for ((kind, _, _, _), shared) in self.sockets.drain() {
+            shared.close(kind);
         }
     }
 }
@@ -74,12 +109,12 @@ mod tests {
     #[test]
     fn one_socket_per_key_and_port_zero_index() {
         let mut shared = SharedSockets::default();
-        let (port, address, first) = ok(shared.answer(1, SocketKind::Udp4 as u8, "127.0.0.1", 0, 0));
+        let (port, address, first) = ok(shared.answer(7, 1, SocketKind::Udp4 as u8, "127.0.0.1", 0, 0));
         assert!(port > 0);
         assert_eq!(address, "127.0.0.1");
-        let (again, _, same) = ok(shared.answer(2, SocketKind::Udp4 as u8, "127.0.0.1", 0, 0));
+        let (again, _, same) = ok(shared.answer(8, 2, SocketKind::Udp4 as u8, "127.0.0.1", 0, 0));
         assert_eq!((again, same.as_raw_fd()), (port, first.as_raw_fd()), "the same socket for the same key");
-        let (other, _, _) = ok(shared.answer(3, SocketKind::Udp4 as u8, "127.0.0.1", 0, 1));
+        let (other, _, _) = ok(shared.answer(7, 3, SocketKind::Udp4 as u8, "127.0.0.1", 0, 1));
         assert_ne!(other, port, "a worker's second port-0 socket is another one");
     }
 
@@ -90,9 +125,9 @@ mod tests {
         let _ = std::fs::remove_file(&path);
         {
             let mut shared = SharedSockets::default();
-            let (_, address, first) = ok(shared.answer(1, SocketKind::Unix as u8, &path_text, 0, 0));
+            let (_, address, first) = ok(shared.answer(7, 1, SocketKind::Unix as u8, &path_text, 0, 0));
             assert_eq!(address, path_text);
-            let (_, _, second) = ok(shared.answer(2, SocketKind::Unix as u8, &path_text, 0, 0));
+            let (_, _, second) = ok(shared.answer(8, 2, SocketKind::Unix as u8, &path_text, 0, 0));
             assert_eq!(first.as_raw_fd(), second.as_raw_fd());
             assert!(path.exists());
         }
@@ -104,12 +139,40 @@ mod tests {
         let mut shared = SharedSockets::default();
         let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let port = taken.local_addr().unwrap().port();
-        match shared.answer(1, SocketKind::Udp4 as u8, "127.0.0.1", port, 0) {
+        match shared.answer(7, 1, SocketKind::Udp4 as u8, "127.0.0.1", port, 0) {
             (Frame::ListenErr { request: 1, errno, .. }, None) => assert_eq!(errno, libc::EADDRINUSE),
             other => panic!("expected EADDRINUSE, got {other:?}"),
         }
-        assert!(matches!(shared.answer(2, 9, "127.0.0.1", 0, 0), (Frame::ListenErr { request: 2, .. }, None)));
-        assert!(matches!(shared.answer(3, SocketKind::Udp6 as u8, "127.0.0.1", 0, 0), (Frame::ListenErr { .. }, None)));
-        assert!(matches!(shared.answer(4, SocketKind::Unix as u8, "", 0, 0), (Frame::ListenErr { .. }, None)));
+        assert!(matches!(shared.answer(8, 2, 9, "127.0.0.1", 0, 0), (Frame::ListenErr { request: 2, .. }, None)));
+        assert!(matches!(
+            shared.answer(7, 3, SocketKind::Udp6 as u8, "127.0.0.1", 0, 0),
+            (Frame::ListenErr { .. }, None)
+        ));
+        assert!(matches!(shared.answer(7, 4, SocketKind::Unix as u8, "", 0, 0), (Frame::ListenErr { .. }, None)));
+    }
+
+    #[test]
+    fn a_socket_closes_when_its_last_user_leaves() {
+        let path = std::env::temp_dir().join(format!("rcluster-share-release-{}.sock", std::process::id()));
+        let path_text = path.to_str().unwrap().to_owned();
+        let _ = std::fs::remove_file(&path);
+        let mut shared = SharedSockets::default();
+        let (_, _, first) = ok(shared.answer(1, 1, SocketKind::Unix as u8, &path_text, 0, 0));
+        ok(shared.answer(2, 2, SocketKind::Unix as u8, &path_text, 0, 0));
+        let (udp_port, _, _) = ok(shared.answer(1, 3, SocketKind::Udp4 as u8, "127.0.0.1", 0, 0));
+        drop(first);
+        shared.release(1);
+        assert!(path.exists(), "worker 2 still uses the Unix socket");
+        assert!(
+            std::net::UdpSocket::bind(("127.0.0.1", udp_port)).is_ok(),
+            "the UDP socket only worker 1 used is closed"
+        );
+        shared.release(2);
+        assert!(!path.exists(), "the file goes with the last user");
+        let (_, _, again) = ok(shared.answer(3, 4, SocketKind::Unix as u8, &path_text, 0, 0));
+        assert!(path.exists(), "the path is bound again");
+        drop(again);
+        shared.release(3);
+        assert!(!path.exists());
     }
 }

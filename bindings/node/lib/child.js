@@ -201,6 +201,15 @@ function setupChild(cluster, native) {
     if (this.state === 'destroying') return;
     this.exitedAfterDisconnect = true;
     this.state = 'destroying';
+    if (connected && nodePrimary) {
+      // Told before the hang-up (as Node's worker does), so the primary's
+      // 'disconnect' and 'exit' see exitedAfterDisconnect; no answer awaited.
+      try {
+        channel.send(internal.LEAVING);
+      } catch (e) {
+        // the channel broke: the primary hears of the hang-up alone
+      }
+    }
     if (connected) closeChannel();
     process.exit(0);
   };

@@ -441,7 +441,12 @@ function setupPrimary(cluster, native) {
         proc._exited = true;
         removeWorker(worker);
         everyWorker.delete(worker.id);
-        worker.exitedAfterDisconnect = Boolean(worker.exitedAfterDisconnect || event.afterDisconnect);
+        // Not the core's afterDisconnect, which counts a bare
+        // process.disconnect() in the worker as leaving on purpose: as in
+        // Node, only worker.disconnect() (either side), cluster.disconnect(),
+        // kill() and destroy() set it (each has by now), and here also a
+        // stop the core asked for (scale, reload, shutdown).
+        worker.exitedAfterDisconnect = Boolean(worker.exitedAfterDisconnect || event.stopRequested);
         worker.state = 'dead';
         proc.emit('exit', proc.exitCode, proc.signalCode);
         worker.emit('exit', proc.exitCode, proc.signalCode);

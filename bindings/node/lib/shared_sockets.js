@@ -8,6 +8,7 @@
 
 const dgram = require('dgram');
 const os = require('os');
+const paths = require('path');
 const runtime = require('./runtime');
 
 /**
@@ -73,14 +74,16 @@ function setupSharedSockets(ctx) {
         server.emit('error', unsupported(CANNOT.pipe, 'listen with { path, exclusive: true } to serve it from this worker alone'));
         return;
       }
+      // Resolved in this worker's cwd (the primary's may differ), as Node's workers do.
+      const absolute = paths.resolve(path);
       let shared;
       try {
-        shared = ctx.channel.share('unix', path, 0, 0);
+        shared = ctx.channel.share('unix', absolute, 0, 0);
       } catch (e) {
         server.emit('error', shareError(e, 'listen', path));
         return;
       }
-      server.once('listening', () => ctx.announce({ addressType: -1, address: path, port: undefined }));
+      server.once('listening', () => ctx.announce({ addressType: -1, address: absolute, port: undefined }));
       track(server, () => server.close());
       original.call(server, { fd: shared.fd });
     });

@@ -10,8 +10,7 @@ use napi::bindgen_prelude::*;
 use napi::threadsafe_function::ThreadsafeFunctionCallMode;
 use napi_derive::napi;
 use rcluster::{
-    Config, Event, Exit, PolicyKind, Primary, SpawnOverrides, SpawnSpec, StdioMode, Supervision, WorkerState,
-    WorkerStats,
+    Config, Event, Exit, PolicyKind, Primary, SpawnOverrides, SpawnSpec, StdioMode, Supervision, WorkerStats,
 };
 
 use crate::js_error;
@@ -129,6 +128,8 @@ pub struct ClusterEvent {
     pub signal: Option<i32>,
     /// exit: it had been asked to leave, or left on purpose.
     pub after_disconnect: Option<bool>,
+    /// exit: the primary asked it to go (stop, scale, reload, shutdown).
+    pub stop_requested: Option<bool>,
     /// worker_error, spawn_failed, reload_failed, upgrade_failed: what went wrong.
     pub message: Option<String>,
     /// fork, crash_loop, spawn_failed: the worker's slot (none for a raw fork).
@@ -153,6 +154,7 @@ impl ClusterEvent {
             code: None,
             signal: None,
             after_disconnect: None,
+            stop_requested: None,
             message: None,
             slot: None,
             generation: None,
@@ -179,7 +181,7 @@ impl ClusterEvent {
                 ..ClusterEvent::new(kind, Some(worker), Some(pid))
             },
             Event::Disconnect { worker, pid } => ClusterEvent::new(kind, Some(worker), Some(pid)),
-            Event::Exit { worker, pid, exit, after_disconnect } => {
+            Event::Exit { worker, pid, exit, after_disconnect, stop_requested } => {
                 let (code, signal) = match exit {
                     Exit::Code(code) => (Some(code), None),
                     Exit::Signal(signal) => (None, Some(signal)),
@@ -189,6 +191,7 @@ impl ClusterEvent {
                     code,
                     signal,
                     after_disconnect: Some(after_disconnect),
+                    stop_requested: Some(stop_requested),
                     ..ClusterEvent::new(kind, Some(worker), Some(pid))
                 }
             }

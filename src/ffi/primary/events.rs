@@ -111,7 +111,7 @@ pub(super) fn primary_event(event: Event) -> rcluster_event {
             crate::ffi::messages::with_message(base(RCLUSTER_EVENT_MESSAGE, worker, pid), data, fds)
         }
         Event::Disconnect { worker, pid } => base(RCLUSTER_EVENT_DISCONNECT, worker, pid),
-        Event::Exit { worker, pid, exit, after_disconnect } => {
+        Event::Exit { worker, pid, exit, after_disconnect, .. } => {
             let mut ev = base(RCLUSTER_EVENT_EXIT, worker, pid);
             (ev.exit_code, ev.signal) = match exit {
                 Exit::Code(code) => (code, 0),

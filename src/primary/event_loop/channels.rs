@@ -161,7 +161,7 @@ impl EventLoop {
             Frame::Unlisten { listener } => self.leave_listener(worker, listener),
             // Unix-socket and UDP sockets, bound once and shared (shared_sockets.rs).
             Frame::Share { request, kind, port, index, address } => {
-                let (reply, fd) = self.shared_sockets.answer(request, kind, &address, port, index);
+                let (reply, fd) = self.shared_sockets.answer(worker, request, kind, &address, port, index);
                 self.send_frame(worker, &reply.encode(), fd.as_slice());
             }
             Frame::Ack { conn, accepted } => self.on_ack(worker, conn, accepted),
@@ -294,6 +294,7 @@ impl EventLoop {
         // What it held goes back to the queue, oldest first, ahead of newer arrivals.
         drop(self.conns.hang_up(worker)); // those whose listener is gone close
         self.shared.lock_connected().remove(&worker);
+        self.shared_sockets.release(worker); // those no other worker uses close, as Node's
         self.shared.emit(Event::Disconnect { worker, pid });
     }
 

@@ -126,7 +126,13 @@ impl EventLoop {
             ExitStatus::Signal(signal) => Exit::Signal(signal),
             ExitStatus::Unknown => Exit::Unknown,
         };
-        self.shared.emit(Event::Exit { worker, pid: entry.pid, exit, after_disconnect: entry.life.after_disconnect() });
+        self.shared.emit(Event::Exit {
+            worker,
+            pid: entry.pid,
+            exit,
+            after_disconnect: entry.life.after_disconnect(),
+            stop_requested: entry.life.stop_requested(),
+        });
         let Some(slot) = entry.slot else { return };
         let gone = Departed {
             worker,

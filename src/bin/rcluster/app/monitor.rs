@@ -86,7 +86,7 @@ impl Monitor {
                 }
                 say(format!("worker {worker} started (pid {pid}, generation {generation})"))
             }
-            Event::Exit { worker, pid, exit, after_disconnect } => {
+            Event::Exit { worker, pid, exit, after_disconnect, .. } => {
                 let how = match exit {
                     Exit::Code(code) => format!("exit code {code}"),
                     Exit::Signal(signal) => format!("signal {signal}"),
