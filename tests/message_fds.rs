@@ -40,24 +40,7 @@ fn next_message(p: &mut TestPrimary, timeout: Duration, take: bool) -> Message {
             continue;
         }
         if raw.kind != RCLUSTER_EVENT_MESSAGE {
-            let data = if raw.len == 0 {
-                Vec::new()
-            } else {
-                unsafe { std::slice::from_raw_parts(raw.data, raw.len) }.to_vec()
-            };
-            p.seen.push(Ev {
-                kind: raw.kind,
-                worker: raw.worker_id,
-                pid: raw.pid,
-                exit_code: raw.exit_code,
-                signal: raw.signal,
-                flags: raw.flags,
-                port: raw.port,
-                slot: raw.slot,
-                generation: raw.generation,
-                data,
-                at: std::time::Instant::now(),
-            });
+            p.seen.push(Ev::from_raw(&raw));
             ok(rcluster_event_release(&mut raw), "release");
             continue;
         }

@@ -40,6 +40,28 @@ pub struct Ev {
     pub at: Instant,
 }
 
+impl Ev {
+    /// Copies what a test keeps of a raw event (the caller still releases it).
+    pub fn from_raw(raw: &rcluster_event) -> Ev {
+        // SAFETY: an event the library filled: `data` holds `len` bytes until released.
+        let data =
+            if raw.len == 0 { Vec::new() } else { unsafe { std::slice::from_raw_parts(raw.data, raw.len) }.to_vec() };
+        Ev {
+            kind: raw.kind,
+            worker: raw.worker_id,
+            pid: raw.pid,
+            exit_code: raw.exit_code,
+            signal: raw.signal,
+            flags: raw.flags,
+            port: raw.port,
+            slot: raw.slot,
+            generation: raw.generation,
+            data,
+            at: Instant::now(),
+        }
+    }
+}
+
 pub fn empty_event() -> rcluster_event {
     // SAFETY: all-zero is a valid empty event.
     unsafe { std::mem::zeroed() }
@@ -110,21 +132,7 @@ impl TestPrimary {
             assert!(rc == RCLUSTER_E_TIMEOUT || rc == RCLUSTER_E_AGAIN, "wait_event: {rc} {}", last_error());
             return None;
         }
-        let data =
-            if raw.len == 0 { Vec::new() } else { unsafe { std::slice::from_raw_parts(raw.data, raw.len) }.to_vec() };
-        let ev = Ev {
-            kind: raw.kind,
-            worker: raw.worker_id,
-            pid: raw.pid,
-            exit_code: raw.exit_code,
-            signal: raw.signal,
-            flags: raw.flags,
-            port: raw.port,
-            slot: raw.slot,
-            generation: raw.generation,
-            data,
-            at: Instant::now(),
-        };
+        let ev = Ev::from_raw(&raw);
         ok(rcluster_event_release(&mut raw), "event_release");
         self.seen.push(ev.clone());
         Some(ev)
