@@ -90,11 +90,20 @@ fn main() {
 /// cffi parses: no `#include`, include guard or C++ block (the settings
 /// maturin would force on its own cbindgen run).
 fn write_cffi_header(crate_dir: &std::path::Path, out_dir: &std::path::Path, config: &cbindgen::Config) {
-    // OUT_DIR is <target dir>/[<triple>/]<profile>/build/<package>-<hash>/out;
-    // cargo marks the target dir itself with CACHEDIR.TAG.
-    let Some(target_dir) = out_dir.ancestors().find(|dir| dir.join("CACHEDIR.TAG").is_file()) else {
+    // OUT_DIR is <target dir>/[<triple>/]<profile>/build/<package>-<hash>/out
+    // (the triple only with --target). Not found through CACHEDIR.TAG: cargo
+    // writes that only into a target dir it creates, and `make test` creates
+    // target/ first (target/cli-deps), so a clean clone had none and the
+    // Python package was built without the tables' constants.
+    let Some(mut target_dir) = out_dir.ancestors().nth(4) else {
         return;
     };
+    if std::env::var_os("TARGET").is_some_and(|triple| target_dir.file_name() == Some(&triple)) {
+        let Some(parent) = target_dir.parent() else {
+            return;
+        };
+        target_dir = parent;
+    }
     let mut config = config.clone();
     config.no_includes = true;
     config.sys_includes = Vec::new();
