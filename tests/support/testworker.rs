@@ -19,8 +19,9 @@
 //!   listener) and report "flood ok=K err=E errno=X" (the last error's errno);
 //! - `no-ack`: listen, then keep reading events (pings are answered) but
 //!   never accept: connections stay unacknowledged;
-//! - `refuse-all`: listen, then read the channel itself and refuse every
-//!   connection handed over (answering pings), never serving one;
+//! - `refuse-all`: listen and read the channel itself (raw frames, no
+//!   library), refusing every connection handed over (answering pings),
+//!   never serving one;
 //! - `child-env`: report what a child process sees of the worker variables,
 //!   whether this is still a worker, and what creating a primary here gives;
 //! - `flood-messages`: send `TEST_COUNT` messages of `TEST_SIZE` bytes, each
@@ -224,6 +225,24 @@ fn refuse_all(channel_fd: i32) -> ! {
     // SAFETY: the channel fd stays open for the life of the process.
     let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(channel_fd) };
     let mut reassembler = Reassembler::new();
+    // Listens with a raw frame, not rcluster_worker_listen: the library,
+    // reading the channel for its answer, would keep a connection sent
+    // right behind it for an accept that never comes (the test's client
+    // then waits for good), and this worker must refuse every one.
+    let host = std::env::var("TEST_HOST").unwrap_or_else(|_| "127.0.0.1".into());
+    let port = std::env::var("TEST_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let listen = Frame::Listen { request: 1, port, host, index: 0 };
+    channel::send_message(fd, &listen.encode(), &[], None).expect("sending the listen request");
+    loop {
+        match reassembler.read_blocking(fd, None) {
+            Ok(channel::Read::Message(message)) => {
+                if let Ok(Frame::ListenOk { .. }) = Frame::decode(message.data) {
+                    break;
+                }
+            }
+            other => panic!("refuse-all: no answer to the listen request: {:?}", other.err()),
+        }
+    }
     loop {
         let message = match reassembler.read_blocking(fd, None) {
             Ok(channel::Read::Message(message)) => message,
@@ -574,11 +593,7 @@ fn main() {
                 }
             }
         }
-        "refuse-all" => {
-            let (rc, _listener) = listen(worker);
-            check(rc, "rcluster_worker_listen");
-            refuse_all(channel_fd);
-        }
+        "refuse-all" => refuse_all(channel_fd),
         "child-env" => {
             let child = std::process::Command::new("sh")
                 .args(["-c", "echo \"${RCLUSTER_WORKER_ID:-unset} ${RCLUSTER_CHANNEL_FD:-unset}\""])
