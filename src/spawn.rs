@@ -15,7 +15,9 @@
 //!
 //! The child also gets `PR_SET_PDEATHSIG(SIGTERM)`, so it is told to stop when
 //! the primary's thread that spawned it dies even if the channel hang-up goes
-//! unnoticed, and (by default) a process group of its own, so a Ctrl-C at the
+//! unnoticed (the kernel sends it again for each thread of a killed primary
+//! the child is handed to, so a handler must bear being run more than once,
+//! even inside itself), and (by default) a process group of its own, so a Ctrl-C at the
 //! terminal reaches the primary alone and the primary stops workers gracefully.
 
 use std::ffi::OsString;

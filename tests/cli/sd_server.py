@@ -8,7 +8,6 @@ import os
 import signal
 import socket
 import sys
-import threading
 
 if os.environ.get("LISTEN_PID") != str(os.getpid()):
     sys.exit(f"sd_server: LISTEN_PID={os.environ.get('LISTEN_PID')} is not my pid {os.getpid()}")
@@ -23,11 +22,16 @@ listener.setblocking(True)
 worker = os.environ.get("RCLUSTER_WORKER_ID", "?")
 names = os.environ.get("LISTEN_FDNAMES", "")
 delay = float(os.environ.get("SD_DELAY", "0"))
-stopping = threading.Event()
+# A plain flag, not a threading.Event: the handler can run again inside
+# itself (a killed daemon's workers get SIGTERM once per thread of the
+# daemon, PR_SET_PDEATHSIG being per thread), and Event.set() taking its
+# lock twice in one thread deadlocked the worker for good.
+stopping = False
 
 
 def on_term(signum, frame):
-    stopping.set()
+    global stopping
+    stopping = True
     # Wake the blocking accept: shutdown() would stop the socket for every
     # worker sharing it, so close our copy instead.
     try:
@@ -40,7 +44,7 @@ signal.signal(signal.SIGTERM, on_term)
 print(f"sd_server worker {worker} pid {os.getpid()} serving fds {count} names {names}", flush=True)
 print(f"sd_server worker {worker} says hello on stderr", file=sys.stderr, flush=True)
 
-while not stopping.is_set():
+while not stopping:
     try:
         conn, _ = listener.accept()
     except OSError:

@@ -67,7 +67,11 @@ impl Drop for TempDir {
 
 /// Pids of live processes whose environment holds `RCLUSTER_TEST_MARK=mark`.
 pub fn marked_pids(mark: &str) -> Vec<i32> {
-    let needle = format!("RCLUSTER_TEST_MARK={mark}");
+    pids_with_env(&format!("RCLUSTER_TEST_MARK={mark}"))
+}
+
+/// Live processes whose environment holds `needle` (`NAME=value`).
+fn pids_with_env(needle: &str) -> Vec<i32> {
     let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
@@ -425,6 +429,18 @@ impl Drop for Home {
                 // SAFETY: the daemon's pid from its pid file, checked alive just now.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
+        }
+        // Workers outliving their daemon (a test that killed it, then
+        // failed) still carry this home in their environment: they get
+        // a few seconds, then SIGKILL, each by its pid.
+        let needle = format!("RCLUSTER_HOME={}", self.path().display());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !pids_with_env(&needle).is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for pid in pids_with_env(&needle) {
+            // SAFETY: a process found alive just now, started for this home.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
         }
     }
 }
