@@ -38,6 +38,14 @@ pub const ENV_CHANNEL_FD: &str = "RCLUSTER_CHANNEL_FD";
 /// The fd a spawned worker finds its channel end at (as Node uses fd 3).
 pub const CHILD_CHANNEL_FD: RawFd = 3;
 
+/// Variables by which a runtime's own IPC names its channel fd (Node's,
+/// Bun's and Deno's `child_process.fork`). A primary that such a parent
+/// started has them in its environment (Bun and Deno keep them there), and
+/// a worker inheriting them would take fd 3, its rcluster channel, for that
+/// channel and read the primary's frames itself. A worker gets them only
+/// when its own `env` sets them.
+const FOREIGN_CHANNEL_VARIABLES: [&str; 3] = ["NODE_CHANNEL_FD", "NODE_CHANNEL_SERIALIZATION_MODE", "NODE_UNIQUE_ID"];
+
 /// How to start a worker by exec.
 #[derive(Clone, Debug, Default)]
 pub struct SpawnSpec {
@@ -187,8 +195,9 @@ pub fn spawn(spec: &SpawnSpec, id: u32) -> Result<Spawned> {
     command.envs(spec.env.iter().map(|(k, v)| (k, v)));
     command.env(ENV_WORKER_ID, id.to_string());
     command.env(ENV_CHANNEL_FD, CHILD_CHANNEL_FD.to_string());
-    // The service's sockets and its readiness are the primary's business.
-    for variable in crate::primary::SYSTEMD_VARIABLES {
+    // The service's sockets and its readiness are the primary's business,
+    // and the primary's parent's channel is not the worker's.
+    for variable in crate::primary::SYSTEMD_VARIABLES.iter().chain(&FOREIGN_CHANNEL_VARIABLES) {
         if !spec.env.iter().any(|(k, _)| k == variable) {
             command.env_remove(variable);
         }

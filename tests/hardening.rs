@@ -448,6 +448,30 @@ fn a_workers_children_are_ordinary_and_nested_primaries_are_refused() {
     );
 }
 
+// 15. A primary that a runtime's child_process.fork() started (Bun and Deno
+// keep NODE_CHANNEL_FD in the environment) passed the variable on: the
+// worker's runtime took fd 3, its rcluster channel, for its own IPC and
+// read the primary's frames (messages lost, workers that never left).
+#[test]
+fn a_primarys_own_ipc_variables_do_not_reach_its_workers() {
+    let _serial = serial();
+    let inherited = [
+        ("NODE_CHANNEL_FD", "3"),
+        ("NODE_CHANNEL_SERIALIZATION_MODE", "json"),
+        ("NODE_UNIQUE_ID", "7"),
+        ("KEEP_ME", "1"),
+    ];
+    let primary = PrimaryProcess::start(2, "http", &inherited);
+    for pid in primary.pids(8) {
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+        let vars: Vec<String> = environ.split(|&b| b == 0).map(|v| String::from_utf8_lossy(v).into_owned()).collect();
+        assert!(vars.iter().any(|v| v == "KEEP_ME=1"), "the rest is inherited: {vars:?}");
+        let foreign: Vec<&String> =
+            vars.iter().filter(|v| inherited[..3].iter().any(|(k, _)| v.starts_with(&format!("{k}=")))).collect();
+        assert!(foreign.is_empty(), "worker {pid} got {foreign:?}");
+    }
+}
+
 #[test]
 fn worker_variables_without_a_channel_make_an_ordinary_process() {
     let out = std::process::Command::new(TESTWORKER)
