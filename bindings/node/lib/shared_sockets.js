@@ -95,7 +95,37 @@ function setupSharedSockets(ctx) {
   const Socket = dgram.Socket;
   const originalBind = Socket.prototype.bind;
   const kSharing = Symbol('rcluster.sharing');
+  const kOptions = Symbol('rcluster.dgramOptions');
   const portZero = new Map(); // `${type} ${address}` -> next index
+
+  // The options Node's dgram sends its primary with a bind (reuseAddr,
+  // ipv6Only: the primary binds the socket, so it must set them), kept
+  // from createSocket, the documented way to make a socket.
+  const originalCreateSocket = dgram.createSocket;
+  dgram.createSocket = function createSocket(type, listener) {
+    const socket = originalCreateSocket.apply(this, arguments);
+    if (type !== null && typeof type === 'object') {
+      socket[kOptions] = { reuseAddr: type.reuseAddr === true, ipv6Only: type.ipv6Only === true };
+    }
+    return socket;
+  };
+
+  /**
+   * How the primary is to bind `socket`: what createSocket was given; for a
+   * socket made before this module was loaded (or with `new dgram.Socket`),
+   * what the runtime's dgram keeps of it (Node's and Bun's keep the options
+   * in their socket state).
+   */
+  function bindFlags(socket) {
+    if (socket[kOptions]) return socket[kOptions];
+    for (const symbol of Object.getOwnPropertySymbols(socket)) {
+      const state = socket[symbol];
+      if (state !== null && typeof state === 'object' && 'reuseAddr' in state && 'ipv6Only' in state) {
+        return { reuseAddr: state.reuseAddr === true, ipv6Only: state.ipv6Only === true };
+      }
+    }
+    return { reuseAddr: false, ipv6Only: false };
+  }
 
   /** bind()'s arguments as Node reads them. */
   function bindArgs(args) {
@@ -137,7 +167,7 @@ function setupSharedSockets(ctx) {
       }
       let shared;
       try {
-        shared = ctx.channel.share(type, host, number, index);
+        shared = ctx.channel.share(type, host, number, index, bindFlags(this));
       } catch (e) {
         this[kSharing] = false;
         this.emit('error', shareError(e, 'bind', host || (type === 'udp6' ? '::' : '0.0.0.0'), number));
