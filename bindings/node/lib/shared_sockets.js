@@ -7,6 +7,7 @@
 // `exclusive: true`, an fd or a handle stay the worker's own, as in Node.
 
 const dgram = require('dgram');
+const net = require('net');
 const os = require('os');
 const paths = require('path');
 const runtime = require('./runtime');
@@ -65,7 +66,10 @@ function setupSharedSockets(ctx) {
     target.once('close', () => ctx.servers.delete(entry));
   }
 
-  /** server.listen(path) through the primary; `original` is net.Server's listen. */
+  // net.Server's own listen, before child.js patches it.
+  const netListen = net.Server.prototype.listen;
+
+  /** server.listen(path) through the primary; `original` is the listen child.js patched. */
   function listenPipe(server, path, callback, original) {
     if (typeof callback === 'function') server.once('listening', callback);
     process.nextTick(() => {
@@ -85,9 +89,119 @@ function setupSharedSockets(ctx) {
       }
       server.once('listening', () => ctx.announce({ addressType: -1, address: absolute, port: undefined }));
       track(server, () => server.close());
-      original.call(server, { fd: shared.fd });
+      if (original === netListen && server instanceof net.Server) {
+        new SharedPipe(server, path, absolute).start(shared.fd);
+        server.emit('listening');
+      } else {
+        // A server with a listen of its own (Deno's http.Server) serves the
+        // fd itself; its maxConnections is then its own.
+        original.call(server, { fd: shared.fd });
+      }
     });
     return server;
+  }
+
+  /**
+   * A net.Server serving a Unix socket shared through the primary. An
+   * acceptor of ours (a net.Server over this worker's copy of the socket)
+   * takes the connections and hands them to the server as Node's own
+   * onconnection would. At the server's maxConnections the acceptor closes
+   * (this worker's copy only), so the connections that come meanwhile go to
+   * a worker with room, as Node's round-robin primary hands a connection a
+   * full worker refused to another; a connection's close that leaves room
+   * asks the primary for the socket again and accepts on.
+   */
+  class SharedPipe {
+    constructor(server, path, absolute) {
+      this.server = server;
+      this.absolute = absolute;
+      this.acceptor = null;
+      this.active = 0;
+      this.closed = false;
+      this.refed = true;
+      const state = this;
+      // The server's handle is ours, so net.Server's address(), close(),
+      // listening, ref()/unref() and 'close' (once its connections end) apply.
+      server._pipeName = path;
+      server._handle = {
+        close(cb) {
+          state.close();
+          if (typeof cb === 'function') process.nextTick(cb);
+        },
+        ref() {
+          state.refed = true;
+          if (state.acceptor) state.acceptor.ref();
+        },
+        unref() {
+          state.refed = false;
+          if (state.acceptor) state.acceptor.unref();
+        },
+        hasRef() {
+          return state.refed;
+        },
+        getAsyncId() {
+          return -1;
+        },
+        fd: -1,
+        reading: false,
+        onconnection: null,
+      };
+    }
+
+    /** Whether the server may take another connection now. */
+    hasRoom() {
+      const max = this.server.maxConnections;
+      return !(typeof max === 'number' && max > 0 && this.active >= max);
+    }
+
+    /** Accepts on `fd`, this worker's copy of the shared socket (closed with the acceptor). */
+    start(fd) {
+      const server = this.server;
+      const acceptor = new net.Server({ allowHalfOpen: server.allowHalfOpen, pauseOnConnect: server.pauseOnConnect });
+      acceptor.on('connection', (socket) => this.deliver(socket));
+      acceptor.on('error', (e) => server.emit('error', e));
+      netListen.call(acceptor, { fd });
+      if (!this.refed) acceptor.unref();
+      this.acceptor = acceptor;
+    }
+
+    /** Called in the acceptor's accept loop: closing it here stops that loop. */
+    deliver(socket) {
+      const server = this.server;
+      this.active++;
+      // As net.Server's onconnection: the socket's destroy counts it off the
+      // server (and lets a closing server emit 'close').
+      server._connections++;
+      socket.server = server;
+      socket._server = server;
+      socket.once('close', () => this.onSocketClose());
+      if (!this.hasRoom()) this.stopAccepting();
+      server.emit('connection', socket);
+    }
+
+    onSocketClose() {
+      this.active--;
+      if (this.acceptor || this.closed || !this.hasRoom() || !ctx.canListen()) return;
+      let shared;
+      try {
+        shared = ctx.channel.share('unix', this.absolute, 0, 0);
+      } catch (e) {
+        this.server.emit('error', shareError(e, 'listen', this.server._pipeName));
+        return;
+      }
+      this.start(shared.fd);
+    }
+
+    stopAccepting() {
+      if (!this.acceptor) return;
+      this.acceptor.close();
+      this.acceptor = null;
+    }
+
+    close() {
+      this.closed = true;
+      this.stopAccepting();
+    }
   }
 
   // ----- dgram ---------------------------------------------------------------
