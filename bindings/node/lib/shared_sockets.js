@@ -102,14 +102,18 @@ function setupSharedSockets(ctx) {
   }
 
   /**
-   * A net.Server serving a Unix socket shared through the primary. An
-   * acceptor of ours (a net.Server over this worker's copy of the socket)
-   * takes the connections and hands them to the server as Node's own
-   * onconnection would. At the server's maxConnections the acceptor closes
-   * (this worker's copy only), so the connections that come meanwhile go to
-   * a worker with room, as Node's round-robin primary hands a connection a
-   * full worker refused to another; a connection's close that leaves room
-   * asks the primary for the socket again and accepts on.
+   * A net.Server serving a Unix socket shared through the primary, taking
+   * at most maxConnections at a time and leaving the rest in the socket's
+   * queue for other workers, as Node's round-robin primary hands a
+   * connection a full worker refused to another. Connections reach the
+   * server as Node's own onconnection hands them over.
+   *
+   * Node: an acceptor of ours (a net.Server over this worker's copy of the
+   * socket) takes them; at maxConnections it closes (libuv's accept loop
+   * stops with it, taking nothing more), and a close that leaves room asks
+   * the primary for the socket again. Deno's net.Server takes every queued
+   * connection at once, so there a NativeAcceptor takes one per permit
+   * (permits: the room left).
    */
   class SharedPipe {
     constructor(server, path, absolute) {
@@ -157,6 +161,10 @@ function setupSharedSockets(ctx) {
     /** Accepts on `fd`, this worker's copy of the shared socket (closed with the acceptor). */
     start(fd) {
       const server = this.server;
+      if (runtime.isDeno) {
+        this.startNative(fd);
+        return;
+      }
       const acceptor = new net.Server({ allowHalfOpen: server.allowHalfOpen, pauseOnConnect: server.pauseOnConnect });
       acceptor.on('connection', (socket) => this.deliver(socket));
       acceptor.on('error', (e) => server.emit('error', e));
@@ -165,10 +173,59 @@ function setupSharedSockets(ctx) {
       this.acceptor = acceptor;
     }
 
+    /** Deno: a native thread accepts, one connection per permit. */
+    startNative(fd) {
+      const native = require('./native');
+      const acceptor = new native.NativeAcceptor(fd);
+      this.native = acceptor;
+      acceptor.start((event) => {
+        if (event.fd === null || event.fd === undefined) {
+          this.native = null;
+          acceptor.close();
+          if (!this.closed) this.server.emit('error', new Error(`rcluster: ${event.error}`));
+          return;
+        }
+        const server = this.server;
+        let socket;
+        try {
+          socket = new net.Socket({
+            fd: event.fd,
+            readable: true,
+            writable: true,
+            allowHalfOpen: Boolean(server.allowHalfOpen),
+            pauseOnCreate: Boolean(server.pauseOnConnect),
+          });
+        } catch (e) {
+          native.closeFd(event.fd);
+          if (this.native) this.granted--;
+          this.grantRoom();
+          server.emit('error', e);
+          return;
+        }
+        this.deliver(socket);
+      });
+      this.grantRoom();
+    }
+
+    /** Deno: lets the native acceptor take what the server has room for. */
+    grantRoom() {
+      if (!this.native || this.closed) return;
+      const max = this.server.maxConnections;
+      const limited = typeof max === 'number' && max > 0;
+      const want = limited ? Math.max(0, max - this.active) : 64;
+      const granted = this.granted || 0;
+      if (want > granted) this.native.grant(want - granted);
+      this.granted = Math.max(granted, want);
+    }
+
     /** Called in the acceptor's accept loop: closing it here stops that loop. */
     deliver(socket) {
       const server = this.server;
       this.active++;
+      if (this.native) {
+        this.granted--;
+        this.grantRoom(); // without a limit, the window stays open
+      }
       // As net.Server's onconnection: the socket's destroy counts it off the
       // server (and lets a closing server emit 'close').
       server._connections++;
@@ -181,6 +238,10 @@ function setupSharedSockets(ctx) {
 
     onSocketClose() {
       this.active--;
+      if (this.native) {
+        this.grantRoom();
+        return;
+      }
       if (this.acceptor || this.closed || !this.hasRoom() || !ctx.canListen()) return;
       let shared;
       try {
@@ -201,7 +262,12 @@ function setupSharedSockets(ctx) {
     close() {
       this.closed = true;
       this.stopAccepting();
+      if (this.native) {
+        this.native.close();
+        this.native = null;
+      }
     }
+
   }
 
   // ----- dgram ---------------------------------------------------------------
