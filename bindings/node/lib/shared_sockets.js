@@ -14,14 +14,12 @@ const runtime = require('./runtime');
 
 /**
  * What a runtime cannot do with a socket the primary shares, and so refuses
- * with an error rather than doing something else: Bun's servers do not
- * adopt a listening fd (`listen({ fd })` is ignored or EINVAL), Deno's dgram
- * does not adopt a UDP fd ("Unsupported fd type").
+ * with an error rather than doing something else: Deno's dgram does not
+ * adopt a UDP fd ("Unsupported fd type"). (Bun's servers do not adopt a
+ * listening fd either, but a pipe server's connections are taken by the
+ * binding, see SharedPipe, and handed to the server as sockets.)
  */
 const CANNOT = {
-  pipe: runtime.isBun
-    ? "under Bun a worker cannot serve a Unix socket shared through the primary (Bun's servers do not adopt a listening fd)"
-    : null,
   dgram: runtime.isDeno
     ? "under Deno a worker cannot use a UDP socket shared through the primary (Deno's dgram does not adopt an fd)"
     : null,
@@ -74,10 +72,6 @@ function setupSharedSockets(ctx) {
     if (typeof callback === 'function') server.once('listening', callback);
     process.nextTick(() => {
       if (!ctx.canListen()) return;
-      if (CANNOT.pipe) {
-        server.emit('error', unsupported(CANNOT.pipe, 'listen with { path, exclusive: true } to serve it from this worker alone'));
-        return;
-      }
       // Resolved in this worker's cwd (the primary's may differ), as Node's workers do.
       const absolute = paths.resolve(path);
       let shared;
@@ -89,7 +83,7 @@ function setupSharedSockets(ctx) {
       }
       server.once('listening', () => ctx.announce({ addressType: -1, address: absolute, port: undefined }));
       track(server, () => server.close());
-      if (original === netListen && server instanceof net.Server) {
+      if (runtime.isBun || (original === netListen && server instanceof net.Server)) {
         new SharedPipe(server, path, absolute).start(shared.fd);
         server.emit('listening');
       } else {
@@ -112,8 +106,8 @@ function setupSharedSockets(ctx) {
    * socket) takes them; at maxConnections it closes (libuv's accept loop
    * stops with it, taking nothing more), and a close that leaves room asks
    * the primary for the socket again. Deno's net.Server takes every queued
-   * connection at once, so there a NativeAcceptor takes one per permit
-   * (permits: the room left).
+   * connection at once, and Bun's servers do not adopt a listening fd, so
+   * there a NativeAcceptor takes one per permit (permits: the room left).
    */
   class SharedPipe {
     constructor(server, path, absolute) {
@@ -124,6 +118,27 @@ function setupSharedSockets(ctx) {
       this.closed = false;
       this.refed = true;
       const state = this;
+      if (runtime.isBun) {
+        // Bun's servers are not Node's net.Server: the methods are replaced
+        // on the instance, as child.js does for its TCP servers there.
+        this.usesHandle = false;
+        Object.defineProperty(server, 'listening', { configurable: true, get: () => !state.closed });
+        server.address = () => (state.closed ? null : path);
+        server.close = function close(cb) {
+          if (typeof cb === 'function') this.once('close', cb);
+          state.close();
+          if (state.active === 0) state.emitClose();
+          return this;
+        };
+        server.ref = function ref() {
+          return this;
+        };
+        server.unref = function unref() {
+          return this;
+        };
+        return;
+      }
+      this.usesHandle = true;
       // The server's handle is ours, so net.Server's address(), close(),
       // listening, ref()/unref() and 'close' (once its connections end) apply.
       server._pipeName = path;
@@ -161,7 +176,7 @@ function setupSharedSockets(ctx) {
     /** Accepts on `fd`, this worker's copy of the shared socket (closed with the acceptor). */
     start(fd) {
       const server = this.server;
-      if (runtime.isDeno) {
+      if (runtime.isDeno || runtime.isBun) {
         this.startNative(fd);
         return;
       }
@@ -173,7 +188,7 @@ function setupSharedSockets(ctx) {
       this.acceptor = acceptor;
     }
 
-    /** Deno: a native thread accepts, one connection per permit. */
+    /** Deno and Bun: a native thread accepts, one connection per permit. */
     startNative(fd) {
       const native = require('./native');
       const acceptor = new native.NativeAcceptor(fd);
@@ -188,7 +203,7 @@ function setupSharedSockets(ctx) {
         const server = this.server;
         let socket;
         try {
-          socket = new net.Socket({
+          socket = runtime.isBun ? runtime.socketFromFd(event.fd, server) : new net.Socket({
             fd: event.fd,
             readable: true,
             writable: true,
@@ -207,7 +222,7 @@ function setupSharedSockets(ctx) {
       this.grantRoom();
     }
 
-    /** Deno: lets the native acceptor take what the server has room for. */
+    /** Deno and Bun: lets the native acceptor take what the server has room for. */
     grantRoom() {
       if (!this.native || this.closed) return;
       const max = this.server.maxConnections;
@@ -226,11 +241,13 @@ function setupSharedSockets(ctx) {
         this.granted--;
         this.grantRoom(); // without a limit, the window stays open
       }
-      // As net.Server's onconnection: the socket's destroy counts it off the
-      // server (and lets a closing server emit 'close').
-      server._connections++;
-      socket.server = server;
-      socket._server = server;
+      if (this.usesHandle) {
+        // As net.Server's onconnection: the socket's destroy counts it off
+        // the server (and lets a closing server emit 'close').
+        server._connections++;
+        socket.server = server;
+        socket._server = server;
+      }
       socket.once('close', () => this.onSocketClose());
       if (!this.hasRoom()) this.stopAccepting();
       server.emit('connection', socket);
@@ -238,6 +255,7 @@ function setupSharedSockets(ctx) {
 
     onSocketClose() {
       this.active--;
+      if (this.closed && this.active === 0 && !this.usesHandle) this.emitClose();
       if (this.native) {
         this.grantRoom();
         return;
@@ -257,6 +275,12 @@ function setupSharedSockets(ctx) {
       if (!this.acceptor) return;
       this.acceptor.close();
       this.acceptor = null;
+    }
+
+    emitClose() {
+      if (this.closeEmitted) return;
+      this.closeEmitted = true;
+      process.nextTick(() => this.server.emit('close'));
     }
 
     close() {
