@@ -96,7 +96,7 @@ function setupSharedSockets(ctx) {
   }
 
   /**
-   * A net.Server serving a Unix socket shared through the primary, taking
+   * A server serving a Unix socket shared through the primary, taking
    * at most maxConnections at a time and leaving the rest in the socket's
    * queue for other workers, as Node's round-robin primary hands a
    * connection a full worker refused to another. Connections reach the
@@ -112,6 +112,7 @@ function setupSharedSockets(ctx) {
   class SharedPipe {
     constructor(server, path, absolute) {
       this.server = server;
+      this.path = path;
       this.absolute = absolute;
       this.acceptor = null;
       this.active = 0;
@@ -191,7 +192,14 @@ function setupSharedSockets(ctx) {
     /** Deno and Bun: a native thread accepts, one connection per permit. */
     startNative(fd) {
       const native = require('./native');
-      const acceptor = new native.NativeAcceptor(fd);
+      let acceptor;
+      try {
+        acceptor = new native.NativeAcceptor(fd);
+      } catch (e) {
+        native.closeFd(fd);
+        this.server.emit('error', e);
+        return;
+      }
       this.native = acceptor;
       acceptor.start((event) => {
         if (event.fd === null || event.fd === undefined) {
@@ -265,7 +273,7 @@ function setupSharedSockets(ctx) {
       try {
         shared = ctx.channel.share('unix', this.absolute, 0, 0);
       } catch (e) {
-        this.server.emit('error', shareError(e, 'listen', this.server._pipeName));
+        this.server.emit('error', shareError(e, 'listen', this.path));
         return;
       }
       this.start(shared.fd);
@@ -291,7 +299,6 @@ function setupSharedSockets(ctx) {
         this.native = null;
       }
     }
-
   }
 
   // ----- dgram ---------------------------------------------------------------
