@@ -47,7 +47,7 @@ mod worker;
 pub use error::{Code, Error, Result};
 pub use event::{Event, EventKind, Exit, Metrics, PrimaryStats, WorkerEvent, WorkerState, WorkerStats};
 pub use primary::{parse_address, Config, Limits, PolicyKind, Primary, RawFork, Supervision, WorkerInfo};
-pub use share::SocketKind;
+pub use share::{ShareFlags, SocketKind};
 pub use spawn::{SpawnOverrides, SpawnSpec, StdioMode, StdioPipes, ENV_CHANNEL_FD, ENV_WORKER_ID};
 pub use worker::{is_worker, worker_id, Listener, Worker};
 

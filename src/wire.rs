@@ -5,6 +5,16 @@
 //! and fixed; `User` frames carry the application's opaque bytes. Decoding
 //! checks every length, so a misbehaving peer produces a `Protocol` error,
 //! never a panic or an over-read.
+//!
+//! Compatibility: a field added to a frame after its first version goes at
+//! its end and is on the wire only when it is not its default, so a peer of
+//! an earlier version still reads every frame that does not use it. The
+//! fields added so far, in order:
+//! 1. `Listen.index`: which of a worker's port-0 listeners this is.
+//! 2. `Share.flags`: how the primary binds a shared UDP socket
+//!   (`crate::share::ShareFlags`). A primary of an earlier version reads a
+//!   `Share` that carries them as malformed (the worker sees its channel
+//!   close), never as a request for a socket without them.
 
 use crate::error::{Code, Error, Result};
 
@@ -42,9 +52,12 @@ pub enum Frame {
     /// Worker → primary: a socket every worker asking for the same
     /// `kind`/`address`/`port` (and, for port 0, `index`) shares, bound
     /// once by the primary (Node's Unix-socket servers and dgram sockets in
-    /// a cluster). `kind`: see `crate::share::SocketKind`. The reply is
-    /// `ShareOk` with the fd attached, or `ListenErr`.
-    Share { request: u32, kind: u8, port: u16, index: u16, address: String },
+    /// a cluster). `kind`: see `crate::share::SocketKind`; `flags`: the
+    /// options it is bound with (`crate::share::ShareFlags`), on the wire
+    /// only when not 0 (see the module's compatibility note). Both are
+    /// checked by the primary, which answers a value it does not know with
+    /// `ListenErr`. The reply is `ShareOk` with the fd attached, or `ListenErr`.
+    Share { request: u32, kind: u8, port: u16, index: u16, address: String, flags: u8 },
     /// Primary → worker: the shared socket, its fd attached; `port` and
     /// `address` are what it is bound to (a Unix socket's path, port 0).
     ShareOk { request: u32, port: u16, address: String },
@@ -134,13 +147,16 @@ impl Frame {
                     out.extend_from_slice(&index.to_le_bytes());
                 }
             }
-            Frame::Share { request, kind, port, index, address } => {
+            Frame::Share { request, kind, port, index, address, flags } => {
                 out.push(SHARE);
                 out.extend_from_slice(&request.to_le_bytes());
                 out.push(*kind);
                 out.extend_from_slice(&port.to_le_bytes());
                 out.extend_from_slice(&index.to_le_bytes());
                 put_str(&mut out, address);
+                if *flags != 0 {
+                    out.push(*flags);
+                }
             }
             Frame::ShareOk { request, port, address } => {
                 out.push(SHARE_OK);
@@ -276,9 +292,14 @@ impl Frame {
                 index: if r.bytes.is_empty() { 0 } else { r.u16()? },
             },
             UNLISTEN => Frame::Unlisten { listener: r.u32()? },
-            SHARE => {
-                Frame::Share { request: r.u32()?, kind: r.u8()?, port: r.u16()?, index: r.u16()?, address: r.string()? }
-            }
+            SHARE => Frame::Share {
+                request: r.u32()?,
+                kind: r.u8()?,
+                port: r.u16()?,
+                index: r.u16()?,
+                address: r.string()?,
+                flags: if r.bytes.is_empty() { 0 } else { r.u8()? },
+            },
             SHARE_OK => Frame::ShareOk { request: r.u32()?, port: r.u16()?, address: r.string()? },
             ACK => Frame::Ack { conn: r.u64()?, accepted: r.bool()? },
             ACKS | LOST => {
@@ -411,8 +432,10 @@ mod tests {
             Frame::Listen { request: 7, port: 8080, host: "127.0.0.1".into(), index: 0 },
             Frame::Listen { request: 8, port: 0, host: "::1".into(), index: 3 },
             Frame::Unlisten { listener: 3 },
-            Frame::Share { request: 9, kind: 1, port: 0, index: 0, address: "/tmp/app.sock".into() },
-            Frame::Share { request: 10, kind: 2, port: 5353, index: 2, address: "127.0.0.1".into() },
+            Frame::Share { request: 9, kind: 1, port: 0, index: 0, address: "/tmp/app.sock".into(), flags: 0 },
+            Frame::Share { request: 10, kind: 2, port: 5353, index: 2, address: "127.0.0.1".into(), flags: 0 },
+            Frame::Share { request: 11, kind: 3, port: 0, index: 0, address: "::".into(), flags: 3 },
+            Frame::Share { request: 12, kind: 3, port: 0, index: 0, address: "::".into(), flags: 0xff },
             Frame::ShareOk { request: 10, port: 5353, address: "127.0.0.1".into() },
             Frame::Ack { conn: u64::MAX, accepted: true },
             Frame::Acks { conns: vec![1, u64::MAX, 3] },
@@ -533,5 +556,19 @@ mod tests {
         // Index 0 is the frame a primary of an earlier version knows (no index field).
         let listen = Frame::Listen { request: 1, port: 0, host: "abc".into(), index: 0 }.encode();
         assert_eq!(listen.len(), 1 + 4 + 2 + 2 + 3);
+    }
+
+    #[test]
+    fn share_flags_travel_only_when_set() {
+        let plain = Frame::Share { request: 1, kind: 2, port: 0, index: 0, address: "abc".into(), flags: 0 }.encode();
+        assert_eq!(plain.len(), 1 + 4 + 1 + 2 + 2 + 2 + 3, "no flags: the frame of an earlier version");
+        let flagged = Frame::Share { request: 1, kind: 2, port: 0, index: 0, address: "abc".into(), flags: 1 }.encode();
+        assert_eq!(flagged.len(), plain.len() + 1);
+        let mut two = flagged.clone();
+        two.push(0); // a second trailing byte is no field of this version
+        assert_eq!(Frame::decode(two).unwrap_err().code(), Code::Protocol);
+        let mut cut = plain;
+        cut.truncate(cut.len() - 1); // half the address
+        assert_eq!(Frame::decode(cut).unwrap_err().code(), Code::Protocol);
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::Worker;
 use crate::error::{Code, Error, Result};
-use crate::share::SocketKind;
+use crate::share::{ShareFlags, SocketKind};
 use crate::wire::Frame;
 
 impl Worker {
@@ -13,7 +13,9 @@ impl Worker {
     /// Unix socket) and `port`, which it binds once and hands to every
     /// worker asking for the same; for port 0, `index` says which of this
     /// worker's port-0 sockets at that address this is (each worker's n-th
-    /// shares one, as Node's cluster does). Returns the socket (this
+    /// shares one, as Node's cluster does). `flags`: the options a UDP
+    /// socket is bound with (when this request is the one that binds it).
+    /// Returns the socket (this
     /// process's to use and close; close-on-exec), the port and the address
     /// it is bound to. A bind error comes back as an `Address` error with
     /// the bind's errno.
@@ -23,6 +25,7 @@ impl Worker {
         address: &str,
         port: u16,
         index: u16,
+        flags: ShareFlags,
         timeout: Option<Duration>,
     ) -> Result<(OwnedFd, u16, String)> {
         self.check_open()?;
@@ -30,7 +33,8 @@ impl Worker {
             return Err(Error::new(Code::InvalidArgument, "address too long for a share request"));
         }
         let request = self.next_request();
-        self.send_frame(&Frame::Share { request, kind: kind as u8, port, index, address: address.to_owned() })?;
+        let flags = flags.to_wire();
+        self.send_frame(&Frame::Share { request, kind: kind as u8, port, index, address: address.to_owned(), flags })?;
         let reply =
             self.await_reply(request, timeout, || format!("the share request for {kind:?} {address}:{port}"))?;
         match reply {

@@ -30,6 +30,13 @@
 //!   attached straight onto the channel;
 //! - `handles`: messages with fds, see `handles.rs`;
 //! - `random-frames`: write `TEST_COUNT` random records straight onto the channel;
+//! - `share-udp`: ask for shared UDP sockets with `Share` frames written
+//!   straight onto the channel (no C API asks for one) and report what came
+//!   back: "six reuse_addr=R ipv6_only=V port=P" for `::` asked with both
+//!   flags, then "four reuse_addr=R port=Q" for 0.0.0.0 on the same port
+//!   asked with none, then "unknown errno=E" for a request with a flag bit
+//!   no version knows; with `TEST_SHARE_MALFORMED=1`, then a `Share` frame
+//!   cut short; exits when asked to leave or the channel closes;
 //! - `primary N [MODE]`: be a primary of N workers in MODE (default `http`);
 //!   print `ready PORT PID` and serve until killed (tests that kill the primary or
 //!   watch its fds and CPU). `TEST_MAX_PENDING` / `TEST_MAX_UNACKED` /
@@ -258,6 +265,94 @@ fn refuse_all(channel_fd: i32) -> ! {
         };
         for frame in reply {
             let _ = channel::send_message(fd, &frame.encode(), &[], None);
+        }
+    }
+}
+
+/// `share-udp` (see the module doc): reads the channel directly, the
+/// library not called again once the worker is open.
+fn share_udp(channel_fd: i32) -> ! {
+    use rcluster::channel::{self, Reassembler};
+    use rcluster::wire::Frame;
+    use rcluster::{ShareFlags, SocketKind};
+    use std::os::fd::AsRawFd;
+    // SAFETY: the channel fd stays open for the life of the process.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(channel_fd) };
+    let mut reassembler = Reassembler::new();
+    // The reply to `request`, answering pings meanwhile; exits when the channel closes.
+    let mut ask = |request: u32, kind: SocketKind, address: &str, port: u16, flags: u8| {
+        let share = Frame::Share { request, kind: kind as u8, port, index: 0, address: address.into(), flags };
+        check(if channel::send_message(fd, &share.encode(), &[], None).is_ok() { 0 } else { -1 }, "send share");
+        loop {
+            let message = match reassembler.read_blocking(fd, None) {
+                Ok(channel::Read::Message(message)) => message,
+                _ => std::process::exit(0),
+            };
+            match Frame::decode(message.data) {
+                Ok(Frame::Ping { seq }) => {
+                    let _ = channel::send_message(fd, &Frame::Pong { seq }.encode(), &[], None);
+                }
+                Ok(reply @ (Frame::ShareOk { .. } | Frame::ListenErr { .. })) => {
+                    return (reply, message.fds.into_iter().next());
+                }
+                _ => {}
+            }
+        }
+    };
+    // An int socket option as 1 or 0 (-1 if it cannot be read).
+    let option = |socket: &std::os::fd::OwnedFd, level, name| {
+        let mut value: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `value` and `len` are valid out-pointers sized for an int.
+        let rc = unsafe {
+            libc::getsockopt(socket.as_raw_fd(), level, name, &mut value as *mut libc::c_int as *mut _, &mut len)
+        };
+        if rc == 0 {
+            (value != 0) as i32
+        } else {
+            -1
+        }
+    };
+    let both = ShareFlags { reuse_addr: true, ipv6_only: true }.to_wire();
+    let mut report = Vec::new();
+    let six_port = match ask(1, SocketKind::Udp6, "::", 0, both) {
+        (Frame::ShareOk { port, .. }, Some(six)) => {
+            let reuse = option(&six, libc::SOL_SOCKET, libc::SO_REUSEADDR);
+            let v6only = option(&six, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY);
+            report.push(format!("six reuse_addr={reuse} ipv6_only={v6only} port={port}"));
+            port
+        }
+        other => panic!("six: {other:?}"),
+    };
+    match ask(2, SocketKind::Udp4, "0.0.0.0", six_port, 0) {
+        (Frame::ShareOk { port, .. }, Some(four)) => {
+            report.push(format!("four reuse_addr={} port={port}", option(&four, libc::SOL_SOCKET, libc::SO_REUSEADDR)))
+        }
+        (reply, _) => report.push(format!("four failed {:?}", reply.listen_error())),
+    }
+    match ask(3, SocketKind::Udp4, "127.0.0.1", 0, 0x80) {
+        (reply @ Frame::ListenErr { .. }, None) => {
+            report.push(format!("unknown errno={}", reply.listen_error().map_or(0, |e| e.errno())))
+        }
+        other => report.push(format!("unknown answered {other:?}")),
+    }
+    let _ = channel::send_message(fd, &Frame::User(report.join("; ").into_bytes()).encode(), &[], None);
+    if std::env::var("TEST_SHARE_MALFORMED").as_deref() == Ok("1") {
+        let mut cut =
+            Frame::Share { request: 4, kind: 2, port: 0, index: 0, address: "127.0.0.1".into(), flags: 0 }.encode();
+        cut.truncate(cut.len() - 3);
+        let _ = channel::send_message(fd, &cut, &[], None);
+    }
+    loop {
+        match reassembler.read_blocking(fd, None) {
+            Ok(channel::Read::Message(message)) => match Frame::decode(message.data) {
+                Ok(Frame::Ping { seq }) => {
+                    let _ = channel::send_message(fd, &Frame::Pong { seq }.encode(), &[], None);
+                }
+                Ok(Frame::Disconnect) => std::process::exit(0),
+                _ => {}
+            },
+            _ => std::process::exit(0),
         }
     }
 }
@@ -632,6 +727,7 @@ fn main() {
             let mut ev = empty();
             rcluster_worker_wait_event(worker, &mut ev, 10_000);
         }
+        "share-udp" => share_udp(channel_fd),
         "random-frames" => {
             let count: usize = std::env::var("TEST_COUNT").ok().and_then(|n| n.parse().ok()).unwrap_or(100);
             let mut state = std::process::id() as u64 | 1;

@@ -7,20 +7,19 @@
 // `exclusive: true`, an fd or a handle stay the worker's own, as in Node.
 
 const dgram = require('dgram');
+const net = require('net');
 const os = require('os');
 const paths = require('path');
 const runtime = require('./runtime');
 
 /**
  * What a runtime cannot do with a socket the primary shares, and so refuses
- * with an error rather than doing something else: Bun's servers do not
- * adopt a listening fd (`listen({ fd })` is ignored or EINVAL), Deno's dgram
- * does not adopt a UDP fd ("Unsupported fd type").
+ * with an error rather than doing something else: Deno's dgram does not
+ * adopt a UDP fd ("Unsupported fd type"). (Bun's servers do not adopt a
+ * listening fd either, but a pipe server's connections are taken by the
+ * binding, see SharedPipe, and handed to the server as sockets.)
  */
 const CANNOT = {
-  pipe: runtime.isBun
-    ? "under Bun a worker cannot serve a Unix socket shared through the primary (Bun's servers do not adopt a listening fd)"
-    : null,
   dgram: runtime.isDeno
     ? "under Deno a worker cannot use a UDP socket shared through the primary (Deno's dgram does not adopt an fd)"
     : null,
@@ -65,15 +64,14 @@ function setupSharedSockets(ctx) {
     target.once('close', () => ctx.servers.delete(entry));
   }
 
-  /** server.listen(path) through the primary; `original` is net.Server's listen. */
+  // net.Server's own listen, before child.js patches it.
+  const netListen = net.Server.prototype.listen;
+
+  /** server.listen(path) through the primary; `original` is the listen child.js patched. */
   function listenPipe(server, path, callback, original) {
     if (typeof callback === 'function') server.once('listening', callback);
     process.nextTick(() => {
       if (!ctx.canListen()) return;
-      if (CANNOT.pipe) {
-        server.emit('error', unsupported(CANNOT.pipe, 'listen with { path, exclusive: true } to serve it from this worker alone'));
-        return;
-      }
       // Resolved in this worker's cwd (the primary's may differ), as Node's workers do.
       const absolute = paths.resolve(path);
       let shared;
@@ -85,9 +83,222 @@ function setupSharedSockets(ctx) {
       }
       server.once('listening', () => ctx.announce({ addressType: -1, address: absolute, port: undefined }));
       track(server, () => server.close());
-      original.call(server, { fd: shared.fd });
+      if (runtime.isBun || (original === netListen && server instanceof net.Server)) {
+        new SharedPipe(server, path, absolute).start(shared.fd);
+        server.emit('listening');
+      } else {
+        // A server with a listen of its own (Deno's http.Server) serves the
+        // fd itself; its maxConnections is then its own.
+        original.call(server, { fd: shared.fd });
+      }
     });
     return server;
+  }
+
+  /**
+   * A server serving a Unix socket shared through the primary, taking
+   * at most maxConnections at a time and leaving the rest in the socket's
+   * queue for other workers, as Node's round-robin primary hands a
+   * connection a full worker refused to another. Connections reach the
+   * server as Node's own onconnection hands them over.
+   *
+   * Node: an acceptor of ours (a net.Server over this worker's copy of the
+   * socket) takes them; at maxConnections it closes (libuv's accept loop
+   * stops with it, taking nothing more), and a close that leaves room asks
+   * the primary for the socket again. Deno's net.Server takes every queued
+   * connection at once, and Bun's servers do not adopt a listening fd, so
+   * there a NativeAcceptor takes one per permit (permits: the room left).
+   */
+  class SharedPipe {
+    constructor(server, path, absolute) {
+      this.server = server;
+      this.path = path;
+      this.absolute = absolute;
+      this.acceptor = null;
+      this.active = 0;
+      this.closed = false;
+      this.refed = true;
+      const state = this;
+      if (runtime.isBun) {
+        // Bun's servers are not Node's net.Server: the methods are replaced
+        // on the instance, as child.js does for its TCP servers there.
+        this.usesHandle = false;
+        Object.defineProperty(server, 'listening', { configurable: true, get: () => !state.closed });
+        server.address = () => (state.closed ? null : path);
+        server.close = function close(cb) {
+          if (typeof cb === 'function') this.once('close', cb);
+          state.close();
+          if (state.active === 0) state.emitClose();
+          return this;
+        };
+        server.ref = function ref() {
+          return this;
+        };
+        server.unref = function unref() {
+          return this;
+        };
+        return;
+      }
+      this.usesHandle = true;
+      // The server's handle is ours, so net.Server's address(), close(),
+      // listening, ref()/unref() and 'close' (once its connections end) apply.
+      server._pipeName = path;
+      server._handle = {
+        close(cb) {
+          state.close();
+          if (typeof cb === 'function') process.nextTick(cb);
+        },
+        ref() {
+          state.refed = true;
+          if (state.acceptor) state.acceptor.ref();
+        },
+        unref() {
+          state.refed = false;
+          if (state.acceptor) state.acceptor.unref();
+        },
+        hasRef() {
+          return state.refed;
+        },
+        getAsyncId() {
+          return -1;
+        },
+        fd: -1,
+        reading: false,
+        onconnection: null,
+      };
+    }
+
+    /** Whether the server may take another connection now. */
+    hasRoom() {
+      const max = this.server.maxConnections;
+      return !(typeof max === 'number' && max > 0 && this.active >= max);
+    }
+
+    /** Accepts on `fd`, this worker's copy of the shared socket (closed with the acceptor). */
+    start(fd) {
+      const server = this.server;
+      if (runtime.isDeno || runtime.isBun) {
+        this.startNative(fd);
+        return;
+      }
+      const acceptor = new net.Server({ allowHalfOpen: server.allowHalfOpen, pauseOnConnect: server.pauseOnConnect });
+      acceptor.on('connection', (socket) => this.deliver(socket));
+      acceptor.on('error', (e) => server.emit('error', e));
+      netListen.call(acceptor, { fd });
+      if (!this.refed) acceptor.unref();
+      this.acceptor = acceptor;
+    }
+
+    /** Deno and Bun: a native thread accepts, one connection per permit. */
+    startNative(fd) {
+      const native = require('./native');
+      let acceptor;
+      try {
+        acceptor = new native.NativeAcceptor(fd);
+      } catch (e) {
+        native.closeFd(fd);
+        this.server.emit('error', e);
+        return;
+      }
+      this.native = acceptor;
+      acceptor.start((event) => {
+        if (event.fd === null || event.fd === undefined) {
+          this.native = null;
+          acceptor.close();
+          if (!this.closed) this.server.emit('error', new Error(`rcluster: ${event.error}`));
+          return;
+        }
+        const server = this.server;
+        let socket;
+        try {
+          socket = runtime.isBun ? runtime.socketFromFd(event.fd, server) : new net.Socket({
+            fd: event.fd,
+            readable: true,
+            writable: true,
+            allowHalfOpen: Boolean(server.allowHalfOpen),
+            pauseOnCreate: Boolean(server.pauseOnConnect),
+          });
+        } catch (e) {
+          native.closeFd(event.fd);
+          if (this.native) this.granted--;
+          this.grantRoom();
+          server.emit('error', e);
+          return;
+        }
+        this.deliver(socket);
+      });
+      this.grantRoom();
+    }
+
+    /** Deno and Bun: lets the native acceptor take what the server has room for. */
+    grantRoom() {
+      if (!this.native || this.closed) return;
+      const max = this.server.maxConnections;
+      const limited = typeof max === 'number' && max > 0;
+      const want = limited ? Math.max(0, max - this.active) : 64;
+      const granted = this.granted || 0;
+      if (want > granted) this.native.grant(want - granted);
+      this.granted = Math.max(granted, want);
+    }
+
+    /** Called in the acceptor's accept loop: closing it here stops that loop. */
+    deliver(socket) {
+      const server = this.server;
+      this.active++;
+      if (this.native) {
+        this.granted--;
+        this.grantRoom(); // without a limit, the window stays open
+      }
+      if (this.usesHandle) {
+        // As net.Server's onconnection: the socket's destroy counts it off
+        // the server (and lets a closing server emit 'close').
+        server._connections++;
+        socket.server = server;
+        socket._server = server;
+      }
+      socket.once('close', () => this.onSocketClose());
+      if (!this.hasRoom()) this.stopAccepting();
+      server.emit('connection', socket);
+    }
+
+    onSocketClose() {
+      this.active--;
+      if (this.closed && this.active === 0 && !this.usesHandle) this.emitClose();
+      if (this.native) {
+        this.grantRoom();
+        return;
+      }
+      if (this.acceptor || this.closed || !this.hasRoom() || !ctx.canListen()) return;
+      let shared;
+      try {
+        shared = ctx.channel.share('unix', this.absolute, 0, 0);
+      } catch (e) {
+        this.server.emit('error', shareError(e, 'listen', this.path));
+        return;
+      }
+      this.start(shared.fd);
+    }
+
+    stopAccepting() {
+      if (!this.acceptor) return;
+      this.acceptor.close();
+      this.acceptor = null;
+    }
+
+    emitClose() {
+      if (this.closeEmitted) return;
+      this.closeEmitted = true;
+      process.nextTick(() => this.server.emit('close'));
+    }
+
+    close() {
+      this.closed = true;
+      this.stopAccepting();
+      if (this.native) {
+        this.native.close();
+        this.native = null;
+      }
+    }
   }
 
   // ----- dgram ---------------------------------------------------------------
@@ -95,7 +306,37 @@ function setupSharedSockets(ctx) {
   const Socket = dgram.Socket;
   const originalBind = Socket.prototype.bind;
   const kSharing = Symbol('rcluster.sharing');
+  const kOptions = Symbol('rcluster.dgramOptions');
   const portZero = new Map(); // `${type} ${address}` -> next index
+
+  // The options Node's dgram sends its primary with a bind (reuseAddr,
+  // ipv6Only: the primary binds the socket, so it must set them), kept
+  // from createSocket, the documented way to make a socket.
+  const originalCreateSocket = dgram.createSocket;
+  dgram.createSocket = function createSocket(type, listener) {
+    const socket = originalCreateSocket.apply(this, arguments);
+    if (type !== null && typeof type === 'object') {
+      socket[kOptions] = { reuseAddr: type.reuseAddr === true, ipv6Only: type.ipv6Only === true };
+    }
+    return socket;
+  };
+
+  /**
+   * How the primary is to bind `socket`: what createSocket was given; for a
+   * socket made before this module was loaded (or with `new dgram.Socket`),
+   * what the runtime's dgram keeps of it (Node's and Bun's keep the options
+   * in their socket state).
+   */
+  function bindFlags(socket) {
+    if (socket[kOptions]) return socket[kOptions];
+    for (const symbol of Object.getOwnPropertySymbols(socket)) {
+      const state = socket[symbol];
+      if (state !== null && typeof state === 'object' && 'reuseAddr' in state && 'ipv6Only' in state) {
+        return { reuseAddr: state.reuseAddr === true, ipv6Only: state.ipv6Only === true };
+      }
+    }
+    return { reuseAddr: false, ipv6Only: false };
+  }
 
   /** bind()'s arguments as Node reads them. */
   function bindArgs(args) {
@@ -137,7 +378,7 @@ function setupSharedSockets(ctx) {
       }
       let shared;
       try {
-        shared = ctx.channel.share(type, host, number, index);
+        shared = ctx.channel.share(type, host, number, index, bindFlags(this));
       } catch (e) {
         this[kSharing] = false;
         this.emit('error', shareError(e, 'bind', host || (type === 'udp6' ? '::' : '0.0.0.0'), number));

@@ -17,6 +17,7 @@
 //! the event loop alive); `index.js` decides what keeps the process alive,
 //! as Node's handles would.
 
+mod acceptor;
 mod poll;
 mod primary;
 mod worker;

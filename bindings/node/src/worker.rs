@@ -9,7 +9,7 @@ use std::time::Duration;
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::ThreadsafeFunctionCallMode;
 use napi_derive::napi;
-use rcluster::{Code, EventKind, Listener, SocketKind, Worker, WorkerEvent};
+use rcluster::{Code, EventKind, Listener, ShareFlags, SocketKind, Worker, WorkerEvent};
 
 /// A socket the primary shares (`NativeWorker.share`).
 #[napi(object)]
@@ -17,6 +17,14 @@ pub struct SharedSocket {
     pub fd: i32,
     pub port: u32,
     pub address: String,
+}
+
+/// How the primary binds a UDP socket it shares: dgram's `reuseAddr` and
+/// `ipv6Only` (`NativeWorker.share`).
+#[napi(object)]
+pub struct ShareOptions {
+    pub reuse_addr: Option<bool>,
+    pub ipv6_only: Option<bool>,
 }
 
 use crate::js_error;
@@ -150,14 +158,29 @@ impl NativeWorker {
     /// Asks the primary for a socket it binds once and shares with every
     /// worker asking the same (`kind`: unix, udp4, udp6; `address` a path
     /// for unix): Node's cluster sharing of pipe servers and dgram sockets.
-    /// The fd is JS's (close-on-exec). Blocks until the primary answers.
+    /// `options`: how a UDP socket is bound, if this request binds it. The
+    /// fd is JS's (close-on-exec). Blocks until the primary answers.
     #[napi]
-    pub fn share(&self, js: &Env, kind: String, address: String, port: u32, index: u32) -> Result<SharedSocket> {
+    pub fn share(
+        &self,
+        js: &Env,
+        kind: String,
+        address: String,
+        port: u32,
+        index: u32,
+        options: Option<ShareOptions>,
+    ) -> Result<SharedSocket> {
         let kind = SocketKind::from_name(&kind).map_err(js_error(js))?;
         let port = u16::try_from(port).map_err(|_| Error::new(Status::InvalidArg, format!("bad port {port}")))?;
         let index = u16::try_from(index).map_err(|_| Error::new(Status::InvalidArg, format!("bad index {index}")))?;
-        let (fd, port, address) =
-            self.inner.share(kind, &address, port, index, Some(Duration::from_secs(30))).map_err(js_error(js))?;
+        let flags = options.map_or(ShareFlags::default(), |o| ShareFlags {
+            reuse_addr: o.reuse_addr.unwrap_or(false),
+            ipv6_only: o.ipv6_only.unwrap_or(false),
+        });
+        let (fd, port, address) = self
+            .inner
+            .share(kind, &address, port, index, flags, Some(Duration::from_secs(30)))
+            .map_err(js_error(js))?;
         Ok(SharedSocket { fd: fd.into_raw_fd(), port: port as u32, address })
     }
 

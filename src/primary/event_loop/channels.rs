@@ -160,8 +160,9 @@ impl EventLoop {
             Frame::Listen { request, port, host, index } => self.on_listen_request(worker, request, &host, port, index),
             Frame::Unlisten { listener } => self.leave_listener(worker, listener),
             // Unix-socket and UDP sockets, bound once and shared (shared_sockets.rs).
-            Frame::Share { request, kind, port, index, address } => {
-                let (reply, fd) = self.shared_sockets.answer(worker, request, kind, &address, port, index);
+            Frame::Share { request, kind, port, index, address, flags } => {
+                let asked = super::super::shared_sockets::Asked { kind, address: &address, port, index, flags };
+                let (reply, fd) = self.shared_sockets.answer(worker, request, &asked);
                 self.send_frame(worker, &reply.encode(), fd.as_slice());
             }
             Frame::Ack { conn, accepted } => self.on_ack(worker, conn, accepted),

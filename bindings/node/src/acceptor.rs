@@ -1,0 +1,224 @@
+//! Accepting from a listening socket the primary shares (a Unix socket a
+//! worker serves, `lib/shared_sockets.js`), one connection per permit JS
+//! grants, on a Rust thread: for runtimes whose own server, once it adopts
+//! a listening fd, takes every queued connection at once (Deno's), so a
+//! worker at `maxConnections` could not leave the rest to other workers.
+//! What this thread does not take stays in the kernel's queue for them.
+
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+
+use napi::bindgen_prelude::*;
+use napi::threadsafe_function::ThreadsafeFunctionCallMode;
+use napi_derive::napi;
+
+use crate::worker::ConnEvent;
+
+/// What the accept thread hands to JS.
+enum Taken {
+    Conn(OwnedFd),
+    Failed(String),
+}
+
+struct AcceptorState {
+    /// This worker's copy of the shared listening socket (non-blocking),
+    /// owned by the `NativeAcceptor`, which closes it only once this thread
+    /// has ended.
+    listening: RawFd,
+    /// Connections the thread may still take before JS grants more.
+    permits: Mutex<u64>,
+    permits_changed: Condvar,
+    stopping: AtomicBool,
+    /// An eventfd that wakes the thread out of poll when stopping.
+    stop_fd: OwnedFd,
+}
+
+impl AcceptorState {
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        let one: u64 = 1;
+        // SAFETY: an 8-byte write of a local into an eventfd we own.
+        unsafe { libc::write(self.stop_fd.as_raw_fd(), &one as *const u64 as *const libc::c_void, 8) };
+        let _guard = self.permits.lock().unwrap_or_else(|p| p.into_inner());
+        self.permits_changed.notify_all();
+    }
+
+    /// Waits for a permit; false when stopping.
+    fn wait_for_permit(&self) -> bool {
+        let mut permits = self.permits.lock().unwrap_or_else(|p| p.into_inner());
+        while *permits == 0 && !self.stopping() {
+            permits = self.permits_changed.wait(permits).unwrap_or_else(|p| p.into_inner());
+        }
+        !self.stopping()
+    }
+
+    /// Waits until the socket may have a connection; false when stopping.
+    fn wait_readable(&self) -> bool {
+        let mut fds = [
+            libc::pollfd { fd: self.listening, events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: self.stop_fd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+        ];
+        while !self.stopping() {
+            // SAFETY: poll on a local array of two pollfds.
+            if unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } > 0 {
+                return !self.stopping();
+            }
+        }
+        false
+    }
+
+    fn accept_loop(&self, deliver: impl Fn(Taken)) {
+        while self.wait_for_permit() && self.wait_readable() {
+            // SAFETY: accept4 on our listening fd with no address out-pointers;
+            // the fd it returns is wrapped at once.
+            let raw = unsafe {
+                libc::accept4(self.listening, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC)
+            };
+            if raw >= 0 {
+                {
+                    let mut permits = self.permits.lock().unwrap_or_else(|p| p.into_inner());
+                    *permits = permits.saturating_sub(1);
+                }
+                // SAFETY: a fresh fd owned by nothing else.
+                deliver(Taken::Conn(unsafe { OwnedFd::from_raw_fd(raw) }));
+                continue;
+            }
+            let error = std::io::Error::last_os_error();
+            match error.raw_os_error() {
+                // Another worker took it, or the client gave up: wait for the next.
+                Some(libc::EAGAIN | libc::EINTR | libc::ECONNABORTED) => {}
+                // Out of fds: the connection stays queued (for another worker, or
+                // for this one once a connection closes); try again in a moment.
+                Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                _ => {
+                    deliver(Taken::Failed(format!("accept on the shared socket: {error}")));
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Takes connections from a shared listening socket on a thread, as many
+/// as JS grants. It owns the fd it is given: `close` (or collection)
+/// closes it once the thread has ended.
+#[napi]
+pub struct NativeAcceptor {
+    state: Arc<AcceptorState>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    listening: Mutex<Option<OwnedFd>>,
+}
+
+#[napi]
+impl NativeAcceptor {
+    /// Takes `fd`, a listening socket (from `NativeWorker.share`), now this
+    /// object's to close. It is made non-blocking (as the runtimes' own
+    /// servers make an fd they adopt), so the thread never waits in accept
+    /// for a connection another worker took.
+    #[napi(constructor)]
+    pub fn new(fd: i32) -> Result<NativeAcceptor> {
+        if !fd_is_socket(fd) {
+            return Err(Error::new(Status::InvalidArg, format!("fd {fd} is not an open socket")));
+        }
+        // SAFETY: JS hands this fd over (the caller no longer uses it).
+        let listening = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: fcntl on an fd we own.
+        let flags = unsafe { libc::fcntl(listening.as_raw_fd(), libc::F_GETFL) };
+        // SAFETY: as above.
+        if flags < 0 || unsafe { libc::fcntl(listening.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+            return Err(Error::from_reason(format!("fcntl: {}", std::io::Error::last_os_error())));
+        }
+        // SAFETY: eventfd with flags only; the fd is wrapped at once.
+        let raw: RawFd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if raw < 0 {
+            return Err(Error::from_reason(format!("eventfd: {}", std::io::Error::last_os_error())));
+        }
+        // SAFETY: a fresh fd owned by nothing else.
+        let stop_fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        Ok(NativeAcceptor {
+            state: Arc::new(AcceptorState {
+                listening: listening.as_raw_fd(),
+                permits: Mutex::new(0),
+                permits_changed: Condvar::new(),
+                stopping: AtomicBool::new(false),
+                stop_fd,
+            }),
+            thread: Mutex::new(None),
+            listening: Mutex::new(Some(listening)),
+        })
+    }
+
+    /// Starts the thread; each connection (an fd now JS's to close), or an
+    /// error that ends it, goes to `onConn`.
+    #[napi]
+    pub fn start(&self, on_conn: Function<ConnEvent, ()>) -> Result<()> {
+        let mut thread = self.thread.lock().unwrap_or_else(|p| p.into_inner());
+        if thread.is_some() || self.state.stopping() {
+            return Err(Error::new(Status::GenericFailure, "already started or closed"));
+        }
+        let tsfn =
+            on_conn.build_threadsafe_function::<Taken>().weak::<true>().callee_handled::<false>().build_callback(
+                |ctx| {
+                    // Runs on the JS thread: from here the fd is JS's to close.
+                    Ok(match ctx.value {
+                        Taken::Conn(fd) => ConnEvent { fd: Some(fd.into_raw_fd()), closed: false, error: None },
+                        Taken::Failed(reason) => ConnEvent { fd: None, closed: true, error: Some(reason) },
+                    })
+                },
+            )?;
+        let state = self.state.clone();
+        let handle = std::thread::Builder::new()
+            .name("rcluster-node-share-accept".into())
+            .spawn(move || {
+                // A value JS can no longer take is dropped here, closing its fd.
+                state.accept_loop(|taken| {
+                    tsfn.call(taken, ThreadsafeFunctionCallMode::NonBlocking);
+                })
+            })
+            .map_err(|e| Error::from_reason(format!("spawning the accept thread: {e}")))?;
+        *thread = Some(handle);
+        Ok(())
+    }
+
+    /// Lets the thread take `n` more connections.
+    #[napi]
+    pub fn grant(&self, n: u32) {
+        let mut permits = self.state.permits.lock().unwrap_or_else(|p| p.into_inner());
+        *permits = permits.saturating_add(n as u64);
+        self.state.permits_changed.notify_all();
+    }
+
+    /// Stops taking connections and closes this copy of the socket (the
+    /// primary's and other workers' stay open); the thread has ended first
+    /// (it only ever waits in poll or on the permit condvar, which `stop`
+    /// wakes). Idempotent.
+    #[napi]
+    pub fn close(&self) {
+        self.state.stop();
+        if let Some(handle) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = handle.join();
+        }
+        drop(self.listening.lock().unwrap_or_else(|p| p.into_inner()).take());
+    }
+}
+
+impl Drop for NativeAcceptor {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Whether `fd` is an open socket (what the constructor may take).
+fn fd_is_socket(fd: i32) -> bool {
+    // SAFETY: an all-zero stat is valid; fstat only writes into it.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat with a valid out-pointer; a bad fd is an error, not UB.
+    fd >= 0 && unsafe { libc::fstat(fd, &mut stat) } == 0 && (stat.st_mode & libc::S_IFMT) == libc::S_IFSOCK
+}
