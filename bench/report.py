@@ -433,6 +433,14 @@ def markdown(run: Run, png_note: str) -> str:
                                                                         note_keepalive=False)
         L += ["Node workers (bench/node/app.js):", ""] + http_table(run, "node-low", [("node-none", "SCHED_NONE")],
                                                                       note_keepalive=False)
+    if run.worker_counts("c-one") or run.worker_counts("node-one"):
+        L += ["## One connection at a time", "",
+              f"The same under wrk `-t1 -c{cfg.get('one_connections', 1)}`: each connection finds every process "
+              "asleep.", ""]
+        L += ["C workers (bench/c/http_engine.c):", ""] + http_table(run, "c-one", [("prefork", "prefork")],
+                                                                        note_keepalive=False)
+        L += ["Node workers (bench/node/app.js):", ""] + http_table(run, "node-one", [("node-none", "SCHED_NONE")],
+                                                                      note_keepalive=False)
     if run.worker_counts("cmd-python") or run.worker_counts("cmd-node"):
         L += ["## The `rcluster` command", "",
               "The same unmodified app on both sides (bench/cmd/app.py, bench/cmd/app.js, access logs off), "

@@ -55,12 +55,12 @@ PROFILES = {
     "full": dict(
         workers=[2, 4], seconds=2, warmup=1, rounds=5, ka_rounds=1,
         uneven_seconds=5, uneven_rounds=2, ipc_seconds=1.0, ipc_rounds=2,
-        connections=32, low_connections=4, low_rounds=3, full=True, queue_jobs=5000, queue_rounds=2,
+        connections=32, low_connections=4, one_connections=1, low_rounds=3, full=True, queue_jobs=5000, queue_rounds=2,
     ),
     "quick": dict(
         workers=[2], seconds=2, warmup=1, rounds=1, ka_rounds=0,
         uneven_seconds=3, uneven_rounds=1, ipc_seconds=0.5, ipc_rounds=1,
-        connections=32, low_connections=4, low_rounds=1, full=False, queue_jobs=2000, queue_rounds=1,
+        connections=32, low_connections=4, one_connections=1, low_rounds=1, full=False, queue_jobs=2000, queue_rounds=1,
     ),
 }
 IPC_WINDOWS = [16, 256, 1024, 4096]
@@ -314,7 +314,8 @@ def c_contenders(n: int, full: bool) -> list[Contender]:
     server = str(TMP / "bench_rcluster")
     out = [Contender("rr", "rcluster rr", [server, *args, "--policy", "rr"], missing=miss),
            Contender("least", "rcluster least", [server, *args, "--policy", "least"], missing=miss),
-           Contender("shared", "rcluster shared", [server, *args, "--policy", "shared"], missing=miss)]
+           Contender("shared", "rcluster shared", [server, *args, "--policy", "shared"], missing=miss),
+           Contender("hybrid", "rcluster hybrid", [server, *args, "--policy", "hybrid"], missing=miss)]
     if full:
         out.append(Contender("reuseport", "rcluster reuseport", [server, *args, "--policy", "reuseport"], missing=miss))
     out.append(Contender("prefork", "C prefork, shared socket", [str(TMP / "prefork"), *args], missing=miss))
@@ -339,18 +340,23 @@ def node_contenders(n: int, full: bool) -> list[Contender]:
                   {"BENCH_CLUSTER": "node"}),
         Contender("rcluster-rr", "rcluster rr (Node addon)", ["node", app, *args, "--policy", "rr"],
                   {"BENCH_CLUSTER": "rcluster"}, missing=miss),
+        Contender("rcluster-hybrid", "rcluster hybrid (Node addon)", ["node", app, *args, "--policy", "hybrid"],
+                  {"BENCH_CLUSTER": "rcluster"}, missing=miss),
     ]
     if full:
         out.append(Contender("rcluster-shared", "rcluster shared (Node addon)", ["node", app, *args, "--policy", "shared"],
+                             {"BENCH_CLUSTER": "rcluster"}, missing=miss))
+        out.append(Contender("rcluster-least", "rcluster least (Node addon)", ["node", app, *args, "--policy", "least"],
                              {"BENCH_CLUSTER": "rcluster"}, missing=miss))
     return out
 
 
 def low_contenders(kind: str, n: int) -> list[Contender]:
-    """Low concurrency: rr, shared and what each is compared with (the shared-socket server Node or C users run)."""
+    """Low concurrency: rcluster's policies and what each is compared with (the shared-socket server Node or C users run)."""
     if kind == "c":
-        return [c for c in c_contenders(n, False) if c.key in ("prefork", "rr", "shared")]
-    return [c for c in node_contenders(n, True) if c.key in ("node-none", "rcluster-rr", "rcluster-shared")]
+        return [c for c in c_contenders(n, False) if c.key in ("prefork", "rr", "least", "shared", "hybrid")]
+    return [c for c in node_contenders(n, True)
+            if c.key in ("node-none", "rcluster-rr", "rcluster-least", "rcluster-shared", "rcluster-hybrid")]
 
 
 def python_contenders(n: int, full: bool) -> list[Contender]:  # noqa: ARG001
@@ -445,7 +451,7 @@ def uneven_contenders(n: int, full: bool) -> list[Contender]:  # noqa: ARG001
     args = ["--workers", str(n), "--port", "0"]
     miss = c_missing()
     return [Contender(p, f"rcluster {p}", [server, *args, "--policy", p], env, missing=miss)
-            for p in ("rr", "least", "shared")]
+            for p in ("rr", "least", "shared", "hybrid")]
 
 
 # --------------------------------------------------------------------------
@@ -761,12 +767,13 @@ def main() -> int:
                 results["groups"].append(run_group("c-pinned", n, c_pinned_contenders(n, full), cfg, logdir,
                                                    2, 0, cfg["seconds"], client_cpu=PINNED_CLIENT_CPU))
     if "low" in only:
-        # A few connections at a time, with the most workers: where a hop through the primary shows most.
-        n = max(cfg["workers"])
-        for kind in ("c", "node"):
-            results["groups"].append(run_group(f"{kind}-low", n, low_contenders(kind, n), cfg, logdir,
-                                               cfg["low_rounds"], 0, cfg["seconds"],
-                                               connections=cfg["low_connections"]))
+        # A few connections at a time, and one: where a hop through the primary shows most.
+        for n in cfg["workers"]:
+            for kind in ("c", "node"):
+                for suffix, key in (("low", "low_connections"), ("one", "one_connections")):
+                    results["groups"].append(run_group(f"{kind}-{suffix}", n, low_contenders(kind, n), cfg, logdir,
+                                                       cfg["low_rounds"], 0, cfg["seconds"],
+                                                       connections=cfg[key]))
     if "uneven" in only:
         for n in cfg["workers"]:
             results["groups"].append(run_group("uneven", n, uneven_contenders(n, full), cfg, logdir,

@@ -2,7 +2,7 @@
 //! contract every example keeps: examples/README.md).
 //!
 //! ```text
-//! cargo run --release --example hello_server -- [--workers N] [--port P] [--host H] [--policy rr|shared|reuseport|least]
+//! cargo run --release --example hello_server -- [--workers N] [--port P] [--host H] [--policy rr|shared|reuseport|least|hybrid]
 //! ```
 //!
 //! One program is both the primary and its workers: the primary starts N
@@ -26,7 +26,8 @@ use std::time::{Duration, Instant};
 
 use rcluster::{Code, Config, Event, Exit, PolicyKind, Primary, Worker};
 
-const USAGE: &str = "usage: hello_server [--workers N] [--port P] [--host H] [--policy rr|shared|reuseport|least]";
+const USAGE: &str =
+    "usage: hello_server [--workers N] [--port P] [--host H] [--policy rr|shared|reuseport|least|hybrid]";
 /// The port the primary bound (the real one when 0 was asked), for its workers.
 const PORT_ENV: &str = "HELLO_SERVER_PORT";
 /// A leaving worker keeps an idle keep-alive connection this long (a busy

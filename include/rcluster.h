@@ -154,6 +154,12 @@
 // picked last (still warm), then to the ones after it in turn.
 #define RCLUSTER_POLICY_LEAST 3
 
+// Policy `hybrid`: every worker gets the listening socket and accepts
+// itself while the load is light (one wake-up, no hop through the
+// primary); when connections queue on it, the primary accepts and
+// hands them over as `least` does until the queue is gone.
+#define RCLUSTER_POLICY_HYBRID 4
+
 // Largest message the channel carries, in bytes (256 MiB).
 #define RCLUSTER_MAX_MESSAGE 268435456
 
@@ -167,6 +173,13 @@
 // `flags` bit of an exit event: the worker had been asked to disconnect,
 // or left on purpose (Node's `exitedAfterDisconnect`).
 #define RCLUSTER_EXIT_AFTER_DISCONNECT 1
+
+// Policy `hybrid`: a worker that, having taken a connection off the
+// listening socket, finds this many still queued on it calls the primary
+// in (`Busy`); the primary steps out once a window went by in which no
+// accept of its own found as many. Above what a few clients at a time
+// queue while every worker is asleep (`wrk -c4` queues 4 at times).
+#define BUSY_BACKLOG 8
 
 // A listening address served through the primary (opaque).
 typedef struct rcluster_listener rcluster_listener;
@@ -352,7 +365,8 @@ typedef struct {
   // Connections handed to it and not yet acknowledged.
   uint32_t in_flight;
   // Connections it accepted and has not reported finished
-  // (`rcluster_worker_done`); counted under `RCLUSTER_POLICY_LEAST` only, else 0.
+  // (`rcluster_worker_done`); counted under `RCLUSTER_POLICY_LEAST`, and under
+  // `RCLUSTER_POLICY_HYBRID` while the primary hands connections over; else 0.
   uint32_t active;
   // Milliseconds since it was started.
   uint64_t uptime_ms;

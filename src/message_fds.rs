@@ -107,6 +107,8 @@ fn frame_name(frame: &Frame) -> &'static str {
         Frame::Conns { .. } => "connections",
         Frame::Disconnect => "disconnect",
         Frame::Ping { .. } => "ping",
+        Frame::SelfAccept { .. } => "self-accept",
+        Frame::Busy { .. } => "busy",
         Frame::User(_) => "message",
         Frame::Users(_) => "packed-messages",
     }

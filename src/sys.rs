@@ -261,6 +261,28 @@ pub fn sockaddr(address: std::net::SocketAddr) -> (libc::sockaddr_storage, libc:
     (storage, len as libc::socklen_t)
 }
 
+/// How many connections wait in a listening TCP socket's accept queue
+/// (`tcpi_unacked` of `TCP_INFO` on a listening socket is its accept
+/// backlog). `None` if the kernel does not say.
+pub fn accept_backlog(fd: BorrowedFd<'_>) -> Option<u32> {
+    // SAFETY: tcp_info is plain integers; all zeros is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `info` and `len` are valid out-pointers sized for a tcp_info.
+    let ret = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            &mut info as *mut libc::tcp_info as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    // TCP_LISTEN is 10 in the kernel's tcp_states.h (libc does not name it).
+    const TCP_LISTEN: u8 = 10;
+    (ret == 0 && info.tcpi_state == TCP_LISTEN).then_some(info.tcpi_unacked)
+}
+
 /// What the kernel says a process has used: CPU time (user + system) and
 /// resident memory, from `/proc/PID/stat` and `/proc/PID/statm`. `None`
 /// once the process is gone.

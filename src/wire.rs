@@ -35,8 +35,17 @@ const CONN: u8 = 18;
 const DISCONNECT: u8 = 19;
 const PING: u8 = 20;
 const SHARE_OK: u8 = 21;
+const SELF_ACCEPT: u8 = 22;
+const BUSY: u8 = 23;
 const USER: u8 = 32;
 const USERS: u8 = 33;
+
+/// Policy `hybrid`: a worker that, having taken a connection off the
+/// listening socket, finds this many still queued on it calls the primary
+/// in (`Busy`); the primary steps out once a window went by in which no
+/// accept of its own found as many. Above what a few clients at a time
+/// queue while every worker is asleep (`wrk -c4` queues 4 at times).
+pub const BUSY_BACKLOG: u32 = 8;
 
 /// One frame. Worker-to-primary, primary-to-worker, or both ways (`User`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,7 +92,9 @@ pub enum Frame {
     /// Worker → primary: `count` accepted connections are finished (load-aware policy).
     Done { count: u32 },
     /// Primary → worker: listening. With `shared`, the listening fd is attached
-    /// and the worker accepts itself; otherwise connections come as `Conn`.
+    /// and the worker accepts itself; otherwise connections come as `Conn`,
+    /// and a listening fd attached all the same (policy `hybrid`) is one the
+    /// worker also accepts on itself while the primary lets it (`SelfAccept`).
     /// `report_done`: the policy wants `Done` reports (else they are not sent).
     ListenOk { request: u32, listener: u32, shared: bool, report_done: bool, port: u16, address: String },
     /// Primary → worker: the listen request failed: `code` (with the OS
@@ -104,6 +115,13 @@ pub enum Frame {
     Disconnect,
     /// Primary → worker: heartbeat; answer with `Pong`.
     Ping { seq: u64 },
+    /// Primary → worker (policy `hybrid`): accept on the listening socket
+    /// that came with the listen yourself (`on`), or leave it to the
+    /// primary, which hands connections over (`!on`).
+    SelfAccept { listener: u32, on: bool },
+    /// Worker → primary (policy `hybrid`): connections are queueing on the
+    /// listening socket faster than the workers take them.
+    Busy { listener: u32 },
     /// Either way: application bytes.
     User(Vec<u8>),
     /// Either way: several application messages in one record, in order
@@ -219,6 +237,15 @@ impl Frame {
                 }
             }
             Frame::Disconnect => out.push(DISCONNECT),
+            Frame::SelfAccept { listener, on } => {
+                out.push(SELF_ACCEPT);
+                out.extend_from_slice(&listener.to_le_bytes());
+                out.push(*on as u8);
+            }
+            Frame::Busy { listener } => {
+                out.push(BUSY);
+                out.extend_from_slice(&listener.to_le_bytes());
+            }
             Frame::User(data) => return Frame::encode_user(data),
             Frame::Users(messages) => return Frame::encode_users(messages.iter().map(|m| &m[..])),
         }
@@ -352,6 +379,8 @@ impl Frame {
                 Frame::Conns { listener, conns }
             }
             DISCONNECT => Frame::Disconnect,
+            SELF_ACCEPT => Frame::SelfAccept { listener: r.u32()?, on: r.bool()? },
+            BUSY => Frame::Busy { listener: r.u32()? },
             other => return Err(protocol(&format!("unknown frame type {other}"))),
         };
         if !r.bytes.is_empty() {
@@ -460,6 +489,9 @@ mod tests {
             Frame::Pong { seq: 5 },
             Frame::Ready,
             Frame::Done { count: 3 },
+            Frame::SelfAccept { listener: 4, on: true },
+            Frame::SelfAccept { listener: 4, on: false },
+            Frame::Busy { listener: 4 },
             Frame::User(vec![1, 2, 3]),
             Frame::User(vec![]),
             Frame::Users(vec![b"a".to_vec(), vec![], vec![7; 300]]),

@@ -480,7 +480,12 @@ fn serves_and_stops(binary: &Path) {
 
 /// The shared policy: the kernel picks the worker, so only service is checked.
 fn serves_shared(binary: &Path) {
-    let mut server = Server::start(binary, &["--workers", "2", "--port", "0", "--policy", "shared"]);
+    serves_with(binary, "shared");
+}
+
+/// Ten requests served under `policy`.
+fn serves_with(binary: &Path, policy: &str) {
+    let mut server = Server::start(binary, &["--workers", "2", "--port", "0", "--policy", policy]);
     for _ in 0..10 {
         server.get_once();
     }
@@ -767,6 +772,11 @@ fn c_example_serves_and_stops() {
 #[test]
 fn c_example_serves_with_shared_policy() {
     serves_shared(&binaries().c);
+}
+
+#[test]
+fn c_example_serves_with_hybrid_policy() {
+    serves_with(&binaries().c, "hybrid");
 }
 
 #[test]

@@ -75,7 +75,7 @@ void *bench_xrealloc(void *p, size_t size)
 /* ------------------------------------------------------------------------ */
 /* The command line                                                         */
 
-#define USAGE "usage: bench_rcluster|prefork [--workers N] [--port P] [--host H] [--policy rr|shared|reuseport|least]"
+#define USAGE "usage: bench_rcluster|prefork [--workers N] [--port P] [--host H] [--policy rr|shared|reuseport|least|hybrid]"
 
 static void bad_usage(const char *fmt, ...)
 {
@@ -160,10 +160,10 @@ struct bench_options bench_parse_args(int argc, char **argv)
                 bad_usage("--host wants an IP address, \"localhost\" or \"\" (all interfaces), not \"%s\"", value);
             o.host = value;
         } else if (strcmp(value, "rr") == 0 || strcmp(value, "shared") == 0 || strcmp(value, "reuseport") == 0
-                   || strcmp(value, "least") == 0) {
+                   || strcmp(value, "least") == 0 || strcmp(value, "hybrid") == 0) {
             o.policy = value;
         } else {
-            bad_usage("--policy wants rr, shared, reuseport or least, not \"%s\"", value);
+            bad_usage("--policy wants rr, shared, reuseport, least or hybrid, not \"%s\"", value);
         }
     }
     return o;

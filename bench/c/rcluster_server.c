@@ -41,6 +41,8 @@ static int policy_number(const char *name)
         return RCLUSTER_POLICY_REUSEPORT;
     if (strcmp(name, "least") == 0)
         return RCLUSTER_POLICY_LEAST;
+    if (strcmp(name, "hybrid") == 0)
+        return RCLUSTER_POLICY_HYBRID;
     return RCLUSTER_POLICY_RR;
 }
 

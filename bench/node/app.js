@@ -4,7 +4,7 @@
 // two differ only in the require:
 //
 //   BENCH_CLUSTER=node     node bench/node/app.js --workers 2 --port 0 --policy rr|shared
-//   BENCH_CLUSTER=rcluster node bench/node/app.js --workers 2 --port 0 --policy rr|shared|least|reuseport
+//   BENCH_CLUSTER=rcluster node bench/node/app.js --workers 2 --port 0 --policy rr|shared|least|reuseport|hybrid
 //
 // rr is SCHED_RR, shared is SCHED_NONE. Every request gets `worker <id> pid
 // <pid>\n` with the headers of examples/c/hello_server.c (Node's http adds
@@ -31,6 +31,7 @@ const POLICIES = {
   shared: cluster.SCHED_NONE,
   least: cluster.SCHED_LEAST,
   reuseport: cluster.SCHED_REUSEPORT,
+  hybrid: cluster.SCHED_HYBRID,
 };
 
 if (cluster.isPrimary) {

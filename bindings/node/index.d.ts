@@ -119,12 +119,13 @@ declare namespace rcluster {
     readonly isWorker: boolean;
     /** Which runtime this is: node, bun or deno. */
     readonly runtime: 'node' | 'bun' | 'deno';
-    /** SCHED_RR (default), SCHED_NONE, or rcluster's SCHED_REUSEPORT / SCHED_LEAST. Set before the first fork. */
+    /** SCHED_RR (default), SCHED_NONE, or rcluster's SCHED_REUSEPORT / SCHED_LEAST / SCHED_HYBRID. Set before the first fork. */
     schedulingPolicy: number;
     readonly SCHED_NONE: 1;
     readonly SCHED_RR: 2;
     readonly SCHED_REUSEPORT: 3;
     readonly SCHED_LEAST: 4;
+    readonly SCHED_HYBRID: 5;
     readonly settings: ClusterSettings;
     /** Primary: live workers by id (a worker leaves when it disconnects). */
     readonly workers?: Record<number, Worker>;

@@ -5,13 +5,14 @@
 
 const EventEmitter = require('events');
 const native = require('./lib/native');
-const { SCHED_NONE, SCHED_RR, SCHED_REUSEPORT, SCHED_LEAST } = require('./lib/primary');
+const { SCHED_NONE, SCHED_RR, SCHED_REUSEPORT, SCHED_LEAST, SCHED_HYBRID } = require('./lib/primary');
 
 const cluster = new EventEmitter();
 cluster.SCHED_NONE = SCHED_NONE;
 cluster.SCHED_RR = SCHED_RR;
 cluster.SCHED_REUSEPORT = SCHED_REUSEPORT;
 cluster.SCHED_LEAST = SCHED_LEAST;
+cluster.SCHED_HYBRID = SCHED_HYBRID;
 cluster.runtime = require('./lib/runtime').name;
 
 if (native.isWorker()) {

@@ -2,7 +2,7 @@
  * hello_server.c: rcluster's example HTTP server in C (the contract every
  * example keeps: examples/README.md).
  *
- *   hello_server_c [--workers N] [--port P] [--host H] [--policy rr|shared|reuseport|least]
+ *   hello_server_c [--workers N] [--port P] [--host H] [--policy rr|shared|reuseport|least|hybrid]
  *
  * One program is both the primary and its workers: the primary starts N
  * copies of itself, and rcluster_is_worker() tells a copy which it is. The
@@ -33,14 +33,15 @@
 
 #include <rcluster.h>
 
-#define USAGE "usage: hello_server [--workers N] [--port P] [--host H] [--policy rr|shared|reuseport|least]"
+#define USAGE "usage: hello_server [--workers N] [--port P] [--host H] [--policy rr|shared|reuseport|least|hybrid]"
 #define PORT_ENV "HELLO_SERVER_PORT" /* the port the primary bound, for its workers */
 #define IDLE_GRACE_MS 1000           /* a leaving worker keeps an idle keep-alive connection this long */
 #define DRAIN_MS 5000                /* and everything else at most this long */
 
 static const struct { const char *name; int value; } POLICIES[] = {
     {"rr", RCLUSTER_POLICY_RR}, {"shared", RCLUSTER_POLICY_SHARED},
-    {"reuseport", RCLUSTER_POLICY_REUSEPORT}, {"least", RCLUSTER_POLICY_LEAST}};
+    {"reuseport", RCLUSTER_POLICY_REUSEPORT}, {"least", RCLUSTER_POLICY_LEAST},
+    {"hybrid", RCLUSTER_POLICY_HYBRID}};
 
 struct options { unsigned workers, port; const char *host; int policy; const char *policy_name; };
 
@@ -88,7 +89,7 @@ static struct options parse_args(int argc, char **argv)
                 if (strcmp(value, POLICIES[p].name) == 0)
                     o.policy = POLICIES[p].value, o.policy_name = POLICIES[p].name;
             if (o.policy < 0)
-                bad_usage("--policy wants rr, shared, reuseport or least, not", value);
+                bad_usage("--policy wants rr, shared, reuseport, least or hybrid, not", value);
         } else {
             bad_usage("unknown argument", argv[i]);
         }

@@ -16,10 +16,11 @@ const POLICIES = {
   // rcluster's extra policies (plain Node cluster has only the two above).
   reuseport: cluster.SCHED_REUSEPORT,
   least: cluster.SCHED_LEAST,
+  hybrid: cluster.SCHED_HYBRID,
 };
 
 function usage(message) {
-  process.stderr.write(`hello_server: ${message} (usage: --workers N --port P --host H --policy rr|shared|reuseport|least)\n`);
+  process.stderr.write(`hello_server: ${message} (usage: --workers N --port P --host H --policy rr|shared|reuseport|least|hybrid)\n`);
   process.exit(2);
 }
 

@@ -44,7 +44,8 @@ pub struct rcluster_worker_stats {
     /// Connections handed to it and not yet acknowledged.
     pub in_flight: u32,
     /// Connections it accepted and has not reported finished
-    /// (`rcluster_worker_done`); counted under `RCLUSTER_POLICY_LEAST` only, else 0.
+    /// (`rcluster_worker_done`); counted under `RCLUSTER_POLICY_LEAST`, and under
+    /// `RCLUSTER_POLICY_HYBRID` while the primary hands connections over; else 0.
     pub active: u32,
     /// Milliseconds since it was started.
     pub uptime_ms: u64,

@@ -4,6 +4,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Instant;
 
+use super::core::Overflow;
 use super::policy::Sockets;
 use crate::error::{Code, Error, Result};
 use crate::sys;
@@ -47,6 +48,8 @@ pub struct Listener {
     pub declared: bool,
     /// Since when no worker has been a member (for the idle close).
     pub idle_since: Option<Instant>,
+    /// Under `hybrid`: whether the primary accepts now (and watches the socket).
+    pub overflow: Overflow,
 }
 
 impl Listener {
@@ -79,7 +82,7 @@ impl Listener {
             );
         }
         let socket = match sockets {
-            Sockets::PrimaryAccepts | Sockets::Shared => {
+            Sockets::PrimaryAccepts | Sockets::Shared | Sockets::Hybrid => {
                 let socket = TcpListener::bind(address).map_err(|e| address_error(address, e))?;
                 // Calling listen(2) again on a listening socket sets its backlog.
                 // SAFETY: listen on a socket fd we own.
@@ -103,6 +106,17 @@ impl Listener {
             paused_until: None,
             declared: false,
             idle_since: None,
+            overflow: Overflow::default(),
+        }
+    }
+
+    /// Whether the primary accepts this listener's connections now: always
+    /// when its policy says so, under `hybrid` while it has stepped in.
+    pub fn primary_accepts(&self) -> bool {
+        match self.sockets {
+            Sockets::PrimaryAccepts => true,
+            Sockets::Hybrid => self.overflow.dispatching(),
+            Sockets::Shared | Sockets::PerWorker => false,
         }
     }
 
@@ -115,7 +129,7 @@ impl Listener {
         };
         match self.sockets {
             Sockets::PrimaryAccepts => Ok(None),
-            Sockets::Shared => {
+            Sockets::Shared | Sockets::Hybrid => {
                 socket.try_clone().map(|s| Some(OwnedFd::from(s))).map_err(|e| Error::os("dup of the listener", e))
             }
             Sockets::PerWorker => {

@@ -121,5 +121,10 @@ tables! {
         /// reported finished with `rcluster_worker_done`); ties go to the worker
         /// picked last (still warm), then to the ones after it in turn.
         LeastLoaded = 3, RCLUSTER_POLICY_LEAST, "least";
+        /// Policy `hybrid`: every worker gets the listening socket and accepts
+        /// itself while the load is light (one wake-up, no hop through the
+        /// primary); when connections queue on it, the primary accepts and
+        /// hands them over as `least` does until the queue is gone.
+        Hybrid = 4, RCLUSTER_POLICY_HYBRID, "hybrid";
     }
 }

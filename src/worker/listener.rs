@@ -19,6 +19,9 @@ pub(super) enum Mode {
     /// The worker accepts on a listening socket itself: the one all workers
     /// share (`shared`), or one of its own (`reuseport`, `own`).
     Shared { socket: OwnedFd, poll: PollSet, own: bool },
+    /// Both (`hybrid`): the worker accepts on the shared socket while the
+    /// primary lets it, and takes what the primary hands over.
+    Hybrid { socket: OwnedFd, poll: PollSet },
 }
 
 /// A listening address served through the primary.
@@ -56,7 +59,7 @@ impl Listener {
     pub fn socket_fd(&self) -> Option<RawFd> {
         match &self.mode {
             Mode::Shared { socket, .. } => Some(socket.as_raw_fd()),
-            Mode::Dispatched { .. } => None,
+            Mode::Dispatched { .. } | Mode::Hybrid { .. } => None,
         }
     }
 
@@ -64,7 +67,7 @@ impl Listener {
     /// Owned by the listener.
     pub fn fd(&self) -> RawFd {
         match &self.mode {
-            Mode::Dispatched { poll } | Mode::Shared { poll, .. } => poll.raw(),
+            Mode::Dispatched { poll } | Mode::Shared { poll, .. } | Mode::Hybrid { poll, .. } => poll.raw(),
         }
     }
 
@@ -105,18 +108,22 @@ impl Listener {
             // Connections already queued go first, as events do in
             // next_event: a poll loop that just read the channel (to take
             // its events) does not read it again to find nothing.
-            let queued = matches!(self.mode, Mode::Dispatched { .. })
-                && state.listeners.get(&self.id).is_some_and(|q| !q.conns.is_empty());
+            let dispatched = matches!(self.mode, Mode::Dispatched { .. } | Mode::Hybrid { .. });
+            let queued = dispatched && state.listeners.get(&self.id).is_some_and(|q| !q.conns.is_empty());
             let refusals = if queued && inner.pumped_recently() { Vec::new() } else { inner.pump(&mut state) };
             let keep_awake = state.gone.is_some() || state.draining;
             let mut taken = Vec::new();
-            if let (Mode::Dispatched { .. }, Some(queue)) = (&self.mode, state.listeners.get_mut(&self.id)) {
+            if let (true, Some(queue)) = (dispatched, state.listeners.get_mut(&self.id)) {
                 let n = queue.conns.len().min(max);
                 taken.extend(queue.conns.drain(..n));
                 if queue.conns.is_empty() && !keep_awake {
                     queue.flag.clear();
                 }
             }
+            // Under `hybrid`, whether this worker accepts itself now, and
+            // whether it already called the primary in.
+            let self_accept =
+                state.listeners.get(&self.id).and_then(|q| q.hybrid.as_ref()).map(|h| (h.on, h.busy_sent));
             let stop = match (&state.gone, state.draining) {
                 (Some(gone), _) => Some(gone.clone()),
                 (None, true) => Some(Error::new(Code::Leaving, "the worker is disconnecting: no more connections")),
@@ -128,6 +135,9 @@ impl Listener {
                 // Ack before the caller sees a byte (see the module doc). If the
                 // primary is gone the connections are ours anyway.
                 let (conns, fds): (Vec<u64>, Vec<OwnedFd>) = taken.into_iter().unzip();
+                if let Mode::Hybrid { .. } = self.mode {
+                    inner.held.fetch_add(fds.len() as u32, Ordering::Relaxed);
+                }
                 let ack = match conns[..] {
                     [conn] => Frame::Ack { conn, accepted: true },
                     _ => Frame::Acks { conns },
@@ -142,6 +152,13 @@ impl Listener {
                 matches!(self.mode, Mode::Shared { .. }) && matches!(&stop, Some(e) if e.code() == Code::Leaving);
             if let Some(stop) = stop.filter(|_| !draining_own_socket) {
                 return Err(stop);
+            }
+            if let (Mode::Hybrid { socket, .. }, Some((true, busy_sent))) = (&self.mode, self_accept) {
+                match self.accept_hybrid(socket, busy_sent) {
+                    Ok(Some(fd)) => return Ok(vec![fd]),
+                    Ok(None) => {}
+                    Err(e) => return Err(e),
+                }
             }
             if let Mode::Shared { socket, own, .. } = &self.mode {
                 let batch = if *own { max } else { 1 };
@@ -188,6 +205,8 @@ impl Listener {
             let wake = match &self.mode {
                 Mode::Dispatched { .. } => inner.lock().listeners.get(&self.id).map(|q| q.flag.raw()),
                 Mode::Shared { socket, .. } => Some(socket.as_raw_fd()),
+                // Its poll set holds the queue's flag, and the socket while it accepts itself.
+                Mode::Hybrid { poll, .. } => inner.lock().listeners.contains_key(&self.id).then(|| poll.raw()),
             };
             let Some(wake) = wake else {
                 return Err(Error::new(Code::Closed, "the listener is closed"));
@@ -256,6 +275,12 @@ impl Listener {
         let inner = &self.worker.inner;
         let (last, queued) = {
             let mut state = inner.lock();
+            if let Mode::Hybrid { poll, .. } = &self.mode {
+                // The pump must not touch this handle's fds once they close.
+                if let Some(hybrid) = state.listeners.get_mut(&self.id).and_then(|q| q.hybrid.as_mut()) {
+                    hybrid.handles.retain(|&(p, _)| p != poll.raw());
+                }
+            }
             match state.listeners.get_mut(&self.id) {
                 Some(queue) if queue.handles > 1 => {
                     queue.handles -= 1;

@@ -20,7 +20,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,10 +32,12 @@ use crate::spawn::{ENV_CHANNEL_FD, ENV_WORKER_ID};
 use crate::sys::{self, Deadline, Flag, PollSet};
 use crate::wire::Frame;
 
+mod hybrid;
 mod listener;
 mod pump;
 mod share;
 
+use hybrid::SelfAccepting;
 pub use listener::Listener;
 use listener::Mode;
 
@@ -132,6 +134,13 @@ struct Inner {
     report_done: AtomicBool,
     /// When `pump` last read the channel (µs since `born`).
     last_pump_us: AtomicU64,
+    /// Connections taken from `hybrid` listeners and not yet reported
+    /// finished (`done`): while it holds `SELF_ACCEPT_CAP`, the worker
+    /// leaves new ones to the others or calls the primary in.
+    held: AtomicU32,
+    /// A `hybrid` listen was answered (so `done` looks whether this
+    /// worker accepts itself; other policies skip the lock).
+    any_hybrid: AtomicBool,
     born: Instant,
 }
 
@@ -185,6 +194,8 @@ struct ConnQueue {
     conns: VecDeque<(u64, OwnedFd)>,
     flag: Flag,
     handles: u32,
+    /// Policy `hybrid`: this worker also accepts on the listening socket.
+    hybrid: Option<SelfAccepting>,
 }
 
 impl Worker {
@@ -261,6 +272,8 @@ impl Worker {
                 closed: AtomicBool::new(false),
                 report_done: AtomicBool::new(false),
                 last_pump_us: AtomicU64::new(0),
+                held: AtomicU32::new(0),
+                any_hybrid: AtomicBool::new(false),
                 born: Instant::now(),
             }),
         };
@@ -391,37 +404,42 @@ impl Worker {
                 let address: SocketAddr = address
                     .parse()
                     .map_err(|_| Error::new(Code::Protocol, format!("primary sent a bad address {address:?}")))?;
-                let mode = if shared {
-                    let socket =
-                        shared_fd.ok_or_else(|| Error::new(Code::Protocol, "shared listener came without its fd"))?;
-                    // Only `reuseport` sockets carry SO_REUSEPORT: each is this
-                    // worker's alone (a `shared` socket is every worker's).
-                    let own = sys::sockopt_int(socket.as_fd(), libc::SOL_SOCKET, libc::SO_REUSEPORT)
-                        .map_err(|e| Error::os("getsockopt(SO_REUSEPORT) on the listener", e))?
-                        != 0;
-                    Mode::Shared {
-                        poll: PollSet::new(&[
-                            socket.as_raw_fd(),
-                            self.inner.channel.as_raw_fd(),
-                            self.inner.draining_flag.raw(),
-                        ])
-                        .map_err(|e| Error::os("epoll", e))?,
-                        socket,
-                        own,
+                let mode = match (shared, shared_fd) {
+                    // A listening socket with a listen the primary serves: `hybrid`.
+                    (false, Some(socket)) => self.hybrid_mode(listener, socket)?,
+                    (true, socket) => {
+                        let socket =
+                            socket.ok_or_else(|| Error::new(Code::Protocol, "shared listener came without its fd"))?;
+                        // Only `reuseport` sockets carry SO_REUSEPORT: each is this
+                        // worker's alone (a `shared` socket is every worker's).
+                        let own = sys::sockopt_int(socket.as_fd(), libc::SOL_SOCKET, libc::SO_REUSEPORT)
+                            .map_err(|e| Error::os("getsockopt(SO_REUSEPORT) on the listener", e))?
+                            != 0;
+                        Mode::Shared {
+                            poll: PollSet::new(&[
+                                socket.as_raw_fd(),
+                                self.inner.channel.as_raw_fd(),
+                                self.inner.draining_flag.raw(),
+                            ])
+                            .map_err(|e| Error::os("epoll", e))?,
+                            socket,
+                            own,
+                        }
                     }
-                } else {
-                    let state = self.inner.lock();
-                    let queue = state
-                        .listeners
-                        .get(&listener)
-                        .ok_or_else(|| Error::new(Code::Protocol, "listener vanished"))?;
-                    Mode::Dispatched {
-                        poll: PollSet::new(&[
-                            queue.flag.raw(),
-                            self.inner.channel.as_raw_fd(),
-                            self.inner.draining_flag.raw(),
-                        ])
-                        .map_err(|e| Error::os("epoll", e))?,
+                    (false, None) => {
+                        let state = self.inner.lock();
+                        let queue = state
+                            .listeners
+                            .get(&listener)
+                            .ok_or_else(|| Error::new(Code::Protocol, "listener vanished"))?;
+                        Mode::Dispatched {
+                            poll: PollSet::new(&[
+                                queue.flag.raw(),
+                                self.inner.channel.as_raw_fd(),
+                                self.inner.draining_flag.raw(),
+                            ])
+                            .map_err(|e| Error::os("epoll", e))?,
+                        }
                     }
                 };
                 Ok(Listener {
@@ -488,6 +506,16 @@ impl Worker {
         self.check_open()?;
         if !self.inner.report_done.load(Ordering::Relaxed) {
             return Ok(());
+        }
+        // Under `hybrid` the primary counts only what it handed over, and
+        // hands over only once it stepped in: while this worker accepts
+        // itself, the reports would only wake the primary.
+        if self.inner.any_hybrid.load(Ordering::Relaxed) {
+            let _ =
+                self.inner.held.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |h| Some(h.saturating_sub(count)));
+            if self.inner.lock().listeners.values().any(|q| q.hybrid.as_ref().is_some_and(|h| h.on)) {
+                return Ok(());
+            }
         }
         self.send_frame(&Frame::Done { count })
     }

@@ -13,7 +13,7 @@ use crate::event::WorkerEvent;
 use crate::sys::{self, Deadline, Flag};
 use crate::wire::Frame;
 
-use super::{ConnQueue, Inner, State, PUMP_EVERY_US};
+use super::{ConnQueue, Inner, SelfAccepting, State, PUMP_EVERY_US};
 
 impl Inner {
     pub(super) fn lock(&self) -> MutexGuard<'_, State> {
@@ -138,13 +138,24 @@ impl Inner {
                         state.shared_fds.insert(request, fd);
                     } else if let Some(queue) = state.listeners.get_mut(&listener) {
                         queue.handles += 1;
+                        if let Some(fd) = fds.pop() {
+                            // `hybrid`: the socket to accept on as well.
+                            queue.hybrid.get_or_insert_with(SelfAccepting::new);
+                            state.shared_fds.insert(request, fd);
+                        }
                     } else {
                         // Create the queue now: Conn frames may follow before the caller wakes.
                         match Flag::new() {
                             Ok(flag) => {
+                                // `hybrid`: a socket to accept on as well.
+                                let socket = fds.pop();
+                                let hybrid = socket.as_ref().map(|_| SelfAccepting::new());
                                 state
                                     .listeners
-                                    .insert(listener, ConnQueue { conns: VecDeque::new(), flag, handles: 1 });
+                                    .insert(listener, ConnQueue { conns: VecDeque::new(), flag, handles: 1, hybrid });
+                                if let Some(fd) = socket {
+                                    state.shared_fds.insert(request, fd);
+                                }
                             }
                             Err(e) => {
                                 self.mark_gone(state, Error::os("eventfd", e));
@@ -193,6 +204,11 @@ impl Inner {
                     .events
                     .push_many(messages.into_iter().map(|data| WorkerEvent::Message { data, fds: Vec::new() })),
                 Frame::Ping { seq } => refusals.push(Frame::Pong { seq }),
+                Frame::SelfAccept { listener, on } => {
+                    if let Some(hybrid) = state.listeners.get_mut(&listener).and_then(|q| q.hybrid.as_mut()) {
+                        hybrid.set(on);
+                    }
+                }
                 other => {
                     self.mark_gone(
                         state,

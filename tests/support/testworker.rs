@@ -62,7 +62,9 @@
 //! `TEST_GROW_WORKER=ID` with `TEST_GROW_MB=N` (worker ID holds N MiB more).
 //!
 //! `http` serves each connection on its own thread (`TEST_DELAY_MS` makes
-//! every answer that much slower) and reports each finished connection. Asked to leave, it takes
+//! every answer that much slower; `TEST_SERVE_INLINE=1` serves each on the
+//! accepting thread instead, one at a time, as a single-threaded server
+//! does) and reports each finished connection. Asked to leave, it takes
 //! the connections still queued for it, answers the next request on each
 //! open connection with `Connection: close` (idle ones get a grace second),
 //! and exits 0 once all are done: a busy client never sees a reset.
@@ -165,6 +167,7 @@ fn serve_http(worker: *mut rcluster_worker, listener: *mut rcluster_listener, id
     if let Some(ms) = std::env::var("TEST_ACCEPT_AFTER_MS").ok().and_then(|n| n.parse().ok()) {
         std::thread::sleep(Duration::from_millis(ms));
     }
+    let inline = std::env::var_os("TEST_SERVE_INLINE").is_some();
     let mut fds = vec![-1; batch.max(1)];
     loop {
         let (rc, taken) = if batch > 0 {
@@ -181,6 +184,11 @@ fn serve_http(worker: *mut rcluster_worker, listener: *mut rcluster_listener, id
         match rc {
             0 => {
                 for &fd in &fds[..taken] {
+                    if inline {
+                        serve(fd, id, &draining);
+                        rcluster_worker_done(worker, 1);
+                        continue;
+                    }
                     let (draining, active) = (draining.clone(), active.clone());
                     active.fetch_add(1, Ordering::SeqCst);
                     let handle = worker as usize; // a handle is a number, usable from any thread

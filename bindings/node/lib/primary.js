@@ -18,12 +18,14 @@ const SCHED_RR = 2;
 // rcluster's extra policies (Node has only the two above).
 const SCHED_REUSEPORT = 3;
 const SCHED_LEAST = 4;
+const SCHED_HYBRID = 5;
 
 const POLICY_NAMES = new Map([
   [SCHED_NONE, 'shared'],
   [SCHED_RR, 'rr'],
   [SCHED_REUSEPORT, 'reuseport'],
   [SCHED_LEAST, 'least'],
+  [SCHED_HYBRID, 'hybrid'],
 ]);
 
 const signalNames = new Map(Object.entries(os.constants.signals).map(([k, v]) => [v, k]));
@@ -42,13 +44,14 @@ function signalNumber(signal) {
 
 /**
  * The policy chosen by RCLUSTER_SCHED_POLICY or NODE_CLUSTER_SCHED_POLICY:
- * `rr`, `none` (or `shared`), and rcluster's `reuseport` and `least`.
+ * `rr`, `none` (or `shared`), and rcluster's `reuseport`, `least` and `hybrid`.
  */
 function policyFromEnv() {
   const raw = process.env.RCLUSTER_SCHED_POLICY || process.env.NODE_CLUSTER_SCHED_POLICY;
   if (raw === 'none' || raw === 'shared') return SCHED_NONE;
   if (raw === 'reuseport') return SCHED_REUSEPORT;
   if (raw === 'least') return SCHED_LEAST;
+  if (raw === 'hybrid') return SCHED_HYBRID;
   return SCHED_RR;
 }
 
@@ -121,6 +124,7 @@ function setupPrimary(cluster, native) {
   cluster.SCHED_RR = SCHED_RR;
   cluster.SCHED_REUSEPORT = SCHED_REUSEPORT;
   cluster.SCHED_LEAST = SCHED_LEAST;
+  cluster.SCHED_HYBRID = SCHED_HYBRID;
   cluster.schedulingPolicy = policyFromEnv();
 
   function warnOnce(key, text) {
@@ -556,4 +560,4 @@ function setupPrimary(cluster, native) {
   }
 }
 
-module.exports = { DEPRECATED_EVENT_NAMES, setupPrimary, SCHED_NONE, SCHED_RR, SCHED_REUSEPORT, SCHED_LEAST };
+module.exports = { DEPRECATED_EVENT_NAMES, setupPrimary, SCHED_NONE, SCHED_RR, SCHED_REUSEPORT, SCHED_LEAST, SCHED_HYBRID };

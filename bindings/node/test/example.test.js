@@ -131,7 +131,7 @@ test('hello example: a worker killed from outside is replaced', async (t) => {
   assert.strictEqual((await run.waitExit(20000)).code, 0);
 });
 
-for (const policy of ['shared', 'least', 'reuseport']) {
+for (const policy of ['shared', 'least', 'reuseport', 'hybrid']) {
   test(`hello example: --policy ${policy} serves`, async (t) => {
     const run = startExample(RUNTIMES[0], ['--workers', '2', '--policy', policy]);
     t.after(run.cleanup);

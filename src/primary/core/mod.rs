@@ -12,6 +12,8 @@
 //! - [`Slots`]: slots and their workers: rolling reloads, replacements,
 //!   readiness, exits, restarts and crash loops, as [`SlotAction`]s.
 //! - [`Shutdown`]: the drain, until every worker is asked to leave.
+//! - [`Overflow`]: under `hybrid`, whether the primary dispatches or the
+//!   workers accept themselves.
 //!
 //! Each gives its deadlines to the driver's one list of timers
 //! (`event_loop/timers.rs`, `each_timer`). See
@@ -23,6 +25,9 @@ mod connections_tests;
 mod lifecycle;
 #[cfg(test)]
 mod lifecycle_tests;
+mod overflow;
+#[cfg(test)]
+mod overflow_tests;
 mod shutdown;
 #[cfg(test)]
 mod shutdown_tests;
@@ -32,5 +37,6 @@ mod slots_tests;
 
 pub(crate) use connections::{Ack, Connections, Handoff};
 pub(crate) use lifecycle::{Beat, Life};
+pub(crate) use overflow::{Overflow, Switch};
 pub(crate) use shutdown::{Drain, Shutdown};
 pub(crate) use slots::{Departed, SlotAction, Slots};

@@ -17,7 +17,7 @@ impl EventLoop {
             return;
         }
         let ready: Vec<u32> =
-            self.listeners.values().filter(|l| l.ready && l.sockets == Sockets::PrimaryAccepts).map(|l| l.id).collect();
+            self.listeners.values().filter(|l| l.ready && l.primary_accepts()).map(|l| l.id).collect();
         for id in ready {
             self.accept_from(id, false);
         }
@@ -26,13 +26,24 @@ impl EventLoop {
     /// Accepts until the kernel queue is empty, the pending queue is full
     /// (unless `unbounded`, used once at shutdown), or an error says pause.
     pub(super) fn accept_from(&mut self, id: u32, unbounded: bool) {
+        let mut burst = 0;
+        self.accept_burst(id, unbounded, &mut burst);
+        if burst > 0 {
+            if let Some(listener) = self.listeners.get_mut(&id) {
+                listener.overflow.accepted(burst);
+            }
+        }
+    }
+
+    /// `accept_from`'s loop; `burst` counts the connections it took.
+    fn accept_burst(&mut self, id: u32, unbounded: bool, burst: &mut usize) {
         loop {
             if !unbounded && self.conns.pending_len() >= self.config.max_pending as usize {
                 return;
             }
             let Some(listener) = self.listeners.get_mut(&id) else { return };
             let Some(socket) = &listener.socket else { return };
-            if !listener.ready || listener.paused_until.is_some() || listener.sockets != Sockets::PrimaryAccepts {
+            if !listener.ready || listener.paused_until.is_some() || !listener.primary_accepts() {
                 return;
             }
             if !self.conns.has_members(id) {
@@ -48,6 +59,7 @@ impl EventLoop {
                 let fd = Arc::new(unsafe { OwnedFd::from_raw_fd(ret) });
                 let conn = self.next_conn;
                 self.next_conn += 1;
+                *burst += 1;
                 // Its listener is known: nothing comes back to close.
                 drop(self.conns.dispatch(self.now, Handoff::new(conn, id, fd, self.now)));
                 continue;

@@ -184,6 +184,7 @@ impl EventLoop {
             }
             Frame::Lost { conns } => self.on_lost(worker, conns),
             Frame::Done { count } => self.conns.done(worker, count),
+            Frame::Busy { listener } => self.on_busy(listener),
             Frame::Goodbye => {
                 entry.life.goodbye();
                 self.conns.stop_offering(worker);
@@ -228,8 +229,12 @@ impl EventLoop {
                 return self.send_frame(worker, &reply.encode(), &[]);
             }
         };
-        // `shared` on the wire: a socket is attached and the worker accepts itself.
-        let shared = own_socket.is_some();
+        // `shared` on the wire: a socket is attached and the worker accepts
+        // itself. Under `hybrid` one is attached and connections also come
+        // from the primary, which says when the worker may accept itself.
+        let hybrid = listener.sockets == Sockets::Hybrid;
+        let dispatching = listener.overflow.dispatching();
+        let shared = own_socket.is_some() && !hybrid;
         let report_done = self.conns.policy(id).is_some_and(|p| p.wants_done_reports());
         let port = address.port();
         let reply = Frame::ListenOk { request, listener: id, shared, report_done, port, address: address.to_string() };
@@ -238,6 +243,10 @@ impl EventLoop {
         // Our copy of the worker's socket closes now (a queued record holds
         // its own), before the host hears of the listen below.
         drop(fds);
+        if hybrid && dispatching {
+            // It joins while the primary dispatches: it must not accept itself.
+            self.send_frame(worker, &Frame::SelfAccept { listener: id, on: false }.encode(), &[]);
+        }
         let Some(entry) = self.workers.get_mut(&worker) else { return };
         if !entry.listening_on.contains(&id) {
             entry.listening_on.push(id);

@@ -27,6 +27,7 @@
 mod accept;
 mod channels;
 mod commands;
+mod overflow;
 mod reload;
 mod timers;
 mod upgrading;

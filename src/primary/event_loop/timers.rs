@@ -41,6 +41,9 @@ impl EventLoop {
             if let Some(at) = listener.paused_until {
                 timer(at, "a paused listener resumes");
             }
+            if let Some(at) = listener.overflow.deadline() {
+                timer(at, "a hybrid listener's dispatch window ends");
+            }
         }
         let heartbeat_timeout = self.config.supervision.heartbeat_timeout;
         for entry in self.workers.values() {
@@ -102,6 +105,7 @@ impl EventLoop {
         for id in resumed {
             self.accept_from(id, false);
         }
+        self.tick_overflows(now);
         self.conns.expire_starvation(now);
         self.escalate_stops(now);
         self.check_heartbeats(now);

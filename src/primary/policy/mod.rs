@@ -4,11 +4,13 @@
 //! in Node's `round_robin_handle.js` / `shared_handle.js`; adding a policy
 //! means adding one file here and one arm to [`PolicyKind`].
 
+mod hybrid;
 mod least_loaded;
 mod reuse_port;
 mod round_robin;
 mod shared;
 
+pub use hybrid::Hybrid;
 pub use least_loaded::LeastLoaded;
 pub use reuse_port::ReusePort;
 pub use round_robin::RoundRobin;
@@ -42,7 +44,7 @@ impl PolicyKind {
         PolicyKind::ALL.iter().map(|&p| describe(p)).collect::<Vec<_>>().join(", ")
     }
 
-    /// From a name: `rr`, `shared`, `reuseport` or `least`.
+    /// From a name: `rr`, `shared`, `reuseport`, `least` or `hybrid`.
     pub fn from_name(name: &str) -> Result<PolicyKind> {
         PolicyKind::find(name).ok_or_else(|| {
             Error::new(
@@ -59,6 +61,7 @@ impl PolicyKind {
             PolicyKind::Shared => Box::new(SharedSocket),
             PolicyKind::ReusePort => Box::new(ReusePort),
             PolicyKind::LeastLoaded => Box::new(LeastLoaded::default()),
+            PolicyKind::Hybrid => Box::new(Hybrid::default()),
         }
     }
 }
@@ -73,6 +76,10 @@ pub(crate) enum Sockets {
     /// Every worker gets a listening socket of its own (`SO_REUSEPORT`);
     /// the primary only holds the port, bound but not listening.
     PerWorker,
+    /// Every worker gets a descriptor of the one listening socket and
+    /// accepts on it while the primary lets it; the primary accepts and
+    /// hands connections over ([`Policy::pick`]) while they queue.
+    Hybrid,
 }
 
 /// One listener's scheduling policy.

@@ -168,7 +168,9 @@ impl AppSpec {
             return Ok(if self.listen.is_empty() { PolicyKind::RoundRobin } else { PolicyKind::Shared });
         }
         let policy = PolicyKind::from_name(&self.policy)?;
-        if !self.listen.is_empty() && matches!(policy, PolicyKind::RoundRobin | PolicyKind::LeastLoaded) {
+        if !self.listen.is_empty()
+            && matches!(policy, PolicyKind::RoundRobin | PolicyKind::LeastLoaded | PolicyKind::Hybrid)
+        {
             fail!(
                 "--policy {} needs a program that uses rcluster; with --listen the workers accept themselves (shared or reuseport)",
                 self.policy
