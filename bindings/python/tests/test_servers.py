@@ -82,10 +82,12 @@ def test_least_policy_sees_connections_finish(cluster, kind, tmp_path):
     # server's close reports it). One request at a time, each finished before
     # the next: ties go to the worker picked last, so one warm worker serves
     # most. Were the closes not reported, the counts would only grow and
-    # the requests would go round the four workers (a quarter each).
+    # the requests would go round the four workers: exactly 6 each. A
+    # close reported after the next request arrived (a loaded machine) sends
+    # that one elsewhere, so the bound leaves room for it (CI saw 11).
     c = start(cluster, kind, tmp_path, "--workers", "4", "--port", "0", "--policy", "least")
     served = collections.Counter(pid_of(get(c.port)) for _ in range(24))
-    assert max(served.values()) >= 12, served
+    assert max(served.values()) >= 9, served
     # And concurrent slow requests spread over the workers.
     results: list[object] = []
     threads = [threading.Thread(target=lambda: results.append(pid_of(get(c.port, "/slow?s=0.5")))) for _ in range(8)]
