@@ -28,6 +28,7 @@ import resource
 import select
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -343,6 +344,42 @@ def node_contenders(n: int, full: bool) -> list[Contender]:
     if full:
         out.append(Contender("rcluster-shared", "rcluster shared (Node addon)", ["node", app, *args, "--policy", "shared"],
                              {"BENCH_CLUSTER": "rcluster"}, missing=miss))
+    return out
+
+
+BUN = ROOT / "bindings" / "node" / ".runtimes" / "node_modules" / "@oven" / "bun-linux-x64" / "bin" / "bun"
+
+
+def bun_path() -> str | None:
+    """Bun as `make test-node` installs it (bindings/node/.runtimes), else the one on PATH."""
+    return str(BUN) if BUN.exists() else shutil.which("bun")
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 now (the OS's pick, released at once)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def bun_contenders(n: int, full: bool) -> list[Contender]:  # noqa: ARG001
+    """The Node app under Bun: Bun's own node:cluster against rcluster's addon (and the addon under Node)."""
+    app = str(BENCH / "node" / "app.js")
+    args = ["--workers", str(n), "--port", "0"]
+    bun = bun_path()
+    miss = None if bun else "not run: bun missing (make test-node installs it into bindings/node/.runtimes)"
+    bun = bun or "bun"
+    addon_miss = miss or node_rcluster_missing()
+    # Bun's own cluster gives each worker its own OS-picked port when asked
+    # for port 0 (each binds with SO_REUSEPORT itself): it gets a fixed free port.
+    bun_cluster_args = ["--workers", str(n), "--port", str(free_port())]
+    out = [Contender("bun-cluster", "Bun node:cluster", [bun, app, *bun_cluster_args, "--policy", "rr"],
+                     {"BENCH_CLUSTER": "node"}, missing=miss)]
+    for policy in ("rr", "shared", "reuseport"):
+        out.append(Contender(f"rcluster-{policy}", f"rcluster {policy} (addon under Bun)",
+                             [bun, app, *args, "--policy", policy], {"BENCH_CLUSTER": "rcluster"}, missing=addon_miss))
+    out.append(Contender("node-rcluster-rr", "rcluster rr (addon under Node)", ["node", app, *args, "--policy", "rr"],
+                         {"BENCH_CLUSTER": "rcluster"}, missing=node_rcluster_missing()))
     return out
 
 
@@ -710,6 +747,7 @@ def machine_info() -> dict:
         "commit": commit + (" (+ uncommitted changes)" if dirty else ""),
         "wrk": cmd("wrk", "--version").splitlines()[0] if shutil.which("wrk") else "missing",
         "node": cmd("node", "--version"),
+        "bun": cmd(bun_path(), "--version") if bun_path() else "missing",
         "python": cmd(str(ROOT / ".venv" / "bin" / "python"), "--version"),
         "gcc": cmd("gcc", "-dumpfullversion"),
     }
@@ -718,7 +756,7 @@ def machine_info() -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer contenders, shorter runs (bench-quick)")
-    parser.add_argument("--only", default="c,node,python,asgi,wsgi,low,uneven,cmd,nginx,ipc,queue",
+    parser.add_argument("--only", default="c,node,bun,python,asgi,wsgi,low,uneven,cmd,nginx,ipc,queue",
                         help="groups to run (comma-separated)")
     parser.add_argument("--workers", default=None, help="worker counts, e.g. 2,4 (default: the profile's)")
     parser.add_argument("--out", default=None, help="output directory (default: bench/results, quick: bench/tmp/quick)")
@@ -749,7 +787,7 @@ def main() -> int:
                "groups": []}
     log(f"bench ({profile}), load average {results['load_start']}")
     full = cfg["full"]
-    kinds = [("c", c_contenders), ("node", node_contenders), ("python", python_contenders),
+    kinds = [("c", c_contenders), ("node", node_contenders), ("bun", bun_contenders), ("python", python_contenders),
              ("asgi", asgi_contenders), ("wsgi", wsgi_contenders)]
     for n in cfg["workers"]:
         for name, make in kinds:
