@@ -356,7 +356,7 @@ def markdown(run: Run, png_note: str) -> str:
         "# rcluster benchmark: latest run",
         "",
         f"Machine: {m['cpu']}, {m['cpus']} CPUs, {m['mem_gib']} GiB, Linux {m['kernel']}{idle_line(m)}. "
-        f"Date: {m['date']}. Commit {m['commit']}. {m['wrk']}; Node {m['node']}; {m['python']}; gcc {m['gcc']}.",
+        f"Date: {m['date']}. Commit {m['commit']}. {m['wrk']}; Node {m['node']}; Bun {m.get('bun', 'not recorded')}; {m['python']}; gcc {m['gcc']}.",
         "",
         f"Run: `{'make bench-quick' if d['profile'] == 'quick' else 'make bench'}` ({d['profile']} profile), "
         f"{d['elapsed_s'] / 60:.1f} minutes. Load average (1, 5, 15 min) at the start "
