@@ -23,7 +23,7 @@ T_RR_MAXMIN = 1.1
 T_UNEVEN_P99_CUT = 2.0
 T_IPC_PIPELINED = 5.0
 T_BUN_VS_BUN_CLUSTER = 1.0  # rcluster rr under Bun against Bun's own node:cluster
-T_BUN_VS_NODE_ADDON = 0.9  # the addon under Bun against the addon under Node (within 10%)
+T_BUN_VS_NODE_ADDON = 0.9  # the addon under Bun or Deno against the addon under Node (within 10%)
 IPC_HEADLINE_WINDOW = 256
 
 
@@ -100,9 +100,11 @@ def targets(run: Run) -> list[tuple[str, str, bool | None]]:
     m, f = per_workers("bun", lambda n: run.ratio("bun", n, "rcluster-rr", "bun-cluster"), fmt_ratio,
                        lambda v: v >= T_BUN_VS_BUN_CLUSTER)
     rows.append((f"Node app under Bun through rcluster rr ≥ {T_BUN_VS_BUN_CLUSTER}× Bun's own node:cluster (conn/s)", m, f))
-    m, f = per_workers("bun", lambda n: run.ratio("bun", n, "rcluster-rr", "node-rcluster-rr"), fmt_ratio,
-                       lambda v: v >= T_BUN_VS_NODE_ADDON)
-    rows.append((f"rcluster rr: the addon under Bun ≥ {T_BUN_VS_NODE_ADDON}× the addon under Node (conn/s)", m, f))
+    for name in ("bun", "deno"):
+        m, f = per_workers(name, lambda n, g=name: run.ratio(g, n, "rcluster-rr", "node-rcluster-rr"), fmt_ratio,
+                           lambda v: v >= T_BUN_VS_NODE_ADDON)
+        rows.append((f"rcluster rr: the addon under {name.capitalize()} ≥ {T_BUN_VS_NODE_ADDON}× the addon under "
+                     f"Node (conn/s)", m, f))
     m, f = per_workers("c", lambda n: run.ratio("c", n, "rr", "prefork"), fmt_ratio, lambda v: v >= T_C_VS_PREFORK)
     rows.append((f"C workers: rcluster rr ≥ {T_C_VS_PREFORK}× the shared-socket prefork server (conn/s)", m, f))
 
@@ -356,7 +358,7 @@ def markdown(run: Run, png_note: str) -> str:
         "# rcluster benchmark: latest run",
         "",
         f"Machine: {m['cpu']}, {m['cpus']} CPUs, {m['mem_gib']} GiB, Linux {m['kernel']}{idle_line(m)}. "
-        f"Date: {m['date']}. Commit {m['commit']}. {m['wrk']}; Node {m['node']}; Bun {m.get('bun', 'not recorded')}; {m['python']}; gcc {m['gcc']}.",
+        f"Date: {m['date']}. Commit {m['commit']}. {m['wrk']}; Node {m['node']}; Bun {m.get('bun', 'not recorded')}; {m.get('deno', 'Deno not recorded')}; {m['python']}; gcc {m['gcc']}.",
         "",
         f"Run: `{'make bench-quick' if d['profile'] == 'quick' else 'make bench'}` ({d['profile']} profile), "
         f"{d['elapsed_s'] / 60:.1f} minutes. Load average (1, 5, 15 min) at the start "
@@ -404,6 +406,12 @@ def markdown(run: Run, png_note: str) -> str:
               "Bun's node:http serves each handed-over socket with its JavaScript HTTP/1 parser, where Bun's own "
               "cluster serves with its native server (docs/performance.md, \"Bun\").", ""]
         L += http_table(run, "bun", [("bun-cluster", "Bun node:cluster"), ("node-rcluster-rr", "addon under Node")])
+    if run.worker_counts("deno"):
+        L += ["## Deno workers", "",
+              f"The same app under Deno ({run.data['machine'].get('deno', '?')}, `deno run -A`): Deno's own "
+              "`node:cluster` against rcluster's addon under Deno (an accept thread, the fd adopted by "
+              "`new net.Socket({ fd })`), and the addon under Node.", ""]
+        L += http_table(run, "deno", [("deno-cluster", "Deno node:cluster"), ("node-rcluster-rr", "addon under Node")])
     L += ["## Python workers", "",
           "`examples/python/hello_server.py` (http.server, a thread per connection) against the gunicorn model: "
           "the same Server and Handler classes, `os.fork` after binding, every child accepting on the shared "

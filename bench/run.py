@@ -347,12 +347,18 @@ def node_contenders(n: int, full: bool) -> list[Contender]:
     return out
 
 
-BUN = ROOT / "bindings" / "node" / ".runtimes" / "node_modules" / "@oven" / "bun-linux-x64" / "bin" / "bun"
+RUNTIMES = ROOT / "bindings" / "node" / ".runtimes" / "node_modules"
+# name -> (as `make test-node` installs it, how it runs a script)
+OTHER_RUNTIMES = {
+    "bun": (RUNTIMES / "@oven" / "bun-linux-x64" / "bin" / "bun", []),
+    "deno": (RUNTIMES / "@deno" / "linux-x64-glibc" / "deno", ["run", "-A"]),
+}
 
 
-def bun_path() -> str | None:
-    """Bun as `make test-node` installs it (bindings/node/.runtimes), else the one on PATH."""
-    return str(BUN) if BUN.exists() else shutil.which("bun")
+def runtime_path(name: str) -> str | None:
+    """Bun or Deno as `make test-node` installs it (bindings/node/.runtimes), else the one on PATH."""
+    installed = OTHER_RUNTIMES[name][0]
+    return str(installed) if installed.exists() else shutil.which(name)
 
 
 def free_port() -> int:
@@ -362,25 +368,36 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def bun_contenders(n: int, full: bool) -> list[Contender]:  # noqa: ARG001
-    """The Node app under Bun: Bun's own node:cluster against rcluster's addon (and the addon under Node)."""
+def runtime_contenders(name: str, n: int) -> list[Contender]:
+    """The Node app under Bun or Deno: the runtime's own node:cluster against rcluster's addon under it
+    (rr, shared, reuseport), and the addon under Node."""
     app = str(BENCH / "node" / "app.js")
     args = ["--workers", str(n), "--port", "0"]
-    bun = bun_path()
-    miss = None if bun else "not run: bun missing (make test-node installs it into bindings/node/.runtimes)"
-    bun = bun or "bun"
+    exe = runtime_path(name)
+    miss = None if exe else f"not run: {name} missing (make test-node installs it into bindings/node/.runtimes)"
+    run = [exe or name, *OTHER_RUNTIMES[name][1]]
     addon_miss = miss or node_rcluster_missing()
+    title = name.capitalize()
     # Bun's own cluster gives each worker its own OS-picked port when asked
-    # for port 0 (each binds with SO_REUSEPORT itself): it gets a fixed free port.
-    bun_cluster_args = ["--workers", str(n), "--port", str(free_port())]
-    out = [Contender("bun-cluster", "Bun node:cluster", [bun, app, *bun_cluster_args, "--policy", "rr"],
+    # for port 0 (each binds with SO_REUSEPORT itself): the runtimes' own
+    # clusters get a fixed free port.
+    own_args = ["--workers", str(n), "--port", str(free_port())]
+    out = [Contender(f"{name}-cluster", f"{title} node:cluster", [*run, app, *own_args, "--policy", "rr"],
                      {"BENCH_CLUSTER": "node"}, missing=miss)]
     for policy in ("rr", "shared", "reuseport"):
-        out.append(Contender(f"rcluster-{policy}", f"rcluster {policy} (addon under Bun)",
-                             [bun, app, *args, "--policy", policy], {"BENCH_CLUSTER": "rcluster"}, missing=addon_miss))
+        out.append(Contender(f"rcluster-{policy}", f"rcluster {policy} (addon under {title})",
+                             [*run, app, *args, "--policy", policy], {"BENCH_CLUSTER": "rcluster"}, missing=addon_miss))
     out.append(Contender("node-rcluster-rr", "rcluster rr (addon under Node)", ["node", app, *args, "--policy", "rr"],
                          {"BENCH_CLUSTER": "rcluster"}, missing=node_rcluster_missing()))
     return out
+
+
+def bun_contenders(n: int, full: bool) -> list[Contender]:  # noqa: ARG001
+    return runtime_contenders("bun", n)
+
+
+def deno_contenders(n: int, full: bool) -> list[Contender]:  # noqa: ARG001
+    return runtime_contenders("deno", n)
 
 
 def low_contenders(kind: str, n: int) -> list[Contender]:
@@ -747,7 +764,8 @@ def machine_info() -> dict:
         "commit": commit + (" (+ uncommitted changes)" if dirty else ""),
         "wrk": cmd("wrk", "--version").splitlines()[0] if shutil.which("wrk") else "missing",
         "node": cmd("node", "--version"),
-        "bun": cmd(bun_path(), "--version") if bun_path() else "missing",
+        "bun": cmd(runtime_path("bun"), "--version") if runtime_path("bun") else "missing",
+        "deno": cmd(runtime_path("deno"), "--version").splitlines()[0] if runtime_path("deno") else "missing",
         "python": cmd(str(ROOT / ".venv" / "bin" / "python"), "--version"),
         "gcc": cmd("gcc", "-dumpfullversion"),
     }
@@ -756,7 +774,7 @@ def machine_info() -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer contenders, shorter runs (bench-quick)")
-    parser.add_argument("--only", default="c,node,bun,python,asgi,wsgi,low,uneven,cmd,nginx,ipc,queue",
+    parser.add_argument("--only", default="c,node,bun,deno,python,asgi,wsgi,low,uneven,cmd,nginx,ipc,queue",
                         help="groups to run (comma-separated)")
     parser.add_argument("--workers", default=None, help="worker counts, e.g. 2,4 (default: the profile's)")
     parser.add_argument("--out", default=None, help="output directory (default: bench/results, quick: bench/tmp/quick)")
@@ -787,7 +805,8 @@ def main() -> int:
                "groups": []}
     log(f"bench ({profile}), load average {results['load_start']}")
     full = cfg["full"]
-    kinds = [("c", c_contenders), ("node", node_contenders), ("bun", bun_contenders), ("python", python_contenders),
+    kinds = [("c", c_contenders), ("node", node_contenders), ("bun", bun_contenders), ("deno", deno_contenders),
+             ("python", python_contenders),
              ("asgi", asgi_contenders), ("wsgi", wsgi_contenders)]
     for n in cfg["workers"]:
         for name, make in kinds:
