@@ -229,8 +229,8 @@ test-queue: queue-servers queue-deps
 	$(VENV)/bin/python -m pytest $(QUEUE)/tests -q
 
 # Benchmarks (bench/, see bench/README.md). `make bench`: the full side-by-side
-# run, about 14 minutes on 2 CPUs (the queue group is one of them, the
-# Python web servers four), writes bench/results/latest.{md,png,json};
+# run, about 17 minutes on 2 CPUs (the queue group is one of them, the
+# Python web servers four, the Bun and Deno groups three), writes bench/results/latest.{md,png,json};
 # `make bench-quick`: fewer contenders, shorter runs, bench/tmp/quick/. Needs
 # wrk (installed with apt-get when missing). Run it on a quiet machine: every
 # ratio compares runs of the same moment, but other work widens the spread.
@@ -255,10 +255,10 @@ bench-many-cores: bench-tools $(BENCH_TMP)/bench_rcluster $(BENCH_TMP)/prefork
 	python3 bench/many_cores_report.py bench/results/many-cores/many_cores.jsonl > bench/results/many-cores/latest.md
 
 # The library and the rcluster command, the Python venv and the Node addon
-# (the contenders), uvicorn and pm2 (target/cli-deps, the command group's
+# (the contenders), Bun and Deno (the bun and deno groups), uvicorn and pm2 (target/cli-deps, the command group's
 # baselines), the queue example's servers and clients, the bench's own C
 # programs, and the chart's matplotlib.
-bench-build: lib python node cli-test-deps bench-tools queue-servers queue-deps $(BENCH_BINS) $(BENCH_VENV)/.matplotlib
+bench-build: lib python node $(NODE_RUNTIMES) cli-test-deps bench-tools queue-servers queue-deps $(BENCH_BINS) $(BENCH_VENV)/.matplotlib
 
 bench-tools:
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && (apt-get install -y wrk || (apt-get update && apt-get install -y wrk)); } \

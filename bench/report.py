@@ -22,6 +22,8 @@ T_C_VS_PREFORK = 0.9
 T_RR_MAXMIN = 1.1
 T_UNEVEN_P99_CUT = 2.0
 T_IPC_PIPELINED = 5.0
+T_BUN_VS_BUN_CLUSTER = 1.0  # rcluster rr under Bun against Bun's own node:cluster
+T_BUN_VS_NODE_ADDON = 0.9  # the addon under Bun or Deno against the addon under Node (within 10%)
 IPC_HEADLINE_WINDOW = 256
 
 
@@ -95,6 +97,14 @@ def targets(run: Run) -> list[tuple[str, str, bool | None]]:
     m, f = per_workers("node", lambda n: run.ratio("node", n, "rcluster-rr", "node-none"), fmt_ratio,
                        lambda v: v >= T_NODE_VS_NONE)
     rows.append((f"Node app through rcluster rr ≥ {T_NODE_VS_NONE}× Node cluster SCHED_NONE (conn/s)", m, f))
+    m, f = per_workers("bun", lambda n: run.ratio("bun", n, "rcluster-rr", "bun-cluster"), fmt_ratio,
+                       lambda v: v >= T_BUN_VS_BUN_CLUSTER)
+    rows.append((f"Node app under Bun through rcluster rr ≥ {T_BUN_VS_BUN_CLUSTER}× Bun's own node:cluster (conn/s)", m, f))
+    for name in ("bun", "deno"):
+        m, f = per_workers(name, lambda n, g=name: run.ratio(g, n, "rcluster-rr", "node-rcluster-rr"), fmt_ratio,
+                           lambda v: v >= T_BUN_VS_NODE_ADDON)
+        rows.append((f"rcluster rr: the addon under {name.capitalize()} ≥ {T_BUN_VS_NODE_ADDON}× the addon under "
+                     f"Node (conn/s)", m, f))
     m, f = per_workers("c", lambda n: run.ratio("c", n, "rr", "prefork"), fmt_ratio, lambda v: v >= T_C_VS_PREFORK)
     rows.append((f"C workers: rcluster rr ≥ {T_C_VS_PREFORK}× the shared-socket prefork server (conn/s)", m, f))
 
@@ -348,7 +358,7 @@ def markdown(run: Run, png_note: str) -> str:
         "# rcluster benchmark: latest run",
         "",
         f"Machine: {m['cpu']}, {m['cpus']} CPUs, {m['mem_gib']} GiB, Linux {m['kernel']}{idle_line(m)}. "
-        f"Date: {m['date']}. Commit {m['commit']}. {m['wrk']}; Node {m['node']}; {m['python']}; gcc {m['gcc']}.",
+        f"Date: {m['date']}. Commit {m['commit']}. {m['wrk']}; Node {m['node']}; Bun {m.get('bun', 'not recorded')}; {m.get('deno', 'Deno not recorded')}; {m['python']}; gcc {m['gcc']}.",
         "",
         f"Run: `{'make bench-quick' if d['profile'] == 'quick' else 'make bench'}` ({d['profile']} profile), "
         f"{d['elapsed_s'] / 60:.1f} minutes. Load average (1, 5, 15 min) at the start "
@@ -388,6 +398,20 @@ def markdown(run: Run, png_note: str) -> str:
           "One app (bench/node/app.js), on Node's `cluster` or on rcluster's addon (`require` is the only "
           "difference).", ""]
     L += http_table(run, "node", [("node-rr", "SCHED_RR"), ("node-none", "SCHED_NONE")])
+    if run.worker_counts("bun"):
+        L += ["## Bun workers", "",
+              f"The same app under Bun ({run.data['machine'].get('bun', '?')}): Bun's own `node:cluster` (each "
+              "worker's server binds the port with SO_REUSEPORT, whatever the policy) against rcluster's addon "
+              "under Bun, and the addon under Node for reference. Under Bun the addon accepts on a thread and "
+              "Bun's node:http serves each handed-over socket with its JavaScript HTTP/1 parser, where Bun's own "
+              "cluster serves with its native server (docs/performance.md, \"Bun\").", ""]
+        L += http_table(run, "bun", [("bun-cluster", "Bun node:cluster"), ("node-rcluster-rr", "addon under Node")])
+    if run.worker_counts("deno"):
+        L += ["## Deno workers", "",
+              f"The same app under Deno ({run.data['machine'].get('deno', '?')}, `deno run -A`): Deno's own "
+              "`node:cluster` against rcluster's addon under Deno (an accept thread, the fd adopted by "
+              "`new net.Socket({ fd })`), and the addon under Node.", ""]
+        L += http_table(run, "deno", [("deno-cluster", "Deno node:cluster"), ("node-rcluster-rr", "addon under Node")])
     L += ["## Python workers", "",
           "`examples/python/hello_server.py` (http.server, a thread per connection) against the gunicorn model: "
           "the same Server and Handler classes, `os.fork` after binding, every child accepting on the shared "

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """rcluster's side-by-side benchmark (`make bench`, `make bench-quick`).
 
-    python3 bench/run.py            # full run, about 13 minutes: bench/results/latest.{json,md,png}
-    python3 bench/run.py --quick    # about 2 minutes: bench/tmp/quick/latest.{json,md,png}
+    python3 bench/run.py            # full run, about 17 minutes: bench/results/latest.{json,md,png}
+    python3 bench/run.py --quick    # about 3 minutes: bench/tmp/quick/latest.{json,md,png}
     python3 bench/run.py --only c,ipc --workers 2
     python3 bench/run.py --only asgi,wsgi --out bench/tmp/servers   # the Python web servers only
 
@@ -28,6 +28,7 @@ import resource
 import select
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -349,6 +350,59 @@ def node_contenders(n: int, full: bool) -> list[Contender]:
         out.append(Contender("rcluster-least", "rcluster least (Node addon)", ["node", app, *args, "--policy", "least"],
                              {"BENCH_CLUSTER": "rcluster"}, missing=miss))
     return out
+
+
+RUNTIMES = ROOT / "bindings" / "node" / ".runtimes" / "node_modules"
+# name -> (as `make test-node` installs it, how it runs a script)
+OTHER_RUNTIMES = {
+    "bun": (RUNTIMES / "@oven" / "bun-linux-x64" / "bin" / "bun", []),
+    "deno": (RUNTIMES / "@deno" / "linux-x64-glibc" / "deno", ["run", "-A"]),
+}
+
+
+def runtime_path(name: str) -> str | None:
+    """Bun or Deno as `make test-node` installs it (bindings/node/.runtimes), else the one on PATH."""
+    installed = OTHER_RUNTIMES[name][0]
+    return str(installed) if installed.exists() else shutil.which(name)
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 now (the OS's pick, released at once)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def runtime_contenders(name: str, n: int) -> list[Contender]:
+    """The Node app under Bun or Deno: the runtime's own node:cluster against rcluster's addon under it
+    (rr, shared, reuseport), and the addon under Node."""
+    app = str(BENCH / "node" / "app.js")
+    args = ["--workers", str(n), "--port", "0"]
+    exe = runtime_path(name)
+    miss = None if exe else f"not run: {name} missing (make test-node installs it into bindings/node/.runtimes)"
+    run = [exe or name, *OTHER_RUNTIMES[name][1]]
+    addon_miss = miss or node_rcluster_missing()
+    title = name.capitalize()
+    # Bun's own cluster gives each worker its own OS-picked port when asked
+    # for port 0 (each binds with SO_REUSEPORT itself): the runtimes' own
+    # clusters get a fixed free port.
+    own_args = ["--workers", str(n), "--port", str(free_port())]
+    out = [Contender(f"{name}-cluster", f"{title} node:cluster", [*run, app, *own_args, "--policy", "rr"],
+                     {"BENCH_CLUSTER": "node"}, missing=miss)]
+    for policy in ("rr", "shared", "reuseport"):
+        out.append(Contender(f"rcluster-{policy}", f"rcluster {policy} (addon under {title})",
+                             [*run, app, *args, "--policy", policy], {"BENCH_CLUSTER": "rcluster"}, missing=addon_miss))
+    out.append(Contender("node-rcluster-rr", "rcluster rr (addon under Node)", ["node", app, *args, "--policy", "rr"],
+                         {"BENCH_CLUSTER": "rcluster"}, missing=node_rcluster_missing()))
+    return out
+
+
+def bun_contenders(n: int, full: bool) -> list[Contender]:  # noqa: ARG001
+    return runtime_contenders("bun", n)
+
+
+def deno_contenders(n: int, full: bool) -> list[Contender]:  # noqa: ARG001
+    return runtime_contenders("deno", n)
 
 
 def low_contenders(kind: str, n: int) -> list[Contender]:
@@ -716,6 +770,8 @@ def machine_info() -> dict:
         "commit": commit + (" (+ uncommitted changes)" if dirty else ""),
         "wrk": cmd("wrk", "--version").splitlines()[0] if shutil.which("wrk") else "missing",
         "node": cmd("node", "--version"),
+        "bun": cmd(runtime_path("bun"), "--version") if runtime_path("bun") else "missing",
+        "deno": cmd(runtime_path("deno"), "--version").splitlines()[0] if runtime_path("deno") else "missing",
         "python": cmd(str(ROOT / ".venv" / "bin" / "python"), "--version"),
         "gcc": cmd("gcc", "-dumpfullversion"),
     }
@@ -724,7 +780,7 @@ def machine_info() -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer contenders, shorter runs (bench-quick)")
-    parser.add_argument("--only", default="c,node,python,asgi,wsgi,low,uneven,cmd,nginx,ipc,queue",
+    parser.add_argument("--only", default="c,node,bun,deno,python,asgi,wsgi,low,uneven,cmd,nginx,ipc,queue",
                         help="groups to run (comma-separated)")
     parser.add_argument("--workers", default=None, help="worker counts, e.g. 2,4 (default: the profile's)")
     parser.add_argument("--out", default=None, help="output directory (default: bench/results, quick: bench/tmp/quick)")
@@ -755,10 +811,13 @@ def main() -> int:
                "groups": []}
     log(f"bench ({profile}), load average {results['load_start']}")
     full = cfg["full"]
-    kinds = [("c", c_contenders), ("node", node_contenders), ("python", python_contenders),
+    kinds = [("c", c_contenders), ("node", node_contenders), ("bun", bun_contenders), ("deno", deno_contenders),
+             ("python", python_contenders),
              ("asgi", asgi_contenders), ("wsgi", wsgi_contenders)]
     for n in cfg["workers"]:
         for name, make in kinds:
+            if name in ("bun", "deno") and n != cfg["workers"][0]:
+                continue  # the other runtimes: the first worker count only (2), as the issue compares them
             if name in only:
                 results["groups"].append(run_group(name, n, make(n, full), cfg, logdir,
                                                    cfg["rounds"], cfg["ka_rounds"], cfg["seconds"]))

@@ -6,7 +6,9 @@
 //   BENCH_CLUSTER=node     node bench/node/app.js --workers 2 --port 0 --policy rr|shared
 //   BENCH_CLUSTER=rcluster node bench/node/app.js --workers 2 --port 0 --policy rr|shared|least|reuseport|hybrid
 //
-// rr is SCHED_RR, shared is SCHED_NONE. Every request gets `worker <id> pid
+// Under Bun (`bun bench/node/app.js`), BENCH_CLUSTER=node is Bun's own
+// node:cluster, whose workers bind the port with SO_REUSEPORT whatever the
+// policy. rr is SCHED_RR, shared is SCHED_NONE. Every request gets `worker <id> pid
 // <pid>\n` with the headers of examples/c/hello_server.c (Node's http adds
 // its own Date/Connection/Keep-Alive). Prints `ready http://HOST:PORT
 // workers=N policy=POLICY` once every worker listens; SIGTERM: disconnect
@@ -51,7 +53,16 @@ if (cluster.isPrimary) {
       );
     }
   });
-  const stop = () => cluster.disconnect(() => process.exit(0));
+  const stop = () => {
+    // Bun's own cluster.disconnect() does not call back here (its workers
+    // stay up): after 2 s, end the workers and exit.
+    const workers = Object.values(cluster.workers);
+    setTimeout(() => {
+      for (const worker of workers) worker.process.kill();
+      process.exit(0);
+    }, 2000).unref();
+    cluster.disconnect(() => process.exit(0));
+  };
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);
   for (let i = 0; i < options.workers; i++) cluster.fork();
