@@ -318,11 +318,11 @@ class SharedDgram {
     return flag;
   }
 
-  setMulticastInterface() {
-    throw codedError(
-      'ERR_RCLUSTER_UNSUPPORTED',
-      'rcluster: setMulticastInterface() is not offered on a dgram socket shared through the primary under Deno; addMembership takes the interface',
-    );
+  setMulticastInterface(interfaceAddress) {
+    this.running();
+    if (typeof interfaceAddress !== 'string') throw invalidArgType('interfaceAddress', 'string', interfaceAddress);
+    const err = this.bound().setMulticastInterface(interfaceAddress);
+    if (err !== 0) throw systemError(err, 'setMulticastInterface');
   }
 
   membership(join, group, iface, syscall) {

@@ -7,7 +7,7 @@
 //! `dgram.Socket` for the program.
 
 use std::io::ErrorKind;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -149,6 +149,25 @@ impl DgramState {
         Ok(SocketAddr::new(ip, port))
     }
 
+    /// setsockopt with `value` (an int or a C struct): 0, or a negated errno.
+    fn set<T>(&self, level: i32, option: i32, value: &T) -> i32 {
+        // SAFETY: setsockopt reads `size_of::<T>()` bytes from a live reference.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.socket.as_raw_fd(),
+                level,
+                option,
+                value as *const T as *const libc::c_void,
+                std::mem::size_of::<T>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            0
+        } else {
+            negated_errno(&std::io::Error::last_os_error())
+        }
+    }
+
     fn option(&self, name: &str) -> Result<SockOpt> {
         OPTIONS
             .iter()
@@ -266,17 +285,23 @@ impl NativeDgram {
     pub fn set_option(&self, name: String, value: i32) -> Result<i32> {
         let state = self.open()?;
         let (level, option) = state.option(&name)?;
-        // SAFETY: setsockopt reads an int from a local, with its size.
-        let rc = unsafe {
-            libc::setsockopt(
-                state.socket.as_raw_fd(),
-                level,
-                option,
-                &value as *const i32 as *const libc::c_void,
-                std::mem::size_of::<i32>() as libc::socklen_t,
-            )
-        };
-        Ok(if rc == 0 { 0 } else { negated_errno(&std::io::Error::last_os_error()) })
+        Ok(state.set(level, option, &value))
+    }
+
+    /// The interface outgoing multicast leaves from, as Node's
+    /// `setMulticastInterface` takes it (see `Interface`): 0, or a negated
+    /// errno (EINVAL for what is not an IP address).
+    #[napi]
+    pub fn set_multicast_interface(&self, interface: String) -> Result<i32> {
+        let state = self.open()?;
+        Ok(match Interface::parse(&interface) {
+            Some(Interface::V4(address)) => {
+                let value = libc::in_addr { s_addr: u32::from_ne_bytes(address.octets()) };
+                state.set(libc::IPPROTO_IP, libc::IP_MULTICAST_IF, &value)
+            }
+            Some(Interface::V6(index)) => state.set(libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_IF, &(index as i32)),
+            None => -libc::EINVAL,
+        })
     }
 
     /// Reads an option of `OPTIONS` (by name): its value, or a negated errno.
@@ -299,34 +324,33 @@ impl NativeDgram {
         Ok(if rc == 0 { value } else { negated_errno(&std::io::Error::last_os_error()) })
     }
 
-    /// Joins (`join`: true) or leaves a multicast group on `interface` (an
-    /// IPv4 socket: the interface's address; IPv6: its index, 0 for the
-    /// default): 0, or a negated errno.
+    /// Joins (`join`: true) or leaves the multicast group `group` on
+    /// `interface` (an IPv4 group: the interface's IPv4 address; an IPv6
+    /// group: an IPv6 address naming it, see `Interface`; none: the
+    /// default), as libuv does for Node: 0, or a negated errno (EINVAL for
+    /// what is not an address of the group's family).
     #[napi]
     pub fn membership(&self, join: bool, group: String, interface: Option<String>) -> Result<i32> {
         let state = self.open()?;
-        let group: IpAddr =
-            group.parse().map_err(|_| Error::new(Status::InvalidArg, format!("{group:?} is not an IP address")))?;
-        let result = match (group, state.ipv6) {
-            (IpAddr::V4(group), false) => {
-                let interface: Ipv4Addr = match interface {
-                    None => Ipv4Addr::UNSPECIFIED,
-                    Some(text) => text
-                        .parse()
-                        .map_err(|_| Error::new(Status::InvalidArg, format!("{text:?} is not an IPv4 address")))?,
+        let Ok(group) = group.parse::<IpAddr>() else { return Ok(-libc::EINVAL) };
+        // No interface: the default; one that does not parse: EINVAL below.
+        let interface = interface.as_deref().map(Interface::parse);
+        let result = match (group, interface) {
+            (IpAddr::V4(group), None | Some(Some(Interface::V4(_)))) => {
+                let address = match interface {
+                    Some(Some(Interface::V4(address))) => address,
+                    _ => Ipv4Addr::UNSPECIFIED,
                 };
                 if join {
-                    state.socket.join_multicast_v4(&group, &interface)
+                    state.socket.join_multicast_v4(&group, &address)
                 } else {
-                    state.socket.leave_multicast_v4(&group, &interface)
+                    state.socket.leave_multicast_v4(&group, &address)
                 }
             }
-            (IpAddr::V6(group), true) => {
-                let index: u32 = match interface {
-                    None => 0,
-                    Some(text) => text
-                        .parse()
-                        .map_err(|_| Error::new(Status::InvalidArg, format!("{text:?} is not an interface index")))?,
+            (IpAddr::V6(group), None | Some(Some(Interface::V6(_)))) => {
+                let index = match interface {
+                    Some(Some(Interface::V6(index))) => index,
+                    _ => 0,
                 };
                 if join {
                     state.socket.join_multicast_v6(&group, index)
@@ -334,12 +358,7 @@ impl NativeDgram {
                     state.socket.leave_multicast_v6(&group, index)
                 }
             }
-            (group, _) => {
-                return Err(Error::new(
-                    Status::InvalidArg,
-                    format!("{group} is not of the socket's family ({})", if state.ipv6 { "IPv6" } else { "IPv4" }),
-                ))
-            }
+            _ => return Ok(-libc::EINVAL),
         };
         Ok(result.map_or_else(|e| negated_errno(&e), |()| 0))
     }
@@ -364,6 +383,34 @@ impl NativeDgram {
 impl Drop for NativeDgram {
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+/// A multicast interface as libuv reads one for Node: an IPv4 address, or
+/// an IPv6 address with an optional `%` scope naming the interface (an
+/// index also; an unknown name is 0, the default, as libuv takes it).
+#[derive(Clone, Copy)]
+enum Interface {
+    V4(Ipv4Addr),
+    V6(u32),
+}
+
+impl Interface {
+    fn parse(text: &str) -> Option<Interface> {
+        if let Ok(address) = text.parse::<Ipv4Addr>() {
+            return Some(Interface::V4(address));
+        }
+        let (address, scope) = text.split_once('%').unwrap_or((text, ""));
+        address.parse::<Ipv6Addr>().ok()?;
+        if scope.is_empty() {
+            return Some(Interface::V6(0));
+        }
+        if let Ok(index) = scope.parse() {
+            return Some(Interface::V6(index));
+        }
+        let Ok(name) = std::ffi::CString::new(scope) else { return Some(Interface::V6(0)) };
+        // SAFETY: if_nametoindex reads a NUL-terminated string we own.
+        Some(Interface::V6(unsafe { libc::if_nametoindex(name.as_ptr()) }))
     }
 }
 
