@@ -4,8 +4,8 @@
 // UDP fd ("Unsupported fd type"). The program keeps the socket it made: its
 // methods are replaced on the instance with ones that behave as Node's
 // dgram.Socket (send's forms and callbacks, 'message' with (msg, rinfo),
-// address(), close() and 'close', ref/unref, socket options, multicast
-// membership); its events are its own, so 'listening', 'message', 'close'
+// address(), close() and 'close', connect()/disconnect()/remoteAddress(),
+// ref/unref, socket options, multicast membership); its events are its own, so 'listening', 'message', 'close'
 // and 'error' reach the program's listeners.
 
 const dns = require('dns');
@@ -108,6 +108,7 @@ class SharedDgram {
     this.type = socket.type === 'udp6' ? 'udp6' : 'udp4';
     this.native = null;
     this.state = 'binding'; // then 'bound', 'closed'
+    this.connectState = 'disconnected'; // 'connecting', 'connected'
     this.queue = []; // what waits for the bind: [isClose, fn]
     this.refed = true;
     this.keepAlive = new runtime.KeepAlive();
@@ -177,15 +178,29 @@ class SharedDgram {
   }
 
   send(buffer, offset, length, port, address, callback) {
-    if (address || (port && typeof port !== 'function')) {
-      buffer = slice(buffer, offset, length);
+    const connected = this.connectState === 'connected';
+    if (!connected) {
+      if (address || (port && typeof port !== 'function')) {
+        buffer = slice(buffer, offset, length);
+      } else {
+        callback = port;
+        port = offset;
+        address = length;
+      }
     } else {
-      callback = port;
-      port = offset;
-      address = length;
+      if (typeof length === 'number') {
+        buffer = slice(buffer, offset, length);
+        if (typeof port === 'function') {
+          callback = port;
+          port = null;
+        }
+      } else {
+        callback = offset;
+      }
+      if (port || address) throw codedError('ERR_SOCKET_DGRAM_IS_CONNECTED', 'Already connected');
     }
     const list = Array.isArray(buffer) ? buffer.map((b) => toBuffer(b, 'buffer list arguments')) : [toBuffer(buffer)];
-    port = validatePort(port);
+    if (!connected) port = validatePort(port);
     if (typeof callback !== 'function') callback = undefined;
     if (typeof address === 'function') {
       callback = address;
@@ -195,41 +210,46 @@ class SharedDgram {
     }
     this.running();
     const data = list.length === 1 ? list[0] : Buffer.concat(list);
+    const send = () => (connected ? this.sendNow(data, null, address, port, callback) : this.lookupAndSend(data, port, address, callback));
     if (this.state === 'binding') {
-      this.queue.push([false, () => this.lookupAndSend(data, port, address, callback)]);
+      this.queue.push([false, send]);
       return;
     }
-    this.lookupAndSend(data, port, address, callback);
+    send();
+  }
+
+  /** `address` (default: the loopback address of the socket's family) as an IP address, as Node's lookup gives it. */
+  lookup(address, callback) {
+    const host = address || (this.type === 'udp4' ? '127.0.0.1' : '::1');
+    const family = this.type === 'udp4' ? 4 : 6;
+    if (net.isIP(host) === family) callback(null, host);
+    else dns.lookup(host, { family }, callback);
   }
 
   lookupAndSend(data, port, address, callback) {
-    const host = address || (this.type === 'udp4' ? '127.0.0.1' : '::1');
-    const family = this.type === 'udp4' ? 4 : 6;
-    const sendTo = (ip) => {
-      if (this.state !== 'bound') return; // closed meanwhile, as Node drops it
-      let sent;
-      try {
-        sent = this.native.send(data, ip, port);
-      } catch (e) {
-        sent = e;
-      }
-      if (!callback) return; // as in Node, a send without a callback reports no error
-      if (typeof sent === 'number' && sent >= 0) process.nextTick(callback, null, sent);
-      else process.nextTick(callback, typeof sent === 'number' ? systemError(sent, 'send', host, port) : sent);
-    };
-    if (net.isIP(host) === family) {
-      sendTo(host);
-      return;
-    }
-    dns.lookup(host, { family }, (error, ip) => {
+    this.lookup(address, (error, ip) => {
       if (!error) {
-        sendTo(ip);
+        this.sendNow(data, ip, address || ip, port, callback);
       } else if (callback) {
         callback(error);
       } else {
         this.socket.emit('error', error);
       }
     });
+  }
+
+  /** Sends to `ip` and `port`, or where the socket is connected (`ip` null). */
+  sendNow(data, ip, address, port, callback) {
+    if (this.state !== 'bound') return; // closed meanwhile, as Node drops it
+    let sent;
+    try {
+      sent = ip === null ? this.native.sendConnected(data) : this.native.send(data, ip, port);
+    } catch (e) {
+      sent = e;
+    }
+    if (!callback) return; // as in Node, a send without a callback reports no error
+    if (typeof sent === 'number' && sent >= 0) process.nextTick(callback, null, sent);
+    else process.nextTick(callback, typeof sent === 'number' ? systemError(sent, 'send', address, port ?? undefined) : sent);
   }
 
   close(callback) {
@@ -259,20 +279,58 @@ class SharedDgram {
   }
 
   remoteAddress() {
-    this.bound();
-    throw codedError('ERR_SOCKET_DGRAM_NOT_CONNECTED', 'Not connected');
+    this.running();
+    if (this.connectState !== 'connected') throw codedError('ERR_SOCKET_DGRAM_NOT_CONNECTED', 'Not connected');
+    return this.native.remoteAddress();
   }
 
-  connect() {
-    throw codedError(
-      'ERR_RCLUSTER_UNSUPPORTED',
-      'rcluster: connect() on a dgram socket shared through the primary would connect every worker\'s copy of it; bind with { exclusive: true } for a socket of this worker alone',
-    );
+  /** As Node's: connects every process's copy of the shared socket, as there. */
+  connect(port, address, callback) {
+    port = validatePort(port);
+    if (typeof address === 'function') {
+      callback = address;
+      address = '';
+    } else if (address === undefined) {
+      address = '';
+    }
+    if (typeof address !== 'string') throw invalidArgType('address', 'string', address);
+    if (this.connectState !== 'disconnected') throw codedError('ERR_SOCKET_DGRAM_IS_CONNECTED', 'Already connected');
+    this.connectState = 'connecting';
+    const connect = () => {
+      if (typeof callback === 'function') this.socket.once('connect', callback);
+      this.lookup(address, (lookupError, ip) => {
+        if (this.state !== 'bound') return;
+        let error = lookupError;
+        if (!error) {
+          const err = this.native.connect(ip, port);
+          if (err !== 0) error = systemError(err, 'connect', address, port);
+        }
+        if (error) {
+          this.connectState = 'disconnected';
+          process.nextTick(() => {
+            if (typeof callback === 'function') {
+              this.socket.removeListener('connect', callback);
+              callback(error);
+            } else {
+              this.socket.emit('error', error);
+            }
+          });
+          return;
+        }
+        this.connectState = 'connected';
+        process.nextTick(() => this.socket.emit('connect'));
+      });
+    };
+    if (this.state === 'binding') this.queue.push([false, connect]);
+    else connect();
   }
 
   disconnect() {
-    this.bound();
-    throw codedError('ERR_SOCKET_DGRAM_NOT_CONNECTED', 'Not connected');
+    if (this.connectState !== 'connected') throw codedError('ERR_SOCKET_DGRAM_NOT_CONNECTED', 'Not connected');
+    this.running();
+    const err = this.native.disconnect();
+    if (err !== 0) throw systemError(err, 'connect');
+    this.connectState = 'disconnected';
   }
 
   ref() {

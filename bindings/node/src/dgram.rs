@@ -272,6 +272,52 @@ impl NativeDgram {
         })
     }
 
+    /// Sends `data` as one datagram to the address the socket is connected
+    /// to: the bytes sent, or a negated errno (as `send`).
+    #[napi]
+    pub fn send_connected(&self, data: Buffer) -> Result<i32> {
+        let state = self.open()?;
+        Ok(match state.socket.send(&data) {
+            Ok(sent) => sent as i32,
+            Err(e) => negated_errno(&e),
+        })
+    }
+
+    /// Connects the socket to `address` (an IP address) and `port`, as
+    /// Node's `connect` does (for every process sharing it, as in Node): 0,
+    /// or a negated errno.
+    #[napi]
+    pub fn connect(&self, address: String, port: u32) -> Result<i32> {
+        let state = self.open()?;
+        let to = state.destination(&address, port)?;
+        Ok(state.socket.connect(to).map_or_else(|e| negated_errno(&e), |()| 0))
+    }
+
+    /// Dissolves the connection (a connect to AF_UNSPEC): 0, or a negated errno.
+    #[napi]
+    pub fn disconnect(&self) -> Result<i32> {
+        let state = self.open()?;
+        // SAFETY: an all-zero sockaddr is valid; AF_UNSPEC is 0.
+        let unspecified: libc::sockaddr = unsafe { std::mem::zeroed() };
+        // SAFETY: connect reads `size_of::<sockaddr>()` bytes from a local.
+        let rc = unsafe {
+            libc::connect(
+                state.socket.as_raw_fd(),
+                &unspecified,
+                std::mem::size_of::<libc::sockaddr>() as libc::socklen_t,
+            )
+        };
+        Ok(if rc == 0 { 0 } else { negated_errno(&std::io::Error::last_os_error()) })
+    }
+
+    /// The address the socket is connected to.
+    #[napi]
+    pub fn remote_address(&self) -> Result<DgramAddress> {
+        let state = self.open()?;
+        let peer = state.socket.peer_addr().map_err(|e| Error::from_reason(format!("getpeername: {e}")))?;
+        Ok(peer.into())
+    }
+
     /// The socket's local address.
     #[napi]
     pub fn address(&self) -> Result<DgramAddress> {
