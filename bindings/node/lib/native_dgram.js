@@ -95,6 +95,9 @@ const METHODS = [
   'getSendQueueCount',
 ];
 
+/** On a socket a SharedDgram serves: that SharedDgram (lib/handles.js sends its fd). */
+const kServed = Symbol('rcluster.servedDgram');
+
 /**
  * `socket`, a Deno dgram.Socket whose bind is on its way to the primary,
  * served by a NativeDgram once `serve(fd)` has the shared socket. Until
@@ -116,6 +119,12 @@ class SharedDgram {
       const method = this[name];
       socket[name] = (...args) => method.apply(this, args);
     }
+    Object.defineProperty(socket, kServed, { value: this, configurable: true });
+  }
+
+  /** What lib/handles.js sends for this socket: a duplicate of its fd (null once closed). */
+  ipcHandle() {
+    return this.state === 'bound' ? { fdForIpc: () => this.native.dupFd() } : null;
   }
 
   /** Serves `fd`, the shared socket (now this object's to close), and emits 'listening'. */
@@ -156,6 +165,7 @@ class SharedDgram {
   /** The bind failed: the socket is the runtime's again (a queued close closes it there). */
   release() {
     for (const name of METHODS) delete this.socket[name];
+    delete this.socket[kServed];
     const closes = this.queue.filter(([isClose]) => isClose);
     this.queue = [];
     this.state = 'released';
@@ -440,4 +450,4 @@ class SharedDgram {
   }
 }
 
-module.exports = { SharedDgram };
+module.exports = { SharedDgram, kServed };

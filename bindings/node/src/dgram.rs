@@ -8,7 +8,7 @@
 
 use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -316,6 +316,15 @@ impl NativeDgram {
         let state = self.open()?;
         let peer = state.socket.peer_addr().map_err(|e| Error::from_reason(format!("getpeername: {e}")))?;
         Ok(peer.into())
+    }
+
+    /// A duplicate of the socket's fd (close-on-exec), now JS's to close:
+    /// what a message carries when the program sends this socket.
+    #[napi]
+    pub fn dup_fd(&self) -> Result<i32> {
+        let state = self.open()?;
+        let copy = state.socket.try_clone().map_err(|e| Error::from_reason(format!("dup: {e}")))?;
+        Ok(OwnedFd::from(copy).into_raw_fd())
     }
 
     /// The socket's local address.

@@ -2,8 +2,9 @@
 // A dgram socket bound in a worker and shared through the primary, used as
 // a program uses one: the same report under Node, Bun and Deno (under Deno
 // the binding serves it with a socket of its own, lib/native_dgram.js over
-// src/dgram.rs, since Deno's dgram does not adopt an fd). And the native
-// socket refuses what is not a UDP socket with a clear error.
+// src/dgram.rs, since Deno's dgram does not adopt an fd); such a socket
+// sent in a message; and the native socket refuses what is not a UDP
+// socket with a clear error.
 
 const test = require('node:test');
 const assert = require('node:assert');
@@ -76,6 +77,25 @@ for (const runtime of RUNTIMES) {
     try {
       const line = await run.waitFor((l) => l.worker, 15000, 'the report');
       assert.deepStrictEqual({ client: line.client, worker: line.worker }, EXPECTED);
+      await run.waitFor((l) => 'exit' in l, 10000, "the worker's exit");
+      assert.strictEqual(run.find((l) => 'exit' in l).exit, 0, run.stderr);
+      assert.deepStrictEqual(await run.waitExit(10000), { code: 0, signal: null }, run.stderr);
+    } finally {
+      await run.cleanup();
+    }
+  });
+}
+
+for (const runtime of RUNTIMES) {
+  test(`a shared dgram socket sent in a message serves in the receiver (${runtime.name})`, async (t) => {
+    if (!runtime.command) {
+      t.skip(`${runtime.name} is not installed (make test-node installs it into bindings/node/.runtimes)`);
+      return;
+    }
+    const run = start([...runtime.args, path.join(FIXTURES, 'shared_dgram_sent.js')], { command: runtime.command });
+    try {
+      const line = await run.waitFor((l) => 'got' in l || 'error' in l, 15000, 'the datagram');
+      assert.deepStrictEqual(line, { got: 'to the primary', samePort: true }, run.stderr);
       await run.waitFor((l) => 'exit' in l, 10000, "the worker's exit");
       assert.strictEqual(run.find((l) => 'exit' in l).exit, 0, run.stderr);
       assert.deepStrictEqual(await run.waitExit(10000), { code: 0, signal: null }, run.stderr);
