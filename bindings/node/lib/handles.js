@@ -16,6 +16,8 @@
 const net = require('net');
 const dgram = require('dgram');
 const native = require('./native');
+const runtime = require('./runtime');
+const { SharedDgram, kServed } = require('./native_dgram');
 
 const HANDLE_CMD = 'NODE_HANDLE';
 
@@ -45,6 +47,7 @@ function fdOf(handle, type) {
 }
 
 function dgramHandle(socket) {
+  if (socket[kServed]) return socket[kServed].ipcHandle(); // Deno: served by the addon
   const state = Object.getOwnPropertySymbols(socket).find((s) => s.description === 'state symbol');
   if (state === undefined) throw noFdInThisRuntime('dgram.Socket');
   return socket[state] && socket[state].handle;
@@ -162,6 +165,12 @@ function build(decoded, fd, emitHandle) {
     }
     case 'dgram.Socket': {
       const socket = dgram.createSocket(decoded.dgramType === 'udp6' ? 'udp6' : 'udp4');
+      if (runtime.isDeno) {
+        // Deno's dgram does not adopt an fd: the addon serves it.
+        socket.once('listening', () => emitHandle(socket));
+        new SharedDgram(socket).serve(fd);
+        return true;
+      }
       socket.bind({ fd }, () => emitHandle(socket));
       return true;
     }

@@ -5,38 +5,25 @@
 // asking for it (`channel.share`); the worker then serves it itself, as
 // Node's workers serve the handle their primary sends. Listens with
 // `exclusive: true`, an fd or a handle stay the worker's own, as in Node.
+// Where the runtime cannot adopt the socket, the binding serves it: a pipe
+// server's connections under Deno and Bun (SharedPipe), a dgram socket
+// under Deno (native_dgram.js).
 
 const dgram = require('dgram');
 const net = require('net');
 const os = require('os');
 const paths = require('path');
 const runtime = require('./runtime');
-
-/**
- * What a runtime cannot do with a socket the primary shares, and so refuses
- * with an error rather than doing something else: Deno's dgram does not
- * adopt a UDP fd ("Unsupported fd type"). (Bun's servers do not adopt a
- * listening fd either, but a pipe server's connections are taken by the
- * binding, see SharedPipe, and handed to the server as sockets.)
- */
-const CANNOT = {
-  dgram: runtime.isDeno
-    ? "under Deno a worker cannot use a UDP socket shared through the primary (Deno's dgram does not adopt an fd)"
-    : null,
-};
-
-function unsupported(why, instead) {
-  const e = new Error(`rcluster: ${why}; ${instead}`);
-  e.code = 'ERR_RCLUSTER_UNSUPPORTED';
-  return e;
-}
+const { SharedDgram } = require('./native_dgram');
 
 const errnoNames = new Map(Object.entries(os.constants.errno).map(([k, v]) => [v, k]));
 
 /** A share error as Node reports a bind/listen error: code, errno, syscall, address, port. */
 function shareError(e, syscall, address, port) {
+  // The addon's errors carry the OS errno (js_error in src/lib.rs); the
+  // message form is what older builds gave.
   const m = /\(errno (\d+)\)/.exec(e.message);
-  const errno = m ? Number(m[1]) : 0;
+  const errno = typeof e.errno === 'number' && e.errno > 0 ? e.errno : m ? Number(m[1]) : 0;
   const code = errnoNames.get(errno) || 'RCLUSTER_SHARE';
   const error = new Error(`${syscall} ${code}: ${e.message.replace(/^\[[A-Z_]+\] /, '')}`);
   error.code = code;
@@ -338,6 +325,42 @@ function setupSharedSockets(ctx) {
     return { reuseAddr: false, ipv6Only: false };
   }
 
+  /**
+   * Node's and Bun's dgram do not know of a bind on its way to the primary
+   * (their own bind runs once the shared fd is here): until then a send
+   * would bind a socket of its own and a close would close the socket
+   * under that bind. Both wait on the instance instead, as they wait for a
+   * bind of the runtime's own; `replay()` once bound runs them (a send
+   * whose arguments are bad emits its error), `release()` (the bind
+   * failed) drops the sends and runs the closes.
+   */
+  function holdWhileBinding(socket) {
+    const queue = []; // [isClose, fn]
+    socket.send = (...args) => {
+      queue.push([false, () => socket.send(...args)]);
+    };
+    socket.close = (callback) => {
+      if (typeof callback === 'function') socket.once('close', callback);
+      queue.push([true, () => socket.close()]);
+      return socket;
+    };
+    const run = (entries) => {
+      delete socket.send;
+      delete socket.close;
+      for (const [, fn] of entries) {
+        try {
+          fn();
+        } catch (e) {
+          socket.emit('error', e);
+        }
+      }
+    };
+    return {
+      replay: () => run(queue),
+      release: () => run(queue.filter(([isClose]) => isClose)),
+    };
+  }
+
   /** bind()'s arguments as Node reads them. */
   function bindArgs(args) {
     const callback = args.find((a) => typeof a === 'function');
@@ -369,18 +392,19 @@ function setupSharedSockets(ctx) {
       portZero.set(key, index + 1);
     }
     if (typeof callback === 'function') this.once('listening', callback);
+    // Deno's dgram does not adopt an fd: the addon serves the socket there,
+    // through this socket's own methods (sends and a close wait for the bind).
+    const served = runtime.isDeno ? new SharedDgram(this) : null;
+    const held = served ? null : holdWhileBinding(this);
     // Asynchronous, as Node's bind through its primary is.
     process.nextTick(() => {
-      if (CANNOT.dgram) {
-        this[kSharing] = false;
-        this.emit('error', unsupported(CANNOT.dgram, 'bind with { exclusive: true } for a socket of this worker alone'));
-        return;
-      }
       let shared;
       try {
         shared = ctx.channel.share(type, host, number, index, bindFlags(this));
       } catch (e) {
         this[kSharing] = false;
+        if (served) served.release();
+        else held.release();
         this.emit('error', shareError(e, 'bind', host || (type === 'udp6' ? '::' : '0.0.0.0'), number));
         return;
       }
@@ -388,7 +412,12 @@ function setupSharedSockets(ctx) {
         ctx.announce({ addressType: type, address: shared.address, port: shared.port }),
       );
       track(this, () => this.close());
-      originalBind.call(this, { fd: shared.fd });
+      if (served) {
+        served.serve(shared.fd);
+      } else {
+        originalBind.call(this, { fd: shared.fd });
+        held.replay();
+      }
     });
     return this;
   };

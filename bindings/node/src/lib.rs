@@ -18,6 +18,7 @@
 //! as Node's handles would.
 
 mod acceptor;
+mod dgram;
 mod poll;
 mod primary;
 mod worker;
