@@ -6,13 +6,13 @@
 //! What this thread does not take stays in the kernel's queue for them.
 
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::ThreadsafeFunctionCallMode;
 use napi_derive::napi;
 
+use crate::gate::Gate;
 use crate::worker::ConnEvent;
 
 /// What the accept thread hands to JS.
@@ -26,64 +26,19 @@ struct AcceptorState {
     /// owned by the `NativeAcceptor`, which closes it only once this thread
     /// has ended.
     listening: RawFd,
-    /// Connections the thread may still take before JS grants more.
-    permits: Mutex<u64>,
-    permits_changed: Condvar,
-    stopping: AtomicBool,
-    /// An eventfd that wakes the thread out of poll when stopping.
-    stop_fd: OwnedFd,
+    gate: Gate,
 }
 
 impl AcceptorState {
-    fn stopping(&self) -> bool {
-        self.stopping.load(Ordering::SeqCst)
-    }
-
-    fn stop(&self) {
-        self.stopping.store(true, Ordering::SeqCst);
-        let one: u64 = 1;
-        // SAFETY: an 8-byte write of a local into an eventfd we own.
-        unsafe { libc::write(self.stop_fd.as_raw_fd(), &one as *const u64 as *const libc::c_void, 8) };
-        let _guard = self.permits.lock().unwrap_or_else(|p| p.into_inner());
-        self.permits_changed.notify_all();
-    }
-
-    /// Waits for a permit; false when stopping.
-    fn wait_for_permit(&self) -> bool {
-        let mut permits = self.permits.lock().unwrap_or_else(|p| p.into_inner());
-        while *permits == 0 && !self.stopping() {
-            permits = self.permits_changed.wait(permits).unwrap_or_else(|p| p.into_inner());
-        }
-        !self.stopping()
-    }
-
-    /// Waits until the socket may have a connection; false when stopping.
-    fn wait_readable(&self) -> bool {
-        let mut fds = [
-            libc::pollfd { fd: self.listening, events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: self.stop_fd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-        ];
-        while !self.stopping() {
-            // SAFETY: poll on a local array of two pollfds.
-            if unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } > 0 {
-                return !self.stopping();
-            }
-        }
-        false
-    }
-
     fn accept_loop(&self, deliver: impl Fn(Taken)) {
-        while self.wait_for_permit() && self.wait_readable() {
+        while self.gate.wait_for_permit() && self.gate.wait_readable(self.listening) {
             // SAFETY: accept4 on our listening fd with no address out-pointers;
             // the fd it returns is wrapped at once.
             let raw = unsafe {
                 libc::accept4(self.listening, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC)
             };
             if raw >= 0 {
-                {
-                    let mut permits = self.permits.lock().unwrap_or_else(|p| p.into_inner());
-                    *permits = permits.saturating_sub(1);
-                }
+                self.gate.took_one();
                 // SAFETY: a fresh fd owned by nothing else.
                 deliver(Taken::Conn(unsafe { OwnedFd::from_raw_fd(raw) }));
                 continue;
@@ -135,21 +90,8 @@ impl NativeAcceptor {
         if flags < 0 || unsafe { libc::fcntl(listening.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
             return Err(Error::from_reason(format!("fcntl: {}", std::io::Error::last_os_error())));
         }
-        // SAFETY: eventfd with flags only; the fd is wrapped at once.
-        let raw: RawFd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if raw < 0 {
-            return Err(Error::from_reason(format!("eventfd: {}", std::io::Error::last_os_error())));
-        }
-        // SAFETY: a fresh fd owned by nothing else.
-        let stop_fd = unsafe { OwnedFd::from_raw_fd(raw) };
         Ok(NativeAcceptor {
-            state: Arc::new(AcceptorState {
-                listening: listening.as_raw_fd(),
-                permits: Mutex::new(0),
-                permits_changed: Condvar::new(),
-                stopping: AtomicBool::new(false),
-                stop_fd,
-            }),
+            state: Arc::new(AcceptorState { listening: listening.as_raw_fd(), gate: Gate::new()? }),
             thread: Mutex::new(None),
             listening: Mutex::new(Some(listening)),
         })
@@ -160,7 +102,7 @@ impl NativeAcceptor {
     #[napi]
     pub fn start(&self, on_conn: Function<ConnEvent, ()>) -> Result<()> {
         let mut thread = self.thread.lock().unwrap_or_else(|p| p.into_inner());
-        if thread.is_some() || self.state.stopping() {
+        if thread.is_some() || self.state.gate.stopping() {
             return Err(Error::new(Status::GenericFailure, "already started or closed"));
         }
         let tsfn =
@@ -190,9 +132,7 @@ impl NativeAcceptor {
     /// Lets the thread take `n` more connections.
     #[napi]
     pub fn grant(&self, n: u32) {
-        let mut permits = self.state.permits.lock().unwrap_or_else(|p| p.into_inner());
-        *permits = permits.saturating_add(n as u64);
-        self.state.permits_changed.notify_all();
+        self.state.gate.grant(n);
     }
 
     /// Stops taking connections and closes this copy of the socket (the
@@ -201,7 +141,7 @@ impl NativeAcceptor {
     /// wakes). Idempotent.
     #[napi]
     pub fn close(&self) {
-        self.state.stop();
+        self.state.gate.stop();
         if let Some(handle) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = handle.join();
         }

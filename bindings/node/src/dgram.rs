@@ -8,13 +8,14 @@
 
 use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::ThreadsafeFunctionCallMode;
 use napi_derive::napi;
+
+use crate::gate::Gate;
 
 /// Large enough for any UDP datagram (the IPv4 and IPv6 payload limits are
 /// under 64 KiB), so none is truncated.
@@ -82,41 +83,13 @@ struct DgramState {
     socket: UdpSocket,
     /// The socket's own family (a shared socket is bound: it has one).
     ipv6: bool,
-    stopping: AtomicBool,
-    /// An eventfd that wakes the thread out of poll when stopping.
-    stop_fd: OwnedFd,
+    gate: Gate,
 }
 
 impl DgramState {
-    fn stopping(&self) -> bool {
-        self.stopping.load(Ordering::SeqCst)
-    }
-
-    fn stop(&self) {
-        self.stopping.store(true, Ordering::SeqCst);
-        let one: u64 = 1;
-        // SAFETY: an 8-byte write of a local into an eventfd we own.
-        unsafe { libc::write(self.stop_fd.as_raw_fd(), &one as *const u64 as *const libc::c_void, 8) };
-    }
-
-    /// Waits until the socket may have a datagram; false when stopping.
-    fn wait_readable(&self) -> bool {
-        let mut fds = [
-            libc::pollfd { fd: self.socket.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: self.stop_fd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-        ];
-        while !self.stopping() {
-            // SAFETY: poll on a local array of two pollfds.
-            if unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } > 0 {
-                return !self.stopping();
-            }
-        }
-        false
-    }
-
     fn receive_loop(&self, deliver: impl Fn(Received)) {
         let mut buffer = vec![0u8; RECEIVE_BUFFER];
-        while self.wait_readable() {
+        while self.gate.wait_readable(self.socket.as_raw_fd()) {
             // Everything queued now, then back to poll: the socket is
             // non-blocking, and other workers may take a datagram first.
             loop {
@@ -200,14 +173,7 @@ impl NativeDgram {
         let socket = UdpSocket::from(unsafe { OwnedFd::from_raw_fd(fd) });
         let ipv6 = socket.local_addr().map_err(|e| Error::from_reason(format!("getsockname: {e}")))?.is_ipv6();
         socket.set_nonblocking(true).map_err(|e| Error::from_reason(format!("fcntl: {e}")))?;
-        // SAFETY: eventfd with flags only; the fd is wrapped at once.
-        let raw: RawFd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if raw < 0 {
-            return Err(Error::from_reason(format!("eventfd: {}", std::io::Error::last_os_error())));
-        }
-        // SAFETY: a fresh fd owned by nothing else.
-        let stop_fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let state = DgramState { socket, ipv6, stopping: AtomicBool::new(false), stop_fd };
+        let state = DgramState { socket, ipv6, gate: Gate::new()? };
         Ok(NativeDgram { state: Mutex::new(Some(Arc::new(state))), thread: Mutex::new(None) })
     }
 
@@ -425,7 +391,7 @@ impl NativeDgram {
     pub fn close(&self) {
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(state) = &state {
-            state.stop();
+            state.gate.stop();
         }
         if let Some(handle) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = handle.join();

@@ -19,6 +19,7 @@
 
 mod acceptor;
 mod dgram;
+mod gate;
 mod poll;
 mod primary;
 mod worker;

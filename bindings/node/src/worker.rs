@@ -1,9 +1,9 @@
 //! The worker side: the channel to the primary, its events, and listeners
 //! whose connections are accepted on a Rust thread and handed to JS as fds.
 
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{IntoRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use napi::bindgen_prelude::*;
@@ -27,6 +27,7 @@ pub struct ShareOptions {
     pub ipv6_only: Option<bool>,
 }
 
+use crate::gate::Gate;
 use crate::js_error;
 
 /// One event from the primary, seen by this worker.
@@ -229,62 +230,16 @@ pub struct ConnEvent {
 
 struct ListenerState {
     listener: Listener,
-    /// Connections the accept thread may still take before JS grants more.
-    permits: Mutex<u64>,
-    permits_changed: Condvar,
-    stopping: AtomicBool,
-    /// An eventfd that wakes the accept thread out of poll when stopping.
-    stop_fd: OwnedFd,
+    gate: Gate,
     started: AtomicBool,
 }
 
 impl ListenerState {
-    fn stop(&self) {
-        self.stopping.store(true, Ordering::SeqCst);
-        let one: u64 = 1;
-        // SAFETY: an 8-byte write of a local into an eventfd we own.
-        unsafe { libc::write(self.stop_fd.as_raw_fd(), &one as *const u64 as *const libc::c_void, 8) };
-        let _guard = self.permits.lock().unwrap_or_else(|p| p.into_inner());
-        self.permits_changed.notify_all();
-    }
-
-    fn stopping(&self) -> bool {
-        self.stopping.load(Ordering::SeqCst)
-    }
-
-    /// Waits for a permit; false when stopping.
-    fn wait_for_permit(&self) -> bool {
-        let mut permits = self.permits.lock().unwrap_or_else(|p| p.into_inner());
-        while *permits == 0 && !self.stopping() {
-            permits = self.permits_changed.wait(permits).unwrap_or_else(|p| p.into_inner());
-        }
-        !self.stopping()
-    }
-
-    /// Waits until the listener may have a connection; false when stopping.
-    fn wait_readable(&self) -> bool {
-        let mut fds = [
-            libc::pollfd { fd: self.listener.fd(), events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: self.stop_fd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-        ];
-        while !self.stopping() {
-            // SAFETY: poll on a local array of two pollfds.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-            if n > 0 {
-                return !self.stopping();
-            }
-        }
-        false
-    }
-
     fn accept_loop(&self, deliver: impl Fn(Accepted)) {
-        while self.wait_for_permit() && self.wait_readable() {
+        while self.gate.wait_for_permit() && self.gate.wait_readable(self.listener.fd()) {
             match self.listener.accept(Some(Duration::ZERO)) {
                 Ok(fd) => {
-                    {
-                        let mut permits = self.permits.lock().unwrap_or_else(|p| p.into_inner());
-                        *permits = permits.saturating_sub(1);
-                    }
+                    self.gate.took_one();
                     deliver(Accepted::Conn(fd));
                 }
                 Err(e) if matches!(e.code(), Code::WouldBlock | Code::Timeout) => {}
@@ -312,22 +267,8 @@ pub struct NativeListener {
 
 impl NativeListener {
     fn new(listener: Listener) -> Result<NativeListener> {
-        // SAFETY: eventfd with flags only; the fd is wrapped at once.
-        let raw: RawFd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if raw < 0 {
-            return Err(Error::from_reason(format!("eventfd: {}", std::io::Error::last_os_error())));
-        }
-        // SAFETY: a fresh fd owned by nothing else.
-        let stop_fd = unsafe { OwnedFd::from_raw_fd(raw) };
         Ok(NativeListener {
-            state: Arc::new(ListenerState {
-                listener,
-                permits: Mutex::new(0),
-                permits_changed: Condvar::new(),
-                stopping: AtomicBool::new(false),
-                stop_fd,
-                started: AtomicBool::new(false),
-            }),
+            state: Arc::new(ListenerState { listener, gate: Gate::new()?, started: AtomicBool::new(false) }),
             thread: Mutex::new(None),
         })
     }
@@ -421,9 +362,7 @@ impl NativeListener {
     /// Lets the accept thread take `n` more connections.
     #[napi]
     pub fn grant(&self, n: u32) {
-        let mut permits = self.state.permits.lock().unwrap_or_else(|p| p.into_inner());
-        *permits = permits.saturating_add(n as u64);
-        self.state.permits_changed.notify_all();
+        self.state.gate.grant(n);
     }
 
     /// Stops taking connections: the ones queued here are refused and the
@@ -463,11 +402,10 @@ impl NativeListener {
     /// on the permit condvar, which `stop` wakes); returns the permits it
     /// had not used.
     fn stop_thread(&self) -> u32 {
-        self.state.stop();
+        self.state.gate.stop();
         if let Some(handle) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = handle.join();
         }
-        let permits = self.state.permits.lock().unwrap_or_else(|p| p.into_inner());
-        (*permits).min(u32::MAX as u64) as u32
+        self.state.gate.unused()
     }
 }
