@@ -557,24 +557,11 @@ function setupChild(cluster, native) {
 
   /** Bun: its http.Server is not a net.Server, so the methods are replaced on the instance. */
   function installOverrides(server, state) {
-    state.usesHandle = false;
-    Object.defineProperty(server, 'listening', {
-      configurable: true,
-      get: () => !state.closed,
-    });
-    server.address = () => (state.closed ? null : { address: state.address, family: state.family === 6 ? 'IPv6' : 'IPv4', port: state.port });
-    server.close = function close(cb) {
-      if (typeof cb === 'function') this.once('close', cb);
-      state.close();
-      if (state.active === 0) state.emitClose();
-      return this;
-    };
-    server.ref = function ref() {
-      return this;
-    };
-    server.unref = function unref() {
-      return this;
-    };
+    runtime.replaceBunServerMethods(server, state, () => ({
+      address: state.address,
+      family: state.family === 6 ? 'IPv6' : 'IPv4',
+      port: state.port,
+    }));
   }
 
   function resolveHost(host, callback) {

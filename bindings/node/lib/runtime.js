@@ -110,4 +110,28 @@ class KeepAlive {
   }
 }
 
-module.exports = { isBun, isDeno, name, workerArgv, socketFromFd, pipeStream, KeepAlive };
+/**
+ * Bun's servers are not Node's net.Server: one the binding serves gets
+ * `listening`, `address()`, `close()`, `ref()` and `unref()` on the
+ * instance, answered from `state` (its `closed`, `active`, `close()` and
+ * `emitClose()`); `address` gives what address() returns while open.
+ */
+function replaceBunServerMethods(server, state, address) {
+  state.usesHandle = false;
+  Object.defineProperty(server, 'listening', { configurable: true, get: () => !state.closed });
+  server.address = () => (state.closed ? null : address());
+  server.close = function close(cb) {
+    if (typeof cb === 'function') this.once('close', cb);
+    state.close();
+    if (state.active === 0) state.emitClose();
+    return this;
+  };
+  server.ref = function ref() {
+    return this;
+  };
+  server.unref = function unref() {
+    return this;
+  };
+}
+
+module.exports = { isBun, isDeno, name, workerArgv, socketFromFd, pipeStream, KeepAlive, replaceBunServerMethods };

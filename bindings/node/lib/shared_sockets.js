@@ -107,23 +107,8 @@ function setupSharedSockets(ctx) {
       this.refed = true;
       const state = this;
       if (runtime.isBun) {
-        // Bun's servers are not Node's net.Server: the methods are replaced
-        // on the instance, as child.js does for its TCP servers there.
-        this.usesHandle = false;
-        Object.defineProperty(server, 'listening', { configurable: true, get: () => !state.closed });
-        server.address = () => (state.closed ? null : path);
-        server.close = function close(cb) {
-          if (typeof cb === 'function') this.once('close', cb);
-          state.close();
-          if (state.active === 0) state.emitClose();
-          return this;
-        };
-        server.ref = function ref() {
-          return this;
-        };
-        server.unref = function unref() {
-          return this;
-        };
+        // Bun's servers are not Node's net.Server (as for TCP, child.js).
+        runtime.replaceBunServerMethods(server, state, () => path);
         return;
       }
       this.usesHandle = true;
