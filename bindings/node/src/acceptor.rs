@@ -5,21 +5,14 @@
 //! worker at `maxConnections` could not leave the rest to other workers.
 //! What this thread does not take stays in the kernel's queue for them.
 
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex};
 
 use napi::bindgen_prelude::*;
-use napi::threadsafe_function::ThreadsafeFunctionCallMode;
 use napi_derive::napi;
 
 use crate::gate::Gate;
-use crate::worker::ConnEvent;
-
-/// What the accept thread hands to JS.
-enum Taken {
-    Conn(OwnedFd),
-    Failed(String),
-}
+use crate::worker::{spawn_accept_thread, Accepted, ConnEvent};
 
 struct AcceptorState {
     /// This worker's copy of the shared listening socket (non-blocking),
@@ -30,7 +23,7 @@ struct AcceptorState {
 }
 
 impl AcceptorState {
-    fn accept_loop(&self, deliver: impl Fn(Taken)) {
+    fn accept_loop(&self, deliver: impl Fn(Accepted)) {
         while self.gate.wait_for_permit() && self.gate.wait_readable(self.listening) {
             // SAFETY: accept4 on our listening fd with no address out-pointers;
             // the fd it returns is wrapped at once.
@@ -40,7 +33,7 @@ impl AcceptorState {
             if raw >= 0 {
                 self.gate.took_one();
                 // SAFETY: a fresh fd owned by nothing else.
-                deliver(Taken::Conn(unsafe { OwnedFd::from_raw_fd(raw) }));
+                deliver(Accepted::Conn(unsafe { OwnedFd::from_raw_fd(raw) }));
                 continue;
             }
             let error = std::io::Error::last_os_error();
@@ -53,7 +46,7 @@ impl AcceptorState {
                     std::thread::sleep(std::time::Duration::from_millis(10));
                 }
                 _ => {
-                    deliver(Taken::Failed(format!("accept on the shared socket: {error}")));
+                    deliver(Accepted::End(format!("accept on the shared socket: {error}")));
                     return;
                 }
             }
@@ -105,26 +98,9 @@ impl NativeAcceptor {
         if thread.is_some() || self.state.gate.stopping() {
             return Err(Error::new(Status::GenericFailure, "already started or closed"));
         }
-        let tsfn =
-            on_conn.build_threadsafe_function::<Taken>().weak::<true>().callee_handled::<false>().build_callback(
-                |ctx| {
-                    // Runs on the JS thread: from here the fd is JS's to close.
-                    Ok(match ctx.value {
-                        Taken::Conn(fd) => ConnEvent { fd: Some(fd.into_raw_fd()), closed: false, error: None },
-                        Taken::Failed(reason) => ConnEvent { fd: None, closed: true, error: Some(reason) },
-                    })
-                },
-            )?;
         let state = self.state.clone();
-        let handle = std::thread::Builder::new()
-            .name("rcluster-node-share-accept".into())
-            .spawn(move || {
-                // A value JS can no longer take is dropped here, closing its fd.
-                state.accept_loop(|taken| {
-                    tsfn.call(taken, ThreadsafeFunctionCallMode::NonBlocking);
-                })
-            })
-            .map_err(|e| Error::from_reason(format!("spawning the accept thread: {e}")))?;
+        let handle =
+            spawn_accept_thread("rcluster-node-share-accept", on_conn, move |deliver| state.accept_loop(deliver))?;
         *thread = Some(handle);
         Ok(())
     }

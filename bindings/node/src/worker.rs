@@ -212,11 +212,39 @@ impl NativeWorker {
     }
 }
 
-/// What the accept thread hands to JS.
-enum Accepted {
+/// What an accept thread hands to JS: a connection, or why it ended.
+pub(crate) enum Accepted {
     Conn(OwnedFd),
-    Closed(String),
-    Failed(String),
+    End(String),
+}
+
+/// Starts a thread named `name` that runs `accept_loop`; each connection
+/// (or the end) it delivers goes to `on_conn` on the JS thread.
+pub(crate) fn spawn_accept_thread(
+    name: &str,
+    on_conn: Function<ConnEvent, ()>,
+    accept_loop: impl FnOnce(&dyn Fn(Accepted)) + Send + 'static,
+) -> Result<std::thread::JoinHandle<()>> {
+    let tsfn =
+        on_conn.build_threadsafe_function::<Accepted>().weak::<true>().callee_handled::<false>().build_callback(
+            |ctx| {
+                // Runs on the JS thread: from here the fd is JS's to close.
+                Ok(match ctx.value {
+                    Accepted::Conn(fd) => ConnEvent { fd: Some(fd.into_raw_fd()), closed: false, error: None },
+                    Accepted::End(reason) => ConnEvent { fd: None, closed: true, error: Some(reason) },
+                })
+            },
+        )?;
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            // A value the JS side can no longer take is dropped here, and
+            // dropping an Accepted::Conn closes its fd: nothing leaks.
+            accept_loop(&|accepted| {
+                tsfn.call(accepted, ThreadsafeFunctionCallMode::NonBlocking);
+            })
+        })
+        .map_err(|e| Error::from_reason(format!("spawning the accept thread: {e}")))
 }
 
 /// An accepted connection (`fd`, now owned by JS) or the end of the stream.
@@ -243,12 +271,9 @@ impl ListenerState {
                     deliver(Accepted::Conn(fd));
                 }
                 Err(e) if matches!(e.code(), Code::WouldBlock | Code::Timeout) => {}
-                Err(e) if matches!(e.code(), Code::Closed | Code::Leaving) => {
-                    deliver(Accepted::Closed(e.message().to_owned()));
-                    return;
-                }
+                // Closed, leaving, or broken: JS hears why, the same way.
                 Err(e) => {
-                    deliver(Accepted::Failed(e.message().to_owned()));
+                    deliver(Accepted::End(e.message().to_owned()));
                     return;
                 }
             }
@@ -333,28 +358,8 @@ impl NativeListener {
         if self.state.started.swap(true, Ordering::SeqCst) {
             return Err(Error::new(Status::GenericFailure, "already started"));
         }
-        let tsfn =
-            on_conn.build_threadsafe_function::<Accepted>().weak::<true>().callee_handled::<false>().build_callback(
-                |ctx| {
-                    // Runs on the JS thread: from here the fd is JS's to close.
-                    Ok(match ctx.value {
-                        Accepted::Conn(fd) => ConnEvent { fd: Some(fd.into_raw_fd()), closed: false, error: None },
-                        Accepted::Closed(reason) => ConnEvent { fd: None, closed: true, error: Some(reason) },
-                        Accepted::Failed(reason) => ConnEvent { fd: None, closed: true, error: Some(reason) },
-                    })
-                },
-            )?;
         let state = self.state.clone();
-        let handle = std::thread::Builder::new()
-            .name("rcluster-node-accept".into())
-            .spawn(move || {
-                // A value the JS side can no longer take is dropped here, and
-                // dropping an Accepted::Conn closes its fd: nothing leaks.
-                state.accept_loop(|accepted| {
-                    tsfn.call(accepted, ThreadsafeFunctionCallMode::NonBlocking);
-                })
-            })
-            .map_err(|e| Error::from_reason(format!("spawning the accept thread: {e}")))?;
+        let handle = spawn_accept_thread("rcluster-node-accept", on_conn, move |deliver| state.accept_loop(deliver))?;
         *self.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
         Ok(())
     }
