@@ -68,8 +68,11 @@ fn a_queue_of_waiting_connections_calls_the_primary_in_and_all_are_served() {
     let marker_env = marker.to_string_lossy().into_owned();
     // The workers take nothing until the marker exists, so the connections
     // below queue on the socket; the first worker to take one finds the rest
-    // behind it and calls the primary in.
-    let mut p = TestPrimary::new("http", &[("TEST_HANG_UNLESS", &marker_env)], RCLUSTER_POLICY_HYBRID);
+    // behind it and calls the primary in. Each serves one request at a time,
+    // 50 ms each, so the queue is still there when the primary steps in
+    // (workers that drained it first left it nothing to hand over: CI saw it).
+    let env = [("TEST_HANG_UNLESS", marker_env.as_str()), ("TEST_SERVE_INLINE", "1"), ("TEST_DELAY_MS", "50")];
+    let mut p = TestPrimary::new("http", &env, RCLUSTER_POLICY_HYBRID);
     let port = p.start(2);
     let streams: Vec<std::net::TcpStream> = (0..24)
         .map(|_| {
